@@ -1,0 +1,28 @@
+//! The command line: one thin file per subcommand, each parsing its arguments and calling the library.
+
+use clap::{Parser, Subcommand};
+
+mod data;
+mod inspect;
+
+#[derive(Parser, Debug)]
+#[command(name = "lora-dpo", version, about = "LoRA SFT + DPO for Mistral/Llama models on one GPU")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Show a model's architecture, sizes and the LoRA trainable-parameter count.
+    Inspect(inspect::Args),
+    /// Show how a dataset is read, templated, tokenized, masked and truncated.
+    Data(data::Args),
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Inspect(args) => inspect::run(args),
+        Command::Data(args) => data::run(args),
+    }
+}

@@ -1,0 +1,1 @@
+//! Datasets, chat templates, tokenization, loss masks and batches.

@@ -1,0 +1,9 @@
+//! lora-dpo: LoRA supervised fine-tuning and Direct Preference Optimization of
+//! Mistral/Llama models on one frozen base, built on candle.
+//!
+//! Data flows one way: config → weights → data → forward → loss → step → adapter out.
+
+pub mod data;
+pub mod model;
+pub mod ops;
+pub mod source;

@@ -1,0 +1,1 @@
+//! The decoder model: configuration, weight loading, frozen and LoRA linears.

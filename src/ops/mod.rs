@@ -1,0 +1,1 @@
+//! Differentiable fused ops with their backward passes.
