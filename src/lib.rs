@@ -3,7 +3,9 @@
 //!
 //! Data flows one way: config → weights → data → forward → loss → step → adapter out.
 
+pub mod adapter;
 pub mod data;
 pub mod model;
 pub mod ops;
 pub mod source;
+pub mod train;

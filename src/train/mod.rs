@@ -1,0 +1,3 @@
+//! Training: log-probabilities, losses, optimizer, schedules and the loop.
+
+pub mod logprobs;
