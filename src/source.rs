@@ -34,7 +34,9 @@ impl Source {
             && !repo_id.starts_with('/')
             && repo_id.split('/').all(|p| !p.is_empty());
         if !looks_like_repo {
-            bail!("`{spec}`: no such file or folder (and not a hub repo id of the form owner/name)");
+            bail!(
+                "`{spec}`: no such file or folder (and not a hub repo id of the form owner/name)"
+            );
         }
         Ok(Source::Hub {
             repo_id: repo_id.to_string(),
@@ -104,7 +106,9 @@ fn hub_file(repo_id: &str, revision: &str, name: &str) -> Result<Option<PathBuf>
     if let Ok(token) = std::env::var("HF_TOKEN") {
         builder = builder.with_token(Some(token));
     }
-    let api = builder.build().context("setting up the Hugging Face hub client")?;
+    let api = builder
+        .build()
+        .context("setting up the Hugging Face hub client")?;
     match api.repo(repo).get(name) {
         Ok(p) => Ok(Some(p)),
         Err(_) => Ok(None),

@@ -14,9 +14,18 @@ const LOGIT_ATOL: f32 = 1e-4;
 const GRAD_RTOL: f32 = 1e-3;
 
 fn load(name: &str) -> (Model, Adapter) {
-    let model = load_model(&fixture_str(&format!("models/{name}")), DType::F32, &Device::Cpu).unwrap();
-    let adapter =
-        load_adapter(&fixture_str(&format!("models/{name}/adapter")), &model.config, &Device::Cpu).unwrap();
+    let model = load_model(
+        &fixture_str(&format!("models/{name}")),
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let adapter = load_adapter(
+        &fixture_str(&format!("models/{name}/adapter")),
+        &model.config,
+        &Device::Cpu,
+    )
+    .unwrap();
     (model, adapter)
 }
 
@@ -28,7 +37,10 @@ fn inputs(exp: &std::collections::HashMap<String, Tensor>) -> (Tensor, Tensor) {
 
 /// Logits at real (unpadded) positions only: row 1 is padded after 7 tokens.
 fn real_positions(logits: &Tensor) -> Vec<Tensor> {
-    vec![logits.get(0).unwrap(), logits.get(1).unwrap().narrow(0, 0, 7).unwrap()]
+    vec![
+        logits.get(0).unwrap(),
+        logits.get(1).unwrap().narrow(0, 0, 7).unwrap(),
+    ]
 }
 
 fn check_logits(name: &str) {
@@ -36,8 +48,13 @@ fn check_logits(name: &str) {
     let exp = expected(name);
     let (ids, mask) = inputs(&exp);
     for (adapters, key) in [(vec![], "logits_base"), (vec![&adapter], "logits_adapter")] {
-        let logits = model.forward(&ids, Some(&mask), Pass::eval(&adapters)).unwrap();
-        for (ours, theirs) in real_positions(&logits).iter().zip(real_positions(&exp[key])) {
+        let logits = model
+            .forward(&ids, Some(&mask), Pass::eval(&adapters))
+            .unwrap();
+        for (ours, theirs) in real_positions(&logits)
+            .iter()
+            .zip(real_positions(&exp[key]))
+        {
             let d = max_abs_diff(ours, &theirs);
             assert!(d < LOGIT_ATOL, "{name} {key}: max |diff| {d}");
         }
@@ -48,20 +65,28 @@ fn check_gradients(name: &str) {
     let (model, adapter) = load(name);
     let exp = expected(name);
     let (ids, mask) = inputs(&exp);
-    let pass = Pass { adapters: &[&adapter], training: true };
+    let pass = Pass {
+        adapters: &[&adapter],
+        training: true,
+    };
     let logits = model.forward(&ids, Some(&mask), pass).unwrap();
     let logps = next_token_logprobs(&logits, &ids).unwrap();
     let target_mask = mask.narrow(1, 1, mask.dim(1).unwrap() - 1).unwrap();
     let loss = masked_mean_nll(&logps, &target_mask).unwrap();
     let loss_ref = exp["loss"].to_vec1::<f32>().unwrap()[0];
     let loss_ours = loss.to_scalar::<f32>().unwrap();
-    assert!((loss_ours - loss_ref).abs() < 1e-5, "{name} loss {loss_ours} vs {loss_ref}");
+    assert!(
+        (loss_ours - loss_ref).abs() < 1e-5,
+        "{name} loss {loss_ours} vs {loss_ref}"
+    );
     let grads = loss.backward().unwrap();
     let named = adapter.named_vars();
     assert_eq!(named.len(), 2 * 7 * 2);
     for (module, var) in named {
         let key = format!("grad.base_model.model.{module}.weight");
-        let ours = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{name}: no gradient for {module}"));
+        let ours = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("{name}: no gradient for {module}"));
         let theirs = &exp[&key];
         let r = rel_l2(ours, theirs);
         assert!(r < GRAD_RTOL, "{name} {module}: relative error {r}");
@@ -93,10 +118,17 @@ fn sharded_weights_give_the_same_logits() {
     for name in ["tiny-mistral", "tiny-llama"] {
         let exp = expected(name);
         let (ids, mask) = inputs(&exp);
-        let model =
-            load_model(&fixture_str(&format!("models/{name}-sharded")), DType::F32, &Device::Cpu).unwrap();
+        let model = load_model(
+            &fixture_str(&format!("models/{name}-sharded")),
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap();
         let logits = model.forward(&ids, Some(&mask), Pass::eval(&[])).unwrap();
-        for (ours, theirs) in real_positions(&logits).iter().zip(real_positions(&exp["logits_base"])) {
+        for (ours, theirs) in real_positions(&logits)
+            .iter()
+            .zip(real_positions(&exp["logits_base"]))
+        {
             assert!(max_abs_diff(ours, &theirs) < LOGIT_ATOL, "{name}-sharded");
         }
     }
@@ -107,11 +139,29 @@ fn every_lora_factor_gets_a_finite_nonzero_gradient() {
     let (model, adapter) = load("tiny-mistral");
     let exp = expected("tiny-mistral");
     let (ids, mask) = inputs(&exp);
-    let logits = model.forward(&ids, Some(&mask), Pass { adapters: &[&adapter], training: true }).unwrap();
+    let logits = model
+        .forward(
+            &ids,
+            Some(&mask),
+            Pass {
+                adapters: &[&adapter],
+                training: true,
+            },
+        )
+        .unwrap();
     let grads = logits.sum_all().unwrap().backward().unwrap();
     for (module, var) in adapter.named_vars() {
         let g = grads.get(var.as_tensor()).unwrap();
-        let norm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
-        assert!(norm.is_finite() && norm > 0.0, "{module}: gradient norm² {norm}");
+        let norm = g
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(
+            norm.is_finite() && norm > 0.0,
+            "{module}: gradient norm² {norm}"
+        );
     }
 }

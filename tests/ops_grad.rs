@@ -14,7 +14,9 @@ fn randn(shape: &[usize], seed: u64) -> Tensor {
     use rand_distr::Distribution;
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let n: usize = shape.iter().product();
-    let v: Vec<f64> = (0..n).map(|_| rand_distr::StandardNormal.sample(&mut rng)).collect();
+    let v: Vec<f64> = (0..n)
+        .map(|_| rand_distr::StandardNormal.sample(&mut rng))
+        .collect();
     Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
 }
 
@@ -25,33 +27,48 @@ fn check(name: &str, x: Tensor, f: impl Fn(&Tensor) -> Tensor) {
     let r = randn(y.dims(), 99);
     let loss = (&y * &r).unwrap().sum_all().unwrap();
     let grads = loss.backward().unwrap();
-    let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{name}: no gradient"));
+    let g = grads
+        .get(var.as_tensor())
+        .unwrap_or_else(|| panic!("{name}: no gradient"));
     let g: Vec<f64> = g.flatten_all().unwrap().to_vec1().unwrap();
     let base: Vec<f64> = x.flatten_all().unwrap().to_vec1().unwrap();
     let objective = |v: Vec<f64>| -> f64 {
         let t = Tensor::from_vec(v, x.dims(), &Device::Cpu).unwrap();
-        (f(&t) * &r).unwrap().sum_all().unwrap().to_scalar().unwrap()
+        (f(&t) * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap()
     };
     for i in 0..base.len() {
         let (mut plus, mut minus) = (base.clone(), base.clone());
         plus[i] += H;
         minus[i] -= H;
         let fd = (objective(plus) - objective(minus)) / (2.0 * H);
-        assert!((fd - g[i]).abs() < TOL, "{name}[{i}]: autograd {} vs finite difference {fd}", g[i]);
+        assert!(
+            (fd - g[i]).abs() < TOL,
+            "{name}[{i}]: autograd {} vs finite difference {fd}",
+            g[i]
+        );
     }
 }
 
 #[test]
 fn rms_norm_backward() {
     let w = randn(&[6], 1).affine(0.3, 1.0).unwrap();
-    check("rms_norm", randn(&[2, 3, 6], 2), |x| ops::rms_norm(x, &w, 1e-5).unwrap());
+    check("rms_norm", randn(&[2, 3, 6], 2), |x| {
+        ops::rms_norm(x, &w, 1e-5).unwrap()
+    });
 }
 
 #[test]
 fn rope_backward() {
     let angles = (randn(&[5, 4], 3) * 3.0).unwrap();
     let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
-    check("rope", randn(&[2, 3, 5, 8], 4), |x| ops::rope(x, &cos, &sin).unwrap());
+    check("rope", randn(&[2, 3, 5, 8], 4), |x| {
+        ops::rope(x, &cos, &sin).unwrap()
+    });
 }
 
 #[test]
@@ -65,13 +82,17 @@ fn rope_backward_through_a_transposed_input() {
 
 #[test]
 fn softmax_backward() {
-    check("softmax", randn(&[3, 4, 7], 7), |x| ops::softmax_last_dim(x).unwrap());
+    check("softmax", randn(&[3, 4, 7], 7), |x| {
+        ops::softmax_last_dim(x).unwrap()
+    });
 }
 
 #[test]
 fn frozen_linear_backward() {
     let w = randn(&[5, 6], 8);
-    check("frozen_linear", randn(&[2, 3, 6], 9), |x| ops::frozen_linear(x, &w).unwrap());
+    check("frozen_linear", randn(&[2, 3, 6], 9), |x| {
+        ops::frozen_linear(x, &w).unwrap()
+    });
 }
 
 #[test]
@@ -79,9 +100,17 @@ fn frozen_linear_never_computes_a_weight_gradient() {
     // Even a weight that autograd tracks gets nothing: the op's backward returns dX only.
     let w = Var::from_tensor(&randn(&[5, 6], 10)).unwrap();
     let x = Var::from_tensor(&randn(&[4, 6], 11)).unwrap();
-    let grads = ops::frozen_linear(x.as_tensor(), w.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+    let grads = ops::frozen_linear(x.as_tensor(), w.as_tensor())
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
     assert!(grads.get(x.as_tensor()).is_some());
-    assert!(grads.get(w.as_tensor()).is_none(), "frozen weight received a gradient");
+    assert!(
+        grads.get(w.as_tensor()).is_none(),
+        "frozen weight received a gradient"
+    );
     // A plain matmul would have computed one: the check above can fail.
     let plain = x.as_tensor().matmul(&w.as_tensor().t().unwrap()).unwrap();
     let grads = plain.sum_all().unwrap().backward().unwrap();

@@ -54,6 +54,7 @@ fn read_config(json: &Value) -> Result<LoraConfig> {
     };
     refuse_true("use_dora", "DoRA")?;
     refuse_true("fan_in_fan_out", "fan_in_fan_out (Conv1D-style)")?;
+    refuse_true("lora_bias", "LoRA-with-bias")?;
     if let Some(bias) = json.get("bias").and_then(Value::as_str) {
         if bias != "none" {
             bail!("field `bias`: {bias:?} is not supported (only \"none\": LoRA without biases)");
@@ -75,13 +76,22 @@ fn read_config(json: &Value) -> Result<LoraConfig> {
         .get("r")
         .and_then(Value::as_u64)
         .context("field `r` is missing or not a positive integer")? as usize;
-    let lora_alpha = json.get("lora_alpha").and_then(Value::as_f64).unwrap_or(8.0);
+    let lora_alpha = json
+        .get("lora_alpha")
+        .and_then(Value::as_f64)
+        .unwrap_or(8.0);
     Ok(LoraConfig {
         r,
         lora_alpha,
-        lora_dropout: json.get("lora_dropout").and_then(Value::as_f64).unwrap_or(0.0),
+        lora_dropout: json
+            .get("lora_dropout")
+            .and_then(Value::as_f64)
+            .unwrap_or(0.0),
         target_modules: vec![],
-        use_rslora: json.get("use_rslora").and_then(Value::as_bool).unwrap_or(false),
+        use_rslora: json
+            .get("use_rslora")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
     })
 }
 
@@ -91,8 +101,9 @@ pub fn adapter_from_tensors(
     lora: &mut LoraConfig,
     model: &ModelConfig,
 ) -> Result<Adapter> {
-    let mut layers: Vec<[Option<LoraPair>; 7]> =
-        (0..model.num_hidden_layers).map(|_| Default::default()).collect();
+    let mut layers: Vec<[Option<LoraPair>; 7]> = (0..model.num_hidden_layers)
+        .map(|_| Default::default())
+        .collect();
     let mut found = [false; 7];
     let mut names: Vec<&String> = tensors.keys().collect();
     names.sort();
@@ -101,7 +112,7 @@ pub fn adapter_from_tensors(
             bail!("tensor `{name}` is not a LoRA factor; only lora_A/lora_B weights are supported");
         }
     }
-    for layer in 0..model.num_hidden_layers {
+    for (layer, slots) in layers.iter_mut().enumerate() {
         for (p, proj) in PROJECTIONS.iter().enumerate() {
             let module = module_path(layer, p);
             let key = |ab: &str| format!("{KEY_PREFIX}{module}.{ab}.weight");
@@ -120,7 +131,7 @@ pub fn adapter_from_tensors(
                     lora.r
                 );
             }
-            layers[layer][p] = Some(LoraPair {
+            slots[p] = Some(LoraPair {
                 a: Var::from_tensor(&a.to_dtype(DType::F32)?)?,
                 b: Var::from_tensor(&b.to_dtype(DType::F32)?)?,
             });
@@ -174,9 +185,15 @@ pub fn config_json(adapter: &Adapter, base_model: &str) -> Value {
 
 /// Writes the adapter as a PEFT folder at `dir`, through a temporary folder renamed at the end.
 pub fn save_adapter(adapter: &Adapter, base_model: &str, dir: &Path) -> Result<()> {
-    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).with_context(|| format!("{}: cannot create", parent.display()))?;
-    let name = dir.file_name().context("adapter output path has no folder name")?;
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent)
+        .with_context(|| format!("{}: cannot create", parent.display()))?;
+    let name = dir
+        .file_name()
+        .context("adapter output path has no folder name")?;
     let tmp = parent.join(format!(".{}.tmp", name.to_string_lossy()));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp)?;
@@ -229,7 +246,10 @@ impl TensorBytes {
         let shape = t.dims().to_vec();
         let t = t.to_device(&Device::Cpu)?.flatten_all()?;
         let (dtype, bytes) = match t.dtype() {
-            DType::F32 => (safetensors::Dtype::F32, le_bytes(&t.to_vec1::<f32>()?, f32::to_le_bytes)),
+            DType::F32 => (
+                safetensors::Dtype::F32,
+                le_bytes(&t.to_vec1::<f32>()?, f32::to_le_bytes),
+            ),
             DType::BF16 => (
                 safetensors::Dtype::BF16,
                 le_bytes(&t.to_vec1::<half::bf16>()?, half::bf16::to_le_bytes),
@@ -240,7 +260,11 @@ impl TensorBytes {
             ),
             other => bail!("cannot write {other:?} tensors"),
         };
-        Ok(Self { dtype, shape, bytes })
+        Ok(Self {
+            dtype,
+            shape,
+            bytes,
+        })
     }
 }
 

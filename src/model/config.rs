@@ -28,7 +28,9 @@ impl Architecture {
 pub enum RopeScaling {
     None,
     /// Position interpolation: every frequency divided by `factor`.
-    Linear { factor: f64 },
+    Linear {
+        factor: f64,
+    },
     /// Llama 3.1's frequency-dependent rescaling.
     Llama3 {
         factor: f64,
@@ -81,10 +83,54 @@ impl ModelConfig {
         })
     }
 
+    /// Parameters of one decoder layer: seven projections and two norms.
+    pub fn layer_parameters(&self) -> usize {
+        let projections: usize = PROJECTIONS
+            .iter()
+            .map(|p| {
+                let (o, i) = self.projection_shape(p).expect("known projection");
+                o * i
+            })
+            .sum();
+        projections + 2 * self.hidden_size
+    }
+
+    /// Every tensor a Hugging Face checkpoint of this model holds, with its shape.
+    /// `lm_head.weight` is listed only when the embeddings are not tied.
+    pub fn expected_tensors(&self) -> Vec<(String, Vec<usize>)> {
+        let (h, v) = (self.hidden_size, self.vocab_size);
+        let mut out = vec![("model.embed_tokens.weight".to_string(), vec![v, h])];
+        for i in 0..self.num_hidden_layers {
+            for (p, name) in PROJECTIONS.iter().enumerate() {
+                let (o, inp) = self.projection_shape(name).expect("known projection");
+                let block = if p < 4 { "self_attn" } else { "mlp" };
+                out.push((
+                    format!("model.layers.{i}.{block}.{name}.weight"),
+                    vec![o, inp],
+                ));
+            }
+            for norm in ["input_layernorm", "post_attention_layernorm"] {
+                out.push((format!("model.layers.{i}.{norm}.weight"), vec![h]));
+            }
+        }
+        out.push(("model.norm.weight".to_string(), vec![h]));
+        if !self.tie_word_embeddings {
+            out.push(("lm_head.weight".to_string(), vec![v, h]));
+        }
+        out
+    }
+
+    /// Every parameter of the model, counting a tied LM head once.
+    pub fn total_parameters(&self) -> usize {
+        let embed = self.vocab_size * self.hidden_size;
+        let head = if self.tie_word_embeddings { 0 } else { embed };
+        embed + self.num_hidden_layers * self.layer_parameters() + self.hidden_size + head
+    }
+
     /// Reads and validates `config.json`; errors name the file and the field.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read", path.display()))?;
         Self::from_json(&text).with_context(|| format!("{}", path.display()))
     }
 
@@ -147,8 +193,6 @@ struct RawConfig {
     attention_bias: Option<bool>,
     #[serde(default)]
     mlp_bias: Option<bool>,
-    #[serde(default)]
-    pretraining_tp: Option<usize>,
 }
 
 impl RawConfig {
@@ -192,9 +236,6 @@ impl RawConfig {
         if self.mlp_bias == Some(true) {
             bail!("field `mlp_bias`: biased MLP projections are not supported");
         }
-        if self.pretraining_tp.is_some_and(|tp| tp > 1) {
-            // transformers computes the same math with tp > 1 (slices and sums); nothing to do.
-        }
         let positive = |name: &str, v: usize| -> Result<()> {
             if v == 0 {
                 bail!("field `{name}` must be positive");
@@ -208,7 +249,7 @@ impl RawConfig {
         positive("num_attention_heads", self.num_attention_heads)?;
         let num_key_value_heads = self.num_key_value_heads.unwrap_or(self.num_attention_heads);
         positive("num_key_value_heads", num_key_value_heads)?;
-        if self.num_attention_heads % num_key_value_heads != 0 {
+        if !self.num_attention_heads.is_multiple_of(num_key_value_heads) {
             bail!(
                 "field `num_key_value_heads`: {num_key_value_heads} does not divide \
                  num_attention_heads {}",
@@ -218,7 +259,7 @@ impl RawConfig {
         let head_dim = match self.head_dim {
             Some(d) => d,
             None => {
-                if self.hidden_size % self.num_attention_heads != 0 {
+                if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
                     bail!(
                         "field `hidden_size`: {} is not a multiple of num_attention_heads {} \
                          and no `head_dim` is given",
@@ -229,7 +270,7 @@ impl RawConfig {
                 self.hidden_size / self.num_attention_heads
             }
         };
-        if head_dim % 2 != 0 {
+        if !head_dim.is_multiple_of(2) {
             bail!("field `head_dim`: {head_dim} must be even for rotary embeddings");
         }
         let (rope_theta, rope_scaling) = self.rope()?;
@@ -257,7 +298,9 @@ impl RawConfig {
             sliding_window,
             tie_word_embeddings: self.tie_word_embeddings.unwrap_or(false),
             max_position_embeddings: self.max_position_embeddings.unwrap_or(4096),
-            bos_token_id: token_ids("bos_token_id", &self.bos_token_id)?.first().copied(),
+            bos_token_id: token_ids("bos_token_id", &self.bos_token_id)?
+                .first()
+                .copied(),
             eos_token_ids: token_ids("eos_token_id", &self.eos_token_id)?,
         })
     }
@@ -349,10 +392,13 @@ mod tests {
 
     #[test]
     fn unsupported_architecture_is_named() {
-        let err =
-            ModelConfig::from_json(&BASE.replace("MistralForCausalLM", "GPT2LMHeadModel")).unwrap_err();
+        let err = ModelConfig::from_json(&BASE.replace("MistralForCausalLM", "GPT2LMHeadModel"))
+            .unwrap_err();
         let msg = format!("{err:#}");
-        assert!(msg.contains("GPT2LMHeadModel") && msg.contains("architectures"), "{msg}");
+        assert!(
+            msg.contains("GPT2LMHeadModel") && msg.contains("architectures"),
+            "{msg}"
+        );
     }
 
     #[test]

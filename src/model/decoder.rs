@@ -69,7 +69,13 @@ pub struct Model {
 
 impl Model {
     /// Loads every weight the config calls for, checking shapes, in `dtype` on `device`.
-    pub fn load(config: ModelConfig, weights: &WeightFiles, dtype: DType, device: &Device) -> Result<Self> {
+    pub fn load(
+        config: ModelConfig,
+        weights: &WeightFiles,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        weights.check_against(&config)?;
         let c = &config;
         let load = |name: &str, shape: &[usize]| weights.load(name, shape, dtype, device);
         let embed_tokens = load("model.embed_tokens.weight", &[c.vocab_size, c.hidden_size])?;
@@ -86,7 +92,10 @@ impl Model {
                 });
             }
             layers.push(DecoderLayer {
-                input_layernorm: load(&format!("model.layers.{i}.input_layernorm.weight"), &[c.hidden_size])?,
+                input_layernorm: load(
+                    &format!("model.layers.{i}.input_layernorm.weight"),
+                    &[c.hidden_size],
+                )?,
                 post_attention_layernorm: load(
                     &format!("model.layers.{i}.post_attention_layernorm.weight"),
                     &[c.hidden_size],
@@ -98,8 +107,9 @@ impl Model {
         let lm_head = if c.tie_word_embeddings && !weights.contains("lm_head.weight") {
             embed_tokens.clone()
         } else {
-            load("lm_head.weight", &[c.vocab_size, c.hidden_size])
-                .context("(set tie_word_embeddings in config.json if the head shares the embeddings)")?
+            load("lm_head.weight", &[c.vocab_size, c.hidden_size]).context(
+                "(set tie_word_embeddings in config.json if the head shares the embeddings)",
+            )?
         };
         let rotary = Rotary::new(c, c.max_position_embeddings.max(1), dtype, device)?;
         Ok(Self {
@@ -126,7 +136,12 @@ impl Model {
     ///
     /// `input_ids: [batch, seq]` (u32), right-padded; `attention_mask: [batch, seq]`, 1 for real
     /// tokens. Positions count from 0 in every row.
-    pub fn hidden_states(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>, pass: Pass) -> Result<Tensor> {
+    pub fn hidden_states(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        pass: Pass,
+    ) -> Result<Tensor> {
         let (batch, seq) = input_ids.dims2()?;
         if seq > self.rotary.max_len() {
             anyhow::bail!(
@@ -147,7 +162,12 @@ impl Model {
     }
 
     /// Logits `[batch, seq, vocab]` in f32.
-    pub fn forward(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>, pass: Pass) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        pass: Pass,
+    ) -> Result<Tensor> {
         let h = self.hidden_states(input_ids, attention_mask, pass)?;
         Ok(self.logits(&h)?)
     }
@@ -206,10 +226,14 @@ impl Model {
         let n_rep = h / kvh;
         let q = q.reshape((b, kvh, n_rep * t, d))?;
         let scores = q.matmul(&k.t()?)?.reshape((b, h, t, t))?;
-        let scores = ((scores.to_dtype(DType::F32)? * (1.0 / (d as f64).sqrt()))?.broadcast_add(mask))?;
+        let scores =
+            ((scores.to_dtype(DType::F32)? * (1.0 / (d as f64).sqrt()))?.broadcast_add(mask))?;
         let probs = ops::softmax_last_dim(&scores)?.to_dtype(self.dtype)?;
         let out = probs.reshape((b, kvh, n_rep * t, t))?.matmul(&v)?;
-        let out = out.reshape((b, h, t, d))?.transpose(1, 2)?.reshape((b, t, h * d))?;
+        let out = out
+            .reshape((b, h, t, d))?
+            .transpose(1, 2)?
+            .reshape((b, t, h * d))?;
         layer.proj[3].forward(&out, pass)
     }
 }
@@ -232,9 +256,7 @@ fn attention_bias(
     for (bi, row) in keep.iter().enumerate() {
         for i in 0..seq {
             for j in 0..seq {
-                let visible = j <= i
-                    && cfg.sliding_window.is_none_or(|w| i - j < w)
-                    && row[j] != 0;
+                let visible = j <= i && cfg.sliding_window.is_none_or(|w| i - j < w) && row[j] != 0;
                 if !visible {
                     bias[(bi * seq + i) * seq + j] = f32::MIN;
                 }

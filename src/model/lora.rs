@@ -64,7 +64,10 @@ impl LoraConfig {
             bail!("lora.r must be at least 1");
         }
         if !(0.0..1.0).contains(&self.lora_dropout) {
-            bail!("lora.lora_dropout must be in [0, 1), got {}", self.lora_dropout);
+            bail!(
+                "lora.lora_dropout must be in [0, 1), got {}",
+                self.lora_dropout
+            );
         }
         if self.target_modules.is_empty() {
             bail!("lora.target_modules is empty");
@@ -120,7 +123,12 @@ pub struct Adapter {
 
 impl Adapter {
     /// A fresh adapter initialised like PEFT: A Kaiming-uniform (bound `1/sqrt(in)`), B zeros.
-    pub fn init(model: &ModelConfig, config: LoraConfig, seed: u64, device: &Device) -> Result<Self> {
+    pub fn init(
+        model: &ModelConfig,
+        config: LoraConfig,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Self> {
         config.validate()?;
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let targets = config.target_indices();
@@ -128,7 +136,9 @@ impl Adapter {
         for _ in 0..model.num_hidden_layers {
             let mut slots: [Option<LoraPair>; 7] = Default::default();
             for &p in &targets {
-                let (out, inp) = model.projection_shape(PROJECTIONS[p]).expect("known projection");
+                let (out, inp) = model
+                    .projection_shape(PROJECTIONS[p])
+                    .expect("known projection");
                 // kaiming_uniform_(a=sqrt(5)) gives bound = gain·sqrt(3/fan_in) = 1/sqrt(fan_in).
                 let bound = 1.0 / (inp as f64).sqrt();
                 let a: Vec<f32> = (0..config.r * inp)

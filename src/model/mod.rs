@@ -4,6 +4,7 @@ pub mod config;
 pub mod decoder;
 pub mod lora;
 pub mod rotary;
+pub mod summary;
 pub mod weights;
 
 pub use config::{Architecture, ModelConfig, PROJECTIONS};

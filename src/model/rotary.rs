@@ -66,8 +66,8 @@ pub fn inverse_frequencies(cfg: &ModelConfig) -> Vec<f64> {
                     } else if wavelen > low_freq_wavelen {
                         f / factor
                     } else {
-                        let smooth =
-                            (old_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                        let smooth = (old_len / wavelen - low_freq_factor)
+                            / (high_freq_factor - low_freq_factor);
                         (1.0 - smooth) * f / factor + smooth * f
                     }
                 })

@@ -39,7 +39,10 @@ impl WeightFiles {
             let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }
                 .map_err(|e| anyhow::anyhow!("{e}"))
                 .with_context(|| {
-                    format!("{}: not a valid safetensors file (truncated or corrupt?)", path.display())
+                    format!(
+                        "{}: not a valid safetensors file (truncated or corrupt?)",
+                        path.display()
+                    )
                 })?;
             for (name, _) in st.tensors() {
                 location.insert(name, i);
@@ -64,7 +67,10 @@ impl WeightFiles {
         self.files.iter().map(|(p, _)| p.as_path())
     }
 
-    fn file_of(&self, name: &str) -> Result<&(PathBuf, candle_core::safetensors::MmapedSafetensors)> {
+    fn file_of(
+        &self,
+        name: &str,
+    ) -> Result<&(PathBuf, candle_core::safetensors::MmapedSafetensors)> {
         let idx = self.location.get(name).with_context(|| {
             let files: Vec<String> = self.paths().map(|p| p.display().to_string()).collect();
             format!("tensor `{name}` not found in {}", files.join(", "))
@@ -79,8 +85,37 @@ impl WeightFiles {
         Ok(view.shape().to_vec())
     }
 
+    /// Checks that every tensor the config calls for is present with the right shape,
+    /// reading headers only.
+    pub fn check_against(&self, config: &super::ModelConfig) -> Result<()> {
+        for (name, shape) in config.expected_tensors() {
+            let stored = self.shape(&name)?;
+            if stored != shape {
+                let (path, _) = self.file_of(&name)?;
+                bail!(
+                    "{}: tensor `{name}` has shape {stored:?}, expected {shape:?} from config.json",
+                    path.display()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The dtype `name` is stored in, as safetensors names it (F32, BF16, ...).
+    pub fn stored_dtype(&self, name: &str) -> Result<String> {
+        let (_, st) = self.file_of(name)?;
+        let view = st.get(name).map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(format!("{:?}", view.dtype()))
+    }
+
     /// Loads `name`, checks its shape and converts it to `dtype` on `device`.
-    pub fn load(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
+    pub fn load(
+        &self,
+        name: &str,
+        shape: &[usize],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor> {
         let (path, st) = self.file_of(name)?;
         let stored = self.shape(name)?;
         if stored != shape {

@@ -42,7 +42,10 @@ impl CustomOp2 for GradientOf {
         output: &CpuStorage,
         output_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        Ok((output.try_clone(output_layout)?, output_layout.shape().clone()))
+        Ok((
+            output.try_clone(output_layout)?,
+            output_layout.shape().clone(),
+        ))
     }
 
     fn cuda_fwd(
@@ -52,7 +55,10 @@ impl CustomOp2 for GradientOf {
         output: &CudaStorage,
         output_layout: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        Ok((output.try_clone(output_layout)?, output_layout.shape().clone()))
+        Ok((
+            output.try_clone(output_layout)?,
+            output_layout.shape().clone(),
+        ))
     }
 
     fn bwd(

@@ -7,9 +7,13 @@ use candle_core::{DType, Result, Tensor, D};
 pub fn next_token_logprobs(logits: &Tensor, ids: &Tensor) -> Result<Tensor> {
     let (_, t, _) = logits.dims3()?;
     let logits = logits.narrow(1, 0, t - 1)?.to_dtype(DType::F32)?;
-    let targets = ids.narrow(1, 1, t - 1)?.to_dtype(DType::U32)?.unsqueeze(D::Minus1)?;
+    let targets = ids
+        .narrow(1, 1, t - 1)?
+        .to_dtype(DType::U32)?
+        .unsqueeze(D::Minus1)?;
     let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-    logp.gather(&targets.contiguous()?, D::Minus1)?.squeeze(D::Minus1)
+    logp.gather(&targets.contiguous()?, D::Minus1)?
+        .squeeze(D::Minus1)
 }
 
 /// Mean negative log-likelihood over the positions where `mask` (`[b, t-1]`, 0/1) is set.
