@@ -6,7 +6,11 @@ mod data;
 mod inspect;
 
 #[derive(Parser, Debug)]
-#[command(name = "lora-dpo", version, about = "LoRA SFT + DPO for Mistral/Llama models on one GPU")]
+#[command(
+    name = "lora-dpo",
+    version,
+    about = "LoRA SFT + DPO for Mistral/Llama models on one GPU"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
