@@ -41,15 +41,26 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let cfg = args.config.as_ref().map(|p| LoadedConfig::load(p, &[])).transpose()?;
+    let cfg = args
+        .config
+        .as_ref()
+        .map(|p| LoadedConfig::load(p, &[]))
+        .transpose()?;
     let raw = read_dataset(&args.data, None)?;
     let probe = DataConfig::default();
-    let stage = if is_preference_data(&raw, &probe) { Stage::Dpo } else { Stage::Sft };
+    let stage = if is_preference_data(&raw, &probe) {
+        Stage::Dpo
+    } else {
+        Stage::Sft
+    };
     let data_config = match &cfg {
         Some(c) => c.data_config(stage)?,
         None => DataConfig::default(),
     };
-    let dpo = cfg.as_ref().and_then(|c| c.run.dpo.clone()).unwrap_or_default();
+    let dpo = cfg
+        .as_ref()
+        .and_then(|c| c.run.dpo.clone())
+        .unwrap_or_default();
     let loss = DpoLoss {
         beta: args.beta.unwrap_or(dpo.beta),
         loss_type: LossType::parse(&dpo.loss_type)?,
@@ -62,7 +73,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let adapter = args
         .adapter
         .as_ref()
-        .map(|a| adapter::load_adapter(a, &model.config, &device).with_context(|| format!("adapter {a}")))
+        .map(|a| {
+            adapter::load_adapter(a, &model.config, &device).with_context(|| format!("adapter {a}"))
+        })
         .transpose()?;
     let request = EvalRequest {
         model: &model,

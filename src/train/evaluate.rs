@@ -15,7 +15,9 @@ pub fn is_preference_data(raw: &RawDataset, cfg: &DataConfig) -> bool {
     raw.rows
         .iter()
         .find_map(|r| r.value.as_ref().ok())
-        .is_some_and(|row| row.contains_key(cfg.columns.chosen()) && row.contains_key(cfg.columns.rejected()))
+        .is_some_and(|row| {
+            row.contains_key(cfg.columns.chosen()) && row.contains_key(cfg.columns.rejected())
+        })
 }
 
 pub struct EvalRequest<'a> {
@@ -37,7 +39,15 @@ pub fn evaluate(req: &EvalRequest, raw: RawDataset) -> Result<Value> {
     }
     let data = prepare_dpo(raw, req.tokenizer, req.data_config)?;
     let reference = reference_sums(req.model, &[], &data, req.batch_size)?;
-    let metrics = evaluate_pairs(req.model, &policy, &data, &reference, &req.loss, req.batch_size, "eval_")?;
+    let metrics = evaluate_pairs(
+        req.model,
+        &policy,
+        &data,
+        &reference,
+        &req.loss,
+        req.batch_size,
+        "eval_",
+    )?;
     let mut out = Map::new();
     for (k, v) in metrics.means() {
         out.insert(k.trim_start_matches("eval_").to_string(), json!(v));
