@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod decoder;
+pub mod frozen;
 pub mod lora;
 pub mod rotary;
 pub mod summary;
@@ -9,6 +10,7 @@ pub mod weights;
 
 pub use config::{Architecture, ModelConfig, PROJECTIONS};
 pub use decoder::{Model, Pass};
+pub use frozen::{parse_quantization, FrozenWeight, LoadOptions, WeightSource};
 pub use lora::{Adapter, LoraConfig, LoraPair};
 
 use anyhow::{bail, Result};
@@ -33,8 +35,13 @@ pub fn load_config(source: &Source) -> Result<ModelConfig> {
 
 /// Loads a model from a folder or hub repo id, frozen weights in `dtype`.
 pub fn load_model(spec: &str, dtype: DType, device: &Device) -> Result<Model> {
+    load_model_with(spec, &LoadOptions::new(dtype), device)
+}
+
+/// [`load_model`] with the projections quantized as `options` say.
+pub fn load_model_with(spec: &str, options: &LoadOptions, device: &Device) -> Result<Model> {
     let source = Source::parse(spec)?;
     let config = load_config(&source)?;
     let weights = weights::WeightFiles::open(&source)?;
-    Model::load(config, &weights, dtype, device)
+    Model::load_with(config, &weights, options, device)
 }
