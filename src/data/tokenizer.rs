@@ -149,6 +149,18 @@ fn load_gguf(path: &Path) -> Result<ChatTokenizer> {
     let tokenizer = Tokenizer::from_gguf(&content)
         .map_err(|e| anyhow::anyhow!("{}: cannot build the tokenizer: {e}", path.display()))?;
     let md = &content.metadata;
+    let mut tokenizer = tokenizer;
+    let pre = md
+        .get("tokenizer.ggml.pre")
+        .and_then(|v| v.to_string().ok())
+        .cloned()
+        .unwrap_or_default();
+    let add_prefix_space = md
+        .get("tokenizer.ggml.add_space_prefix")
+        .and_then(|v| v.to_bool().ok())
+        .unwrap_or(false);
+    set_gguf_pre_tokenizer(&mut tokenizer, &pre, add_prefix_space)
+        .with_context(|| format!("{}: tokenizer.ggml.pre `{pre}`", path.display()))?;
     let tokens: Vec<String> = match md.get("tokenizer.ggml.tokens") {
         Some(gguf_file::Value::Array(a)) => a
             .iter()
@@ -196,6 +208,47 @@ fn load_gguf(path: &Path) -> Result<ChatTokenizer> {
         pad,
         source: path.to_path_buf(),
     })
+}
+
+const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// Sets the pre-tokenizer of a GPT-2-style GGUF vocabulary the way transformers (and llama.cpp) split text for
+/// that `tokenizer.ggml.pre`. candle's default adds a prefix space (`"Hi"` becomes `" Hi"`), which transformers
+/// does not, and it does not know llama.cpp's `llama-bpe` name for Llama-3.
+fn set_gguf_pre_tokenizer(
+    tokenizer: &mut Tokenizer,
+    pre: &str,
+    add_prefix_space: bool,
+) -> Result<()> {
+    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+    use tokenizers::pre_tokenizers::sequence::Sequence;
+    use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+    use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+    let split = match pre {
+        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0"
+        | "lfm2" | "dbrx" | "smaug-bpe" => Some(LLAMA3_SPLIT),
+        "qwen2" | "deepseek-r1-qwen" | "megrez" => Some(QWEN2_SPLIT),
+        _ => None,
+    };
+    let wrapper: PreTokenizerWrapper = match split {
+        Some(re) => {
+            let split = Split::new(
+                SplitPattern::Regex(re.to_string()),
+                tokenizers::SplitDelimiterBehavior::Isolated,
+                false,
+            )
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            Sequence::new(vec![
+                split.into(),
+                ByteLevel::new(add_prefix_space, true, false).into(),
+            ])
+            .into()
+        }
+        None => ByteLevel::new(add_prefix_space, true, true).into(),
+    };
+    tokenizer.with_pre_tokenizer(Some(wrapper));
+    Ok(())
 }
 
 impl ChatTokenizer {
