@@ -253,21 +253,67 @@ fn tiny_gguf_tokenizer_matches_transformers() {
     );
 }
 
-#[test]
-fn no_doubled_bos_for_plain_text_that_starts_with_it() {
-    // The tiny GGUF does not add BOS itself; a text that starts with the BOS string keeps exactly one.
-    let tok = smollm2();
-    let file = tempfile::Builder::new()
-        .suffix(".jsonl")
-        .tempfile()
+/// The SmolLM2 tokenizer with a post-processor that adds BOS, as Llama and Mistral tokenizers do.
+fn bos_adding() -> ChatTokenizer {
+    let mut tok = smollm2();
+    let pp = tokenizers::processors::template::TemplateProcessing::builder()
+        .try_single("<|im_start|> $0")
+        .unwrap()
+        .special_tokens(vec![("<|im_start|>", 1)])
+        .build()
         .unwrap();
-    std::fs::write(file.path(), "{\"text\": \"<|im_start|>hello\"}\n").unwrap();
-    let ds = data::load_sft(file.path(), None, &tok, &DataConfig::default()).unwrap();
-    let seq = &ds.examples[0];
-    assert_eq!(seq.input_ids.iter().filter(|&&i| i == 1).count(), 1);
+    tok.tokenizer.with_post_processor(Some(pp));
     assert_eq!(
-        *seq.input_ids.last().unwrap(),
-        2,
-        "EOS appended to plain text"
+        tok.encode("hi", true).unwrap()[0],
+        1,
+        "the test tokenizer adds BOS"
     );
+    tok
+}
+
+#[test]
+fn no_doubled_bos() {
+    let tok = bos_adding();
+    let dir = tempfile::tempdir().unwrap();
+    // Plain text that already starts with the BOS string keeps one BOS; other text gets the tokenizer's BOS.
+    let f = dir.path().join("t.jsonl");
+    std::fs::write(
+        &f,
+        "{\"text\": \"<|im_start|>hello\"}\n{\"text\": \"hello\"}\n",
+    )
+    .unwrap();
+    let ds = data::load_sft(&f, None, &tok, &DataConfig::default()).unwrap();
+    for seq in &ds.examples {
+        assert_eq!(seq.input_ids[0], 1);
+        assert_eq!(
+            seq.input_ids.iter().filter(|&&i| i == 1).count(),
+            1,
+            "{:?}",
+            seq.input_ids
+        );
+        assert_eq!(
+            *seq.input_ids.last().unwrap(),
+            2,
+            "EOS appended to plain text"
+        );
+    }
+    // A chat template that writes BOS itself: the rendered text is tokenized without the tokenizer's BOS.
+    let mut tok = tok;
+    let fx = fixture("sft_tokens.json");
+    let specials = vec![
+        ("bos_token".to_string(), "<|im_start|>".to_string()),
+        ("eos_token".to_string(), "<|im_end|>".to_string()),
+    ];
+    tok.template =
+        Some(ChatTemplate::new(fx["llama3"]["template"].as_str().unwrap(), specials).unwrap());
+    let f = dir.path().join("p.jsonl");
+    std::fs::write(
+        &f,
+        r#"{"prompt": [{"role": "user", "content": "Hi"}], "chosen": [{"role": "assistant", "content": "Hello"}], "rejected": [{"role": "assistant", "content": "Bye"}]}"#,
+    )
+    .unwrap();
+    let ds = data::load_dpo(&f, None, &tok, &DataConfig::default()).unwrap();
+    let seq = &ds.examples[0].chosen.input_ids;
+    assert_eq!(seq[0], 1);
+    assert_eq!(seq.iter().filter(|&&i| i == 1).count(), 1, "{seq:?}");
 }

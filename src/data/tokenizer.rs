@@ -9,6 +9,9 @@ use tokenizers::Tokenizer;
 use super::schema::Message;
 use super::template::ChatTemplate;
 
+/// A byte range `start..end` of a text.
+pub type Span = (usize, usize);
+
 /// A special token: its text and id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpecialToken {
@@ -263,7 +266,7 @@ impl ChatTokenizer {
     }
 
     /// Token ids and each token's byte span in `text`, without special tokens added.
-    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
+    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<Span>)> {
         let enc = self
             .tokenizer
             .encode(text, false)
