@@ -279,9 +279,18 @@ pub fn tokenize_sft(
                 input_ids: ids,
             }
         }
+        SftRow::Messages(msgs) if !cfg.assistant_only_loss => {
+            // Loss on every token (TRL's default): no need to find the assistant turns.
+            let full = render(tok, msgs, false, loc, cfg.columns.messages())?;
+            let ids = encode_chat(tok, &full, loc)?;
+            notes.no_eos = !has_eos(tok, &ids);
+            Sequence {
+                loss_mask: vec![true; ids.len()],
+                input_ids: ids,
+            }
+        }
         SftRow::Messages(msgs) => {
-            let field = cfg.columns.messages();
-            let (mut seq, _) = masked_chat(tok, msgs, loc, field)?;
+            let (seq, _) = masked_chat(tok, msgs, loc, cfg.columns.messages())?;
             let trained: Vec<u32> = seq
                 .input_ids
                 .iter()
@@ -290,9 +299,6 @@ pub fn tokenize_sft(
                 .map(|(&id, _)| id)
                 .collect();
             notes.no_eos = !has_eos(tok, &trained);
-            if !cfg.assistant_only_loss {
-                seq.loss_mask = vec![true; seq.input_ids.len()];
-            }
             seq
         }
         SftRow::PromptCompletion { prompt, completion } => {
