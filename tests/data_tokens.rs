@@ -317,3 +317,45 @@ fn no_doubled_bos() {
     assert_eq!(seq[0], 1);
     assert_eq!(seq.iter().filter(|&&i| i == 1).count(), 1, "{seq:?}");
 }
+
+#[test]
+fn tiny_sentencepiece_gguf_matches_transformers() {
+    // Mistral / Llama-2 GGUFs store a SentencePiece vocabulary with scores and no merges.
+    let tok = data::load_chat_tokenizer(Path::new("tests/fixtures/data/tiny_spm.gguf")).unwrap();
+    let fx = fixture("tiny_spm_gguf.json");
+    assert_eq!(
+        tok.bos.as_ref().unwrap().text,
+        fx["bos_token"].as_str().unwrap()
+    );
+    assert_eq!(
+        tok.eos.as_ref().unwrap().text,
+        fx["eos_token"].as_str().unwrap()
+    );
+    for t in fx["texts"].as_array().unwrap() {
+        let text = t["text"].as_str().unwrap();
+        let plain = tok.encode(text, false).unwrap();
+        assert_eq!(plain, ids(&t["ids"]), "{text:?}");
+        assert_eq!(
+            tok.encode(text, true).unwrap(),
+            ids(&t["ids_with_special"]),
+            "{text:?}: BOS added"
+        );
+        assert_eq!(
+            tok.decode(&plain).unwrap(),
+            t["decoded"].as_str().unwrap(),
+            "{text:?}"
+        );
+    }
+    let msgs: Vec<data::Message> = fx["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| data::Message::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
+        .collect();
+    let rendered = tok.render(&msgs, false).unwrap();
+    assert_eq!(rendered, fx["rendered"].as_str().unwrap());
+    assert_eq!(
+        tok.encode(&rendered, false).unwrap(),
+        ids(&fx["rendered_ids"])
+    );
+}

@@ -10,6 +10,7 @@
 
 pub mod batch;
 pub mod config;
+pub mod gguf_spm;
 pub mod pipeline;
 pub mod reader;
 pub mod report;

@@ -149,10 +149,30 @@ fn load_gguf(path: &Path) -> Result<ChatTokenizer> {
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let content = gguf_file::Content::read(&mut file)
         .map_err(|e| anyhow::anyhow!("{}: not a readable GGUF file: {e}", path.display()))?;
-    let tokenizer = Tokenizer::from_gguf(&content)
-        .map_err(|e| anyhow::anyhow!("{}: cannot build the tokenizer: {e}", path.display()))?;
     let md = &content.metadata;
-    let mut tokenizer = tokenizer;
+    let model = md
+        .get("tokenizer.ggml.model")
+        .and_then(|v| v.to_string().ok())
+        .cloned()
+        .unwrap_or_default();
+    if model == "llama" {
+        let tokenizer = super::gguf_spm::spm_tokenizer(&content).with_context(|| {
+            format!(
+                "{}: cannot build the SentencePiece tokenizer",
+                path.display()
+            )
+        })?;
+        return finish_gguf(path, &content, tokenizer);
+    }
+    if model != "gpt2" {
+        bail!(
+            "{}: tokenizer.ggml.model `{model}` is not supported (gpt2 and llama are); use the model's Hugging \
+             Face folder with tokenizer.json instead",
+            path.display()
+        );
+    }
+    let mut tokenizer = Tokenizer::from_gguf(&content)
+        .map_err(|e| anyhow::anyhow!("{}: cannot build the tokenizer: {e}", path.display()))?;
     let pre = md
         .get("tokenizer.ggml.pre")
         .and_then(|v| v.to_string().ok())
@@ -164,6 +184,17 @@ fn load_gguf(path: &Path) -> Result<ChatTokenizer> {
         .unwrap_or(false);
     set_gguf_pre_tokenizer(&mut tokenizer, &pre, add_prefix_space)
         .with_context(|| format!("{}: tokenizer.ggml.pre `{pre}`", path.display()))?;
+    finish_gguf(path, &content, tokenizer)
+}
+
+/// Special tokens and chat template of a GGUF.
+fn finish_gguf(
+    path: &Path,
+    content: &candle_core::quantized::gguf_file::Content,
+    tokenizer: Tokenizer,
+) -> Result<ChatTokenizer> {
+    use candle_core::quantized::gguf_file;
+    let md = &content.metadata;
     let tokens: Vec<String> = match md.get("tokenizer.ggml.tokens") {
         Some(gguf_file::Value::Array(a)) => a
             .iter()
