@@ -174,18 +174,36 @@ fn batches_pad_right_and_grouping_reduces_padding() {
 fn data_command_reports_counts_lengths_and_a_masked_example() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("c.toml");
-    std::fs::write(&config, "[dpo]\nmax_length = 44\ntruncation_mode = \"keep_end\"\nbeta = 0.1\n").unwrap();
+    std::fs::write(
+        &config,
+        "[dpo]\nmax_length = 44\ntruncation_mode = \"keep_end\"\nbeta = 0.1\n",
+    )
+    .unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_lora-dpo"))
-        .args(["data", "--model", "tests/fixtures/data/smollm2", "--data", "data/dpo/eval.jsonl"])
+        .args([
+            "data",
+            "--model",
+            "tests/fixtures/data/smollm2",
+            "--data",
+            "data/dpo/eval.jsonl",
+        ])
         .args(["--stage", "dpo", "--config", config.to_str().unwrap()])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // The same numbers from the library.
     let cfg = DataConfig::from_toml_file(&config, data::Stage::Dpo).unwrap();
     let ds = data::load_dpo(Path::new("data/dpo/eval.jsonl"), None, &tok(), &cfg).unwrap();
-    assert!(ds.stats.truncated > 0 && ds.stats.truncated < 40, "{}", ds.stats.truncated);
+    assert!(
+        ds.stats.truncated > 0 && ds.stats.truncated < 40,
+        "{}",
+        ds.stats.truncated
+    );
     let p50 = data::report::percentile(&ds.stats.lengths, 50).unwrap();
     for needle in [
         "schema: prompt + chosen + rejected (explicit prompt), conversational".to_string(),
