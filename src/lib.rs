@@ -3,7 +3,10 @@
 //!
 //! Data flows one way: config → weights → data → forward → loss → step → adapter out.
 
+pub mod adapter;
+pub mod config;
 pub mod data;
 pub mod model;
 pub mod ops;
 pub mod source;
+pub mod train;

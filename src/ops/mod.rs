@@ -1,1 +1,17 @@
 //! Differentiable fused ops with their backward passes.
+//!
+//! candle's fused kernels (`softmax_last_dim`, `rms_norm`, `rope`, quantized matmul) record no
+//! backward, and its matmul backward also computes a gradient for frozen weights. Each op here
+//! runs the fast forward and attaches an analytic gradient for its input only.
+
+mod grad_attach;
+mod linear;
+mod norm;
+mod rope;
+mod softmax;
+
+pub use grad_attach::attach_gradient;
+pub use linear::{frozen_linear, matmul_t};
+pub use norm::rms_norm;
+pub use rope::rope;
+pub use softmax::softmax_last_dim;

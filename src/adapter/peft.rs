@@ -1,0 +1,297 @@
+//! PEFT's on-disk LoRA format: `adapter_config.json` + `adapter_model.safetensors`.
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor, Var};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::path::Path;
+
+use crate::model::lora::module_path;
+use crate::model::{Adapter, LoraConfig, LoraPair, ModelConfig, PROJECTIONS};
+use crate::source::Source;
+
+const CONFIG_FILE: &str = "adapter_config.json";
+const WEIGHTS_FILE: &str = "adapter_model.safetensors";
+pub const KEY_PREFIX: &str = "base_model.model.";
+
+/// Loads a PEFT LoRA adapter (folder or hub repo id) for a model with config `model`.
+pub fn load_adapter(spec: &str, model: &ModelConfig, device: &Device) -> Result<Adapter> {
+    let source = Source::parse(spec)?;
+    let config_path = source.require(CONFIG_FILE)?;
+    let text = std::fs::read_to_string(&config_path)
+        .with_context(|| format!("{}: cannot read", config_path.display()))?;
+    let json: Value = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not valid JSON", config_path.display()))?;
+    let mut lora = read_config(&json).with_context(|| format!("{}", config_path.display()))?;
+    let weights_path = match source.find(WEIGHTS_FILE)? {
+        Some(p) => p,
+        None if source.find("adapter_model.bin")?.is_some() => bail!(
+            "{}: only adapter_model.bin (a pickle) is present; save the adapter with \
+             safe_serialization=True",
+            source.display_name()
+        ),
+        None => source.require(WEIGHTS_FILE)?,
+    };
+    let tensors = candle_core::safetensors::load(&weights_path, device)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .with_context(|| format!("{}: not a valid safetensors file", weights_path.display()))?;
+    let adapter = adapter_from_tensors(tensors, &mut lora, model)
+        .with_context(|| format!("{}", weights_path.display()))?;
+    Ok(adapter)
+}
+
+/// Reads the fields we can honour and refuses what we cannot represent.
+fn read_config(json: &Value) -> Result<LoraConfig> {
+    let peft_type = json.get("peft_type").and_then(Value::as_str).unwrap_or("");
+    if peft_type != "LORA" {
+        bail!("field `peft_type`: {peft_type:?} is not supported (only LORA)");
+    }
+    let refuse_true = |key: &str, what: &str| -> Result<()> {
+        if json.get(key).and_then(Value::as_bool) == Some(true) {
+            bail!("field `{key}`: {what} adapters are not supported");
+        }
+        Ok(())
+    };
+    refuse_true("use_dora", "DoRA")?;
+    refuse_true("fan_in_fan_out", "fan_in_fan_out (Conv1D-style)")?;
+    refuse_true("lora_bias", "LoRA-with-bias")?;
+    if let Some(bias) = json.get("bias").and_then(Value::as_str) {
+        if bias != "none" {
+            bail!("field `bias`: {bias:?} is not supported (only \"none\": LoRA without biases)");
+        }
+    }
+    let non_empty = |key: &str| match json.get(key) {
+        None | Some(Value::Null) => false,
+        Some(Value::Array(a)) => !a.is_empty(),
+        Some(Value::Object(o)) => !o.is_empty(),
+        Some(_) => true,
+    };
+    if non_empty("modules_to_save") {
+        bail!("field `modules_to_save`: adapters that save whole modules are not supported");
+    }
+    if non_empty("rank_pattern") || non_empty("alpha_pattern") {
+        bail!("fields `rank_pattern`/`alpha_pattern`: per-module ranks are not supported");
+    }
+    let r = json
+        .get("r")
+        .and_then(Value::as_u64)
+        .context("field `r` is missing or not a positive integer")? as usize;
+    let lora_alpha = json
+        .get("lora_alpha")
+        .and_then(Value::as_f64)
+        .unwrap_or(8.0);
+    Ok(LoraConfig {
+        r,
+        lora_alpha,
+        lora_dropout: json
+            .get("lora_dropout")
+            .and_then(Value::as_f64)
+            .unwrap_or(0.0),
+        target_modules: vec![],
+        use_rslora: json
+            .get("use_rslora")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+    })
+}
+
+/// Builds an adapter from PEFT-named tensors; `lora.target_modules` is filled from what is present.
+pub fn adapter_from_tensors(
+    tensors: HashMap<String, Tensor>,
+    lora: &mut LoraConfig,
+    model: &ModelConfig,
+) -> Result<Adapter> {
+    let mut layers: Vec<[Option<LoraPair>; 7]> = (0..model.num_hidden_layers)
+        .map(|_| Default::default())
+        .collect();
+    let mut found = [false; 7];
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    for name in names {
+        if !name.contains(".lora_A.") && !name.contains(".lora_B.") {
+            bail!("tensor `{name}` is not a LoRA factor; only lora_A/lora_B weights are supported");
+        }
+    }
+    for (layer, slots) in layers.iter_mut().enumerate() {
+        for (p, proj) in PROJECTIONS.iter().enumerate() {
+            let module = module_path(layer, p);
+            let key = |ab: &str| format!("{KEY_PREFIX}{module}.{ab}.weight");
+            let (ka, kb) = (key("lora_A"), key("lora_B"));
+            let (a, b) = match (tensors.get(&ka), tensors.get(&kb)) {
+                (Some(a), Some(b)) => (a, b),
+                (None, None) => continue,
+                _ => bail!("{module}: lora_A and lora_B must both be present"),
+            };
+            let (out, inp) = model.projection_shape(proj).expect("known projection");
+            if a.dims() != [lora.r, inp] || b.dims() != [out, lora.r] {
+                bail!(
+                    "{module}: lora_A {:?} / lora_B {:?} do not fit r={} on a [{out}, {inp}] weight",
+                    a.dims(),
+                    b.dims(),
+                    lora.r
+                );
+            }
+            slots[p] = Some(LoraPair {
+                a: Var::from_tensor(&a.to_dtype(DType::F32)?)?,
+                b: Var::from_tensor(&b.to_dtype(DType::F32)?)?,
+            });
+            found[p] = true;
+        }
+    }
+    let expected: usize = 2 * layers.iter().flatten().flatten().count();
+    if expected != tensors.len() {
+        bail!(
+            "{} of its {} tensors do not name a layer/projection of this model \
+             (expected names like {KEY_PREFIX}model.layers.0.self_attn.q_proj.lora_A.weight)",
+            tensors.len() - expected,
+            tensors.len()
+        );
+    }
+    lora.target_modules = PROJECTIONS
+        .iter()
+        .zip(found)
+        .filter(|(_, f)| *f)
+        .map(|(p, _)| p.to_string())
+        .collect();
+    lora.validate()?;
+    Ok(Adapter {
+        config: lora.clone(),
+        frozen: false,
+        layers,
+    })
+}
+
+/// PEFT's `adapter_config.json` for `adapter`.
+pub fn config_json(adapter: &Adapter, base_model: &str) -> Value {
+    let c = &adapter.config;
+    json!({
+        "alpha_pattern": {},
+        "base_model_name_or_path": base_model,
+        "bias": "none",
+        "fan_in_fan_out": false,
+        "inference_mode": true,
+        "init_lora_weights": true,
+        "lora_alpha": c.lora_alpha,
+        "lora_dropout": c.lora_dropout,
+        "modules_to_save": null,
+        "peft_type": "LORA",
+        "r": c.r,
+        "rank_pattern": {},
+        "target_modules": c.target_modules,
+        "task_type": "CAUSAL_LM",
+        "use_dora": false,
+        "use_rslora": c.use_rslora,
+    })
+}
+
+/// Writes the adapter as a PEFT folder at `dir`, through a temporary folder renamed at the end.
+pub fn save_adapter(adapter: &Adapter, base_model: &str, dir: &Path) -> Result<()> {
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent)
+        .with_context(|| format!("{}: cannot create", parent.display()))?;
+    let name = dir
+        .file_name()
+        .context("adapter output path has no folder name")?;
+    let tmp = parent.join(format!(".{}.tmp", name.to_string_lossy()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)?;
+    }
+    std::fs::create_dir_all(&tmp)?;
+    let config = serde_json::to_string_pretty(&config_json(adapter, base_model))?;
+    std::fs::write(tmp.join(CONFIG_FILE), config + "\n")?;
+    let mut data: Vec<(String, Tensor)> = Vec::new();
+    for (name, var) in adapter.named_vars() {
+        data.push((
+            format!("{KEY_PREFIX}{name}.weight"),
+            var.as_tensor().to_device(&Device::Cpu)?.contiguous()?,
+        ));
+    }
+    write_safetensors(&data, &tmp.join(WEIGHTS_FILE))?;
+    if dir.exists() {
+        let old = parent.join(format!(".{}.old", name.to_string_lossy()));
+        if old.exists() {
+            std::fs::remove_dir_all(&old)?;
+        }
+        std::fs::rename(dir, &old)?;
+        std::fs::rename(&tmp, dir)?;
+        std::fs::remove_dir_all(&old)?;
+    } else {
+        std::fs::rename(&tmp, dir)?;
+    }
+    Ok(())
+}
+
+/// Writes tensors with the `{"format": "pt"}` metadata transformers and PEFT expect.
+pub fn write_safetensors(data: &[(String, Tensor)], path: &Path) -> Result<()> {
+    let views: Vec<(String, TensorBytes)> = data
+        .iter()
+        .map(|(n, t)| Ok((n.clone(), TensorBytes::new(t)?)))
+        .collect::<Result<_>>()?;
+    let metadata: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
+    safetensors::serialize_to_file(views, Some(metadata), path)
+        .with_context(|| format!("{}: cannot write", path.display()))
+}
+
+/// A tensor's bytes in the layout safetensors wants.
+struct TensorBytes {
+    dtype: safetensors::Dtype,
+    shape: Vec<usize>,
+    bytes: Vec<u8>,
+}
+
+impl TensorBytes {
+    fn new(t: &Tensor) -> Result<Self> {
+        let shape = t.dims().to_vec();
+        let t = t.to_device(&Device::Cpu)?.flatten_all()?;
+        let (dtype, bytes) = match t.dtype() {
+            DType::F32 => (
+                safetensors::Dtype::F32,
+                le_bytes(&t.to_vec1::<f32>()?, f32::to_le_bytes),
+            ),
+            DType::BF16 => (
+                safetensors::Dtype::BF16,
+                le_bytes(&t.to_vec1::<half::bf16>()?, half::bf16::to_le_bytes),
+            ),
+            DType::F16 => (
+                safetensors::Dtype::F16,
+                le_bytes(&t.to_vec1::<half::f16>()?, half::f16::to_le_bytes),
+            ),
+            DType::U32 => (
+                safetensors::Dtype::U32,
+                le_bytes(&t.to_vec1::<u32>()?, u32::to_le_bytes),
+            ),
+            DType::I64 => (
+                safetensors::Dtype::I64,
+                le_bytes(&t.to_vec1::<i64>()?, i64::to_le_bytes),
+            ),
+            other => bail!("cannot write {other:?} tensors"),
+        };
+        Ok(Self {
+            dtype,
+            shape,
+            bytes,
+        })
+    }
+}
+
+fn le_bytes<T: Copy, const N: usize>(values: &[T], f: fn(T) -> [u8; N]) -> Vec<u8> {
+    values.iter().flat_map(|v| f(*v)).collect()
+}
+
+impl safetensors::View for TensorBytes {
+    fn dtype(&self) -> safetensors::Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        std::borrow::Cow::Borrowed(&self.bytes)
+    }
+    fn data_len(&self) -> usize {
+        self.bytes.len()
+    }
+}

@@ -1,0 +1,295 @@
+//! The Mistral/Llama decoder, written for training: every op has a backward that reaches
+//! the LoRA factors and none computes a gradient for a frozen weight.
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Device, Tensor};
+
+use super::config::{ModelConfig, PROJECTIONS};
+use super::lora::{lora_delta, Adapter, Dropout};
+use super::rotary::Rotary;
+use super::weights::WeightFiles;
+use crate::ops;
+
+/// How a forward pass runs.
+#[derive(Clone, Copy)]
+pub struct Pass<'a> {
+    /// Adapters applied on top of the frozen base, in order; empty = the bare base.
+    pub adapters: &'a [&'a Adapter],
+    /// Applies LoRA dropout.
+    pub training: bool,
+    /// Seeds the dropout masks of this pass (each projection derives its own).
+    pub dropout_seed: u64,
+}
+
+impl<'a> Pass<'a> {
+    pub fn eval(adapters: &'a [&'a Adapter]) -> Self {
+        Self {
+            adapters,
+            training: false,
+            dropout_seed: 0,
+        }
+    }
+
+    pub fn train(adapters: &'a [&'a Adapter], dropout_seed: u64) -> Self {
+        Self {
+            adapters,
+            training: true,
+            dropout_seed,
+        }
+    }
+}
+
+/// A frozen projection weight `[out, in]`.
+struct Projection {
+    weight: Tensor,
+    layer: usize,
+    index: usize,
+}
+
+impl Projection {
+    fn forward(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
+        let mut y = ops::frozen_linear(x, &self.weight)?;
+        for (slot, adapter) in pass.adapters.iter().enumerate() {
+            if let Some(pair) = adapter.pair(self.layer, self.index) {
+                let dropout = pass.training.then(|| Dropout {
+                    p: adapter.config.lora_dropout,
+                    seed: mix_seed(pass.dropout_seed, [self.layer, self.index, slot]),
+                });
+                // Outside training no adapter records a graph.
+                let frozen = adapter.frozen || !pass.training;
+                y = (y + lora_delta(x, pair, adapter.scale(), frozen, dropout)?)?;
+            }
+        }
+        Ok(y)
+    }
+}
+
+struct DecoderLayer {
+    input_layernorm: Tensor,
+    post_attention_layernorm: Tensor,
+    /// q, k, v, o, gate, up, down: the order of [`PROJECTIONS`].
+    proj: Vec<Projection>,
+}
+
+/// The frozen base model.
+pub struct Model {
+    pub config: ModelConfig,
+    embed_tokens: Tensor,
+    layers: Vec<DecoderLayer>,
+    norm: Tensor,
+    lm_head: Tensor,
+    rotary: Rotary,
+    dtype: DType,
+    device: Device,
+}
+
+impl Model {
+    /// Loads every weight the config calls for, checking shapes, in `dtype` on `device`.
+    pub fn load(
+        config: ModelConfig,
+        weights: &WeightFiles,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        weights.check_against(&config)?;
+        let c = &config;
+        let load = |name: &str, shape: &[usize]| weights.load(name, shape, dtype, device);
+        let embed_tokens = load("model.embed_tokens.weight", &[c.vocab_size, c.hidden_size])?;
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for i in 0..c.num_hidden_layers {
+            let mut proj = Vec::with_capacity(PROJECTIONS.len());
+            for (p, name) in PROJECTIONS.iter().enumerate() {
+                let (out, inp) = c.projection_shape(name).expect("known projection");
+                let full = super::lora::module_path(i, p);
+                proj.push(Projection {
+                    weight: load(&format!("{full}.weight"), &[out, inp])?,
+                    layer: i,
+                    index: p,
+                });
+            }
+            layers.push(DecoderLayer {
+                input_layernorm: load(
+                    &format!("model.layers.{i}.input_layernorm.weight"),
+                    &[c.hidden_size],
+                )?,
+                post_attention_layernorm: load(
+                    &format!("model.layers.{i}.post_attention_layernorm.weight"),
+                    &[c.hidden_size],
+                )?,
+                proj,
+            });
+        }
+        let norm = load("model.norm.weight", &[c.hidden_size])?;
+        let lm_head = if c.tie_word_embeddings && !weights.contains("lm_head.weight") {
+            embed_tokens.clone()
+        } else {
+            load("lm_head.weight", &[c.vocab_size, c.hidden_size]).context(
+                "(set tie_word_embeddings in config.json if the head shares the embeddings)",
+            )?
+        };
+        let rotary = Rotary::new(c, c.max_position_embeddings.max(1), dtype, device)?;
+        Ok(Self {
+            config,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rotary,
+            dtype,
+            device: device.clone(),
+        })
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Final hidden states `[batch, seq, hidden]` (after the last norm).
+    ///
+    /// `input_ids: [batch, seq]` (u32), right-padded; `attention_mask: [batch, seq]`, 1 for real
+    /// tokens. Positions count from 0 in every row.
+    pub fn hidden_states(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        pass: Pass,
+    ) -> Result<Tensor> {
+        let (batch, seq) = input_ids.dims2()?;
+        if seq > self.rotary.max_len() {
+            anyhow::bail!(
+                "sequence of {seq} tokens is longer than max_position_embeddings {}",
+                self.rotary.max_len()
+            );
+        }
+        let mut x = self
+            .embed_tokens
+            .index_select(&input_ids.flatten_all()?, 0)?
+            .reshape((batch, seq, self.config.hidden_size))?;
+        let mask = attention_bias(&self.config, attention_mask, batch, seq, &self.device)?;
+        let (cos, sin) = self.rotary.tables(seq)?;
+        for layer in &self.layers {
+            x = self.layer_forward(layer, &x, &mask, &cos, &sin, pass)?;
+        }
+        Ok(ops::rms_norm(&x, &self.norm, self.config.rms_norm_eps)?)
+    }
+
+    /// Logits `[batch, seq, vocab]` in f32.
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        pass: Pass,
+    ) -> Result<Tensor> {
+        let h = self.hidden_states(input_ids, attention_mask, pass)?;
+        Ok(self.logits(&h)?)
+    }
+
+    /// The LM head applied to hidden states.
+    pub fn logits(&self, hidden: &Tensor) -> candle_core::Result<Tensor> {
+        ops::frozen_linear(hidden, &self.lm_head)?.to_dtype(DType::F32)
+    }
+
+    pub fn lm_head(&self) -> &Tensor {
+        &self.lm_head
+    }
+
+    fn layer_forward(
+        &self,
+        layer: &DecoderLayer,
+        x: &Tensor,
+        mask: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        pass: Pass,
+    ) -> Result<Tensor> {
+        let eps = self.config.rms_norm_eps;
+        let h = ops::rms_norm(x, &layer.input_layernorm, eps)?;
+        let attn = self.attention(layer, &h, mask, cos, sin, pass)?;
+        let x = (x + attn)?;
+        let h = ops::rms_norm(&x, &layer.post_attention_layernorm, eps)?;
+        let gate = layer.proj[4].forward(&h, pass)?;
+        let up = layer.proj[5].forward(&h, pass)?;
+        let mlp = layer.proj[6].forward(&(gate.silu()? * up)?, pass)?;
+        Ok((x + mlp)?)
+    }
+
+    fn attention(
+        &self,
+        layer: &DecoderLayer,
+        x: &Tensor,
+        mask: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        pass: Pass,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let (b, t, _) = x.dims3()?;
+        let (h, kvh, d) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let heads = |y: Tensor, n: usize| -> Result<Tensor> {
+            Ok(y.reshape((b, t, n, d))?.transpose(1, 2)?)
+        };
+        let q = heads(layer.proj[0].forward(x, pass)?, h)?;
+        let k = heads(layer.proj[1].forward(x, pass)?, kvh)?;
+        let v = heads(layer.proj[2].forward(x, pass)?, kvh)?.contiguous()?;
+        let q = ops::rope(&q, cos, sin)?;
+        let k = ops::rope(&k, cos, sin)?;
+        // Grouped-query attention without copying k/v: the n_rep query heads that share a
+        // kv head are stacked along the sequence axis.
+        let n_rep = h / kvh;
+        let q = q.reshape((b, kvh, n_rep * t, d))?;
+        let scores = q.matmul(&k.t()?)?.reshape((b, h, t, t))?;
+        let scores =
+            ((scores.to_dtype(DType::F32)? * (1.0 / (d as f64).sqrt()))?.broadcast_add(mask))?;
+        let probs = ops::softmax_last_dim(&scores)?.to_dtype(self.dtype)?;
+        let out = probs.reshape((b, kvh, n_rep * t, t))?.matmul(&v)?;
+        let out = out
+            .reshape((b, h, t, d))?
+            .transpose(1, 2)?
+            .reshape((b, t, h * d))?;
+        layer.proj[3].forward(&out, pass)
+    }
+}
+
+/// Additive attention bias `[batch, 1, seq, seq]`: 0 where query i may see key j, a large
+/// negative number elsewhere. Causal, limited to `sliding_window` (i − j < window, as
+/// transformers does), and blind to padded keys.
+fn attention_bias(
+    cfg: &ModelConfig,
+    attention_mask: Option<&Tensor>,
+    batch: usize,
+    seq: usize,
+    device: &Device,
+) -> Result<Tensor> {
+    let keep: Vec<Vec<u8>> = match attention_mask {
+        Some(m) => m.to_dtype(DType::U8)?.to_vec2()?,
+        None => vec![vec![1; seq]; batch],
+    };
+    let mut bias = vec![0f32; batch * seq * seq];
+    for (bi, row) in keep.iter().enumerate() {
+        for i in 0..seq {
+            for j in 0..seq {
+                let visible = j <= i && cfg.sliding_window.is_none_or(|w| i - j < w) && row[j] != 0;
+                if !visible {
+                    bias[(bi * seq + i) * seq + j] = f32::MIN;
+                }
+            }
+        }
+    }
+    Ok(Tensor::from_vec(bias, (batch, 1, seq, seq), device)?)
+}
+
+/// A seed for one projection's dropout mask, from the pass seed and its position (SplitMix64).
+fn mix_seed(seed: u64, parts: [usize; 3]) -> u64 {
+    let mut z = seed;
+    for p in parts {
+        z = z.wrapping_add(0x9E37_79B9_7F4A_7C15).wrapping_add(p as u64);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+    }
+    z
+}

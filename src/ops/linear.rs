@@ -1,0 +1,39 @@
+//! A linear layer whose weight is frozen: the backward pass computes the input gradient only.
+
+use super::attach_gradient;
+use candle_core::{Result, Tensor, D};
+use std::sync::Arc;
+
+/// `x @ weight.T` for `x: [.., in]` and `weight: [out, in]`, with no weight gradient.
+pub fn frozen_linear(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    let y = matmul_t(&x.detach(), weight)?;
+    let weight = weight.clone();
+    attach_gradient(
+        x,
+        y,
+        Arc::new(move |_, _, grad| {
+            let (out_features, in_features) = weight.dims2()?;
+            let lead = grad.dims()[..grad.rank() - 1].to_vec();
+            let flat = grad.reshape(((), out_features))?.contiguous()?;
+            let dx = flat.matmul(&weight.to_dtype(grad.dtype())?)?;
+            let mut shape = lead;
+            shape.push(in_features);
+            dx.reshape(shape)
+        }),
+    )
+}
+
+/// `x @ w.T` over any leading dimensions.
+pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let (out_features, in_features) = w.dims2()?;
+    if x.dim(D::Minus1)? != in_features {
+        candle_core::bail!(
+            "linear: input has {} features, weight expects {in_features}",
+            x.dim(D::Minus1)?
+        );
+    }
+    let mut shape = x.dims()[..x.rank() - 1].to_vec();
+    shape.push(out_features);
+    let flat = x.reshape(((), in_features))?;
+    flat.matmul(&w.t()?)?.reshape(shape)
+}

@@ -1,0 +1,19 @@
+//! Rotary position embeddings (the rotate-half layout of Hugging Face Llama/Mistral).
+
+use super::attach_gradient;
+use candle_core::{Result, Tensor};
+use std::sync::Arc;
+
+/// Rotates `x: [batch, heads, seq, head_dim]` by the angles whose `cos`/`sin` are `[seq, head_dim/2]`.
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let y = candle_nn::rotary_emb::rope(&x.detach().contiguous()?, cos, sin)?;
+    let (cos, sin) = (cos.clone(), sin.clone());
+    attach_gradient(
+        x,
+        y,
+        Arc::new(move |_, _, grad| {
+            // A rotation's transpose is the rotation by the opposite angle.
+            candle_nn::rotary_emb::rope(&grad.contiguous()?, &cos, &sin.neg()?)
+        }),
+    )
+}
