@@ -212,7 +212,11 @@ pub fn parse_messages(items: &[Value], loc: &RowLoc, field: &str) -> Result<Vec<
                 return Err(BadRow::new(
                     loc,
                     Some(&format!("{at}.{role_key}")),
-                    "missing field",
+                    if obj.contains_key(role_key) {
+                        "missing value (null)"
+                    } else {
+                        "missing field"
+                    },
                 ))
             }
             Some(Value::String(s)) => s.as_str(),
@@ -244,7 +248,11 @@ pub fn parse_messages(items: &[Value], loc: &RowLoc, field: &str) -> Result<Vec<
                 return Err(BadRow::new(
                     loc,
                     Some(&format!("{at}.{content_key}")),
-                    "missing field",
+                    if obj.contains_key(content_key) {
+                        "missing value (null)"
+                    } else {
+                        "missing field"
+                    },
                 ))
             }
             Some(Value::String(s)) => s.clone(),
