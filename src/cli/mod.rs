@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 mod common;
 mod data;
 mod dpo;
+mod eval;
 mod inspect;
 mod sft;
 mod train;
@@ -32,6 +33,8 @@ pub enum Command {
     Dpo(common::RunArgs),
     /// SFT then DPO on one loaded base; writes both adapters and their combination.
     Train(common::RunArgs),
+    /// Metrics of a model (+ adapter) on preference or SFT data, as JSON.
+    Eval(eval::Args),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -41,5 +44,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sft(args) => sft::run(args),
         Command::Dpo(args) => dpo::run(args),
         Command::Train(args) => train::run(args),
+        Command::Eval(args) => eval::run(args),
     }
 }

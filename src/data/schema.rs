@@ -510,6 +510,8 @@ pub fn parse_dpo(
         ));
     }
     let explicit = match schema {
+        // Mixed files: a row without a prompt has an implicit one, whatever the first row had.
+        Schema::Preference if matches!(row.get(pf), None | Some(Value::Null)) => None,
         Schema::Preference => Some(get_turns(row, loc, pf)?),
         Schema::ImplicitPreference => None,
         _ => {
