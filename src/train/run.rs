@@ -97,7 +97,7 @@ pub fn tokenizer_path(source: &Source) -> Result<PathBuf> {
     })
 }
 
-fn stage_config<'a>(cfg: &'a LoadedConfig, stage: Stage) -> Result<&'a StageConfig> {
+fn stage_config(cfg: &LoadedConfig, stage: Stage) -> Result<&StageConfig> {
     let s = match stage {
         Stage::Sft => cfg.run.sft.as_ref(),
         Stage::Dpo => cfg.run.dpo.as_ref(),
