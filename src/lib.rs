@@ -5,6 +5,7 @@
 
 pub mod adapter;
 pub mod data;
+pub mod generate;
 pub mod model;
 pub mod ops;
 pub mod source;

@@ -3,7 +3,9 @@
 use clap::{Parser, Subcommand};
 
 mod data;
+mod generate;
 mod inspect;
+mod merge;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -22,11 +24,17 @@ pub enum Command {
     Inspect(inspect::Args),
     /// Show how a dataset is read, templated, tokenized, masked and truncated.
     Data(data::Args),
+    /// Fold LoRA adapters into the base and write a Hugging Face folder (or convert a base).
+    Merge(merge::Args),
+    /// Generate a completion (chat template applied unless --raw), streaming tokens.
+    Generate(generate::Args),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Inspect(args) => inspect::run(args),
         Command::Data(args) => data::run(args),
+        Command::Merge(args) => merge::run(args),
+        Command::Generate(args) => generate::run(args),
     }
 }

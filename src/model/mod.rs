@@ -8,7 +8,7 @@ pub mod summary;
 pub mod weights;
 
 pub use config::{Architecture, ModelConfig, PROJECTIONS};
-pub use decoder::{Model, Pass};
+pub use decoder::{KvCache, Model, Pass};
 pub use lora::{Adapter, LoraConfig, LoraPair};
 
 use anyhow::{bail, Result};

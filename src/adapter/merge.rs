@@ -1,0 +1,633 @@
+//! Folding LoRA adapters into the base weights and writing a Hugging Face model folder.
+//!
+//! Streams tensor by tensor: each tensor is read from its file with a plain positioned read
+//! (no memory map, so pages already written do not stay resident), merged in f32
+//! (`W + scale · B · A` for each adapter in order), cast to the output dtype and written
+//! straight into its shard, whose header is computed up front from the shapes. Peak memory is
+//! about one tensor in f32 plus one in the output dtype, whatever the model size. Everything
+//! goes into a temporary folder beside the output, renamed at the end.
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use crate::model::lora::module_path;
+use crate::model::weights::WeightFiles;
+use crate::model::{Adapter, ModelConfig, PROJECTIONS};
+use crate::source::Source;
+
+/// transformers' default `max_shard_size`.
+pub const DEFAULT_MAX_SHARD_SIZE: u64 = 5_000_000_000;
+
+/// Files copied unchanged from the base folder when present.
+const COPIED_FILES: [&str; 9] = [
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "chat_template.jinja",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+];
+
+#[derive(Debug, Clone)]
+pub struct MergeOptions {
+    /// Output dtype; `None` keeps the dtype the embeddings are stored in.
+    pub dtype: Option<DType>,
+    /// Largest shard in bytes (a single larger tensor gets a shard of its own).
+    pub max_shard_size: u64,
+    /// Replace an existing non-empty output folder.
+    pub overwrite: bool,
+}
+
+impl Default for MergeOptions {
+    fn default() -> Self {
+        Self {
+            dtype: None,
+            max_shard_size: DEFAULT_MAX_SHARD_SIZE,
+            overwrite: false,
+        }
+    }
+}
+
+/// What `merge` wrote.
+#[derive(Debug, Clone)]
+pub struct MergeReport {
+    pub out_dir: PathBuf,
+    pub dtype: DType,
+    /// `(file name, bytes of tensor data)` of each shard.
+    pub shards: Vec<(String, u64)>,
+    /// Sum of the tensors' sizes (`metadata.total_size` of the index).
+    pub total_size: u64,
+    /// Projections that received at least one adapter.
+    pub merged_tensors: usize,
+    pub copied_files: Vec<String>,
+}
+
+/// Parses a shard size such as `5GB`, `500MB`, `64MiB` or a plain number of bytes.
+/// KB/MB/GB are powers of 1000 (as transformers reads them), KiB/MiB/GiB powers of 1024.
+pub fn parse_size(text: &str) -> Result<u64> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num
+        .parse()
+        .with_context(|| format!("size `{text}`: expected a number with an optional unit"))?;
+    let mult: f64 = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1.0,
+        "KB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        "TB" => 1e12,
+        "KIB" => 1024.0,
+        "MIB" => 1024.0 * 1024.0,
+        "GIB" => 1024.0 * 1024.0 * 1024.0,
+        other => bail!("size `{text}`: unknown unit `{other}` (use B, KB, MB, GB, KiB, MiB, GiB)"),
+    };
+    let bytes = (value * mult).round();
+    if bytes < 1.0 {
+        bail!("size `{text}` must be at least 1 byte");
+    }
+    Ok(bytes as u64)
+}
+
+/// Folds `adapters` (in order; none = plain conversion) into the base `model_spec` (folder or
+/// hub repo id) and writes a Hugging Face folder at `out`.
+pub fn merge(
+    model_spec: &str,
+    adapters: &[Adapter],
+    out: &Path,
+    options: &MergeOptions,
+) -> Result<MergeReport> {
+    let source = Source::parse(model_spec)?;
+    if let Source::File(path) = &source {
+        if path.extension().and_then(|e| e.to_str()) == Some("gguf") {
+            bail!(
+                "{}: GGUF bases cannot be merged yet; give a Hugging Face folder \
+                 (config.json + safetensors)",
+                path.display()
+            );
+        }
+        bail!(
+            "{}: expected a Hugging Face model folder (config.json + safetensors) or a hub repo id",
+            path.display()
+        );
+    }
+    if options.max_shard_size == 0 {
+        bail!("max_shard_size must be at least 1 byte");
+    }
+    check_output(out, options.overwrite)?;
+    let config_path = source.require("config.json")?;
+    let config = ModelConfig::from_file(&config_path)?;
+    let weights = WeightFiles::open(&source)?;
+    weights.check_against(&config)?;
+    let dtype = match options.dtype {
+        Some(d) => d,
+        None => parse_st_dtype(&weights.stored_dtype("model.embed_tokens.weight")?)?.0,
+    };
+    for (i, adapter) in adapters.iter().enumerate() {
+        if adapter.layers.len() != config.num_hidden_layers {
+            bail!(
+                "adapter {} has {} layers, the model {}",
+                i + 1,
+                adapter.layers.len(),
+                config.num_hidden_layers
+            );
+        }
+    }
+    let reader = TensorReader::open(weights.paths())?;
+    let plan = plan_shards(&config, &reader, dtype, options.max_shard_size)?;
+
+    let (tmp, parent) = temp_dir_for(out)?;
+    let result = (|| -> Result<MergeReport> {
+        let n = plan.len();
+        let mut shards = Vec::with_capacity(n);
+        let mut weight_map = BTreeMap::new();
+        let mut merged_tensors = 0;
+        for (k, shard) in plan.iter().enumerate() {
+            let file = if n == 1 {
+                "model.safetensors".to_string()
+            } else {
+                format!("model-{:05}-of-{n:05}.safetensors", k + 1)
+            };
+            merged_tensors += write_shard(&tmp.join(&file), shard, &reader, adapters, dtype)?;
+            for (name, _) in &shard.tensors {
+                weight_map.insert(name.clone(), file.clone());
+            }
+            shards.push((file, shard.bytes));
+        }
+        let total_size: u64 = shards.iter().map(|(_, b)| b).sum();
+        if n > 1 {
+            let index = json!({
+                "metadata": {"total_size": total_size},
+                "weight_map": weight_map,
+            });
+            std::fs::write(
+                tmp.join("model.safetensors.index.json"),
+                serde_json::to_string_pretty(&index)? + "\n",
+            )?;
+        }
+        write_config(&config_path, &tmp.join("config.json"), dtype)?;
+        let mut copied_files = Vec::new();
+        for name in COPIED_FILES {
+            if let Some(p) = source.find(name)? {
+                std::fs::copy(&p, tmp.join(name))
+                    .with_context(|| format!("copying {}", p.display()))?;
+                copied_files.push(name.to_string());
+            }
+        }
+        Ok(MergeReport {
+            out_dir: out.to_path_buf(),
+            dtype,
+            shards,
+            total_size,
+            merged_tensors,
+            copied_files,
+        })
+    })();
+    let report = match result {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+    };
+    if out.exists() {
+        // check_output allowed it: empty, or --overwrite.
+        let old = parent.join(format!(".{}.old", file_name(out)?));
+        if old.exists() {
+            std::fs::remove_dir_all(&old)?;
+        }
+        std::fs::rename(out, &old)
+            .with_context(|| format!("{}: cannot move the old folder away", out.display()))?;
+        std::fs::rename(&tmp, out)?;
+        std::fs::remove_dir_all(&old)?;
+    } else {
+        std::fs::rename(&tmp, out)
+            .with_context(|| format!("{}: cannot rename the finished folder", out.display()))?;
+    }
+    Ok(report)
+}
+
+fn file_name(path: &Path) -> Result<String> {
+    Ok(path
+        .file_name()
+        .with_context(|| format!("{}: the output path has no folder name", path.display()))?
+        .to_string_lossy()
+        .to_string())
+}
+
+fn check_output(out: &Path, overwrite: bool) -> Result<()> {
+    if out.is_file() {
+        bail!("{}: exists and is a file, not a folder", out.display());
+    }
+    if out.is_dir() && !overwrite {
+        let non_empty = std::fs::read_dir(out)
+            .with_context(|| format!("{}: cannot read", out.display()))?
+            .next()
+            .is_some();
+        if non_empty {
+            bail!(
+                "{}: folder exists and is not empty (choose another --out or pass --overwrite)",
+                out.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A fresh `.NAME.tmp` folder beside `out`, and `out`'s parent.
+fn temp_dir_for(out: &Path) -> Result<(PathBuf, PathBuf)> {
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    std::fs::create_dir_all(&parent)
+        .with_context(|| format!("{}: cannot create", parent.display()))?;
+    let tmp = parent.join(format!(".{}.tmp", file_name(out)?));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).with_context(|| {
+            format!("{}: cannot remove a stale temporary folder", tmp.display())
+        })?;
+    }
+    std::fs::create_dir_all(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
+    Ok((tmp, parent))
+}
+
+/// Copies config.json with `dtype`/`torch_dtype` set to the output dtype.
+fn write_config(from: &Path, to: &Path, dtype: DType) -> Result<()> {
+    let text = std::fs::read_to_string(from)
+        .with_context(|| format!("{}: cannot read", from.display()))?;
+    let mut json: Value = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not valid JSON", from.display()))?;
+    let name = match dtype {
+        DType::F32 => "float32",
+        DType::BF16 => "bfloat16",
+        DType::F16 => "float16",
+        other => bail!("cannot write {other:?} weights"),
+    };
+    let obj = json
+        .as_object_mut()
+        .with_context(|| format!("{}: not a JSON object", from.display()))?;
+    let mut set = false;
+    for key in ["dtype", "torch_dtype"] {
+        if let Some(v) = obj.get_mut(key) {
+            *v = json!(name);
+            set = true;
+        }
+    }
+    if !set {
+        obj.insert("torch_dtype".into(), json!(name));
+    }
+    std::fs::write(to, serde_json::to_string_pretty(&json)? + "\n")
+        .with_context(|| format!("{}: cannot write", to.display()))
+}
+
+/// One output shard: its tensors in order with their shapes, and its data size.
+struct ShardPlan {
+    tensors: Vec<(String, Vec<usize>)>,
+    bytes: u64,
+}
+
+/// Tensors in checkpoint order (the config's order, then any others by name), packed greedily
+/// into shards of at most `max` bytes.
+fn plan_shards(
+    config: &ModelConfig,
+    reader: &TensorReader,
+    dtype: DType,
+    max: u64,
+) -> Result<Vec<ShardPlan>> {
+    let mut names: Vec<String> = config
+        .expected_tensors()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    let mut rest: Vec<String> = reader
+        .entries
+        .keys()
+        .filter(|n| !names.contains(n))
+        .cloned()
+        .collect();
+    rest.sort();
+    names.extend(rest);
+    let mut shards: Vec<ShardPlan> = Vec::new();
+    let mut current = ShardPlan {
+        tensors: vec![],
+        bytes: 0,
+    };
+    for name in names {
+        let shape = reader.entry(&name)?.shape.clone();
+        let size = shape.iter().product::<usize>() as u64 * dtype.size_in_bytes() as u64;
+        if !current.tensors.is_empty() && current.bytes + size > max {
+            shards.push(std::mem::replace(
+                &mut current,
+                ShardPlan {
+                    tensors: vec![],
+                    bytes: 0,
+                },
+            ));
+        }
+        current.tensors.push((name, shape));
+        current.bytes += size;
+    }
+    if !current.tensors.is_empty() {
+        shards.push(current);
+    }
+    Ok(shards)
+}
+
+/// `(layer, projection index)` when `name` is a projection weight.
+fn projection_of(name: &str) -> Option<(usize, usize)> {
+    let rest = name.strip_prefix("model.layers.")?;
+    let (layer, _) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    (0..PROJECTIONS.len())
+        .find_map(|p| (format!("{}.weight", module_path(layer, p)) == name).then_some((layer, p)))
+}
+
+/// Writes one shard: the header from the plan, then each tensor's bytes as they are made.
+/// Returns how many tensors had an adapter folded in.
+fn write_shard(
+    path: &Path,
+    shard: &ShardPlan,
+    reader: &TensorReader,
+    adapters: &[Adapter],
+    dtype: DType,
+) -> Result<usize> {
+    let st_dtype = st_dtype_name(dtype)?;
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), json!({"format": "pt"}));
+    let mut offset = 0u64;
+    for (name, shape) in &shard.tensors {
+        let size = shape.iter().product::<usize>() as u64 * dtype.size_in_bytes() as u64;
+        header.insert(
+            name.clone(),
+            json!({"dtype": st_dtype, "shape": shape, "data_offsets": [offset, offset + size]}),
+        );
+        offset += size;
+    }
+    let mut header = serde_json::to_string(&Value::Object(header))?.into_bytes();
+    // safetensors pads the header with spaces to a multiple of 8 bytes.
+    while header.len() % 8 != 0 {
+        header.push(b' ');
+    }
+    let file = File::create(path).with_context(|| format!("{}: cannot create", path.display()))?;
+    let mut w = BufWriter::with_capacity(1 << 20, file);
+    let write_err = || format!("{}: cannot write", path.display());
+    w.write_all(&(header.len() as u64).to_le_bytes())
+        .with_context(write_err)?;
+    w.write_all(&header).with_context(write_err)?;
+    let mut merged = 0;
+    for (name, shape) in &shard.tensors {
+        let entry = reader.entry(name)?;
+        let stored = parse_st_dtype(&entry.dtype)?.0;
+        let pairs: Vec<_> = match projection_of(name) {
+            Some((layer, p)) => adapters
+                .iter()
+                .filter_map(|a| a.pair(layer, p).map(|pair| (a.scale(), pair)))
+                .collect(),
+            None => vec![],
+        };
+        if pairs.is_empty() && stored == dtype {
+            w.write_all(&reader.read_bytes(name)?)
+                .with_context(write_err)?;
+            continue;
+        }
+        let values = reader.read_f32(name)?;
+        let values = if pairs.is_empty() {
+            values
+        } else {
+            merged += 1;
+            let mut weight = Tensor::from_vec(values, shape.as_slice(), &Device::Cpu)?;
+            for (scale, pair) in pairs {
+                let b = pair.b.as_tensor().to_device(&Device::Cpu)?;
+                let a = pair.a.as_tensor().to_device(&Device::Cpu)?;
+                weight = (weight + (b.matmul(&a)? * scale)?)?;
+            }
+            let values = weight.flatten_all()?.to_vec1::<f32>()?;
+            if values.iter().any(|v| !v.is_finite()) {
+                bail!("merging the adapter into `{name}` gives NaN or infinite values");
+            }
+            values
+        };
+        w.write_all(&encode(&values, dtype)?)
+            .with_context(write_err)?;
+    }
+    w.flush().with_context(write_err)?;
+    Ok(merged)
+}
+
+fn encode(values: &[f32], dtype: DType) -> Result<Vec<u8>> {
+    Ok(match dtype {
+        DType::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        DType::BF16 => values
+            .iter()
+            .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+            .collect(),
+        DType::F16 => values
+            .iter()
+            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+            .collect(),
+        other => bail!("cannot write {other:?} weights"),
+    })
+}
+
+fn st_dtype_name(dtype: DType) -> Result<&'static str> {
+    Ok(match dtype {
+        DType::F32 => "F32",
+        DType::BF16 => "BF16",
+        DType::F16 => "F16",
+        other => bail!("cannot write {other:?} weights (use f32, bf16 or f16)"),
+    })
+}
+
+/// The candle dtype and element size of a safetensors dtype name.
+fn parse_st_dtype(name: &str) -> Result<(DType, usize)> {
+    Ok(match name {
+        "F32" => (DType::F32, 4),
+        "BF16" => (DType::BF16, 2),
+        "F16" => (DType::F16, 2),
+        "F64" => (DType::F64, 8),
+        other => bail!("tensors stored as {other} are not supported (only F32, BF16, F16, F64)"),
+    })
+}
+
+/// Where a tensor lies in its safetensors file.
+struct Entry {
+    file: usize,
+    dtype: String,
+    shape: Vec<usize>,
+    /// Absolute byte range in the file.
+    start: u64,
+    end: u64,
+}
+
+/// Reads tensors from safetensors files by positioned reads, one at a time.
+struct TensorReader {
+    files: Vec<(PathBuf, File)>,
+    entries: HashMap<String, Entry>,
+}
+
+impl TensorReader {
+    fn open<'a>(paths: impl Iterator<Item = &'a Path>) -> Result<Self> {
+        let mut files = Vec::new();
+        let mut entries = HashMap::new();
+        for path in paths {
+            let file =
+                File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+            let bad = || format!("{}: not a valid safetensors file", path.display());
+            let mut len = [0u8; 8];
+            read_exact_at(&file, &mut len, 0).with_context(bad)?;
+            let n = u64::from_le_bytes(len);
+            let file_len = file.metadata()?.len();
+            if n > file_len.saturating_sub(8) || n > 100_000_000 {
+                bail!("{}: header size {n} is impossible", path.display());
+            }
+            let mut header = vec![0u8; n as usize];
+            read_exact_at(&file, &mut header, 8).with_context(bad)?;
+            let json: serde_json::Map<String, Value> =
+                serde_json::from_slice(&header).with_context(bad)?;
+            let data_start = 8 + n;
+            for (name, info) in json {
+                if name == "__metadata__" {
+                    continue;
+                }
+                let dtype = info
+                    .get("dtype")
+                    .and_then(Value::as_str)
+                    .with_context(|| format!("{}: tensor `{name}` has no dtype", path.display()))?
+                    .to_string();
+                let shape: Vec<usize> =
+                    serde_json::from_value(info.get("shape").cloned().unwrap_or(Value::Null))
+                        .with_context(|| {
+                            format!("{}: tensor `{name}`: bad shape", path.display())
+                        })?;
+                let offs: [u64; 2] = serde_json::from_value(
+                    info.get("data_offsets").cloned().unwrap_or(Value::Null),
+                )
+                .with_context(|| {
+                    format!("{}: tensor `{name}`: bad data_offsets", path.display())
+                })?;
+                let (start, end) = (data_start + offs[0], data_start + offs[1]);
+                if offs[0] > offs[1] || end > file_len {
+                    bail!(
+                        "{}: tensor `{name}` lies outside the file (truncated?)",
+                        path.display()
+                    );
+                }
+                entries.insert(
+                    name,
+                    Entry {
+                        file: files.len(),
+                        dtype,
+                        shape,
+                        start,
+                        end,
+                    },
+                );
+            }
+            files.push((path.to_path_buf(), file));
+        }
+        Ok(Self { files, entries })
+    }
+
+    fn entry(&self, name: &str) -> Result<&Entry> {
+        self.entries
+            .get(name)
+            .with_context(|| format!("tensor `{name}` not found in the model's safetensors files"))
+    }
+
+    fn read_bytes(&self, name: &str) -> Result<Vec<u8>> {
+        let e = self.entry(name)?;
+        let (path, file) = &self.files[e.file];
+        let mut buf = vec![0u8; (e.end - e.start) as usize];
+        read_exact_at(file, &mut buf, e.start)
+            .with_context(|| format!("{}: reading tensor `{name}`", path.display()))?;
+        Ok(buf)
+    }
+
+    fn read_f32(&self, name: &str) -> Result<Vec<f32>> {
+        let e = self.entry(name)?;
+        let (_, size) = parse_st_dtype(&e.dtype)?;
+        let bytes = self.read_bytes(name)?;
+        let count: usize = e.shape.iter().product();
+        if bytes.len() != count * size {
+            bail!(
+                "tensor `{name}`: {} bytes for shape {:?} in {}",
+                bytes.len(),
+                e.shape,
+                e.dtype
+            );
+        }
+        Ok(match e.dtype.as_str() {
+            "F32" => bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            "BF16" => bytes
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            "F16" => bytes
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            "F64" => bytes
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
+                .collect(),
+            other => bail!("tensor `{name}`: dtype {other} is not supported"),
+        })
+    }
+}
+
+#[cfg(unix)]
+fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+}
+
+#[cfg(not(unix))]
+fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = file;
+    f.seek(SeekFrom::Start(offset))?;
+    f.read_exact(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_like_transformers() {
+        assert_eq!(parse_size("5GB").unwrap(), 5_000_000_000);
+        assert_eq!(parse_size("64MiB").unwrap(), 64 << 20);
+        assert_eq!(parse_size("1000").unwrap(), 1000);
+        assert_eq!(parse_size("0.5 KB").unwrap(), 500);
+        assert!(parse_size("5 parsecs").is_err());
+        assert!(parse_size("0").is_err());
+    }
+
+    #[test]
+    fn projection_names() {
+        assert_eq!(
+            projection_of("model.layers.3.mlp.down_proj.weight"),
+            Some((3, 6))
+        );
+        assert_eq!(
+            projection_of("model.layers.0.self_attn.q_proj.weight"),
+            Some((0, 0))
+        );
+        assert_eq!(projection_of("model.layers.0.input_layernorm.weight"), None);
+        assert_eq!(projection_of("lm_head.weight"), None);
+    }
+}

@@ -1,0 +1,129 @@
+//! `lora-dpo generate`: stream a completion from a model, optionally with adapters.
+
+use anyhow::Context;
+use lora_dpo::adapter::load_adapter;
+use lora_dpo::generate::{chat::ChatTemplate, generate, GenerateOptions, TextStream};
+use lora_dpo::model::{self, parse_dtype};
+use lora_dpo::source::Source;
+use std::io::Write;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Hugging Face model folder or hub repo id (owner/name, from the local cache).
+    #[arg(long)]
+    model: String,
+    /// PEFT LoRA adapter folder or hub repo id; repeat to stack several.
+    #[arg(long)]
+    adapter: Vec<String>,
+    /// The user message (or, with --raw, the text to continue).
+    #[arg(long)]
+    prompt: String,
+    /// System message, for the chat template.
+    #[arg(long)]
+    system: Option<String>,
+    /// Use the prompt as plain text, without the chat template.
+    #[arg(long)]
+    raw: bool,
+    #[arg(long, default_value_t = 256)]
+    max_new_tokens: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f64,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f64,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Weights dtype: f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let dtype = parse_dtype(&args.dtype)?;
+    let device = candle_core::Device::cuda_if_available(0)?;
+    let source = Source::parse(&args.model)?;
+    let tokenizer_path = source.require("tokenizer.json")?;
+    let tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_path)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .with_context(|| format!("{}: cannot load the tokenizer", tokenizer_path.display()))?;
+    let model = model::load_model(&args.model, dtype, &device)?;
+    let adapters = args
+        .adapter
+        .iter()
+        .map(|spec| {
+            load_adapter(spec, &model.config, &device)
+                .with_context(|| format!("loading adapter {spec}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let adapter_refs: Vec<_> = adapters.iter().collect();
+
+    let mut stop_ids = model.config.eos_token_ids.clone();
+    stop_ids.extend(generation_config_eos(&source)?);
+    let (text, add_special) = if args.raw {
+        if args.system.is_some() {
+            anyhow::bail!("--system needs the chat template; drop --raw or --system");
+        }
+        (args.prompt.clone(), true)
+    } else {
+        let template = ChatTemplate::load(&source)?.with_context(|| {
+            format!(
+                "{}: no chat_template in tokenizer_config.json and no chat_template.jinja \
+                 (use --raw for plain text)",
+                source.display_name()
+            )
+        })?;
+        if let Some(eos) = template.eos_token.as_deref() {
+            stop_ids.extend(tokenizer.token_to_id(eos));
+        }
+        // The template writes the BOS text itself, as transformers' apply_chat_template does.
+        (
+            template.render(args.system.as_deref(), &args.prompt)?,
+            false,
+        )
+    };
+    let prompt_ids = tokenizer
+        .encode(text.as_str(), add_special)
+        .map_err(|e| anyhow::anyhow!("tokenizing the prompt: {e}"))?
+        .get_ids()
+        .to_vec();
+    stop_ids.sort_unstable();
+    stop_ids.dedup();
+    let options = GenerateOptions {
+        max_new_tokens: args.max_new_tokens,
+        temperature: args.temperature,
+        top_p: args.top_p,
+        seed: args.seed,
+        stop_ids,
+    };
+    let mut stream = TextStream::new(&tokenizer);
+    let mut stdout = std::io::stdout();
+    generate(&model, &adapter_refs, &prompt_ids, &options, |id| {
+        if let Some(piece) = stream.push(id)? {
+            stdout.write_all(piece.as_bytes())?;
+            stdout.flush()?;
+        }
+        Ok(())
+    })?;
+    println!();
+    Ok(())
+}
+
+/// `eos_token_id` of generation_config.json (a number or a list), when present.
+fn generation_config_eos(source: &Source) -> anyhow::Result<Vec<u32>> {
+    let Some(path) = source.find("generation_config.json")? else {
+        return Ok(vec![]);
+    };
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not valid JSON", path.display()))?;
+    Ok(match json.get("eos_token_id") {
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .filter_map(|v| v.as_u64())
+            .map(|v| v as u32)
+            .collect(),
+        Some(v) => v.as_u64().map(|v| v as u32).into_iter().collect(),
+        None => vec![],
+    })
+}

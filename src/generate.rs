@@ -1,0 +1,284 @@
+//! Text generation on token ids: a KV-cached decoder loop, greedy or sampled (temperature,
+//! top-p, seeded), stopping at any of the stop ids.
+
+use anyhow::{bail, Result};
+use candle_core::{DType, Tensor};
+use rand::{Rng, SeedableRng};
+
+use crate::model::{Adapter, KvCache, Model, Pass};
+
+/// How tokens are chosen and when generation stops.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateOptions {
+    /// Upper bound on the number of generated tokens (the stop token included).
+    pub max_new_tokens: usize,
+    /// 0 = greedy (argmax); otherwise logits are divided by it before sampling.
+    pub temperature: f64,
+    /// Nucleus sampling: sample among the most likely tokens whose probabilities sum to `top_p`.
+    pub top_p: f64,
+    /// Seed of the sampler's random generator.
+    pub seed: u64,
+    /// Generation ends after any of these is produced (it is returned too).
+    pub stop_ids: Vec<u32>,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        Self {
+            max_new_tokens: 256,
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 42,
+            stop_ids: vec![],
+        }
+    }
+}
+
+impl GenerateOptions {
+    pub fn validate(&self) -> Result<()> {
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            bail!(
+                "temperature must be a finite number >= 0, got {}",
+                self.temperature
+            );
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            bail!("top_p must be in (0, 1], got {}", self.top_p);
+        }
+        Ok(())
+    }
+}
+
+/// Generates up to `max_new_tokens` after `prompt_ids` with `adapters` applied (in order),
+/// calling `on_token` with each new token as soon as it is chosen. Returns the new tokens,
+/// ending with the stop token when one was produced.
+pub fn generate(
+    model: &Model,
+    adapters: &[&Adapter],
+    prompt_ids: &[u32],
+    options: &GenerateOptions,
+    mut on_token: impl FnMut(u32) -> Result<()>,
+) -> Result<Vec<u32>> {
+    options.validate()?;
+    if prompt_ids.is_empty() {
+        bail!("the prompt is empty: at least one token is needed to start generating");
+    }
+    let vocab = model.config.vocab_size;
+    if let Some(bad) = prompt_ids.iter().find(|&&t| t as usize >= vocab) {
+        bail!("prompt token id {bad} is outside the model's vocabulary of {vocab}");
+    }
+    let max_len = model.config.max_position_embeddings;
+    if prompt_ids.len() >= max_len {
+        bail!(
+            "the prompt has {} tokens; the model takes at most {max_len} (max_position_embeddings)",
+            prompt_ids.len()
+        );
+    }
+    let budget = options.max_new_tokens.min(max_len - prompt_ids.len());
+    let pass = Pass::eval(adapters);
+    let mut cache = KvCache::new();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(options.seed);
+    let mut out = Vec::new();
+    let mut input = prompt_ids.to_vec();
+    while out.len() < budget {
+        let ids = Tensor::new(input.as_slice(), model.device())?.unsqueeze(0)?;
+        let logits = model.forward_with_cache(&ids, &mut cache, pass)?;
+        let last = logits.get(0)?.get(input.len() - 1)?.to_dtype(DType::F32)?;
+        let next = choose(&last.to_vec1::<f32>()?, options, &mut rng);
+        out.push(next);
+        on_token(next)?;
+        if options.stop_ids.contains(&next) {
+            break;
+        }
+        input = vec![next];
+    }
+    Ok(out)
+}
+
+/// Picks the next token from one row of logits.
+pub fn choose(logits: &[f32], options: &GenerateOptions, rng: &mut impl Rng) -> u32 {
+    if options.temperature == 0.0 {
+        return argmax(logits);
+    }
+    let t = options.temperature as f32;
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut probs: Vec<(u32, f32)> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| (i as u32, ((l - max) / t).exp()))
+        .collect();
+    let sum: f32 = probs.iter().map(|(_, p)| p).sum();
+    probs.iter_mut().for_each(|(_, p)| *p /= sum);
+    // Most likely first; ties broken by token id so the order is deterministic.
+    probs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    if options.top_p < 1.0 {
+        // Keep the smallest prefix whose mass reaches top_p (at least one token).
+        let mut mass = 0.0f32;
+        let mut keep = 0;
+        for (_, p) in &probs {
+            keep += 1;
+            mass += p;
+            if mass >= options.top_p as f32 {
+                break;
+            }
+        }
+        probs.truncate(keep.max(1));
+    }
+    let total: f32 = probs.iter().map(|(_, p)| p).sum();
+    let mut u = rng.random::<f32>() * total;
+    for (id, p) in &probs {
+        if u < *p {
+            return *id;
+        }
+        u -= p;
+    }
+    probs.last().map(|(id, _)| *id).unwrap_or(0)
+}
+
+/// Index of the largest logit (the first one on ties, like torch.argmax).
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &l) in logits.iter().enumerate() {
+        if l > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// Turns a growing list of token ids into text pieces as they become printable: decodes the
+/// whole sequence each time and emits what was added, holding back an incomplete UTF-8 tail.
+pub struct TextStream<'a> {
+    tokenizer: &'a tokenizers::Tokenizer,
+    ids: Vec<u32>,
+    printed: usize,
+}
+
+impl<'a> TextStream<'a> {
+    pub fn new(tokenizer: &'a tokenizers::Tokenizer) -> Self {
+        Self {
+            tokenizer,
+            ids: Vec::new(),
+            printed: 0,
+        }
+    }
+
+    /// Adds a token; returns the new text, if any is ready.
+    pub fn push(&mut self, id: u32) -> Result<Option<String>> {
+        self.ids.push(id);
+        let text = self
+            .tokenizer
+            .decode(&self.ids, true)
+            .map_err(|e| anyhow::anyhow!("decoding generated tokens: {e}"))?;
+        if text.len() > self.printed && !text.ends_with('\u{FFFD}') {
+            let piece = text[self.printed..].to_string();
+            self.printed = text.len();
+            return Ok(Some(piece));
+        }
+        Ok(None)
+    }
+}
+
+/// Fallback chat-template rendering for `generate` until the data module's tokenizer lands:
+/// the model's `chat_template` (tokenizer_config.json or chat_template.jinja) rendered with
+/// minijinja the way transformers does.
+pub mod chat {
+    use anyhow::{bail, Context, Result};
+    use minijinja::{Environment, Error, ErrorKind};
+    use serde_json::{json, Value};
+
+    use crate::source::Source;
+
+    /// The template and special tokens of a model folder or hub repo.
+    pub struct ChatTemplate {
+        pub template: String,
+        pub bos_token: Option<String>,
+        pub eos_token: Option<String>,
+    }
+
+    fn token_text(v: Option<&Value>) -> Option<String> {
+        match v? {
+            Value::String(s) => Some(s.clone()),
+            Value::Object(o) => o.get("content")?.as_str().map(str::to_string),
+            _ => None,
+        }
+    }
+
+    impl ChatTemplate {
+        /// Reads `tokenizer_config.json` (its `chat_template`, a string or a list of
+        /// `{name, template}`) or `chat_template.jinja`. `None` when the model has no template.
+        pub fn load(source: &Source) -> Result<Option<Self>> {
+            let mut config = Value::Null;
+            if let Some(path) = source.find("tokenizer_config.json")? {
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("{}: cannot read", path.display()))?;
+                config = serde_json::from_str(&text)
+                    .with_context(|| format!("{}: not valid JSON", path.display()))?;
+            }
+            let template = match config.get("chat_template") {
+                Some(Value::String(s)) => Some(s.clone()),
+                Some(Value::Array(list)) => list
+                    .iter()
+                    .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
+                    .or(list.first())
+                    .and_then(|t| t.get("template"))
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+                _ => None,
+            };
+            let template = match template {
+                Some(t) => Some(t),
+                None => match source.find("chat_template.jinja")? {
+                    Some(p) => Some(
+                        std::fs::read_to_string(&p)
+                            .with_context(|| format!("{}: cannot read", p.display()))?,
+                    ),
+                    None => None,
+                },
+            };
+            Ok(template.map(|template| Self {
+                template,
+                bos_token: token_text(config.get("bos_token")),
+                eos_token: token_text(config.get("eos_token")),
+            }))
+        }
+
+        /// Renders `[system?, user]` with the assistant turn opened.
+        pub fn render(&self, system: Option<&str>, user: &str) -> Result<String> {
+            let mut env = Environment::new();
+            env.set_syntax(
+                minijinja::syntax::SyntaxConfig::builder()
+                    .trim_blocks(true)
+                    .lstrip_blocks(true)
+                    .build()
+                    .expect("default delimiters are valid"),
+            );
+            env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+            env.add_function("raise_exception", |msg: String| -> Result<String, Error> {
+                Err(Error::new(ErrorKind::InvalidOperation, msg))
+            });
+            env.add_filter("tojson", |v: minijinja::Value| -> Result<String, Error> {
+                serde_json::to_string(&v)
+                    .map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))
+            });
+            env.add_template("chat", &self.template)
+                .context("the model's chat template does not compile")?;
+            let mut messages = Vec::new();
+            if let Some(s) = system {
+                messages.push(json!({"role": "system", "content": s}));
+            }
+            messages.push(json!({"role": "user", "content": user}));
+            let ctx = json!({
+                "messages": messages,
+                "add_generation_prompt": true,
+                "bos_token": self.bos_token.clone().unwrap_or_default(),
+                "eos_token": self.eos_token.clone().unwrap_or_default(),
+            });
+            let tmpl = env.get_template("chat").expect("added above");
+            match tmpl.render(minijinja::value::Serde(&ctx)) {
+                Ok(s) => Ok(s),
+                Err(e) => bail!("rendering the chat template: {e:#}"),
+            }
+        }
+    }
+}
