@@ -63,7 +63,7 @@ fn options(dtype: DType, max_shard_size: u64) -> MergeOptions {
     MergeOptions {
         dtype: Some(dtype),
         max_shard_size,
-        overwrite: false,
+        ..MergeOptions::default()
     }
 }
 
@@ -104,11 +104,16 @@ fn two_adapters_merge_in_order() {
         let tmp = tempfile::tempdir().unwrap();
         let out = tmp.path().join("merged");
         let adapters = [adapter(name, "adapter"), adapter(name, "rust-adapter")];
+        // Blocks of 3 rows: every tensor is merged and written piecewise.
+        let opts = MergeOptions {
+            block_bytes: 3 * 48 * 4,
+            ..MergeOptions::default()
+        };
         merge(
             &fixture_str(&format!("models/{name}")),
             &adapters,
             &out,
-            &MergeOptions::default(),
+            &opts,
         )
         .unwrap();
         compare_with_peft(name, &tensors_of(&out), "merged2");

@@ -44,6 +44,9 @@ pub struct MergeOptions {
     pub max_shard_size: u64,
     /// Replace an existing non-empty output folder.
     pub overwrite: bool,
+    /// Tensors are read, merged and written in blocks of whole rows of about this many bytes
+    /// (as f32, at least one row): the working memory, whatever the tensor size.
+    pub block_bytes: usize,
 }
 
 impl Default for MergeOptions {
@@ -52,6 +55,7 @@ impl Default for MergeOptions {
             dtype: None,
             max_shard_size: DEFAULT_MAX_SHARD_SIZE,
             overwrite: false,
+            block_bytes: 16 << 20,
         }
     }
 }
@@ -158,7 +162,14 @@ pub fn merge(
             } else {
                 format!("model-{:05}-of-{n:05}.safetensors", k + 1)
             };
-            merged_tensors += write_shard(&tmp.join(&file), shard, &reader, adapters, dtype)?;
+            merged_tensors += write_shard(
+                &tmp.join(&file),
+                shard,
+                &reader,
+                adapters,
+                dtype,
+                options.block_bytes,
+            )?;
             for (name, _) in &shard.tensors {
                 weight_map.insert(name.clone(), file.clone());
             }
@@ -362,6 +373,7 @@ fn write_shard(
     reader: &TensorReader,
     adapters: &[Adapter],
     dtype: DType,
+    block_bytes: usize,
 ) -> Result<usize> {
     let st_dtype = st_dtype_name(dtype)?;
     let mut header = serde_json::Map::new();
@@ -389,38 +401,53 @@ fn write_shard(
     let mut merged = 0;
     for (name, shape) in &shard.tensors {
         let entry = reader.entry(name)?;
-        let stored = parse_st_dtype(&entry.dtype)?.0;
-        let pairs: Vec<_> = match projection_of(name) {
+        let (stored, size) = parse_st_dtype(&entry.dtype)?;
+        let pairs: Vec<(f64, Tensor, Tensor)> = match projection_of(name) {
             Some((layer, p)) => adapters
                 .iter()
                 .filter_map(|a| a.pair(layer, p).map(|pair| (a.scale(), pair)))
-                .collect(),
+                .map(|(scale, pair)| -> Result<_> {
+                    Ok((
+                        scale,
+                        pair.b.as_tensor().to_device(&Device::Cpu)?,
+                        pair.a.as_tensor().to_device(&Device::Cpu)?,
+                    ))
+                })
+                .collect::<Result<_>>()?,
             None => vec![],
         };
-        if pairs.is_empty() && stored == dtype {
-            w.write_all(&reader.read_bytes(name)?)
-                .with_context(write_err)?;
-            continue;
+        merged += usize::from(!pairs.is_empty());
+        // Row blocks of about block_bytes (in f32), so no whole tensor is ever held.
+        let numel: usize = shape.iter().product();
+        let rows = shape.first().copied().unwrap_or(1).max(1);
+        let cols = numel / rows;
+        let block = (block_bytes / (4 * cols.max(1))).clamp(1, rows);
+        let mut r0 = 0;
+        while r0 < rows {
+            let n = block.min(rows - r0);
+            let bytes = reader.read_range(name, (r0 * cols * size) as u64, n * cols * size)?;
+            if pairs.is_empty() && stored == dtype {
+                w.write_all(&bytes).with_context(write_err)?;
+            } else {
+                let mut values =
+                    decode_f32(&bytes, &entry.dtype).with_context(|| format!("tensor `{name}`"))?;
+                drop(bytes);
+                if !pairs.is_empty() {
+                    let mut weight = Tensor::from_vec(values, (n, cols), &Device::Cpu)?;
+                    for (scale, b, a) in &pairs {
+                        let delta = b.narrow(0, r0, n)?.matmul(a)?;
+                        weight = (weight + (delta * *scale)?)?;
+                    }
+                    values = weight.flatten_all()?.to_vec1::<f32>()?;
+                    if values.iter().any(|v| !v.is_finite()) {
+                        bail!("merging the adapter into `{name}` gives NaN or infinite values");
+                    }
+                }
+                w.write_all(&encode(&values, dtype)?)
+                    .with_context(write_err)?;
+            }
+            r0 += n;
         }
-        let values = reader.read_f32(name)?;
-        let values = if pairs.is_empty() {
-            values
-        } else {
-            merged += 1;
-            let mut weight = Tensor::from_vec(values, shape.as_slice(), &Device::Cpu)?;
-            for (scale, pair) in pairs {
-                let b = pair.b.as_tensor().to_device(&Device::Cpu)?;
-                let a = pair.a.as_tensor().to_device(&Device::Cpu)?;
-                weight = (weight + (b.matmul(&a)? * scale)?)?;
-            }
-            let values = weight.flatten_all()?.to_vec1::<f32>()?;
-            if values.iter().any(|v| !v.is_finite()) {
-                bail!("merging the adapter into `{name}` gives NaN or infinite values");
-            }
-            values
-        };
-        w.write_all(&encode(&values, dtype)?)
-            .with_context(write_err)?;
     }
     w.flush().with_context(write_err)?;
     Ok(merged)
@@ -524,6 +551,16 @@ impl TensorReader {
                         path.display()
                     );
                 }
+                if let Ok((_, size)) = parse_st_dtype(&dtype) {
+                    let want = shape.iter().product::<usize>() as u64 * size as u64;
+                    if end - start != want {
+                        bail!(
+                            "{}: tensor `{name}` has {} bytes, its shape {shape:?} in {dtype} needs {want}",
+                            path.display(),
+                            end - start
+                        );
+                    }
+                }
                 entries.insert(
                     name,
                     Entry {
@@ -546,48 +583,45 @@ impl TensorReader {
             .with_context(|| format!("tensor `{name}` not found in the model's safetensors files"))
     }
 
-    fn read_bytes(&self, name: &str) -> Result<Vec<u8>> {
+    /// `len` bytes of tensor `name`, starting `offset` bytes into its data.
+    fn read_range(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
         let e = self.entry(name)?;
         let (path, file) = &self.files[e.file];
-        let mut buf = vec![0u8; (e.end - e.start) as usize];
-        read_exact_at(file, &mut buf, e.start)
+        if e.start + offset + len as u64 > e.end {
+            bail!(
+                "{}: tensor `{name}` is shorter than its shape {:?} says",
+                path.display(),
+                e.shape
+            );
+        }
+        let mut buf = vec![0u8; len];
+        read_exact_at(file, &mut buf, e.start + offset)
             .with_context(|| format!("{}: reading tensor `{name}`", path.display()))?;
         Ok(buf)
     }
+}
 
-    fn read_f32(&self, name: &str) -> Result<Vec<f32>> {
-        let e = self.entry(name)?;
-        let (_, size) = parse_st_dtype(&e.dtype)?;
-        let bytes = self.read_bytes(name)?;
-        let count: usize = e.shape.iter().product();
-        if bytes.len() != count * size {
-            bail!(
-                "tensor `{name}`: {} bytes for shape {:?} in {}",
-                bytes.len(),
-                e.shape,
-                e.dtype
-            );
-        }
-        Ok(match e.dtype.as_str() {
-            "F32" => bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-            "BF16" => bytes
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            "F16" => bytes
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            "F64" => bytes
-                .chunks_exact(8)
-                .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
-                .collect(),
-            other => bail!("tensor `{name}`: dtype {other} is not supported"),
-        })
-    }
+/// Little-endian values of a safetensors dtype, widened to f32.
+fn decode_f32(bytes: &[u8], dtype: &str) -> Result<Vec<f32>> {
+    Ok(match dtype {
+        "F32" => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        "BF16" => bytes
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        "F16" => bytes
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        "F64" => bytes
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
+            .collect(),
+        other => bail!("dtype {other} is not supported"),
+    })
 }
 
 #[cfg(unix)]

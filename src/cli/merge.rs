@@ -34,6 +34,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         dtype: args.dtype.as_deref().map(parse_dtype).transpose()?,
         max_shard_size: parse_size(&args.max_shard_size).context("--max-shard-size")?,
         overwrite: args.overwrite,
+        ..MergeOptions::default()
     };
     let mut adapters = Vec::with_capacity(args.adapter.len());
     if !args.adapter.is_empty() {
