@@ -55,7 +55,7 @@ impl Default for MergeOptions {
             dtype: None,
             max_shard_size: DEFAULT_MAX_SHARD_SIZE,
             overwrite: false,
-            block_bytes: 16 << 20,
+            block_bytes: 4 << 20,
         }
     }
 }
