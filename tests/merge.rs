@@ -254,8 +254,10 @@ fn refuses_to_clobber_a_non_empty_folder() {
         "{msg}"
     );
     assert!(tmp.path().join("keep.txt").is_file());
-    let mut opts = MergeOptions::default();
-    opts.overwrite = true;
+    let opts = MergeOptions {
+        overwrite: true,
+        ..MergeOptions::default()
+    };
     merge(&fixture_str("models/tiny-mistral"), &[], tmp.path(), &opts).unwrap();
     assert!(!tmp.path().join("keep.txt").exists());
     assert!(tmp.path().join("model.safetensors").is_file());
