@@ -355,3 +355,49 @@ fn cli_errors_name_the_problem() {
     assert!(err.contains("--max-shard-size"), "{err}");
     assert!(!out.exists());
 }
+
+#[test]
+fn cli_takes_hub_repo_ids_from_the_local_cache() {
+    // The cache layout hf-hub and huggingface_hub share: refs/main names a snapshot folder.
+    let cache = tempfile::tempdir().unwrap();
+    for (repo, from, files) in [
+        (
+            "models--tiny--mistral",
+            "models/tiny-mistral",
+            &["config.json", "model.safetensors", "generation_config.json"][..],
+        ),
+        (
+            "models--tiny--mistral-lora",
+            "models/tiny-mistral/adapter",
+            &["adapter_config.json", "adapter_model.safetensors"][..],
+        ),
+    ] {
+        let dir = cache.path().join(repo);
+        let snapshot = dir.join("snapshots/0123abcd");
+        std::fs::create_dir_all(&snapshot).unwrap();
+        std::fs::create_dir_all(dir.join("refs")).unwrap();
+        std::fs::write(dir.join("refs/main"), "0123abcd").unwrap();
+        for f in files {
+            std::fs::copy(fixture(&format!("{from}/{f}")), snapshot.join(f)).unwrap();
+        }
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("m");
+    let status = Command::new(env!("CARGO_BIN_EXE_lora-dpo"))
+        .args([
+            "merge",
+            "--model",
+            "tiny/mistral",
+            "--adapter",
+            "tiny/mistral-lora",
+        ])
+        .arg("--out")
+        .arg(&out)
+        .env("HF_HUB_CACHE", cache.path())
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{:?}", status);
+    assert!(out.join("generation_config.json").is_file());
+    compare_with_peft("tiny-mistral", &tensors_of(&out), "merged");
+}

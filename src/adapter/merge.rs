@@ -336,7 +336,11 @@ fn plan_shards(
         bytes: 0,
     };
     for name in names {
-        let shape = reader.entry(&name)?.shape.clone();
+        let entry = reader.entry(&name)?;
+        parse_st_dtype(&entry.dtype).with_context(|| {
+            format!("{}: tensor `{name}`", reader.files[entry.file].0.display())
+        })?;
+        let shape = entry.shape.clone();
         let size = shape.iter().product::<usize>() as u64 * dtype.size_in_bytes() as u64;
         if !current.tensors.is_empty() && current.bytes + size > max {
             shards.push(std::mem::replace(
