@@ -170,12 +170,19 @@ impl<'a> TextStream<'a> {
             .tokenizer
             .decode(&self.ids, true)
             .map_err(|e| anyhow::anyhow!("decoding generated tokens: {e}"))?;
-        if text.len() > self.printed && !text.ends_with('\u{FFFD}') {
-            let piece = text[self.printed..].to_string();
-            self.printed = text.len();
-            return Ok(Some(piece));
+        if text.ends_with('\u{FFFD}') {
+            return Ok(None);
         }
-        Ok(None)
+        // Decoding is not always prefix-stable (a tokenizer may clean up spaces differently
+        // as text grows): print only what extends what was printed.
+        match text.get(self.printed..) {
+            Some(piece) if !piece.is_empty() => {
+                let piece = piece.to_string();
+                self.printed = text.len();
+                Ok(Some(piece))
+            }
+            _ => Ok(None),
+        }
     }
 }
 
@@ -280,5 +287,51 @@ pub mod chat {
                 Err(e) => bail!("rendering the chat template: {e:#}"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(temperature: f64, top_p: f64) -> GenerateOptions {
+        GenerateOptions {
+            temperature,
+            top_p,
+            ..GenerateOptions::default()
+        }
+    }
+
+    #[test]
+    fn argmax_takes_the_first_of_ties() {
+        assert_eq!(argmax(&[1.0, 3.0, 3.0, -1.0]), 1);
+    }
+
+    #[test]
+    fn top_p_keeps_the_smallest_nucleus() {
+        // Probabilities 0.6, 0.3, 0.1 at temperature 1.
+        let logits = [0.6f32.ln(), 0.3f32.ln(), 0.1f32.ln()];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+        let draws = |o: &GenerateOptions, rng: &mut rand::rngs::StdRng| {
+            let mut counts = [0usize; 3];
+            for _ in 0..3000 {
+                counts[choose(&logits, o, rng) as usize] += 1;
+            }
+            counts
+        };
+        assert_eq!(draws(&opts(1.0, 0.5), &mut rng), [3000, 0, 0]);
+        let c = draws(&opts(1.0, 0.85), &mut rng);
+        assert_eq!(c[2], 0, "{c:?}");
+        assert!((c[0] as f64 / 3000.0 - 2.0 / 3.0).abs() < 0.05, "{c:?}");
+        let c = draws(&opts(1.0, 1.0), &mut rng);
+        assert!((c[2] as f64 / 3000.0 - 0.1).abs() < 0.03, "{c:?}");
+    }
+
+    #[test]
+    fn options_are_checked() {
+        assert!(opts(-1.0, 1.0).validate().is_err());
+        assert!(opts(f64::NAN, 1.0).validate().is_err());
+        assert!(opts(1.0, 1.5).validate().is_err());
+        assert!(opts(0.7, 0.9).validate().is_ok());
     }
 }
