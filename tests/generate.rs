@@ -293,6 +293,26 @@ fn cli_generates_raw_and_chat() {
     assert_eq!(code, 0, "{err}");
     assert!(!out.trim().is_empty());
 
+    // The tokenizer's EOS (here t63, a special token) ends generation and is not printed.
+    let tok_path = dir.path().join("tokenizer.json");
+    let mut tok: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&tok_path).unwrap()).unwrap();
+    tok["added_tokens"] = serde_json::json!([{"id": 63, "content": "t63", "single_word": false,
+        "lstrip": false, "rstrip": false, "normalized": false, "special": true}]);
+    std::fs::write(&tok_path, tok.to_string()).unwrap();
+    let config = serde_json::json!({"eos_token": "t63", "chat_template": "x"});
+    std::fs::write(dir.path().join("tokenizer_config.json"), config.to_string()).unwrap();
+    let (code, out, err) = cli(&[
+        "generate",
+        "--model",
+        model,
+        "--raw",
+        "--prompt",
+        &prompt.join(" "),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "t53", "greedy gives t53 t63 ...: {out}");
+
     std::fs::remove_file(dir.path().join("tokenizer_config.json")).unwrap();
     let (code, _, err) = cli(&["generate", "--model", model, "--prompt", "t7"]);
     assert_eq!(code, 1);

@@ -2,10 +2,12 @@
 
 use anyhow::Context;
 use lora_dpo::adapter::load_adapter;
-use lora_dpo::generate::{chat::ChatTemplate, generate, GenerateOptions, TextStream};
+use lora_dpo::data::{load_chat_tokenizer, Message};
+use lora_dpo::generate::{generate, GenerateOptions, TextStream};
 use lora_dpo::model::{self, parse_dtype};
 use lora_dpo::source::Source;
 use std::io::Write;
+use std::path::Path;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -42,10 +44,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let dtype = parse_dtype(&args.dtype)?;
     let device = candle_core::Device::cuda_if_available(0)?;
     let source = Source::parse(&args.model)?;
-    let tokenizer_path = source.require("tokenizer.json")?;
-    let tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_path)
-        .map_err(|e| anyhow::anyhow!("{e}"))
-        .with_context(|| format!("{}: cannot load the tokenizer", tokenizer_path.display()))?;
+    // The tokenizer files sit together (a folder, or a hub snapshot once fetched).
+    let tokenizer_json = source.require("tokenizer.json")?;
+    for optional in ["tokenizer_config.json", "chat_template.jinja"] {
+        source.find(optional)?;
+    }
+    let tokenizer = load_chat_tokenizer(tokenizer_json.parent().unwrap_or(Path::new(".")))?;
     let model = model::load_model(&args.model, dtype, &device)?;
     let adapters = args
         .adapter
@@ -59,33 +63,28 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     let mut stop_ids = model.config.eos_token_ids.clone();
     stop_ids.extend(generation_config_eos(&source)?);
-    let (text, add_special) = if args.raw {
+    stop_ids.extend(tokenizer.eos.as_ref().map(|t| t.id));
+    let prompt_ids = if args.raw {
         if args.system.is_some() {
             anyhow::bail!("--system needs the chat template; drop --raw or --system");
         }
-        (args.prompt.clone(), true)
+        tokenizer.encode(&args.prompt, true)?
     } else {
-        let template = ChatTemplate::load(&source)?.with_context(|| {
-            format!(
+        if tokenizer.template.is_none() {
+            anyhow::bail!(
                 "{}: no chat_template in tokenizer_config.json and no chat_template.jinja \
                  (use --raw for plain text)",
                 source.display_name()
-            )
-        })?;
-        if let Some(eos) = template.eos_token.as_deref() {
-            stop_ids.extend(tokenizer.token_to_id(eos));
+            );
         }
-        // The template writes the BOS text itself, as transformers' apply_chat_template does.
-        (
-            template.render(args.system.as_deref(), &args.prompt)?,
-            false,
-        )
+        let mut messages = Vec::new();
+        if let Some(system) = &args.system {
+            messages.push(Message::new("system", system));
+        }
+        messages.push(Message::new("user", &args.prompt));
+        // The template writes BOS itself, as transformers' apply_chat_template does.
+        tokenizer.encode(&tokenizer.render(&messages, true)?, false)?
     };
-    let prompt_ids = tokenizer
-        .encode(text.as_str(), add_special)
-        .map_err(|e| anyhow::anyhow!("tokenizing the prompt: {e}"))?
-        .get_ids()
-        .to_vec();
     stop_ids.sort_unstable();
     stop_ids.dedup();
     let options = GenerateOptions {
@@ -95,7 +94,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         seed: args.seed,
         stop_ids,
     };
-    let mut stream = TextStream::new(&tokenizer);
+    let mut stream = TextStream::new(&tokenizer.tokenizer);
     let mut stdout = std::io::stdout();
     generate(&model, &adapter_refs, &prompt_ids, &options, |id| {
         if let Some(piece) = stream.push(id)? {
