@@ -115,14 +115,8 @@ pub struct DpoMetrics {
 impl DpoMetrics {
     /// Adds a batch: per-pair losses and rewards, policy log-probs.
     pub fn add(&mut self, terms: &DpoTerms, policy: &PairLogps) -> Result<()> {
-        let v = |t: &Tensor| -> Result<Vec<f32>> {
-            Ok(t.to_dtype(candle_core::DType::F32)?.to_vec1()?)
-        };
-        let (losses, cr, rr) = (
-            v(&terms.losses)?,
-            v(&terms.chosen_rewards)?,
-            v(&terms.rejected_rewards)?,
-        );
+        let v = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.to_dtype(candle_core::DType::F32)?.to_vec1()?) };
+        let (losses, cr, rr) = (v(&terms.losses)?, v(&terms.chosen_rewards)?, v(&terms.rejected_rewards)?);
         let (cl, rl) = (v(&policy.chosen)?, v(&policy.rejected)?);
         for i in 0..losses.len() {
             self.pairs += 1;
@@ -168,20 +162,14 @@ impl DpoMetrics {
         let n = self.pairs.max(1) as f64;
         let mut out = vec![
             (format!("{prefix}rewards/chosen"), self.chosen_rewards / n),
-            (
-                format!("{prefix}rewards/rejected"),
-                self.rejected_rewards / n,
-            ),
+            (format!("{prefix}rewards/rejected"), self.rejected_rewards / n),
             (format!("{prefix}rewards/accuracies"), self.accuracies / n),
             (format!("{prefix}rewards/margins"), self.margins / n),
             (format!("{prefix}logps/chosen"), self.chosen_logps / n),
             (format!("{prefix}logps/rejected"), self.rejected_logps / n),
         ];
         if self.chosen_logit_tokens > 0.0 {
-            out.push((
-                format!("{prefix}logits/chosen"),
-                self.chosen_logits / self.chosen_logit_tokens,
-            ));
+            out.push((format!("{prefix}logits/chosen"), self.chosen_logits / self.chosen_logit_tokens));
             out.push((
                 format!("{prefix}logits/rejected"),
                 self.rejected_logits / self.rejected_logit_tokens.max(1.0),
@@ -196,9 +184,7 @@ pub fn masked_logit_mean(logits: &Tensor, target_mask: &Tensor) -> Result<(f64, 
     let (_, t, _) = logits.dims3()?;
     let per_position = logits.narrow(1, 0, t - 1)?.detach().mean(D::Minus1)?;
     let mask = target_mask.to_dtype(candle_core::DType::F32)?;
-    let sum = (per_position.to_dtype(candle_core::DType::F32)? * &mask)?
-        .sum_all()?
-        .to_scalar::<f32>()?;
+    let sum = (per_position.to_dtype(candle_core::DType::F32)? * &mask)?.sum_all()?.to_scalar::<f32>()?;
     let count = mask.sum_all()?.to_scalar::<f32>()?;
     Ok((sum as f64, count as f64))
 }
