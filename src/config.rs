@@ -210,14 +210,16 @@ impl LoadedConfig {
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("{}: cannot read config file", path.display()))?;
-        let mut cfg = Self::from_str(&text, overrides)
-            .with_context(|| format!("{}", path.display()))?;
+        let mut cfg =
+            Self::from_str(&text, overrides).with_context(|| format!("{}", path.display()))?;
         cfg.path = Some(path.to_path_buf());
         Ok(cfg)
     }
 
     pub fn from_str(text: &str, overrides: &[String]) -> Result<Self> {
-        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| anyhow::anyhow!("{e}"))?;
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| anyhow::anyhow!("{e}"))?;
         for o in overrides {
             apply_override(&mut table, o)?;
         }
@@ -230,6 +232,22 @@ impl LoadedConfig {
             table,
             path: None,
         })
+    }
+}
+
+impl LoadedConfig {
+    /// The data options of a stage's section (`[sft]` or `[dpo]`).
+    pub fn data_config(&self, stage: crate::data::Stage) -> Result<crate::data::DataConfig> {
+        let section = self
+            .table
+            .get(stage.as_str())
+            .cloned()
+            .unwrap_or(toml::Value::Table(Default::default()));
+        let cfg: crate::data::DataConfig = section
+            .try_into()
+            .map_err(|e: toml::de::Error| anyhow::anyhow!("[{stage}] {}", e.message().trim()))?;
+        cfg.validate().with_context(|| format!("[{stage}]"))?;
+        Ok(cfg)
     }
 }
 
@@ -255,20 +273,36 @@ impl StageConfig {
             Ok(())
         };
         positive("learning_rate", self.learning_rate)?;
-        positive("per_device_train_batch_size", self.per_device_train_batch_size as f64)?;
-        positive("per_device_eval_batch_size", self.per_device_eval_batch_size as f64)?;
-        positive("gradient_accumulation_steps", self.gradient_accumulation_steps as f64)?;
+        positive(
+            "per_device_train_batch_size",
+            self.per_device_train_batch_size as f64,
+        )?;
+        positive(
+            "per_device_eval_batch_size",
+            self.per_device_eval_batch_size as f64,
+        )?;
+        positive(
+            "gradient_accumulation_steps",
+            self.gradient_accumulation_steps as f64,
+        )?;
         positive("beta", self.beta)?;
         if self.max_steps <= 0 {
             positive("num_train_epochs", self.num_train_epochs)?;
         }
         if !(0.0..=1.0).contains(&self.warmup_ratio) {
-            bail!("`warmup_ratio` must be in [0, 1], got {}", self.warmup_ratio);
+            bail!(
+                "`warmup_ratio` must be in [0, 1], got {}",
+                self.warmup_ratio
+            );
         }
         if !(0.0..0.5).contains(&self.label_smoothing) {
-            bail!("`label_smoothing` must be in [0, 0.5), got {}", self.label_smoothing);
+            bail!(
+                "`label_smoothing` must be in [0, 0.5), got {}",
+                self.label_smoothing
+            );
         }
-        crate::train::schedule::Schedule::parse(&self.lr_scheduler_type).context("`lr_scheduler_type`")?;
+        crate::train::schedule::Schedule::parse(&self.lr_scheduler_type)
+            .context("`lr_scheduler_type`")?;
         crate::train::dpo::LossType::parse(&self.loss_type).context("`loss_type`")?;
         Ok(())
     }
@@ -340,7 +374,9 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for (i, ca) in a.chars().enumerate() {
         let mut cur = vec![i + 1; b.len() + 1];
         for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
         }
         prev = cur;
     }
@@ -357,12 +393,16 @@ mod tests {
     fn typo_names_the_nearest_key() {
         let err = LoadedConfig::from_str(&MIN.replace("beta", "betta"), &[]).unwrap_err();
         let msg = format!("{err:#}");
-        assert!(msg.contains("[dpo] unknown key `betta`") && msg.contains("did you mean `beta`"), "{msg}");
+        assert!(
+            msg.contains("[dpo] unknown key `betta`") && msg.contains("did you mean `beta`"),
+            "{msg}"
+        );
     }
 
     #[test]
     fn set_overrides_any_key() {
-        let cfg = LoadedConfig::from_str(MIN, &["dpo.beta=0.05".into(), "lora.r=4".into()]).unwrap();
+        let cfg =
+            LoadedConfig::from_str(MIN, &["dpo.beta=0.05".into(), "lora.r=4".into()]).unwrap();
         assert_eq!(cfg.run.dpo.unwrap().beta, 0.05);
         assert_eq!(cfg.run.lora.lora.r, 4);
     }

@@ -138,7 +138,9 @@ fn every_lora_factor_gets_a_finite_nonzero_gradient() {
     let exp = expected("tiny-mistral");
     let (ids, mask) = inputs(&exp);
     let adapters = [&adapter];
-    let logits = model.forward(&ids, Some(&mask), Pass::train(&adapters, 0)).unwrap();
+    let logits = model
+        .forward(&ids, Some(&mask), Pass::train(&adapters, 0))
+        .unwrap();
     let grads = logits.sum_all().unwrap().backward().unwrap();
     for (module, var) in adapter.named_vars() {
         let g = grads.get(var.as_tensor()).unwrap();

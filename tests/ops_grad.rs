@@ -129,7 +129,10 @@ fn untracked_inputs_build_no_graph() {
 fn next_token_logprobs_backward() {
     let ids = Tensor::new(&[[1u32, 4, 0, 2], [3, 3, 1, 0]], &Device::Cpu).unwrap();
     check("next_token_logprobs", randn(&[2, 4, 5], 14), |x| {
-        lora_dpo::train::logprobs::next_token_logprobs(x, &ids).unwrap().to_dtype(DType::F64).unwrap()
+        lora_dpo::train::logprobs::next_token_logprobs(x, &ids)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
     });
 }
 
@@ -145,7 +148,15 @@ fn next_token_logprobs_equals_log_softmax() {
         .unwrap();
     let ls = candle_nn::ops::log_softmax(&x, candle_core::D::Minus1).unwrap();
     for (t, id) in [4u32, 0, 2].iter().enumerate() {
-        let want = ls.get(0).unwrap().get(t).unwrap().get(*id as usize).unwrap().to_scalar::<f32>().unwrap();
+        let want = ls
+            .get(0)
+            .unwrap()
+            .get(t)
+            .unwrap()
+            .get(*id as usize)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!((ours[t] - want).abs() < 1e-6);
     }
 }

@@ -259,8 +259,14 @@ impl TensorBytes {
                 safetensors::Dtype::F16,
                 le_bytes(&t.to_vec1::<half::f16>()?, half::f16::to_le_bytes),
             ),
-            DType::U32 => (safetensors::Dtype::U32, le_bytes(&t.to_vec1::<u32>()?, u32::to_le_bytes)),
-            DType::I64 => (safetensors::Dtype::I64, le_bytes(&t.to_vec1::<i64>()?, i64::to_le_bytes)),
+            DType::U32 => (
+                safetensors::Dtype::U32,
+                le_bytes(&t.to_vec1::<u32>()?, u32::to_le_bytes),
+            ),
+            DType::I64 => (
+                safetensors::Dtype::I64,
+                le_bytes(&t.to_vec1::<i64>()?, i64::to_le_bytes),
+            ),
             other => bail!("cannot write {other:?} tensors"),
         };
         Ok(Self {

@@ -2,10 +2,14 @@
 
 use clap::{Parser, Subcommand};
 
+mod common;
 mod data;
+mod dpo;
 mod generate;
 mod inspect;
 mod merge;
+mod sft;
+mod train;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -24,6 +28,12 @@ pub enum Command {
     Inspect(inspect::Args),
     /// Show how a dataset is read, templated, tokenized, masked and truncated.
     Data(data::Args),
+    /// Supervised fine-tuning of a LoRA adapter ([sft] section).
+    Sft(common::RunArgs),
+    /// DPO of a LoRA adapter ([dpo] section).
+    Dpo(common::RunArgs),
+    /// SFT then DPO on one loaded base; writes both adapters and their combination.
+    Train(common::RunArgs),
     /// Fold LoRA adapters into the base and write a Hugging Face folder (or convert a base).
     Merge(merge::Args),
     /// Generate a completion (chat template applied unless --raw), streaming tokens.
@@ -34,6 +44,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Inspect(args) => inspect::run(args),
         Command::Data(args) => data::run(args),
+        Command::Sft(args) => sft::run(args),
+        Command::Dpo(args) => dpo::run(args),
+        Command::Train(args) => train::run(args),
         Command::Merge(args) => merge::run(args),
         Command::Generate(args) => generate::run(args),
     }

@@ -123,10 +123,12 @@ pub fn truncate_dpo(tokens: DpoTokens, cfg: &DataConfig) -> Fit<DpoExample> {
         let longest = chosen.len().max(rejected.len());
         if longest > max {
             match cfg.truncation_mode {
-                TruncationMode::Off => return Fit::TooLong(format!(
+                TruncationMode::Off => {
+                    return Fit::TooLong(format!(
                     "{longest} tokens (prompt + longer completion), longer than max_length {max} \
                          (truncation_mode = \"off\")"
-                )),
+                ))
+                }
                 TruncationMode::KeepStart if parts.prompt_ids.len() >= max => {
                     return Fit::Dropped(format!(
                         "the prompt alone ({} tokens) fills max_length {max}",

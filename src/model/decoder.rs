@@ -61,7 +61,9 @@ impl Projection {
                     p: adapter.config.lora_dropout,
                     seed: mix_seed(pass.dropout_seed, [self.layer, self.index, slot]),
                 });
-                y = (y + lora_delta(x, pair, adapter.scale(), adapter.frozen, dropout)?)?;
+                // Outside training no adapter records a graph.
+                let frozen = adapter.frozen || !pass.training;
+                y = (y + lora_delta(x, pair, adapter.scale(), frozen, dropout)?)?;
             }
         }
         Ok(y)

@@ -207,7 +207,13 @@ pub struct Dropout {
 }
 
 /// The LoRA branch `scale · B(A(dropout(x)))`, computed in f32 and returned in `x`'s dtype.
-pub fn lora_delta(x: &Tensor, pair: &LoraPair, scale: f64, frozen: bool, dropout: Option<Dropout>) -> Result<Tensor> {
+pub fn lora_delta(
+    x: &Tensor,
+    pair: &LoraPair,
+    scale: f64,
+    frozen: bool,
+    dropout: Option<Dropout>,
+) -> Result<Tensor> {
     let dtype = x.dtype();
     let mut h = x.to_dtype(DType::F32)?;
     if let Some(d) = dropout.filter(|d| d.p > 0.0) {

@@ -13,7 +13,13 @@ use crate::model::Adapter;
 
 const STATE_FILE: &str = "trainer_state.json";
 
-pub fn save(run_dir: &Path, step: usize, adapter: &Adapter, opt: &AdamW, base_model: &str) -> Result<PathBuf> {
+pub fn save(
+    run_dir: &Path,
+    step: usize,
+    adapter: &Adapter,
+    opt: &AdamW,
+    base_model: &str,
+) -> Result<PathBuf> {
     let dir = run_dir.join(format!("checkpoint-{step}"));
     let tmp = run_dir.join(format!(".checkpoint-{step}.tmp"));
     if tmp.exists() {
@@ -23,7 +29,10 @@ pub fn save(run_dir: &Path, step: usize, adapter: &Adapter, opt: &AdamW, base_mo
     save_adapter(adapter, base_model, &tmp.join("adapter"))?;
     opt.save(&tmp.join("optimizer.safetensors"))?;
     let state = serde_json::json!({ "global_step": step });
-    std::fs::write(tmp.join(STATE_FILE), serde_json::to_string_pretty(&state)? + "\n")?;
+    std::fs::write(
+        tmp.join(STATE_FILE),
+        serde_json::to_string_pretty(&state)? + "\n",
+    )?;
     if dir.exists() {
         std::fs::remove_dir_all(&dir)?;
     }
@@ -39,7 +48,10 @@ pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>> {
     let mut best: Option<(usize, PathBuf)> = None;
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
-        let Some(step) = name.strip_prefix("checkpoint-").and_then(|s| s.parse::<usize>().ok()) else {
+        let Some(step) = name
+            .strip_prefix("checkpoint-")
+            .and_then(|s| s.parse::<usize>().ok())
+        else {
             continue;
         };
         if e.path().join(STATE_FILE).is_file() && best.as_ref().is_none_or(|(b, _)| step > *b) {
@@ -52,23 +64,36 @@ pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>> {
 /// Loads a checkpoint into the trained adapter and the optimizer; returns its step.
 pub fn restore(dir: &Path, adapter: &Adapter, opt: &mut AdamW) -> Result<usize> {
     let weights = dir.join("adapter").join("adapter_model.safetensors");
-    let device = adapter.vars().first().map(|v| v.device().clone()).unwrap_or(Device::Cpu);
+    let device = adapter
+        .vars()
+        .first()
+        .map(|v| v.device().clone())
+        .unwrap_or(Device::Cpu);
     let tensors = candle_core::safetensors::load(&weights, &device)
         .map_err(|e| anyhow::anyhow!("{e}"))
         .with_context(|| format!("{}: cannot read checkpoint", weights.display()))?;
     for (name, var) in adapter.named_vars() {
         let key = format!("{KEY_PREFIX}{name}.weight");
-        let t = tensors
-            .get(&key)
-            .with_context(|| format!("{}: no tensor {key}; was it saved by another run?", weights.display()))?;
+        let t = tensors.get(&key).with_context(|| {
+            format!(
+                "{}: no tensor {key}; was it saved by another run?",
+                weights.display()
+            )
+        })?;
         if t.dims() != var.dims() {
-            bail!("{}: {key} has shape {:?}, the adapter {:?}", weights.display(), t.dims(), var.dims());
+            bail!(
+                "{}: {key} has shape {:?}, the adapter {:?}",
+                weights.display(),
+                t.dims(),
+                var.dims()
+            );
         }
         var.set(t)?;
     }
     opt.load(&dir.join("optimizer.safetensors"))?;
     let state: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.join(STATE_FILE)).with_context(|| format!("{}", dir.display()))?,
+        &std::fs::read_to_string(dir.join(STATE_FILE))
+            .with_context(|| format!("{}", dir.display()))?,
     )?;
     let step = state
         .get("global_step")

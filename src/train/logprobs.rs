@@ -13,10 +13,18 @@ use crate::ops::attach_gradient;
 pub fn next_token_logprobs(logits: &Tensor, ids: &Tensor) -> Result<Tensor> {
     let (_, t, _) = logits.dims3()?;
     let logits = logits.narrow(1, 0, t - 1)?;
-    let targets = ids.narrow(1, 1, t - 1)?.to_dtype(DType::U32)?.unsqueeze(D::Minus1)?.contiguous()?;
+    let targets = ids
+        .narrow(1, 1, t - 1)?
+        .to_dtype(DType::U32)?
+        .unsqueeze(D::Minus1)?
+        .contiguous()?;
     // f32 at least (bf16 logits would lose the log-probs); f64 stays f64 for gradient checks.
-    let work = if logits.dtype() == DType::F64 { DType::F64 } else { DType::F32 };
-    let x = logits.detach().to_dtype(work)?;
+    let work = if logits.dtype() == DType::F64 {
+        DType::F64
+    } else {
+        DType::F32
+    };
+    let x = logits.detach().to_dtype(work)?.contiguous()?;
     let lse = log_sum_exp(&x)?;
     let picked = x.gather(&targets, D::Minus1)?.squeeze(D::Minus1)?;
     let out = (picked - &lse)?;
@@ -29,7 +37,8 @@ pub fn next_token_logprobs(logits: &Tensor, ids: &Tensor) -> Result<Tensor> {
             let probs = x.broadcast_sub(&lse.unsqueeze(D::Minus1)?)?.exp()?;
             let g = grad.unsqueeze(D::Minus1)?;
             let d = probs.broadcast_mul(&g.neg()?)?;
-            d.scatter_add(&targets, &g.contiguous()?, D::Minus1)?.to_dtype(dtype)
+            d.scatter_add(&targets, &g.contiguous()?, D::Minus1)?
+                .to_dtype(dtype)
         }),
     )
 }

@@ -12,7 +12,8 @@ pub struct MetricsLog {
 impl MetricsLog {
     /// Appends to `dir/metrics.jsonl` (a resumed run continues the same file).
     pub fn open(dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("{}: cannot create", dir.display()))?;
         Ok(Self {
             path: dir.join("metrics.jsonl"),
         })

@@ -38,8 +38,14 @@ pub struct AdamW {
 impl AdamW {
     pub fn new(params: Vec<Var>, config: AdamWConfig) -> Result<Self> {
         let zeros = |p: &Var| p.as_tensor().zeros_like()?.to_dtype(DType::F32);
-        let m = params.iter().map(zeros).collect::<candle_core::Result<Vec<_>>>()?;
-        let v = params.iter().map(zeros).collect::<candle_core::Result<Vec<_>>>()?;
+        let m = params
+            .iter()
+            .map(zeros)
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let v = params
+            .iter()
+            .map(zeros)
+            .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Self {
             config,
             params,
@@ -53,7 +59,11 @@ impl AdamW {
     /// `p ← p(1 − lr·wd)`, then Adam with bias correction.
     pub fn step(&mut self, grads: &[Tensor], lr: f64) -> Result<()> {
         if grads.len() != self.params.len() {
-            bail!("optimizer: {} gradients for {} parameters", grads.len(), self.params.len());
+            bail!(
+                "optimizer: {} gradients for {} parameters",
+                grads.len(),
+                self.params.len()
+            );
         }
         self.step += 1;
         let c = self.config;
@@ -82,13 +92,20 @@ impl AdamW {
             data.push((format!("m.{i}"), self.m[i].clone()));
             data.push((format!("v.{i}"), self.v[i].clone()));
         }
-        data.push(("step".into(), Tensor::new(&[self.step as u32], &Device::Cpu)?));
+        data.push((
+            "step".into(),
+            Tensor::new(&[self.step as u32], &Device::Cpu)?,
+        ));
         crate::adapter::peft::write_safetensors(&data, path)
     }
 
     /// Restores what [`AdamW::save`] wrote, for the same parameters.
     pub fn load(&mut self, path: &Path) -> Result<()> {
-        let device = self.params.first().map(|p| p.device().clone()).unwrap_or(Device::Cpu);
+        let device = self
+            .params
+            .first()
+            .map(|p| p.device().clone())
+            .unwrap_or(Device::Cpu);
         let mut t: HashMap<String, Tensor> = candle_core::safetensors::load(path, &device)
             .map_err(|e| anyhow::anyhow!("{e}"))
             .with_context(|| format!("{}: cannot read optimizer state", path.display()))?;
@@ -99,7 +116,10 @@ impl AdamW {
                     self.m[i] = m;
                     self.v[i] = v;
                 }
-                _ => bail!("{}: optimizer state does not fit parameter {i}", path.display()),
+                _ => bail!(
+                    "{}: optimizer state does not fit parameter {i}",
+                    path.display()
+                ),
             }
         }
         let step = t.remove("step").context("optimizer state has no step")?;
@@ -113,7 +133,11 @@ impl AdamW {
 pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> Result<f64> {
     let mut total = 0f64;
     for g in grads.iter() {
-        total += g.to_dtype(DType::F32)?.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+        total += g
+            .to_dtype(DType::F32)?
+            .sqr()?
+            .sum_all()?
+            .to_scalar::<f32>()? as f64;
     }
     let norm = total.sqrt();
     if max_norm > 0.0 {
@@ -160,6 +184,9 @@ mod tests {
         let norm = clip_grad_norm(&mut g, 1.0).unwrap();
         assert!((norm - 5.0).abs() < 1e-9);
         let v = g[0].to_vec1::<f32>().unwrap();
-        assert!((v[0] - 0.6).abs() < 1e-6 && (v[1] - 0.8).abs() < 1e-6, "{v:?}");
+        assert!(
+            (v[0] - 0.6).abs() < 1e-6 && (v[1] - 0.8).abs() < 1e-6,
+            "{v:?}"
+        );
     }
 }

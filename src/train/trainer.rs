@@ -55,7 +55,10 @@ impl MetricSums {
     }
 
     pub fn mean(&self, name: &str) -> Option<f64> {
-        self.0.get(name).filter(|(_, w)| *w > 0.0).map(|(s, w)| s / w)
+        self.0
+            .get(name)
+            .filter(|(_, w)| *w > 0.0)
+            .map(|(s, w)| s / w)
     }
 
     pub fn clear(&mut self) {
@@ -85,7 +88,11 @@ pub trait Objective {
         metrics: &mut MetricSums,
     ) -> Result<Tensor>;
     /// Held-out metrics (`eval_` prefixed), if there is an eval set.
-    fn evaluate(&mut self, model: &Model, adapters: &AdapterStack) -> Result<Option<Vec<(String, f64)>>>;
+    fn evaluate(
+        &mut self,
+        model: &Model,
+        adapters: &AdapterStack,
+    ) -> Result<Option<Vec<(String, f64)>>>;
 }
 
 pub struct TrainOptions {
@@ -175,9 +182,15 @@ pub fn train(
         if let Some(ckpt) = checkpoint::latest(&opts.run_dir)? {
             start = checkpoint::restore(&ckpt, adapters.trainable, &mut opt)?;
             log.truncate_after(start)?;
-            eprintln!("resuming from {} (step {start} of {total_steps})", ckpt.display());
+            eprintln!(
+                "resuming from {} (step {start} of {total_steps})",
+                ckpt.display()
+            );
         } else {
-            eprintln!("--resume: no checkpoint in {}, starting afresh", opts.run_dir.display());
+            eprintln!(
+                "--resume: no checkpoint in {}, starting afresh",
+                opts.run_dir.display()
+            );
         }
     }
     let mut order = Schedule2 {
@@ -188,6 +201,13 @@ pub fn train(
         seed: opts.seed,
         cache: None,
     };
+    if start == 0 {
+        // Held-out metrics before any update: the baseline the run is judged against.
+        if let Some(values) = objective.evaluate(model, adapters)? {
+            eprintln!("{} step 0: {}", objective.stage(), brief(&values));
+            log.write(0, &values)?;
+        }
+    }
     let bar = progress_bar(total_steps, start, objective.stage(), opts.show_progress);
     let mut window = MetricSums::default();
     let mut window_start = Instant::now();
@@ -200,7 +220,8 @@ pub fn train(
         let mut step_loss = 0.0;
         for (j, rows) in micro_batches.iter().enumerate() {
             let seed = opts.seed ^ ((step as u64) << 20) ^ j as u64;
-            let loss = objective.loss(model, adapters, rows, normaliser, seed, &mut step_metrics)?;
+            let loss =
+                objective.loss(model, adapters, rows, normaliser, seed, &mut step_metrics)?;
             let value = loss.to_scalar::<f32>()?;
             if !value.is_finite() {
                 bail!(
@@ -234,7 +255,10 @@ pub fn train(
         let mut grads = grads.context("no micro-batches")?;
         let grad_norm = clip_grad_norm(&mut grads, s.max_grad_norm)?;
         if !grad_norm.is_finite() {
-            bail!("the gradient norm is {grad_norm} at step {}; stopping", step + 1);
+            bail!(
+                "the gradient norm is {grad_norm} at step {}; stopping",
+                step + 1
+            );
         }
         let lr = s.learning_rate * lr_factor(schedule, step, warmup, total_steps);
         opt.step(&grads, lr)?;
@@ -249,14 +273,21 @@ pub fn train(
         window.add("loss", step_loss, 1.0);
         window.add("grad_norm", grad_norm, 1.0);
         window.add("learning_rate", lr, 1.0);
-        update_bar(&bar, &window, window_tokens / window_start.elapsed().as_secs_f64());
+        update_bar(
+            &bar,
+            &window,
+            window_tokens / window_start.elapsed().as_secs_f64(),
+        );
         bar.set_position(done as u64);
 
         let last = done == total_steps;
         if done % s.logging_steps.max(1) == 0 || last {
             let mut values = window.means();
             values.push(("epoch".into(), done as f64 / steps_per_epoch as f64));
-            values.push(("tokens_per_sec".into(), window_tokens / window_start.elapsed().as_secs_f64()));
+            values.push((
+                "tokens_per_sec".into(),
+                window_tokens / window_start.elapsed().as_secs_f64(),
+            ));
             values.push(("peak_rss_mib".into(), peak_rss_mib()));
             log.write(done, &values)?;
             window.clear();
@@ -265,16 +296,25 @@ pub fn train(
         }
         if (s.eval_steps > 0 && done % s.eval_steps == 0) || last {
             if let Some(values) = objective.evaluate(model, adapters)? {
-                bar.suspend(|| eprintln!("step {done}: {}", brief(&values)));
+                bar.suspend(|| eprintln!("{} step {done}: {}", objective.stage(), brief(&values)));
                 log.write(done, &values)?;
             }
         }
         let interrupted = opts.interrupted.load(Ordering::SeqCst);
         if (s.save_steps > 0 && done % s.save_steps == 0) || (interrupted && !last) {
-            let dir = checkpoint::save(&opts.run_dir, done, adapters.trainable, &opt, &opts.base_model)?;
+            let dir = checkpoint::save(
+                &opts.run_dir,
+                done,
+                adapters.trainable,
+                &opt,
+                &opts.base_model,
+            )?;
             if interrupted {
                 bar.abandon();
-                return Ok(Finish::Interrupted { step: done, checkpoint: dir });
+                return Ok(Finish::Interrupted {
+                    step: done,
+                    checkpoint: dir,
+                });
             }
         }
     }
