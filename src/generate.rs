@@ -146,6 +146,28 @@ pub fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
+/// Tokens that close a turn in common chat formats (ChatML, Llama 3, Phi-3, Gemma, Command-R,
+/// Mistral/Llama 2).
+const END_OF_TURN_MARKERS: [&str; 7] = [
+    "<|im_end|>",
+    "<|eot_id|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|END_OF_TURN_TOKEN|>",
+    "</s>",
+    "<|endoftext|>",
+];
+
+/// Ids of the end-of-turn tokens a chat template writes literally (for example `<|im_end|>`
+/// in a ChatML template whose EOS is `<|endoftext|>`): generation stops at them too.
+pub fn end_of_turn_ids(template_source: &str, tokenizer: &tokenizers::Tokenizer) -> Vec<u32> {
+    END_OF_TURN_MARKERS
+        .iter()
+        .filter(|m| template_source.contains(**m))
+        .filter_map(|m| tokenizer.token_to_id(m))
+        .collect()
+}
+
 /// Turns a growing list of token ids into text pieces as they become printable: decodes the
 /// whole sequence each time and emits what was added, holding back an incomplete UTF-8 tail.
 pub struct TextStream<'a> {
@@ -221,6 +243,18 @@ mod tests {
         assert!((c[0] as f64 / 3000.0 - 2.0 / 3.0).abs() < 0.05, "{c:?}");
         let c = draws(&opts(1.0, 1.0), &mut rng);
         assert!((c[2] as f64 / 3000.0 - 0.1).abs() < 0.03, "{c:?}");
+    }
+
+    #[test]
+    fn end_of_turn_tokens_come_from_the_template() {
+        let json = r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],
+            "normalizer":null,"pre_tokenizer":{"type":"WhitespaceSplit"},"post_processor":null,
+            "decoder":null,"model":{"type":"WordLevel","unk_token":"a",
+            "vocab":{"a":0,"<|im_end|>":1,"<|endoftext|>":2,"<|eot_id|>":3}}}"#;
+        let tok = tokenizers::Tokenizer::from_bytes(json).unwrap();
+        let chatml = "{% for m in messages %}<|im_start|>{{ m.content }}<|im_end|>{% endfor %}";
+        assert_eq!(end_of_turn_ids(chatml, &tok), vec![1]);
+        assert!(end_of_turn_ids("{{ eos_token }}", &tok).is_empty());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use anyhow::Context;
 use lora_dpo::adapter::load_adapter;
 use lora_dpo::data::{load_chat_tokenizer, Message};
-use lora_dpo::generate::{generate, GenerateOptions, TextStream};
+use lora_dpo::generate::{end_of_turn_ids, generate, GenerateOptions, TextStream};
 use lora_dpo::model::{self, parse_dtype};
 use lora_dpo::source::Source;
 use std::io::Write;
@@ -64,6 +64,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut stop_ids = model.config.eos_token_ids.clone();
     stop_ids.extend(generation_config_eos(&source)?);
     stop_ids.extend(tokenizer.eos.as_ref().map(|t| t.id));
+    if let Some(template) = &tokenizer.template {
+        stop_ids.extend(end_of_turn_ids(template.source(), &tokenizer.tokenizer));
+    }
     let prompt_ids = if args.raw {
         if args.system.is_some() {
             anyhow::bail!("--system needs the chat template; drop --raw or --system");
