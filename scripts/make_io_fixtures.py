@@ -11,7 +11,10 @@ writes <model>/expected-io.safetensors with:
 - merged2.<tensor>: the same with rust-adapter/ merged on top (two adapters, in order);
 - gen_prompt, gen_base, gen_adapter: greedy `generate` tokens of the base and of base+adapter/
   (no early stop: long enough to pass Mistral's sliding window several times over);
-- gen_base_logits: the logits of every greedy step of the base.
+- gen_base_logits: the logits of every greedy step of the base;
+- chat_prompt, chat_gen, chat_text_utf8: with the folder's tokenizer and chat template,
+  apply_chat_template([system, user], add_generation_prompt=True), greedy `generate` of
+  base+adapter/ stopping at config EOS or the tokenizer's EOS, and the decoded text (UTF-8 bytes).
 
 If the lora-dpo binary is built (target/debug or target/release), it also merges adapter/ with
 it and checks that transformers loads the folder and gives base+adapter's logits (printed only).
@@ -26,12 +29,14 @@ import tempfile
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 ROOT = REPO / "tests" / "fixtures" / "models"
 PROMPT_LEN = 5
 NEW_TOKENS = 20
+CHAT = [{"role": "system", "content": "Hi"}, {"role": "user", "content": "yo"}]  # fits 64 positions
+CHAT_TOKENS = 24
 
 
 def base(name):
@@ -101,6 +106,20 @@ def build(name):
     prompt = ids[:1, :PROMPT_LEN]
     out["gen_prompt"] = prompt[0]
     out["gen_adapter"], _ = greedy(peft_model, prompt)
+    if (folder / "tokenizer.json").exists():
+        tok = AutoTokenizer.from_pretrained(folder)
+        chat = tok.apply_chat_template(CHAT, add_generation_prompt=True, return_dict=True,
+                                       return_tensors="pt")["input_ids"]
+        stop = sorted({peft_model.config.eos_token_id, tok.eos_token_id})
+        with torch.no_grad():
+            seq = peft_model.generate(input_ids=chat, attention_mask=torch.ones_like(chat),
+                                      max_new_tokens=CHAT_TOKENS, do_sample=False,
+                                      eos_token_id=stop, pad_token_id=0)
+        gen = seq[0, chat.shape[1]:]
+        text = tok.decode(gen, skip_special_tokens=True)
+        out["chat_prompt"], out["chat_gen"] = chat[0], gen
+        out["chat_text_utf8"] = torch.tensor(list(text.encode()), dtype=torch.uint8)
+        print(name, "chat", repr(tok.decode(chat[0])), "->", repr(text), "stop ids", stop)
     merged = peft_model.merge_and_unload(safe_merge=True)
     for k, v in merged.state_dict().items():
         out[f"merged.{k}"] = v.clone()  # the next merge changes these weights in place

@@ -325,3 +325,51 @@ fn cli_generates_raw_and_chat() {
     assert_eq!(code, 1);
     assert!(err.contains("tokenizer.json"), "{err}");
 }
+
+#[test]
+fn chat_generation_matches_transformers() {
+    for name in MODELS {
+        let folder = fixture(&format!("models/{name}"));
+        let io = expected_io(name);
+        let tok = lora_dpo::data::load_chat_tokenizer(&folder).unwrap();
+        let messages = [
+            lora_dpo::data::Message::new("system", "Hi"),
+            lora_dpo::data::Message::new("user", "yo"),
+        ];
+        let prompt = tok
+            .encode(&tok.render(&messages, true).unwrap(), false)
+            .unwrap();
+        assert_eq!(
+            prompt,
+            ids(&io["chat_prompt"]),
+            "{name}: templated prompt ids"
+        );
+        let m = model(name);
+        let a = adapter(name, &m);
+        let want = ids(&io["chat_gen"]);
+        let opts = GenerateOptions {
+            max_new_tokens: 24,
+            stop_ids: vec![2, 4],
+            ..GenerateOptions::default()
+        };
+        let got = generate(&m, &[&a], &prompt, &opts, |_| Ok(())).unwrap();
+        assert_eq!(got, want, "{name}");
+
+        let text = String::from_utf8(io["chat_text_utf8"].to_vec1::<u8>().unwrap()).unwrap();
+        let (code, out, err) = cli(&[
+            "generate",
+            "--model",
+            folder.to_str().unwrap(),
+            "--adapter",
+            folder.join("adapter").to_str().unwrap(),
+            "--system",
+            "Hi",
+            "--prompt",
+            "yo",
+            "--max-new-tokens",
+            "24",
+        ]);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(out, format!("{text}\n"), "{name}: streamed text");
+    }
+}

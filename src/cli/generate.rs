@@ -99,7 +99,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let mut stream = TextStream::new(&tokenizer.tokenizer);
     let mut stdout = std::io::stdout();
-    generate(&model, &adapter_refs, &prompt_ids, &options, |id| {
+    let generated = generate(&model, &adapter_refs, &prompt_ids, &options, |id| {
         if let Some(piece) = stream.push(id)? {
             stdout.write_all(piece.as_bytes())?;
             stdout.flush()?;
@@ -107,6 +107,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Ok(())
     })?;
     println!();
+    let stopped = generated
+        .last()
+        .is_some_and(|t| options.stop_ids.contains(t));
+    if !stopped && generated.len() < options.max_new_tokens {
+        eprintln!(
+            "(stopped at the model's context length, max_position_embeddings = {})",
+            model.config.max_position_embeddings
+        );
+    }
     Ok(())
 }
 
