@@ -215,6 +215,34 @@ fn per_module_ranks_are_refused() {
 }
 
 #[test]
+fn other_unrepresentable_options_are_refused() {
+    for (key, value) in [
+        ("layer_replication", serde_json::json!([[0, 2], [1, 2]])),
+        ("alora_invocation_tokens", serde_json::json!([5, 6])),
+        (
+            "target_parameters",
+            serde_json::json!(["mlp.experts.gate_up_proj"]),
+        ),
+        ("trainable_token_indices", serde_json::json!([3, 4])),
+        ("use_qalora", serde_json::json!(true)),
+    ] {
+        let err = refusal(|c| {
+            c.insert(key.into(), value.clone());
+        });
+        assert!(err.contains(key), "{err}");
+    }
+    // PEFT writes these as null / false / empty: still accepted.
+    let model = model("tiny-mistral");
+    let dir = edited_adapter(|c| {
+        c.insert("layer_replication".into(), serde_json::Value::Null);
+        c.insert("trainable_token_indices".into(), serde_json::Value::Null);
+        c.insert("use_qalora".into(), false.into());
+    });
+    load_adapter(&dir, &model.config, &Device::Cpu).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn extra_tensors_are_refused() {
     let model = model("tiny-mistral");
     let dir = tempfile::tempdir().unwrap();
