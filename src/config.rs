@@ -254,6 +254,7 @@ impl LoadedConfig {
 impl RunConfig {
     pub fn validate(&self) -> Result<()> {
         crate::model::parse_dtype(&self.model.dtype).context("[model] dtype")?;
+        crate::model::parse_quantization(&self.model.quantize).context("[model] quantize")?;
         self.lora.lora.validate().context("[lora]")?;
         for (name, stage) in [("sft", &self.sft), ("dpo", &self.dpo)] {
             if let Some(s) = stage {

@@ -1,5 +1,7 @@
 //! `lora-dpo data`: read, template, tokenize, mask and truncate a dataset, and show what training would see.
 
+use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::PathBuf;
 
 use lora_dpo::data::{self, report, DataConfig, Stage, TruncationMode};
@@ -79,8 +81,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             (ds.stats, shown)
         }
     };
-    print!("{}", report::summary(&stats, &cfg));
-    println!(
+    let mut out = String::new();
+    out.push_str(&report::summary(&stats, &cfg));
+    let _ = writeln!(
+        out,
         "pad id: {}{}",
         tok.pad_id(),
         match (&tok.bos, &tok.eos) {
@@ -96,16 +100,25 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     );
     for (title, seq) in shown {
-        println!();
-        println!(
+        out.push('\n');
+        let _ = writeln!(
+            out,
             "── {title}: {} tokens, {} trained (between {} and {}) ──",
             seq.len(),
             seq.n_trained(),
             report::TRAINED_OPEN,
             report::TRAINED_CLOSE
         );
-        println!("{}", report::show_sequence(&tok, &seq)?);
-        print!("{}", report::token_table(&tok, &seq, 48)?);
+        let _ = writeln!(out, "{}", report::show_sequence(&tok, &seq)?);
+        out.push_str(&report::token_table(&tok, &seq, 48)?);
     }
-    Ok(())
+    // A closed pipe (`lora-dpo data … | head`) is not an error.
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(out.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
 }

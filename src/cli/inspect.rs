@@ -1,11 +1,11 @@
 //! `lora-dpo inspect`: architecture, sizes, parameter counts and LoRA trainable count.
 
-use lora_dpo::model::{self, summary, weights::WeightFiles, LoraConfig};
+use lora_dpo::model::{self, summary, LoraConfig};
 use lora_dpo::source::Source;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Hugging Face model folder or hub repo id (owner/name, from the local cache).
+    /// Hugging Face model folder, GGUF file, or hub repo id (owner/name, from the local cache).
     #[arg(long)]
     model: String,
     /// LoRA rank to count trainable parameters for.
@@ -22,10 +22,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let source = Source::parse(&args.model)?;
-    let config = model::load_config(&source)?;
-    let weights = WeightFiles::open(&source)?;
-    weights.check_against(&config)?;
-    let dtype = weights.stored_dtype("model.embed_tokens.weight")?;
+    let (config, dtype) = model::describe_weights(&source)?;
     let lora = LoraConfig {
         r: args.r,
         target_modules: args.target_modules,

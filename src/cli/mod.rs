@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 mod common;
 mod data;
 mod dpo;
+mod eval;
 mod generate;
 mod inspect;
 mod merge;
@@ -34,6 +35,8 @@ pub enum Command {
     Dpo(common::RunArgs),
     /// SFT then DPO on one loaded base; writes both adapters and their combination.
     Train(common::RunArgs),
+    /// Metrics of a model (+ adapter) on preference or SFT data, as JSON.
+    Eval(eval::Args),
     /// Fold LoRA adapters into the base and write a Hugging Face folder (or convert a base).
     Merge(merge::Args),
     /// Generate a completion (chat template applied unless --raw), streaming tokens.
@@ -47,6 +50,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sft(args) => sft::run(args),
         Command::Dpo(args) => dpo::run(args),
         Command::Train(args) => train::run(args),
+        Command::Eval(args) => eval::run(args),
         Command::Merge(args) => merge::run(args),
         Command::Generate(args) => generate::run(args),
     }

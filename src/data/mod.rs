@@ -5,11 +5,30 @@
 //! length limits, [`batch`] pads rows into batches. [`pipeline`] runs the whole flow and [`report`] describes the
 //! result (the `lora-dpo data` command).
 //!
-//! Training code calls [`load_chat_tokenizer`], then [`load_sft`] or [`load_dpo`], then [`batch_order`] and
-//! [`collate`] / [`collate_dpo`].
+//! Training code:
+//! ```no_run
+//! # fn main() -> anyhow::Result<()> {
+//! use lora_dpo::data::{self, DataConfig, Stage};
+//! let tok = data::load_chat_tokenizer("models/SmolLM2-135M-Instruct".as_ref())?; // folder or .gguf
+//! let cfg = DataConfig::from_toml_file("configs/dpo.toml".as_ref(), Stage::Dpo)?; // or DataConfig::default()
+//! let ds = data::load_dpo("data/dpo/train.jsonl".as_ref(), None, &tok, &cfg)?; // bad rows: Err
+//! for idx in data::batch_order(&ds.lengths(), 4, true, cfg.group_by_length, 42) {
+//!     let pairs: Vec<_> = idx.iter().map(|&i| &ds.examples[i]).collect();
+//!     // rows 0..n: prompt + chosen, rows n..2n: prompt + rejected; loss_mask = completion tokens
+//!     let batch = data::collate_dpo(&pairs, ds.pad_id, None);
+//!     let _ = (batch.input_ids, batch.attention_mask, batch.loss_mask, batch.batch_size, batch.seq_len);
+//! }
+//! let sft = data::load_sft("data/sft/train.jsonl".as_ref(), None, &tok, &DataConfig::default())?;
+//! let seqs: Vec<_> = sft.examples.iter().take(4).collect();
+//! let batch = data::collate(&seqs, sft.pad_id, None); // loss_mask = assistant turns
+//! # let _ = batch; Ok(()) }
+//! ```
+//! `loss_mask[t] = 1` means token `t` is a target: the logits at position `t - 1` predict it. Padding is on the
+//! right, with the pad token (else EOS), and is never in the loss mask.
 
 pub mod batch;
 pub mod config;
+pub mod gguf_spm;
 pub mod pipeline;
 pub mod reader;
 pub mod report;
@@ -22,7 +41,7 @@ pub mod truncate;
 pub use batch::{batch_order, collate, collate_dpo, Batch};
 pub use config::{Columns, DataConfig, TruncationMode};
 pub use pipeline::{load_dpo, load_sft, prepare_dpo, prepare_sft, DpoDataset, SftDataset, Stats};
-pub use reader::{read_dataset, BadRow, Pos, RowLoc};
+pub use reader::{read_dataset, BadRow, Pos, RawDataset, RowLoc};
 pub use schema::{DpoRow, Message, Schema, SftRow, Turns};
 pub use template::ChatTemplate;
 pub use tokenize::{DpoTokens, Sequence};

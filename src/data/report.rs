@@ -166,16 +166,22 @@ pub fn show_sequence(tok: &ChatTokenizer, seq: &Sequence) -> Result<String> {
     Ok(out)
 }
 
-/// The sequence's tokens, one per line: position, id, text (escaped) and whether the loss counts it.
+/// The sequence's tokens, one per line: position, id, text (escaped) and whether the loss counts it. At most
+/// `limit` tokens are listed, from a few tokens before the first trained one.
 pub fn token_table(tok: &ChatTokenizer, seq: &Sequence, limit: usize) -> Result<String> {
+    let first = seq.loss_mask.iter().position(|&m| m).unwrap_or(0);
+    let start = if seq.len() <= limit {
+        0
+    } else {
+        first.saturating_sub(8).min(seq.len() - limit)
+    };
     let mut out = String::from("  pos      id  loss  token\n");
-    for (i, (&id, &m)) in seq
-        .input_ids
-        .iter()
-        .zip(&seq.loss_mask)
-        .enumerate()
-        .take(limit)
-    {
+    if start > 0 {
+        let _ = writeln!(out, "  … {start} tokens before");
+    }
+    let end = (start + limit).min(seq.len());
+    for i in start..end {
+        let (id, m) = (seq.input_ids[i], seq.loss_mask[i]);
         let text = tok.decode(&[id])?;
         let _ = writeln!(
             out,
@@ -184,8 +190,8 @@ pub fn token_table(tok: &ChatTokenizer, seq: &Sequence, limit: usize) -> Result<
             text
         );
     }
-    if seq.len() > limit {
-        let _ = writeln!(out, "  … {} more tokens", seq.len() - limit);
+    if seq.len() > end {
+        let _ = writeln!(out, "  … {} more tokens", seq.len() - end);
     }
     Ok(out)
 }

@@ -212,7 +212,11 @@ pub fn parse_messages(items: &[Value], loc: &RowLoc, field: &str) -> Result<Vec<
                 return Err(BadRow::new(
                     loc,
                     Some(&format!("{at}.{role_key}")),
-                    "missing field",
+                    if obj.contains_key(role_key) {
+                        "missing value (null)"
+                    } else {
+                        "missing field"
+                    },
                 ))
             }
             Some(Value::String(s)) => s.as_str(),
@@ -244,7 +248,11 @@ pub fn parse_messages(items: &[Value], loc: &RowLoc, field: &str) -> Result<Vec<
                 return Err(BadRow::new(
                     loc,
                     Some(&format!("{at}.{content_key}")),
-                    "missing field",
+                    if obj.contains_key(content_key) {
+                        "missing value (null)"
+                    } else {
+                        "missing field"
+                    },
                 ))
             }
             Some(Value::String(s)) => s.clone(),
@@ -502,6 +510,8 @@ pub fn parse_dpo(
         ));
     }
     let explicit = match schema {
+        // Mixed files: a row without a prompt has an implicit one, whatever the first row had.
+        Schema::Preference if matches!(row.get(pf), None | Some(Value::Null)) => None,
         Schema::Preference => Some(get_turns(row, loc, pf)?),
         Schema::ImplicitPreference => None,
         _ => {

@@ -41,6 +41,18 @@ impl ChatTemplate {
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);
+        // Jinja2 prints Python values: `True`, `False`, `None` (minijinja would print `true`, `false`, `none`).
+        env.set_formatter(|out, state, value| {
+            if value.kind() == minijinja::value::ValueKind::Bool {
+                out.write_str(if value.is_true() { "True" } else { "False" })?;
+                Ok(())
+            } else if value.is_none() {
+                out.write_str("None")?;
+                Ok(())
+            } else {
+                minijinja::escape_formatter(out, state, value)
+            }
+        });
         let cleaned = strip_generation_tags(source);
         env.add_template_owned("chat_template", cleaned)
             .context("the chat template does not compile")?;

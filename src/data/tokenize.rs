@@ -217,7 +217,18 @@ fn assistant_spans(
     Ok(spans)
 }
 
-/// Tokenizes a rendered conversation and marks the tokens that start inside an assistant span.
+/// The tokens covering the byte span `a..b`, as transformers' `return_assistant_tokens_mask` finds them: from the
+/// token holding byte `a` to the token holding byte `b - 1` (a token that straddles the start of the span counts).
+/// Bytes in no token's offsets (trimmed whitespace) fall back to the nearest token inside the span.
+fn token_range(offsets: &[(usize, usize)], a: usize, b: usize) -> Option<(usize, usize)> {
+    let holding = |pos: usize| offsets.iter().position(|&(s, e)| s <= pos && pos < e);
+    let first = holding(a).or_else(|| offsets.iter().position(|&(s, _)| s >= a && s < b))?;
+    let last = holding(b.saturating_sub(1))
+        .or_else(|| offsets.iter().rposition(|&(s, _)| s >= a && s < b))?;
+    (first <= last).then_some((first, last))
+}
+
+/// Tokenizes a rendered conversation and marks the tokens of the assistant spans.
 fn masked_chat(
     tok: &ChatTokenizer,
     msgs: &[Message],
@@ -229,18 +240,17 @@ fn masked_chat(
     let (ids, offsets) = tok
         .encode_with_offsets(&full)
         .map_err(|e| bad(loc, None, format!("{e:#}")))?;
-    let mask: Vec<bool> = offsets
-        .iter()
-        .map(|&(s, _)| spans.iter().any(|&(a, b)| s >= a && s < b))
-        .collect();
-    // Every assistant turn must own at least one token.
+    let mut mask = vec![false; ids.len()];
     for (k, &(a, b)) in spans.iter().enumerate() {
-        if !offsets.iter().any(|&(s, _)| s >= a && s < b) {
-            return Err(bad(
-                loc,
-                Some(field),
-                format!("assistant turn {} produced no tokens of its own", k + 1),
-            ));
+        match token_range(&offsets, a, b) {
+            Some((first, last)) => mask[first..=last].iter_mut().for_each(|m| *m = true),
+            None => {
+                return Err(bad(
+                    loc,
+                    Some(field),
+                    format!("assistant turn {} produced no tokens of its own", k + 1),
+                ))
+            }
         }
     }
     Ok((
@@ -269,9 +279,18 @@ pub fn tokenize_sft(
                 input_ids: ids,
             }
         }
+        SftRow::Messages(msgs) if !cfg.assistant_only_loss => {
+            // Loss on every token (TRL's default): no need to find the assistant turns.
+            let full = render(tok, msgs, false, loc, cfg.columns.messages())?;
+            let ids = encode_chat(tok, &full, loc)?;
+            notes.no_eos = !has_eos(tok, &ids);
+            Sequence {
+                loss_mask: vec![true; ids.len()],
+                input_ids: ids,
+            }
+        }
         SftRow::Messages(msgs) => {
-            let field = cfg.columns.messages();
-            let (mut seq, _) = masked_chat(tok, msgs, loc, field)?;
+            let (seq, _) = masked_chat(tok, msgs, loc, cfg.columns.messages())?;
             let trained: Vec<u32> = seq
                 .input_ids
                 .iter()
@@ -280,9 +299,6 @@ pub fn tokenize_sft(
                 .map(|(&id, _)| id)
                 .collect();
             notes.no_eos = !has_eos(tok, &trained);
-            if !cfg.assistant_only_loss {
-                seq.loss_mask = vec![true; seq.input_ids.len()];
-            }
             seq
         }
         SftRow::PromptCompletion { prompt, completion } => {

@@ -9,6 +9,9 @@ use tokenizers::Tokenizer;
 use super::schema::Message;
 use super::template::ChatTemplate;
 
+/// A byte range `start..end` of a text.
+pub type Span = (usize, usize);
+
 /// A special token: its text and id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpecialToken {
@@ -146,8 +149,51 @@ fn load_gguf(path: &Path) -> Result<ChatTokenizer> {
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let content = gguf_file::Content::read(&mut file)
         .map_err(|e| anyhow::anyhow!("{}: not a readable GGUF file: {e}", path.display()))?;
-    let tokenizer = Tokenizer::from_gguf(&content)
+    let md = &content.metadata;
+    let model = md
+        .get("tokenizer.ggml.model")
+        .and_then(|v| v.to_string().ok())
+        .cloned()
+        .unwrap_or_default();
+    if model == "llama" {
+        let tokenizer = super::gguf_spm::spm_tokenizer(&content).with_context(|| {
+            format!(
+                "{}: cannot build the SentencePiece tokenizer",
+                path.display()
+            )
+        })?;
+        return finish_gguf(path, &content, tokenizer);
+    }
+    if model != "gpt2" {
+        bail!(
+            "{}: tokenizer.ggml.model `{model}` is not supported (gpt2 and llama are); use the model's Hugging \
+             Face folder with tokenizer.json instead",
+            path.display()
+        );
+    }
+    let mut tokenizer = Tokenizer::from_gguf(&content)
         .map_err(|e| anyhow::anyhow!("{}: cannot build the tokenizer: {e}", path.display()))?;
+    let pre = md
+        .get("tokenizer.ggml.pre")
+        .and_then(|v| v.to_string().ok())
+        .cloned()
+        .unwrap_or_default();
+    let add_prefix_space = md
+        .get("tokenizer.ggml.add_space_prefix")
+        .and_then(|v| v.to_bool().ok())
+        .unwrap_or(false);
+    set_gguf_pre_tokenizer(&mut tokenizer, &pre, add_prefix_space)
+        .with_context(|| format!("{}: tokenizer.ggml.pre `{pre}`", path.display()))?;
+    finish_gguf(path, &content, tokenizer)
+}
+
+/// Special tokens and chat template of a GGUF.
+fn finish_gguf(
+    path: &Path,
+    content: &candle_core::quantized::gguf_file::Content,
+    tokenizer: Tokenizer,
+) -> Result<ChatTokenizer> {
+    use candle_core::quantized::gguf_file;
     let md = &content.metadata;
     let tokens: Vec<String> = match md.get("tokenizer.ggml.tokens") {
         Some(gguf_file::Value::Array(a)) => a
@@ -198,6 +244,47 @@ fn load_gguf(path: &Path) -> Result<ChatTokenizer> {
     })
 }
 
+const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// Sets the pre-tokenizer of a GPT-2-style GGUF vocabulary the way transformers (and llama.cpp) split text for
+/// that `tokenizer.ggml.pre`. candle's default adds a prefix space (`"Hi"` becomes `" Hi"`), which transformers
+/// does not, and it does not know llama.cpp's `llama-bpe` name for Llama-3.
+fn set_gguf_pre_tokenizer(
+    tokenizer: &mut Tokenizer,
+    pre: &str,
+    add_prefix_space: bool,
+) -> Result<()> {
+    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+    use tokenizers::pre_tokenizers::sequence::Sequence;
+    use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+    use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+    let split = match pre {
+        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0"
+        | "lfm2" | "dbrx" | "smaug-bpe" => Some(LLAMA3_SPLIT),
+        "qwen2" | "deepseek-r1-qwen" | "megrez" => Some(QWEN2_SPLIT),
+        _ => None,
+    };
+    let wrapper: PreTokenizerWrapper = match split {
+        Some(re) => {
+            let split = Split::new(
+                SplitPattern::Regex(re.to_string()),
+                tokenizers::SplitDelimiterBehavior::Isolated,
+                false,
+            )
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            Sequence::new(vec![
+                split.into(),
+                ByteLevel::new(add_prefix_space, true, false).into(),
+            ])
+            .into()
+        }
+        None => ByteLevel::new(add_prefix_space, true, true).into(),
+    };
+    tokenizer.with_pre_tokenizer(Some(wrapper));
+    Ok(())
+}
+
 impl ChatTokenizer {
     /// Token ids of `text`. With `add_special_tokens` the tokenizer's post-processor runs (it may add BOS).
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
@@ -210,7 +297,7 @@ impl ChatTokenizer {
     }
 
     /// Token ids and each token's byte span in `text`, without special tokens added.
-    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
+    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<Span>)> {
         let enc = self
             .tokenizer
             .encode(text, false)

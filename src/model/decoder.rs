@@ -5,6 +5,7 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 
 use super::config::{ModelConfig, PROJECTIONS};
+use super::frozen::{FrozenWeight, LoadOptions, WeightSource};
 use super::lora::{lora_delta, Adapter, Dropout};
 use super::rotary::Rotary;
 use super::weights::WeightFiles;
@@ -47,14 +48,14 @@ impl<'a> Pass<'a> {
 
 /// A frozen projection weight `[out, in]`.
 struct Projection {
-    weight: Tensor,
+    weight: FrozenWeight,
     layer: usize,
     index: usize,
 }
 
 impl Projection {
     fn forward(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
-        let mut y = ops::frozen_linear(x, &self.weight)?;
+        let mut y = self.weight.forward(x)?;
         for (slot, adapter) in pass.adapters.iter().enumerate() {
             if let Some(pair) = adapter.pair(self.layer, self.index) {
                 let dropout = pass.training.then(|| Dropout {
@@ -97,9 +98,21 @@ impl Model {
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
+        Self::load_with(config, weights, &LoadOptions::new(dtype), device)
+    }
+
+    /// Loads every weight the config calls for from any [`WeightSource`] (safetensors, GGUF),
+    /// the projections dense or quantized as `options` say.
+    pub fn load_with(
+        config: ModelConfig,
+        weights: &dyn WeightSource,
+        options: &LoadOptions,
+        device: &Device,
+    ) -> Result<Self> {
         weights.check_against(&config)?;
         let c = &config;
-        let load = |name: &str, shape: &[usize]| weights.load(name, shape, dtype, device);
+        let dtype = options.dtype;
+        let load = |name: &str, shape: &[usize]| weights.load_dense(name, shape, dtype, device);
         let embed_tokens = load("model.embed_tokens.weight", &[c.vocab_size, c.hidden_size])?;
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
@@ -108,7 +121,12 @@ impl Model {
                 let (out, inp) = c.projection_shape(name).expect("known projection");
                 let full = super::lora::module_path(i, p);
                 proj.push(Projection {
-                    weight: load(&format!("{full}.weight"), &[out, inp])?,
+                    weight: weights.load_frozen(
+                        &format!("{full}.weight"),
+                        &[out, inp],
+                        options,
+                        device,
+                    )?,
                     layer: i,
                     index: p,
                 });
@@ -201,6 +219,14 @@ impl Model {
 
     pub fn lm_head(&self) -> &Tensor {
         &self.lm_head
+    }
+
+    /// The frozen weight of projection `p` (indexed as in [`PROJECTIONS`]) of layer `layer`.
+    pub fn projection_weight(&self, layer: usize, p: usize) -> Option<&FrozenWeight> {
+        self.layers
+            .get(layer)
+            .and_then(|l| l.proj.get(p))
+            .map(|proj| &proj.weight)
     }
 
     fn layer_forward(

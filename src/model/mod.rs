@@ -2,6 +2,8 @@
 
 pub mod config;
 pub mod decoder;
+pub mod frozen;
+pub mod gguf;
 pub mod lora;
 pub mod rotary;
 pub mod summary;
@@ -9,6 +11,7 @@ pub mod weights;
 
 pub use config::{Architecture, ModelConfig, PROJECTIONS};
 pub use decoder::{KvCache, Model, Pass};
+pub use frozen::{parse_quantization, FrozenWeight, LoadOptions, WeightSource};
 pub use lora::{Adapter, LoraConfig, LoraPair};
 
 use anyhow::{bail, Result};
@@ -26,15 +29,52 @@ pub fn parse_dtype(name: &str) -> Result<DType> {
     })
 }
 
-/// Reads the config of a model folder or hub repo.
+/// Reads the config of a model folder or hub repo, or of a GGUF file's metadata.
 pub fn load_config(source: &Source) -> Result<ModelConfig> {
+    if let Some(path) = gguf_path(source) {
+        return gguf::GgufFile::open(path)?.config();
+    }
     ModelConfig::from_file(&source.require("config.json")?)
 }
 
-/// Loads a model from a folder or hub repo id, frozen weights in `dtype`.
+/// Loads a model from a folder, a GGUF file or a hub repo id, frozen weights in `dtype`.
 pub fn load_model(spec: &str, dtype: DType, device: &Device) -> Result<Model> {
+    load_model_with(spec, &LoadOptions::new(dtype), device)
+}
+
+/// [`load_model`] with the projections quantized as `options` say. A GGUF file keeps its
+/// quantized tensors in their stored types.
+pub fn load_model_with(spec: &str, options: &LoadOptions, device: &Device) -> Result<Model> {
     let source = Source::parse(spec)?;
+    if let Some(path) = gguf_path(&source) {
+        let file = gguf::GgufFile::open(path)?;
+        let config = file.config()?;
+        return Model::load_with(config, &file, options, device);
+    }
     let config = load_config(&source)?;
     let weights = weights::WeightFiles::open(&source)?;
-    Model::load(config, &weights, dtype, device)
+    Model::load_with(config, &weights, options, device)
+}
+
+/// The config of a model and how its weights are stored (`F32`, `BF16`, `GGUF Q4_1 x211, ...`),
+/// reading headers only.
+pub fn describe_weights(source: &Source) -> Result<(ModelConfig, String)> {
+    if let Some(path) = gguf_path(source) {
+        let file = gguf::GgufFile::open(path)?;
+        let config = file.config()?;
+        file.check_against(&config)?;
+        return Ok((config, file.dtype_summary()));
+    }
+    let config = load_config(source)?;
+    let weights = weights::WeightFiles::open(source)?;
+    weights.check_against(&config)?;
+    let dtype = weights.stored_dtype("model.embed_tokens.weight")?;
+    Ok((config, dtype))
+}
+
+fn gguf_path(source: &Source) -> Option<&std::path::Path> {
+    match source {
+        Source::File(p) if gguf::is_gguf(p) => Some(p.as_path()),
+        _ => None,
+    }
 }

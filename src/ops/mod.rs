@@ -7,11 +7,13 @@
 mod grad_attach;
 mod linear;
 mod norm;
+mod qlinear;
 mod rope;
 mod softmax;
 
 pub use grad_attach::attach_gradient;
 pub use linear::{frozen_linear, matmul_t};
 pub use norm::rms_norm;
+pub use qlinear::quantized_linear;
 pub use rope::rope;
 pub use softmax::softmax_last_dim;

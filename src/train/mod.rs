@@ -3,6 +3,7 @@
 pub mod batch;
 pub mod checkpoint;
 pub mod dpo;
+pub mod evaluate;
 pub mod logprobs;
 pub mod metrics;
 pub mod optim;

@@ -48,13 +48,9 @@ impl Session {
         let m = &cfg.run.model;
         let device = select_device(&m.device)?;
         let dtype = model::parse_dtype(&m.dtype)?;
-        if m.quantize != "none" {
-            bail!(
-                "[model] quantize = {:?}: quantized bases are not supported yet",
-                m.quantize
-            );
-        }
-        let model = model::load_model(&m.name_or_path, dtype, &device)
+        let quantize = model::parse_quantization(&m.quantize).context("[model] quantize")?;
+        let options = model::LoadOptions::quantized(dtype, quantize);
+        let model = model::load_model_with(&m.name_or_path, &options, &device)
             .with_context(|| format!("loading model {}", m.name_or_path))?;
         let source = Source::parse(&m.name_or_path)?;
         let tokenizer = load_chat_tokenizer(&tokenizer_path(&source)?)?;

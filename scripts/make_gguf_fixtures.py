@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+"""A tiny Llama as a Hugging Face folder and as GGUF files converted like llama.cpp's
+convert_hf_to_gguf.py does (q/k rows permuted per head for its RoPE layout), for the Rust tests.
+
+Output: tests/fixtures/models/tiny-gguf/
+  config.json, model.safetensors   the Hugging Face model (untied head, GQA, plain RoPE)
+  model-f32.gguf                   every tensor F32
+  model-q8_0.gguf                  2-D tensors Q8_0, norms F32 (llama.cpp --outtype q8_0)
+  expected.safetensors             input_ids, transformers' logits of the HF model (`logits`) and
+                                   of each GGUF as transformers loads it, dequantized
+                                   (`logits_f32_gguf`, `logits_q8_0_gguf`)
+
+All dimensions are multiples of 32 (the Q8_0 block). Checks before writing that transformers,
+loading each GGUF (it dequantizes and un-permutes), reproduces the HF logits.
+
+    /work/pyenv/bin/python scripts/make_gguf_fixtures.py
+"""
+import pathlib
+import tempfile
+
+import gguf
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+OUT = pathlib.Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "models" / "tiny-gguf"
+
+
+def config():
+    return LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        rope_theta=10000.0, rms_norm_eps=1e-5, tie_word_embeddings=False, initializer_range=0.1,
+        bos_token_id=1, eos_token_id=2,
+    )
+
+
+def permute(w, n_head, n_head_kv):
+    """llama.cpp's LlamaModel.permute (convert_hf_to_gguf.py)."""
+    if n_head_kv is not None and n_head != n_head_kv:
+        n_head = n_head_kv
+    return (w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
+            .swapaxes(1, 2).reshape(w.shape))
+
+
+NAMES = {
+    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm",
+    "post_attention_layernorm": "ffn_norm",
+}
+
+
+def gguf_name(hf):
+    if hf == "model.embed_tokens.weight":
+        return "token_embd.weight"
+    if hf == "model.norm.weight":
+        return "output_norm.weight"
+    if hf == "lm_head.weight":
+        return "output.weight"
+    _, _, layer, rest = hf.split(".", 3)
+    return f"blk.{layer}.{NAMES[rest.removesuffix('.weight')]}.weight"
+
+
+def write_gguf(model, cfg, path, qtype):
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_name("tiny-gguf")
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(cfg.num_attention_heads)
+    w.add_head_count_kv(cfg.num_key_value_heads)
+    w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    w.add_rope_dimension_count(cfg.hidden_size // cfg.num_attention_heads)
+    w.add_vocab_size(cfg.vocab_size)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32 if qtype == gguf.GGMLQuantizationType.F32
+                    else gguf.LlamaFileType.MOSTLY_Q8_0)
+    # A minimal vocabulary so that transformers can open the file.
+    w.add_tokenizer_model("llama")
+    w.add_tokenizer_pre("default")
+    w.add_token_list([f"<t{i}>" for i in range(cfg.vocab_size)])
+    w.add_token_scores([0.0] * cfg.vocab_size)
+    w.add_token_types([gguf.TokenType.NORMAL] * cfg.vocab_size)
+    w.add_bos_token_id(cfg.bos_token_id)
+    w.add_eos_token_id(cfg.eos_token_id)
+    for name, t in model.state_dict().items():
+        data = t.float().numpy()
+        if name.endswith("q_proj.weight"):
+            data = permute(data, cfg.num_attention_heads, cfg.num_attention_heads)
+        elif name.endswith("k_proj.weight"):
+            data = permute(data, cfg.num_attention_heads, cfg.num_key_value_heads)
+        data = np.ascontiguousarray(data, dtype=np.float32)
+        if data.ndim == 1 or qtype == gguf.GGMLQuantizationType.F32:
+            w.add_tensor(gguf_name(name), data)
+        else:
+            q = gguf.quants.quantize(data, qtype)
+            w.add_tensor(gguf_name(name), q, raw_dtype=qtype)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def main():
+    cfg = config()
+    torch.manual_seed(3)
+    model = LlamaForCausalLM._from_config(cfg, attn_implementation="eager").float().eval()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "norm" in n:
+                p.copy_(1.0 + 0.2 * torch.randn_like(p))
+    OUT.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(OUT, safe_serialization=True)
+    (OUT / "generation_config.json").unlink(missing_ok=True)
+
+    g = torch.Generator().manual_seed(11)
+    ids = torch.randint(3, cfg.vocab_size, (2, 9), generator=g)
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    expected = {"input_ids": ids.to(torch.int64), "logits": logits.contiguous()}
+
+    for qtype, fname in [(gguf.GGMLQuantizationType.F32, "model-f32.gguf"),
+                         (gguf.GGMLQuantizationType.Q8_0, "model-q8_0.gguf")]:
+        write_gguf(model, cfg, OUT / fname, qtype)
+        with torch.no_grad():
+            m = AutoModelForCausalLM.from_pretrained(OUT, gguf_file=fname, dtype=torch.float32).eval()
+            got = m(input_ids=ids).logits
+        diff = (got - logits).abs().max().item()
+        print(f"{fname}: transformers' GGUF load vs HF logits max |diff| = {diff:.3e}")
+        expected[f"logits_{fname.removeprefix('model-').removesuffix('.gguf')}_gguf"] = got.contiguous()
+    save_file(expected, OUT / "expected.safetensors", metadata={"format": "pt"})
+    for p in sorted(OUT.iterdir()):
+        print(p.name, p.stat().st_size)
+
+
+if __name__ == "__main__":
+    main()

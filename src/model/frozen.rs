@@ -1,0 +1,298 @@
+//! Frozen projection weights, dense or quantized (GGML block types), and the options that
+//! choose between them at load time.
+//!
+//! A quantized weight stays quantized in memory and in the forward pass (candle's quantized
+//! matmul kernels); the backward reaches the input through the weight dequantized on the fly
+//! (see [`crate::ops::quantized_linear`]). Embeddings, norms and the LM head are never
+//! quantized here: they stay in the load dtype, as QLoRA does.
+
+use anyhow::{bail, Context, Result};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{DType, Device, Tensor};
+use std::sync::Arc;
+
+use super::config::ModelConfig;
+use super::weights::WeightFiles;
+use crate::ops;
+
+/// How the frozen base is loaded.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LoadOptions {
+    /// The dtype of dense weights (embeddings, norms, LM head, unquantized projections) and of
+    /// activations.
+    pub dtype: DType,
+    /// Quantize the seven projections of every layer to this GGML type at load. `None` keeps
+    /// them dense. Projections stored quantized in a GGUF file keep their own type whatever this
+    /// says; it applies to the dense (F32/F16/BF16) ones.
+    pub quantize: Option<GgmlDType>,
+}
+
+impl LoadOptions {
+    pub fn new(dtype: DType) -> Self {
+        Self {
+            dtype,
+            quantize: None,
+        }
+    }
+
+    pub fn quantized(dtype: DType, quantize: Option<GgmlDType>) -> Self {
+        Self { dtype, quantize }
+    }
+}
+
+/// The quantizations accepted for frozen projections: `(name, type)`.
+/// Q8_1 and Q8K are left out: candle has no matmul for them.
+pub const QUANTIZATIONS: [(&str, GgmlDType); 10] = [
+    ("q8_0", GgmlDType::Q8_0),
+    ("q5_1", GgmlDType::Q5_1),
+    ("q5_0", GgmlDType::Q5_0),
+    ("q4_1", GgmlDType::Q4_1),
+    ("q4_0", GgmlDType::Q4_0),
+    ("q6k", GgmlDType::Q6K),
+    ("q5k", GgmlDType::Q5K),
+    ("q4k", GgmlDType::Q4K),
+    ("q3k", GgmlDType::Q3K),
+    ("q2k", GgmlDType::Q2K),
+];
+
+/// Parses a user-facing quantization name: `none`, `q8_0`, `q4_0`, `q4k` (also `q4_k`), ...
+pub fn parse_quantization(name: &str) -> Result<Option<GgmlDType>> {
+    let lower = name.trim().to_ascii_lowercase();
+    if matches!(lower.as_str(), "none" | "") {
+        return Ok(None);
+    }
+    // Accept llama.cpp's spelling of k-quants (q4_k, q4_K) as well.
+    let normalized = match lower.strip_suffix("_k") {
+        Some(stem) => format!("{stem}k"),
+        None => lower.clone(),
+    };
+    QUANTIZATIONS
+        .iter()
+        .find(|(n, _)| *n == normalized)
+        .map(|(_, t)| Some(*t))
+        .with_context(|| {
+            let names: Vec<&str> = QUANTIZATIONS.iter().map(|(n, _)| *n).collect();
+            format!(
+                "quantize = `{name}` is not supported (use none, {})",
+                names.join(", ")
+            )
+        })
+}
+
+/// The user-facing name of a GGML type (`q8_0`, `q4k`, `f32`...).
+pub fn quantization_name(t: GgmlDType) -> String {
+    QUANTIZATIONS
+        .iter()
+        .find(|(_, q)| *q == t)
+        .map(|(n, _)| n.to_string())
+        .unwrap_or_else(|| format!("{t:?}").to_ascii_lowercase())
+}
+
+/// A frozen projection weight `[out, in]`.
+#[derive(Clone)]
+pub enum FrozenWeight {
+    /// A plain tensor in the load dtype.
+    Dense(Tensor),
+    /// GGML blocks; dequantized only inside the backward pass.
+    Quantized(Arc<QTensor>),
+}
+
+impl std::fmt::Debug for FrozenWeight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FrozenWeight::Dense(t) => write!(f, "Dense({:?}, {:?})", t.dims(), t.dtype()),
+            FrozenWeight::Quantized(q) => {
+                write!(f, "Quantized({:?}, {:?})", q.shape().dims(), q.dtype())
+            }
+        }
+    }
+}
+
+impl FrozenWeight {
+    /// Quantizes a dense `[out, in]` weight. `name` (the tensor's name) is used in errors.
+    ///
+    /// The GGML block runs along the last (input) dimension, which must be a multiple of the
+    /// block size: 32 for the legacy types, 256 for the k-quants.
+    pub fn quantize(
+        name: &str,
+        weight: &Tensor,
+        dtype: GgmlDType,
+        device: &Device,
+    ) -> Result<Self> {
+        let block = dtype.block_size();
+        let last = *weight.dims().last().unwrap_or(&0);
+        if last == 0 || !last.is_multiple_of(block) {
+            bail!(
+                "cannot quantize `{name}` (shape {:?}) to {}: its last dimension {last} is not a \
+                 multiple of the block size {block}; use quantize = \"none\" or a type with a \
+                 smaller block ({})",
+                weight.dims(),
+                quantization_name(dtype),
+                if block == 256 {
+                    "q8_0, q4_0 and the other legacy types use 32"
+                } else {
+                    "every GGML type needs at least 32"
+                }
+            );
+        }
+        let cpu = weight.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
+        let q = QTensor::quantize_onto(&cpu, dtype, device)
+            .with_context(|| format!("quantizing `{name}` to {}", quantization_name(dtype)))?;
+        Ok(FrozenWeight::Quantized(Arc::new(q)))
+    }
+
+    /// `x @ W.T` over any leading dimensions, in `x`'s dtype; the backward computes the input
+    /// gradient only.
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            FrozenWeight::Dense(w) => ops::frozen_linear(x, w),
+            FrozenWeight::Quantized(q) => ops::quantized_linear(x, q),
+        }
+    }
+
+    /// `(out_features, in_features)`.
+    pub fn dims2(&self) -> candle_core::Result<(usize, usize)> {
+        match self {
+            FrozenWeight::Dense(w) => w.dims2(),
+            FrozenWeight::Quantized(q) => q.shape().dims2(),
+        }
+    }
+
+    /// The weight as a dense tensor in `dtype` (a copy when quantized).
+    pub fn to_dense(&self, dtype: DType) -> candle_core::Result<Tensor> {
+        match self {
+            FrozenWeight::Dense(w) => w.to_dtype(dtype),
+            FrozenWeight::Quantized(q) => q.dequantize(&q.device())?.to_dtype(dtype),
+        }
+    }
+
+    pub fn is_quantized(&self) -> bool {
+        matches!(self, FrozenWeight::Quantized(_))
+    }
+
+    /// The GGML type of a quantized weight.
+    pub fn ggml_dtype(&self) -> Option<GgmlDType> {
+        match self {
+            FrozenWeight::Dense(_) => None,
+            FrozenWeight::Quantized(q) => Some(q.dtype()),
+        }
+    }
+
+    /// Bytes the weight occupies on its device.
+    pub fn storage_bytes(&self) -> usize {
+        match self {
+            FrozenWeight::Dense(w) => w.elem_count() * w.dtype().size_in_bytes(),
+            FrozenWeight::Quantized(q) => q.storage_size_in_bytes(),
+        }
+    }
+
+    /// `Dense`, or `q8_0`, `q4k`... for reports.
+    pub fn kind(&self) -> String {
+        match self {
+            FrozenWeight::Dense(w) => format!("{:?}", w.dtype()).to_ascii_lowercase(),
+            FrozenWeight::Quantized(q) => quantization_name(q.dtype()),
+        }
+    }
+}
+
+/// Where the frozen base's tensors come from (safetensors folders, GGUF files). Names and
+/// shapes are always Hugging Face's.
+pub trait WeightSource {
+    /// Checks that every tensor `config` calls for is present with the right shape.
+    fn check_against(&self, config: &ModelConfig) -> Result<()>;
+
+    fn contains(&self, name: &str) -> bool;
+
+    /// A dense tensor in `dtype` on `device` (dequantized if it is stored quantized).
+    fn load_dense(
+        &self,
+        name: &str,
+        shape: &[usize],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor>;
+
+    /// A projection weight as [`LoadOptions`] say.
+    fn load_frozen(
+        &self,
+        name: &str,
+        shape: &[usize],
+        options: &LoadOptions,
+        device: &Device,
+    ) -> Result<FrozenWeight>;
+}
+
+impl WeightSource for WeightFiles {
+    fn check_against(&self, config: &ModelConfig) -> Result<()> {
+        WeightFiles::check_against(self, config)
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        WeightFiles::contains(self, name)
+    }
+
+    fn load_dense(
+        &self,
+        name: &str,
+        shape: &[usize],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor> {
+        self.load(name, shape, dtype, device)
+    }
+
+    fn load_frozen(
+        &self,
+        name: &str,
+        shape: &[usize],
+        options: &LoadOptions,
+        device: &Device,
+    ) -> Result<FrozenWeight> {
+        match options.quantize {
+            None => Ok(FrozenWeight::Dense(self.load(
+                name,
+                shape,
+                options.dtype,
+                device,
+            )?)),
+            Some(q) => {
+                let w = self.load(name, shape, DType::F32, &Device::Cpu)?;
+                FrozenWeight::quantize(name, &w, q, device)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantization_names() {
+        assert_eq!(parse_quantization("none").unwrap(), None);
+        assert_eq!(parse_quantization("q8_0").unwrap(), Some(GgmlDType::Q8_0));
+        assert_eq!(parse_quantization("Q4_K").unwrap(), Some(GgmlDType::Q4K));
+        assert_eq!(parse_quantization("q4k").unwrap(), Some(GgmlDType::Q4K));
+        let err = parse_quantization("q3_1").unwrap_err().to_string();
+        assert!(err.contains("q3_1") && err.contains("q4k"), "{err}");
+        assert_eq!(quantization_name(GgmlDType::Q6K), "q6k");
+    }
+
+    #[test]
+    fn block_size_error_names_tensor_and_type() {
+        let w = Tensor::zeros((8, 96), DType::F32, &Device::Cpu).unwrap();
+        let err = FrozenWeight::quantize(
+            "model.layers.0.mlp.down_proj.weight",
+            &w,
+            GgmlDType::Q4K,
+            &Device::Cpu,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("down_proj") && err.contains("q4k") && err.contains("256"),
+            "{err}"
+        );
+        assert!(FrozenWeight::quantize("w", &w, GgmlDType::Q8_0, &Device::Cpu).is_ok());
+    }
+}

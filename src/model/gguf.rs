@@ -1,0 +1,430 @@
+//! GGUF base models (llama architecture, which Mistral GGUFs use too): the config from the
+//! metadata, the tensors under their Hugging Face names and shapes.
+//!
+//! llama.cpp's converter permutes the rows of `attn_q` and `attn_k` within each head (its RoPE
+//! pairs adjacent features, Hugging Face's pairs the two halves). Those rows are put back in
+//! Hugging Face order at load, so the decoder's rotate-half RoPE applies unchanged and a LoRA
+//! trained on a GGUF base has Hugging Face's math, names and shapes. GGML blocks run along a
+//! row (the input dimension), so a row permutation moves whole rows of bytes: quantized q and k
+//! stay quantized, bit for bit.
+
+use anyhow::{bail, Context, Result};
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::{GgmlDType, QStorage, QTensor};
+use candle_core::{DType, Device, Tensor};
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::config::{Architecture, ModelConfig, RopeScaling};
+use super::frozen::{FrozenWeight, LoadOptions, WeightSource};
+
+/// Is `path` a GGUF file (by extension or magic bytes)?
+pub fn is_gguf(path: &Path) -> bool {
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    {
+        return true;
+    }
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+        .is_ok()
+        && &magic == b"GGUF"
+}
+
+/// The GGUF name of a Hugging Face tensor name of a Llama/Mistral checkpoint.
+pub fn gguf_name(hf: &str) -> Option<String> {
+    match hf {
+        "model.embed_tokens.weight" => return Some("token_embd.weight".into()),
+        "model.norm.weight" => return Some("output_norm.weight".into()),
+        "lm_head.weight" => return Some("output.weight".into()),
+        _ => {}
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, module) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let gguf = match module {
+        "self_attn.q_proj.weight" => "attn_q",
+        "self_attn.k_proj.weight" => "attn_k",
+        "self_attn.v_proj.weight" => "attn_v",
+        "self_attn.o_proj.weight" => "attn_output",
+        "mlp.gate_proj.weight" => "ffn_gate",
+        "mlp.up_proj.weight" => "ffn_up",
+        "mlp.down_proj.weight" => "ffn_down",
+        "input_layernorm.weight" => "attn_norm",
+        "post_attention_layernorm.weight" => "ffn_norm",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{gguf}.weight"))
+}
+
+/// An open GGUF file: its metadata and tensor directory (the data stays on disk, mapped).
+pub struct GgufFile {
+    path: PathBuf,
+    content: Content,
+    mmap: memmap2::Mmap,
+    arch: String,
+    /// Heads of q and of k, for undoing llama.cpp's row permutation.
+    heads: (usize, usize),
+}
+
+impl GgufFile {
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = std::fs::File::open(path)
+            .with_context(|| format!("{}: cannot open", path.display()))?;
+        // SAFETY: mapped read-only; the file must not be truncated while we run.
+        let mmap = unsafe { memmap2::Mmap::map(&file) }
+            .with_context(|| format!("{}: cannot map", path.display()))?;
+        let content = Content::read(&mut std::io::Cursor::new(&mmap[..]))
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .with_context(|| format!("{}: not a valid GGUF file", path.display()))?;
+        let arch = match content.metadata.get("general.architecture") {
+            Some(v) => v.to_string().map_err(|e| anyhow::anyhow!("{e}"))?.clone(),
+            None => bail!(
+                "{}: GGUF metadata has no general.architecture",
+                path.display()
+            ),
+        };
+        let mut me = Self {
+            path: path.to_path_buf(),
+            content,
+            mmap,
+            arch,
+            heads: (0, 0),
+        };
+        if me.arch == "llama" {
+            let h = me.usize_key("attention.head_count")?;
+            let kv = me.optional_usize("attention.head_count_kv")?.unwrap_or(h);
+            me.heads = (h, kv);
+        }
+        Ok(me)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn metadata(&self) -> &std::collections::HashMap<String, Value> {
+        &self.content.metadata
+    }
+
+    fn key(&self, key: &str) -> String {
+        format!("{}.{key}", self.arch)
+    }
+
+    fn optional_usize(&self, key: &str) -> Result<Option<usize>> {
+        let full = self.key(key);
+        let Some(v) = self.content.metadata.get(&full) else {
+            return Ok(None);
+        };
+        let n = match v {
+            Value::I32(x) => *x as i64,
+            Value::I64(x) => *x,
+            Value::I16(x) => *x as i64,
+            Value::I8(x) => *x as i64,
+            other => other
+                .to_u64()
+                .map_err(|e| anyhow::anyhow!("{}: metadata `{full}`: {e}", self.path.display()))?
+                as i64,
+        };
+        if n < 0 {
+            bail!("{}: metadata `{full}` is negative", self.path.display());
+        }
+        Ok(Some(n as usize))
+    }
+
+    fn usize_key(&self, key: &str) -> Result<usize> {
+        self.optional_usize(key)?.with_context(|| {
+            format!(
+                "{}: GGUF metadata has no `{}`",
+                self.path.display(),
+                self.key(key)
+            )
+        })
+    }
+
+    /// A float key, rounded through its shortest f32 spelling (GGUF stores f32: 1e-5 reads back
+    /// as 9.99999974e-6 otherwise).
+    fn optional_f64(&self, key: &str) -> Result<Option<f64>> {
+        let full = self.key(key);
+        Ok(match self.content.metadata.get(&full) {
+            None => None,
+            Some(Value::F32(x)) => Some(format!("{x}").parse::<f64>()?),
+            Some(Value::F64(x)) => Some(*x),
+            Some(other) => bail!(
+                "{}: metadata `{full}` is not a float: {other:?}",
+                self.path.display()
+            ),
+        })
+    }
+
+    fn token_id(&self, key: &str) -> Option<u32> {
+        self.content.metadata.get(key).and_then(|v| {
+            v.to_u32()
+                .ok()
+                .or_else(|| v.to_u64().ok().map(|x| x as u32))
+        })
+    }
+
+    /// The model configuration the metadata describes.
+    pub fn config(&self) -> Result<ModelConfig> {
+        let p = self.path.display();
+        if self.arch != "llama" {
+            bail!(
+                "{p}: GGUF architecture `{}` is not supported (only llama, which Llama and \
+                 Mistral GGUFs use)",
+                self.arch
+            );
+        }
+        let hidden_size = self.usize_key("embedding_length")?;
+        let num_attention_heads = self.heads.0;
+        let num_key_value_heads = self.heads.1;
+        if num_attention_heads == 0
+            || num_key_value_heads == 0
+            || !num_attention_heads.is_multiple_of(num_key_value_heads)
+        {
+            bail!(
+                "{p}: {num_key_value_heads} key/value heads do not divide {num_attention_heads} \
+                 attention heads"
+            );
+        }
+        let head_dim = match self.optional_usize("attention.key_length")? {
+            Some(d) => d,
+            None => hidden_size / num_attention_heads,
+        };
+        let vocab_size = match self.content.tensor_infos.get("token_embd.weight") {
+            Some(info) => info.shape.dims()[0],
+            None => bail!("{p}: tensor `token_embd.weight` not found"),
+        };
+        let rope_scaling = self.rope_scaling()?;
+        let eos = self.token_id("tokenizer.ggml.eos_token_id");
+        let config = ModelConfig {
+            architecture: Architecture::Llama,
+            vocab_size,
+            hidden_size,
+            intermediate_size: self.usize_key("feed_forward_length")?,
+            num_hidden_layers: self.usize_key("block_count")?,
+            num_attention_heads,
+            num_key_value_heads,
+            head_dim,
+            rms_norm_eps: self
+                .optional_f64("attention.layer_norm_rms_epsilon")?
+                .unwrap_or(1e-5),
+            rope_theta: self.optional_f64("rope.freq_base")?.unwrap_or(10000.0),
+            rope_scaling,
+            sliding_window: None,
+            tie_word_embeddings: !self.content.tensor_infos.contains_key("output.weight"),
+            max_position_embeddings: self.optional_usize("context_length")?.unwrap_or(4096),
+            bos_token_id: self.token_id("tokenizer.ggml.bos_token_id"),
+            eos_token_ids: eos.into_iter().collect(),
+        };
+        if !config.head_dim.is_multiple_of(2) || config.head_dim == 0 {
+            bail!("{p}: head dimension {} must be even", config.head_dim);
+        }
+        Ok(config)
+    }
+
+    fn rope_scaling(&self) -> Result<RopeScaling> {
+        let p = self.path.display();
+        if self.content.tensor_infos.contains_key("rope_freqs.weight") {
+            bail!(
+                "{p}: per-frequency RoPE factors (`rope_freqs.weight`, Llama 3.1 style scaling) \
+                 are not supported for GGUF bases yet; use the Hugging Face checkpoint"
+            );
+        }
+        let kind = match self.content.metadata.get(&self.key("rope.scaling.type")) {
+            Some(v) => v.to_string().map_err(|e| anyhow::anyhow!("{e}"))?.clone(),
+            None => "none".to_string(),
+        };
+        match kind.as_str() {
+            "none" => Ok(RopeScaling::None),
+            "linear" => {
+                let factor = self.optional_f64("rope.scaling.factor")?.unwrap_or(1.0);
+                Ok(if factor == 1.0 {
+                    RopeScaling::None
+                } else {
+                    RopeScaling::Linear { factor }
+                })
+            }
+            other => bail!("{p}: RoPE scaling `{other}` is not supported (none, linear)"),
+        }
+    }
+
+    /// The stored GGML type of a tensor, by its Hugging Face name.
+    pub fn ggml_dtype(&self, hf_name: &str) -> Option<GgmlDType> {
+        let name = gguf_name(hf_name)?;
+        self.content.tensor_infos.get(&name).map(|i| i.ggml_dtype)
+    }
+
+    /// The stored types of all tensors with their counts, e.g. `Q4_1 ×211, F32 ×61`.
+    pub fn dtype_summary(&self) -> String {
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        for info in self.content.tensor_infos.values() {
+            *counts.entry(ggml_type_name(info.ggml_dtype)).or_default() += 1;
+        }
+        let mut parts: Vec<(String, usize)> = counts.into_iter().collect();
+        parts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let parts: Vec<String> = parts.iter().map(|(t, n)| format!("{t} x{n}")).collect();
+        format!("GGUF {}", parts.join(", "))
+    }
+
+    /// Reads a tensor by its Hugging Face name, q/k rows in Hugging Face order, on the CPU.
+    fn read(&self, hf_name: &str, shape: &[usize]) -> Result<QTensor> {
+        let p = self.path.display();
+        let name = gguf_name(hf_name)
+            .with_context(|| format!("{p}: no GGUF name for tensor `{hf_name}`"))?;
+        let info = self
+            .content
+            .tensor_infos
+            .get(&name)
+            .with_context(|| format!("{p}: tensor `{name}` ({hf_name}) not found"))?;
+        if info.shape.dims() != shape {
+            bail!(
+                "{p}: tensor `{name}` ({hf_name}) has shape {:?}, expected {shape:?} from the \
+                 GGUF metadata",
+                info.shape.dims()
+            );
+        }
+        let q = info
+            .read(
+                &mut std::io::Cursor::new(&self.mmap[..]),
+                self.content.tensor_data_offset,
+                &Device::Cpu,
+            )
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .with_context(|| format!("{p}: reading tensor `{name}`"))?;
+        let heads = if hf_name.ends_with("self_attn.q_proj.weight") {
+            Some(self.heads.0)
+        } else if hf_name.ends_with("self_attn.k_proj.weight") {
+            Some(self.heads.1)
+        } else {
+            None
+        };
+        match heads {
+            Some(h) => unpermute_rows(&q, h).with_context(|| format!("{p}: tensor `{name}`")),
+            None => Ok(q),
+        }
+    }
+}
+
+/// llama.cpp's spelling of a GGML type.
+pub fn ggml_type_name(t: GgmlDType) -> String {
+    match t {
+        GgmlDType::Q2K => "Q2_K".into(),
+        GgmlDType::Q3K => "Q3_K".into(),
+        GgmlDType::Q4K => "Q4_K".into(),
+        GgmlDType::Q5K => "Q5_K".into(),
+        GgmlDType::Q6K => "Q6_K".into(),
+        GgmlDType::Q8K => "Q8_K".into(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Undoes llama.cpp's `permute(w, n_head)` on the rows of `w: [n_head · d, in]`: GGUF row
+/// `h·d + 2i + j` is Hugging Face row `h·d + j·d/2 + i`. Rows are moved as whole byte chunks, so
+/// any GGML type is handled without dequantizing.
+pub fn unpermute_rows(w: &QTensor, n_head: usize) -> Result<QTensor> {
+    let (rows, cols) = w.shape().dims2()?;
+    if n_head == 0 || !rows.is_multiple_of(n_head) || !(rows / n_head).is_multiple_of(2) {
+        bail!("cannot split {rows} rows into {n_head} heads of even size");
+    }
+    let d = rows / n_head;
+    let half = d / 2;
+    let dtype = w.dtype();
+    let row_bytes = cols / dtype.block_size() * dtype.type_size();
+    let data = w.data()?;
+    if data.len() != rows * row_bytes {
+        bail!(
+            "unexpected data size {} for {rows} rows of {row_bytes} bytes",
+            data.len()
+        );
+    }
+    let mut out = vec![0u8; data.len()];
+    for h in 0..n_head {
+        for i in 0..half {
+            for j in 0..2 {
+                let src = h * d + 2 * i + j;
+                let dst = h * d + j * half + i;
+                out[dst * row_bytes..(dst + 1) * row_bytes]
+                    .copy_from_slice(&data[src * row_bytes..(src + 1) * row_bytes]);
+            }
+        }
+    }
+    let storage = QStorage::from_data(Cow::Owned(out), &Device::Cpu, dtype)?;
+    Ok(QTensor::new(storage, (rows, cols))?)
+}
+
+fn is_float(t: GgmlDType) -> bool {
+    matches!(t, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16)
+}
+
+fn to_device(q: QTensor, device: &Device) -> Result<QTensor> {
+    if device.is_cpu() {
+        return Ok(q);
+    }
+    let storage = QStorage::from_data(q.data()?, device, q.dtype())?;
+    Ok(QTensor::new(storage, q.shape().clone())?)
+}
+
+impl WeightSource for GgufFile {
+    fn check_against(&self, config: &ModelConfig) -> Result<()> {
+        let p = self.path.display();
+        for (hf_name, shape) in config.expected_tensors() {
+            let name = gguf_name(&hf_name)
+                .with_context(|| format!("{p}: no GGUF name for tensor `{hf_name}`"))?;
+            let info = self
+                .content
+                .tensor_infos
+                .get(&name)
+                .with_context(|| format!("{p}: tensor `{name}` ({hf_name}) not found"))?;
+            if info.shape.dims() != shape.as_slice() {
+                bail!(
+                    "{p}: tensor `{name}` ({hf_name}) has shape {:?}, expected {shape:?} from \
+                     the GGUF metadata",
+                    info.shape.dims()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        gguf_name(name).is_some_and(|n| self.content.tensor_infos.contains_key(&n))
+    }
+
+    fn load_dense(
+        &self,
+        name: &str,
+        shape: &[usize],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor> {
+        let q = self.read(name, shape)?;
+        Ok(q.dequantize(&Device::Cpu)?
+            .to_dtype(dtype)?
+            .to_device(device)?)
+    }
+
+    fn load_frozen(
+        &self,
+        name: &str,
+        shape: &[usize],
+        options: &LoadOptions,
+        device: &Device,
+    ) -> Result<FrozenWeight> {
+        let q = self.read(name, shape)?;
+        if !is_float(q.dtype()) {
+            return Ok(FrozenWeight::Quantized(Arc::new(to_device(q, device)?)));
+        }
+        let dense = q.dequantize(&Device::Cpu)?;
+        match options.quantize {
+            Some(t) => FrozenWeight::quantize(name, &dense, t, device),
+            None => Ok(FrozenWeight::Dense(
+                dense.to_dtype(options.dtype)?.to_device(device)?,
+            )),
+        }
+    }
+}
