@@ -401,3 +401,102 @@ fn cli_takes_hub_repo_ids_from_the_local_cache() {
     assert!(out.join("generation_config.json").is_file());
     compare_with_peft("tiny-mistral", &tensors_of(&out), "merged");
 }
+
+/// tiny-gguf (scripts/make_gguf_fixtures.py): the same Llama as a Hugging Face folder and as
+/// GGUF files converted like llama.cpp does.
+fn gguf_logits(dir: &Path) -> Tensor {
+    let exp = candle_core::safetensors::load(
+        fixture("models/tiny-gguf/expected.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let ids = exp["input_ids"].to_dtype(DType::U32).unwrap();
+    let model = load_model(&dir.display().to_string(), DType::F32, &Device::Cpu).unwrap();
+    model.forward(&ids, None, Pass::eval(&[])).unwrap()
+}
+
+#[test]
+fn gguf_bases_convert_to_hugging_face_folders() {
+    let exp = candle_core::safetensors::load(
+        fixture("models/tiny-gguf/expected.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    // F32 GGUF: exactly the original Hugging Face weights (q/k rows un-permuted).
+    let out = tmp.path().join("from-f32");
+    let report = merge(
+        &fixture_str("models/tiny-gguf/model-f32.gguf"),
+        &[],
+        &out,
+        &MergeOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(report.dtype, DType::F32);
+    let hf =
+        candle_core::safetensors::load(fixture("models/tiny-gguf/model.safetensors"), &Device::Cpu)
+            .unwrap();
+    let ours = tensors_of(&out);
+    assert_eq!(ours.len(), hf.len());
+    for (name, t) in &hf {
+        assert_eq!(max_abs_diff(&ours[name], t), 0.0, "{name}");
+    }
+    let ours_config = load_config(&Source::parse(&out.display().to_string()).unwrap()).unwrap();
+    let hf_config = load_config(&Source::parse(&fixture_str("models/tiny-gguf")).unwrap()).unwrap();
+    assert_eq!(ours_config, hf_config);
+    assert!(out.join("generation_config.json").is_file());
+    // Q8_0 GGUF: dequantized, the logits transformers gets from the same file.
+    let out = tmp.path().join("from-q8");
+    merge(
+        &fixture_str("models/tiny-gguf/model-q8_0.gguf"),
+        &[],
+        &out,
+        &options(DType::F32, 20_000),
+    )
+    .unwrap();
+    let d = max_abs_diff(&gguf_logits(&out), &exp["logits_q8_0_gguf"]);
+    assert!(d < 1e-4, "q8_0: max |diff| {d}");
+}
+
+#[test]
+fn adapters_merge_into_a_gguf_base_as_into_its_hugging_face_twin() {
+    let config = config_of("models/tiny-gguf");
+    let lora = lora_dpo::model::LoraConfig {
+        r: 4,
+        lora_alpha: 8.0,
+        ..Default::default()
+    };
+    let adapter = Adapter::init(&config, lora, 3, &Device::Cpu).unwrap();
+    for (module, var) in adapter.named_vars() {
+        if module.ends_with("lora_B") {
+            let b = Tensor::randn(0f32, 0.3, var.shape(), &Device::Cpu).unwrap();
+            var.set(&b).unwrap();
+        }
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("gguf"), tmp.path().join("hf"));
+    let adapters = [adapter];
+    merge(
+        &fixture_str("models/tiny-gguf/model-f32.gguf"),
+        &adapters,
+        &a,
+        &MergeOptions::default(),
+    )
+    .unwrap();
+    merge(
+        &fixture_str("models/tiny-gguf"),
+        &adapters,
+        &b,
+        &MergeOptions::default(),
+    )
+    .unwrap();
+    let (ta, tb) = (tensors_of(&a), tensors_of(&b));
+    assert_eq!(ta.len(), tb.len());
+    for (name, t) in &tb {
+        assert!(max_abs_diff(&ta[name], t) < 1e-6, "{name}");
+    }
+}
+
+fn config_of(path: &str) -> ModelConfig {
+    load_config(&Source::parse(&fixture_str(path)).unwrap()).unwrap()
+}

@@ -3,9 +3,12 @@
 //! Streams tensor by tensor: each tensor is read from its file with a plain positioned read
 //! (no memory map, so pages already written do not stay resident), merged in f32
 //! (`W + scale · B · A` for each adapter in order), cast to the output dtype and written
-//! straight into its shard, whose header is computed up front from the shapes. Peak memory is
-//! about one tensor in f32 plus one in the output dtype, whatever the model size. Everything
-//! goes into a temporary folder beside the output, renamed at the end.
+//! straight into its shard, whose header is computed up front from the shapes. Tensors are
+//! processed in blocks of rows, so peak memory is a few blocks, whatever the model or shard
+//! size. A GGUF base is dequantized tensor by tensor (q/k rows put back in Hugging Face order)
+//! and gets a config.json (and, where the data module can read its tokenizer, tokenizer files)
+//! made from its metadata. Everything goes into a temporary folder beside the output, renamed
+//! at the end.
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
@@ -15,10 +18,13 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+use crate::model::config::RopeScaling;
+use crate::model::gguf::{self, GgufFile};
 use crate::model::lora::module_path;
 use crate::model::weights::WeightFiles;
-use crate::model::{Adapter, ModelConfig, PROJECTIONS};
+use crate::model::{Adapter, Architecture, ModelConfig, WeightSource, PROJECTIONS};
 use crate::source::Source;
+use candle_core::quantized::GgmlDType;
 
 /// transformers' default `max_shard_size`.
 pub const DEFAULT_MAX_SHARD_SIZE: u64 = 5_000_000_000;
@@ -71,7 +77,10 @@ pub struct MergeReport {
     pub total_size: u64,
     /// Projections that received at least one adapter.
     pub merged_tensors: usize,
+    /// Files written besides the weights (copied, or made from GGUF metadata).
     pub copied_files: Vec<String>,
+    /// Things the user should know (for example: a GGUF tokenizer that could not be exported).
+    pub notes: Vec<String>,
 }
 
 /// Parses a shard size such as `5GB`, `500MB`, `64MiB` or a plain number of bytes.
@@ -112,30 +121,40 @@ pub fn merge(
     options: &MergeOptions,
 ) -> Result<MergeReport> {
     let source = Source::parse(model_spec)?;
-    if let Source::File(path) = &source {
-        if path.extension().and_then(|e| e.to_str()) == Some("gguf") {
-            bail!(
-                "{}: GGUF bases cannot be merged yet; give a Hugging Face folder \
-                 (config.json + safetensors)",
-                path.display()
-            );
-        }
-        bail!(
-            "{}: expected a Hugging Face model folder (config.json + safetensors) or a hub repo id",
-            path.display()
-        );
-    }
     if options.max_shard_size == 0 {
         bail!("max_shard_size must be at least 1 byte");
     }
+    let (config, base) = match &source {
+        Source::File(path) if gguf::is_gguf(path) => {
+            let file = GgufFile::open(path)?;
+            let config = file.config()?;
+            WeightSource::check_against(&file, &config)?;
+            (config, Base::Gguf(file))
+        }
+        Source::File(path) => bail!(
+            "{}: expected a Hugging Face model folder (config.json + safetensors), a .gguf \
+             file or a hub repo id",
+            path.display()
+        ),
+        _ => {
+            let config_path = source.require("config.json")?;
+            let config = ModelConfig::from_file(&config_path)?;
+            let weights = WeightFiles::open(&source)?;
+            weights.check_against(&config)?;
+            let reader = TensorReader::open(weights.paths())?;
+            (
+                config,
+                Base::Safetensors {
+                    reader,
+                    config_path,
+                },
+            )
+        }
+    };
     check_output(out, options.overwrite)?;
-    let config_path = source.require("config.json")?;
-    let config = ModelConfig::from_file(&config_path)?;
-    let weights = WeightFiles::open(&source)?;
-    weights.check_against(&config)?;
     let dtype = match options.dtype {
         Some(d) => d,
-        None => parse_st_dtype(&weights.stored_dtype("model.embed_tokens.weight")?)?.0,
+        None => base.default_dtype()?,
     };
     for (i, adapter) in adapters.iter().enumerate() {
         if adapter.layers.len() != config.num_hidden_layers {
@@ -147,8 +166,7 @@ pub fn merge(
             );
         }
     }
-    let reader = TensorReader::open(weights.paths())?;
-    let plan = plan_shards(&config, &reader, dtype, options.max_shard_size)?;
+    let plan = plan_shards(&base.tensors(&config)?, dtype, options.max_shard_size);
 
     let (tmp, parent) = temp_dir_for(out)?;
     let result = (|| -> Result<MergeReport> {
@@ -165,7 +183,7 @@ pub fn merge(
             merged_tensors += write_shard(
                 &tmp.join(&file),
                 shard,
-                &reader,
+                &base,
                 adapters,
                 dtype,
                 options.block_bytes,
@@ -186,13 +204,42 @@ pub fn merge(
                 serde_json::to_string_pretty(&index)? + "\n",
             )?;
         }
-        write_config(&config_path, &tmp.join("config.json"), dtype)?;
         let mut copied_files = Vec::new();
-        for name in COPIED_FILES {
-            if let Some(p) = source.find(name)? {
-                std::fs::copy(&p, tmp.join(name))
-                    .with_context(|| format!("copying {}", p.display()))?;
-                copied_files.push(name.to_string());
+        let mut notes = Vec::new();
+        match &base {
+            Base::Safetensors { config_path, .. } => {
+                write_config(config_path, &tmp.join("config.json"), dtype)?;
+                for name in COPIED_FILES {
+                    if let Some(p) = source.find(name)? {
+                        std::fs::copy(&p, tmp.join(name))
+                            .with_context(|| format!("copying {}", p.display()))?;
+                        copied_files.push(name.to_string());
+                    }
+                }
+            }
+            Base::Gguf(file) => {
+                write_json(&tmp.join("config.json"), &hf_config(&config, dtype)?)?;
+                let mut generation = serde_json::Map::new();
+                if let Some(bos) = config.bos_token_id {
+                    generation.insert("bos_token_id".into(), json!(bos));
+                }
+                match config.eos_token_ids.as_slice() {
+                    [] => {}
+                    [one] => {
+                        generation.insert("eos_token_id".into(), json!(one));
+                    }
+                    many => {
+                        generation.insert("eos_token_id".into(), json!(many));
+                    }
+                }
+                write_json(
+                    &tmp.join("generation_config.json"),
+                    &Value::Object(generation),
+                )?;
+                match gguf_tokenizer(file.path(), &tmp) {
+                    Ok(files) => copied_files.extend(files),
+                    Err(e) => notes.push(format!("no tokenizer files written: {e:#}")),
+                }
             }
         }
         Ok(MergeReport {
@@ -202,6 +249,7 @@ pub fn merge(
             total_size,
             merged_tensors,
             copied_files,
+            notes,
         })
     })();
     let report = match result {
@@ -280,12 +328,7 @@ fn write_config(from: &Path, to: &Path, dtype: DType) -> Result<()> {
         .with_context(|| format!("{}: cannot read", from.display()))?;
     let mut json: Value = serde_json::from_str(&text)
         .with_context(|| format!("{}: not valid JSON", from.display()))?;
-    let name = match dtype {
-        DType::F32 => "float32",
-        DType::BF16 => "bfloat16",
-        DType::F16 => "float16",
-        other => bail!("cannot write {other:?} weights"),
-    };
+    let name = dtype_name(dtype)?;
     let obj = json
         .as_object_mut()
         .with_context(|| format!("{}: not a JSON object", from.display()))?;
@@ -309,38 +352,14 @@ struct ShardPlan {
     bytes: u64,
 }
 
-/// Tensors in checkpoint order (the config's order, then any others by name), packed greedily
-/// into shards of at most `max` bytes.
-fn plan_shards(
-    config: &ModelConfig,
-    reader: &TensorReader,
-    dtype: DType,
-    max: u64,
-) -> Result<Vec<ShardPlan>> {
-    let mut names: Vec<String> = config
-        .expected_tensors()
-        .into_iter()
-        .map(|(n, _)| n)
-        .collect();
-    let mut rest: Vec<String> = reader
-        .entries
-        .keys()
-        .filter(|n| !names.contains(n))
-        .cloned()
-        .collect();
-    rest.sort();
-    names.extend(rest);
+/// Tensors in order, packed greedily into shards of at most `max` bytes.
+fn plan_shards(tensors: &[(String, Vec<usize>)], dtype: DType, max: u64) -> Vec<ShardPlan> {
     let mut shards: Vec<ShardPlan> = Vec::new();
     let mut current = ShardPlan {
         tensors: vec![],
         bytes: 0,
     };
-    for name in names {
-        let entry = reader.entry(&name)?;
-        parse_st_dtype(&entry.dtype).with_context(|| {
-            format!("{}: tensor `{name}`", reader.files[entry.file].0.display())
-        })?;
-        let shape = entry.shape.clone();
+    for (name, shape) in tensors {
         let size = shape.iter().product::<usize>() as u64 * dtype.size_in_bytes() as u64;
         if !current.tensors.is_empty() && current.bytes + size > max {
             shards.push(std::mem::replace(
@@ -351,13 +370,162 @@ fn plan_shards(
                 },
             ));
         }
-        current.tensors.push((name, shape));
+        current.tensors.push((name.clone(), shape.clone()));
         current.bytes += size;
     }
     if !current.tensors.is_empty() {
         shards.push(current);
     }
-    Ok(shards)
+    shards
+}
+
+/// Where the base weights come from.
+enum Base {
+    /// Safetensors files (a folder or hub snapshot), read block by block.
+    Safetensors {
+        reader: TensorReader,
+        config_path: PathBuf,
+    },
+    /// A GGUF file: each tensor is dequantized whole (and llama.cpp's q/k row order undone).
+    Gguf(GgufFile),
+}
+
+impl Base {
+    /// The embeddings' stored dtype when it is f32/bf16/f16; f32 for quantized GGUF tensors.
+    fn default_dtype(&self) -> Result<DType> {
+        Ok(match self {
+            Base::Safetensors { reader, .. } => {
+                parse_st_dtype(&reader.entry("model.embed_tokens.weight")?.dtype)?.0
+            }
+            Base::Gguf(file) => match file.ggml_dtype("model.embed_tokens.weight") {
+                Some(GgmlDType::F16) => DType::F16,
+                Some(GgmlDType::BF16) => DType::BF16,
+                _ => DType::F32,
+            },
+        })
+    }
+
+    /// Every tensor to write with its shape: the config's tensors in checkpoint order, then
+    /// any other tensor of the safetensors files by name.
+    fn tensors(&self, config: &ModelConfig) -> Result<Vec<(String, Vec<usize>)>> {
+        let mut out = config.expected_tensors();
+        if let Base::Safetensors { reader, .. } = self {
+            let mut rest: Vec<&String> = reader
+                .entries
+                .keys()
+                .filter(|n| !out.iter().any(|(m, _)| m == *n))
+                .collect();
+            rest.sort();
+            for name in rest {
+                let entry = reader.entry(name)?;
+                parse_st_dtype(&entry.dtype).with_context(|| {
+                    format!("{}: tensor `{name}`", reader.files[entry.file].0.display())
+                })?;
+                out.push((name.clone(), entry.shape.clone()));
+            }
+            for (name, _) in &config.expected_tensors() {
+                let entry = reader.entry(name)?;
+                parse_st_dtype(&entry.dtype).with_context(|| {
+                    format!("{}: tensor `{name}`", reader.files[entry.file].0.display())
+                })?;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The Hugging Face config.json of a model described by GGUF metadata.
+fn hf_config(c: &ModelConfig, dtype: DType) -> Result<Value> {
+    let rope_scaling = match c.rope_scaling {
+        RopeScaling::None => Value::Null,
+        RopeScaling::Linear { factor } => json!({"rope_type": "linear", "factor": factor}),
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        } => json!({
+            "rope_type": "llama3",
+            "factor": factor,
+            "low_freq_factor": low_freq_factor,
+            "high_freq_factor": high_freq_factor,
+            "original_max_position_embeddings": original_max_position_embeddings,
+        }),
+    };
+    let (class, model_type) = match c.architecture {
+        Architecture::Mistral => ("MistralForCausalLM", "mistral"),
+        Architecture::Llama => ("LlamaForCausalLM", "llama"),
+    };
+    let eos = match c.eos_token_ids.as_slice() {
+        [] => Value::Null,
+        [one] => json!(one),
+        many => json!(many),
+    };
+    Ok(json!({
+        "architectures": [class],
+        "model_type": model_type,
+        "vocab_size": c.vocab_size,
+        "hidden_size": c.hidden_size,
+        "intermediate_size": c.intermediate_size,
+        "num_hidden_layers": c.num_hidden_layers,
+        "num_attention_heads": c.num_attention_heads,
+        "num_key_value_heads": c.num_key_value_heads,
+        "head_dim": c.head_dim,
+        "hidden_act": "silu",
+        "rms_norm_eps": c.rms_norm_eps,
+        "rope_theta": c.rope_theta,
+        "rope_scaling": rope_scaling,
+        "sliding_window": c.sliding_window,
+        "tie_word_embeddings": c.tie_word_embeddings,
+        "max_position_embeddings": c.max_position_embeddings,
+        "bos_token_id": c.bos_token_id,
+        "eos_token_id": eos,
+        "attention_bias": false,
+        "mlp_bias": false,
+        "torch_dtype": dtype_name(dtype)?,
+    }))
+}
+
+/// tokenizer.json and tokenizer_config.json (special tokens, chat template) from a GGUF's
+/// tokenizer metadata, where the data module can build the tokenizer.
+fn gguf_tokenizer(path: &Path, dir: &Path) -> Result<Vec<String>> {
+    let tok = crate::data::load_chat_tokenizer(path)?;
+    tok.tokenizer
+        .save(dir.join("tokenizer.json"), false)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("writing tokenizer.json")?;
+    let mut config = serde_json::Map::new();
+    for (key, token) in [
+        ("bos_token", &tok.bos),
+        ("eos_token", &tok.eos),
+        ("pad_token", &tok.pad),
+    ] {
+        if let Some(t) = token {
+            config.insert(key.into(), json!(t.text));
+        }
+    }
+    if let Some(t) = &tok.template {
+        config.insert("chat_template".into(), json!(t.source()));
+    }
+    write_json(&dir.join("tokenizer_config.json"), &Value::Object(config))?;
+    Ok(vec![
+        "tokenizer.json".to_string(),
+        "tokenizer_config.json".to_string(),
+    ])
+}
+
+fn write_json(path: &Path, value: &Value) -> Result<()> {
+    std::fs::write(path, serde_json::to_string_pretty(value)? + "\n")
+        .with_context(|| format!("{}: cannot write", path.display()))
+}
+
+fn dtype_name(dtype: DType) -> Result<&'static str> {
+    Ok(match dtype {
+        DType::F32 => "float32",
+        DType::BF16 => "bfloat16",
+        DType::F16 => "float16",
+        other => bail!("cannot write {other:?} weights"),
+    })
 }
 
 /// `(layer, projection index)` when `name` is a projection weight.
@@ -374,7 +542,7 @@ fn projection_of(name: &str) -> Option<(usize, usize)> {
 fn write_shard(
     path: &Path,
     shard: &ShardPlan,
-    reader: &TensorReader,
+    base: &Base,
     adapters: &[Adapter],
     dtype: DType,
     block_bytes: usize,
@@ -404,8 +572,6 @@ fn write_shard(
     w.write_all(&header).with_context(write_err)?;
     let mut merged = 0;
     for (name, shape) in &shard.tensors {
-        let entry = reader.entry(name)?;
-        let (stored, size) = parse_st_dtype(&entry.dtype)?;
         let pairs: Vec<(f64, Tensor, Tensor)> = match projection_of(name) {
             Some((layer, p)) => adapters
                 .iter()
@@ -421,35 +587,52 @@ fn write_shard(
             None => vec![],
         };
         merged += usize::from(!pairs.is_empty());
-        // Row blocks of about block_bytes (in f32), so no whole tensor is ever held.
+        // Row blocks of about block_bytes (in f32), so no whole tensor is held (except a GGUF
+        // tensor, dequantized whole).
         let numel: usize = shape.iter().product();
         let rows = shape.first().copied().unwrap_or(1).max(1);
         let cols = numel / rows;
         let block = (block_bytes / (4 * cols.max(1))).clamp(1, rows);
+        let whole: Option<Vec<f32>> = match base {
+            Base::Gguf(file) => Some(
+                file.load_dense(name, shape, DType::F32, &Device::Cpu)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?,
+            ),
+            Base::Safetensors { .. } => None,
+        };
         let mut r0 = 0;
         while r0 < rows {
             let n = block.min(rows - r0);
-            let bytes = reader.read_range(name, (r0 * cols * size) as u64, n * cols * size)?;
-            if pairs.is_empty() && stored == dtype {
-                w.write_all(&bytes).with_context(write_err)?;
-            } else {
-                let mut values =
-                    decode_f32(&bytes, &entry.dtype).with_context(|| format!("tensor `{name}`"))?;
-                drop(bytes);
-                if !pairs.is_empty() {
-                    let mut weight = Tensor::from_vec(values, (n, cols), &Device::Cpu)?;
-                    for (scale, b, a) in &pairs {
-                        let delta = b.narrow(0, r0, n)?.matmul(a)?;
-                        weight = (weight + (delta * *scale)?)?;
+            let mut values = match (&whole, base) {
+                (Some(all), _) => all[r0 * cols..(r0 + n) * cols].to_vec(),
+                (None, Base::Safetensors { reader, .. }) => {
+                    let entry = reader.entry(name)?;
+                    let (stored, size) = parse_st_dtype(&entry.dtype)?;
+                    let bytes =
+                        reader.read_range(name, (r0 * cols * size) as u64, n * cols * size)?;
+                    if pairs.is_empty() && stored == dtype {
+                        w.write_all(&bytes).with_context(write_err)?;
+                        r0 += n;
+                        continue;
                     }
-                    values = weight.flatten_all()?.to_vec1::<f32>()?;
-                    if values.iter().any(|v| !v.is_finite()) {
-                        bail!("merging the adapter into `{name}` gives NaN or infinite values");
-                    }
+                    decode_f32(&bytes, &entry.dtype).with_context(|| format!("tensor `{name}`"))?
                 }
-                w.write_all(&encode(&values, dtype)?)
-                    .with_context(write_err)?;
+                (None, Base::Gguf(_)) => unreachable!("GGUF tensors are read whole"),
+            };
+            if !pairs.is_empty() {
+                let mut weight = Tensor::from_vec(values, (n, cols), &Device::Cpu)?;
+                for (scale, b, a) in &pairs {
+                    let delta = b.narrow(0, r0, n)?.matmul(a)?;
+                    weight = (weight + (delta * *scale)?)?;
+                }
+                values = weight.flatten_all()?.to_vec1::<f32>()?;
+                if values.iter().any(|v| !v.is_finite()) {
+                    bail!("merging the adapter into `{name}` gives NaN or infinite values");
+                }
             }
+            w.write_all(&encode(&values, dtype)?)
+                .with_context(write_err)?;
             r0 += n;
         }
     }

@@ -9,7 +9,8 @@ use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Base model: Hugging Face folder or hub repo id (owner/name, from the local cache).
+    /// Base model: Hugging Face folder, hub repo id (owner/name, from the local cache) or a
+    /// .gguf file (dequantized).
     #[arg(long)]
     model: String,
     /// PEFT LoRA adapter folder or hub repo id; repeat to fold several, in order.
@@ -38,12 +39,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let mut adapters = Vec::with_capacity(args.adapter.len());
     if !args.adapter.is_empty() {
-        let source = Source::parse(&args.model)?;
-        if matches!(source, Source::File(_)) {
-            // merge() explains which inputs it takes.
-            adapter::merge(&args.model, &[], &args.out, &options)?;
-        }
-        let config = model::load_config(&source)?;
+        let config = model::load_config(&Source::parse(&args.model)?)?;
         for spec in &args.adapter {
             let a = adapter::load_adapter(spec, &config, &Device::Cpu)
                 .with_context(|| format!("loading adapter {spec}"))?;
@@ -51,6 +47,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     let report = adapter::merge(&args.model, &adapters, &args.out, &options)?;
+    for note in &report.notes {
+        eprintln!("note: {note}");
+    }
     println!(
         "wrote {} ({:?}, {} shard(s), {:.1} MB of weights, {} projection(s) merged from {} adapter(s))",
         report.out_dir.display(),
