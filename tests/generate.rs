@@ -373,3 +373,29 @@ fn chat_generation_matches_transformers() {
         assert_eq!(out, format!("{text}\n"), "{name}: streamed text");
     }
 }
+
+#[test]
+fn cli_generates_from_a_gguf_file_as_from_its_conversion() {
+    let gguf = fixture_str("models/tiny-gguf/model-f32.gguf");
+    let tmp = tempfile::tempdir().unwrap();
+    let folder = tmp.path().join("hf");
+    let (code, _, err) = cli(&["merge", "--model", &gguf, "--out", folder.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let run = |model: &str| {
+        let (code, out, err) = cli(&[
+            "generate",
+            "--model",
+            model,
+            "--raw",
+            "--prompt",
+            "ab",
+            "--max-new-tokens",
+            "6",
+        ]);
+        assert_eq!(code, 0, "{err}");
+        out
+    };
+    let from_gguf = run(&gguf);
+    assert!(!from_gguf.trim().is_empty());
+    assert_eq!(from_gguf, run(folder.to_str().unwrap()));
+}

@@ -11,7 +11,7 @@ use std::path::Path;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Hugging Face model folder or hub repo id (owner/name, from the local cache).
+    /// Hugging Face model folder, hub repo id (owner/name, from the local cache) or .gguf file.
     #[arg(long)]
     model: String,
     /// PEFT LoRA adapter folder or hub repo id; repeat to stack several.
@@ -44,12 +44,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let dtype = parse_dtype(&args.dtype)?;
     let device = candle_core::Device::cuda_if_available(0)?;
     let source = Source::parse(&args.model)?;
-    // The tokenizer files sit together (a folder, or a hub snapshot once fetched).
-    let tokenizer_json = source.require("tokenizer.json")?;
-    for optional in ["tokenizer_config.json", "chat_template.jinja"] {
-        source.find(optional)?;
-    }
-    let tokenizer = load_chat_tokenizer(tokenizer_json.parent().unwrap_or(Path::new(".")))?;
+    let tokenizer = match &source {
+        // A GGUF file carries its tokenizer in its metadata.
+        Source::File(path) => load_chat_tokenizer(path)?,
+        _ => {
+            // The tokenizer files sit together (a folder, or a hub snapshot once fetched).
+            let tokenizer_json = source.require("tokenizer.json")?;
+            for optional in ["tokenizer_config.json", "chat_template.jinja"] {
+                source.find(optional)?;
+            }
+            load_chat_tokenizer(tokenizer_json.parent().unwrap_or(Path::new(".")))?
+        }
+    };
     let model = model::load_model(&args.model, dtype, &device)?;
     let adapters = args
         .adapter
