@@ -262,6 +262,7 @@ fn quantized_models_match_their_dequantized_twins() {
         let pass = Pass {
             adapters: &[&adapter],
             training: true,
+            dropout_seed: 0,
         };
         let loss_of = |m: &lora_dpo::model::Model| {
             let logits = m.forward(&ids, None, pass).unwrap();
