@@ -41,12 +41,13 @@ $BIN train --config configs/demo.toml
 echo "== after SFT + DPO (adapter $OUT/combined)"
 $BIN eval --model "$MODEL" --quantize dense --adapter "$OUT/combined" --data "$EVAL" --per-row > /tmp/lora-dpo-demo-after.json
 summary /tmp/lora-dpo-demo-after.json
-echo "  DPO stage on its own (reference = the SFT model), from $OUT/dpo/metrics.jsonl:"
-python3 - "$OUT/dpo/metrics.jsonl" <<'PY'
+python3 - "$OUT" <<'PY'
 import json, sys
-evals = [r for r in map(json.loads, open(sys.argv[1])) if "eval_rewards/accuracies" in r]
-for r in (evals[0], evals[-1]):
-    print(f"    step {r['step']:>3}: eval rewards/accuracies {r['eval_rewards/accuracies']:.2f}, margins {r['eval_rewards/margins']:.3f}")
+sft = [r for r in map(json.loads, open(f"{sys.argv[1]}/sft/metrics.jsonl")) if "eval_loss" in r]
+dpo = [r for r in map(json.loads, open(f"{sys.argv[1]}/dpo/metrics.jsonl")) if "rewards/accuracies" in r]
+print(f"  SFT held-out loss {sft[0]['eval_loss']:.4f} -> {sft[-1]['eval_loss']:.4f}")
+print(f"  DPO training rewards/accuracies (vs the SFT reference) {dpo[0]['rewards/accuracies']:.2f} at step {dpo[0]['step']}"
+      f" -> {dpo[-1]['rewards/accuracies']:.2f} at step {dpo[-1]['step']}, margins {dpo[-1]['rewards/margins']:.3f}")
 PY
 echo "  Q: $PROMPT"
 echo -n "  A: "; $BIN generate --model "$MODEL" --quantize dense --adapter "$OUT/combined" --prompt "$PROMPT" --max-new-tokens 48

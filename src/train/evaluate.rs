@@ -39,7 +39,7 @@ pub fn evaluate(req: &EvalRequest, raw: RawDataset) -> Result<Value> {
     }
     let data = prepare_dpo(raw, req.tokenizer, req.data_config)?;
     let reference = reference_sums(req.model, &[], &data, req.batch_size)?;
-    let metrics = evaluate_pairs(
+    let (metrics, policy_sums) = evaluate_pairs(
         req.model,
         &policy,
         &data,
@@ -54,11 +54,6 @@ pub fn evaluate(req: &EvalRequest, raw: RawDataset) -> Result<Value> {
     }
     out.insert("rows".into(), json!(data.examples.len()));
     if req.per_row {
-        let policy_sums = if policy.is_empty() {
-            reference.clone()
-        } else {
-            reference_sums(req.model, &policy, &data, req.batch_size)?
-        };
         out.insert("per_row".into(), per_row(&policy_sums, &reference));
     }
     Ok(Value::Object(out))

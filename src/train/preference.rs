@@ -263,7 +263,7 @@ impl Objective for DpoObjective {
             )?);
         }
         let reference = self.eval_reference.as_ref().expect("set above");
-        let metrics = evaluate_pairs(
+        let (metrics, _) = evaluate_pairs(
             model,
             &adapters.policy(),
             eval,
@@ -285,12 +285,14 @@ pub fn evaluate_pairs(
     loss: &DpoLoss,
     batch_size: usize,
     prefix: &str,
-) -> Result<MetricSums> {
+) -> Result<(MetricSums, PairSums)> {
     let average = loss.loss_type.averages_logps();
     let mut metrics = MetricSums::default();
+    let mut sums = PairSums::default();
     let rows: Vec<usize> = (0..data.examples.len()).collect();
     for chunk in rows.chunks(batch_size.max(1)) {
         let fwd = PairForward::run(model, data, chunk, Pass::eval(adapters))?;
+        sums.extend(fwd.host_sums()?);
         let policy = fwd.pair_logps(average)?;
         let terms = loss.terms(
             &policy,
@@ -301,5 +303,5 @@ pub fn evaluate_pairs(
         metrics.add(&format!("{prefix}logits/chosen"), cs, cn);
         metrics.add(&format!("{prefix}logits/rejected"), rs, rn);
     }
-    Ok(metrics)
+    Ok((metrics, sums))
 }
