@@ -224,6 +224,16 @@ impl GgufFile {
         if !config.head_dim.is_multiple_of(2) || config.head_dim == 0 {
             bail!("{p}: head dimension {} must be even", config.head_dim);
         }
+        if let Some(rot) = self.optional_usize("rope.dimension_count")? {
+            if rot != config.head_dim {
+                bail!(
+                    "{p}: partial rotary embeddings ({}.rope.dimension_count = {rot}, head \
+                     dimension {}) are not supported",
+                    self.arch,
+                    config.head_dim
+                );
+            }
+        }
         Ok(config)
     }
 
