@@ -438,3 +438,63 @@ impl WeightSource for GgufFile {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// llama.cpp's `permute(w, n_head)`: `w.reshape(n_head, 2, d/2, in).swapaxes(1, 2)`.
+    fn permute(w: &Tensor, n_head: usize) -> Tensor {
+        let (rows, cols) = w.dims2().unwrap();
+        w.reshape((n_head, 2, rows / n_head / 2, cols))
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .contiguous()
+            .unwrap()
+            .reshape((rows, cols))
+            .unwrap()
+    }
+
+    #[test]
+    fn unpermute_undoes_llama_cpp_permute_for_dense_and_quantized_rows() {
+        let (heads, d, cols) = (3, 8, 64);
+        let w = Tensor::arange(0f32, (heads * d * cols) as f32, &Device::Cpu)
+            .unwrap()
+            .reshape((heads * d, cols))
+            .unwrap();
+        let w = (w * 0.01).unwrap().sin().unwrap();
+        let gguf = permute(&w, heads);
+        // Dense rows: exact.
+        let q = QTensor::quantize(&gguf, GgmlDType::F32).unwrap();
+        let back = unpermute_rows(&q, heads).unwrap();
+        let back = back.dequantize(&Device::Cpu).unwrap();
+        let diff = (back - &w).unwrap().abs().unwrap().max_all().unwrap();
+        assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
+        // Quantized rows: the blocks move with their rows, bit for bit.
+        for t in [GgmlDType::Q8_0, GgmlDType::Q4_1] {
+            let q = QTensor::quantize(&gguf, t).unwrap();
+            let back = unpermute_rows(&q, heads).unwrap();
+            assert_eq!(back.dtype(), t);
+            let direct = QTensor::quantize(&w, t).unwrap();
+            assert_eq!(back.data().unwrap(), direct.data().unwrap(), "{t:?}");
+        }
+    }
+
+    #[test]
+    fn hf_names_map_to_gguf_names() {
+        assert_eq!(
+            gguf_name("model.layers.12.self_attn.o_proj.weight").as_deref(),
+            Some("blk.12.attn_output.weight")
+        );
+        assert_eq!(
+            gguf_name("model.layers.0.post_attention_layernorm.weight").as_deref(),
+            Some("blk.0.ffn_norm.weight")
+        );
+        assert_eq!(
+            gguf_name("lm_head.weight").as_deref(),
+            Some("output.weight")
+        );
+        assert_eq!(gguf_name("model.layers.0.mlp.experts.weight"), None);
+    }
+}
