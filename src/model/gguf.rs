@@ -224,6 +224,15 @@ impl GgufFile {
         if !config.head_dim.is_multiple_of(2) || config.head_dim == 0 {
             bail!("{p}: head dimension {} must be even", config.head_dim);
         }
+        if let RopeScaling::Factors(f) = &config.rope_scaling {
+            if f.len() != config.head_dim / 2 {
+                bail!(
+                    "{p}: `rope_freqs.weight` has {} factors, expected head_dim / 2 = {}",
+                    f.len(),
+                    config.head_dim / 2
+                );
+            }
+        }
         if let Some(rot) = self.optional_usize("rope.dimension_count")? {
             if rot != config.head_dim {
                 bail!(
@@ -239,11 +248,25 @@ impl GgufFile {
 
     fn rope_scaling(&self) -> Result<RopeScaling> {
         let p = self.path.display();
-        if self.content.tensor_infos.contains_key("rope_freqs.weight") {
-            bail!(
-                "{p}: per-frequency RoPE factors (`rope_freqs.weight`, Llama 3.1 style scaling) \
-                 are not supported for GGUF bases yet; use the Hugging Face checkpoint"
-            );
+        if let Some(info) = self.content.tensor_infos.get("rope_freqs.weight") {
+            // Llama 3.1-style scaling, which llama.cpp's converter writes as one divisor per
+            // frequency.
+            let q = info
+                .read(
+                    &mut std::io::Cursor::new(&self.mmap[..]),
+                    self.content.tensor_data_offset,
+                    &Device::Cpu,
+                )
+                .map_err(|e| anyhow::anyhow!("{e}"))
+                .with_context(|| format!("{p}: reading tensor `rope_freqs.weight`"))?;
+            let factors: Vec<f64> = q
+                .dequantize(&Device::Cpu)?
+                .flatten_all()?
+                .to_vec1::<f32>()?
+                .into_iter()
+                .map(f64::from)
+                .collect();
+            return Ok(RopeScaling::Factors(factors));
         }
         let kind = match self.content.metadata.get(&self.key("rope.scaling.type")) {
             Some(v) => v.to_string().map_err(|e| anyhow::anyhow!("{e}"))?.clone(),
