@@ -184,3 +184,40 @@ fn gguf_errors_name_the_file() {
     let msg = format!("{err:#}");
     assert!(msg.contains("broken.gguf"), "{msg}");
 }
+
+/// tests/fixtures/models/tiny-llama (tied embeddings, Llama 3.1 RoPE scaling stored as
+/// llama.cpp's `rope_freqs` tensor) as an F32 GGUF, against transformers + PEFT's logits of the
+/// HF folder, with the PEFT adapter trained there applied to the GGUF base.
+#[test]
+fn tied_llama3_gguf_matches_transformers_with_a_peft_adapter() {
+    let model = load_model(&gguf("tiny-llama-f32.gguf"), DType::F32, &Device::Cpu).unwrap();
+    let hf_config =
+        load_config(&Source::parse(&fixture_str("models/tiny-llama")).unwrap()).unwrap();
+    assert!(model.config.tie_word_embeddings);
+    assert!(matches!(
+        model.config.rope_scaling,
+        lora_dpo::model::config::RopeScaling::Factors(_)
+    ));
+    assert_eq!(model.config.num_hidden_layers, hf_config.num_hidden_layers);
+    let exp = expected("tiny-llama");
+    let ids = exp["input_ids"].to_dtype(DType::U32).unwrap();
+    let mask = exp["attention_mask"].to_dtype(DType::U32).unwrap();
+    let adapter = lora_dpo::adapter::load_adapter(
+        &fixture_str("models/tiny-llama/adapter"),
+        &model.config,
+        &Device::Cpu,
+    )
+    .unwrap();
+    for (adapters, key) in [(vec![], "logits_base"), (vec![&adapter], "logits_adapter")] {
+        let ours = model
+            .forward(&ids, Some(&mask), Pass::eval(&adapters))
+            .unwrap();
+        // Row 1 is padded after 7 tokens.
+        for (row, len) in [(0, 10), (1, 7)] {
+            let a = ours.get(row).unwrap().narrow(0, 0, len).unwrap();
+            let b = exp[key].get(row).unwrap().narrow(0, 0, len).unwrap();
+            let d = max_abs_diff(&a, &b);
+            assert!(d < F32_ATOL, "{key} row {row}: {d}");
+        }
+    }
+}
