@@ -44,6 +44,31 @@ def llama():
     return LlamaForCausalLM, cfg, dict(r=4, lora_alpha=8, use_rslora=True)
 
 
+CHATML = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+    "'<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def save_tokenizer(out):
+    """A character-level tokenizer (ids < 96) with a ChatML template, so the tiny models can read text."""
+    from tokenizers import Tokenizer, decoders
+    from tokenizers.models import BPE
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
+    chars = list("\n abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,?!:+-=*'")
+    vocab = {t: i for i, t in enumerate(specials + chars)}
+    tok = Tokenizer(BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tok.decoder = decoders.Fuse()
+    tok.add_special_tokens(specials)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="<|im_end|>", pad_token="</s>"
+    )
+    fast.chat_template = CHATML
+    fast.save_pretrained(out)
+
+
 def batch(vocab):
     g = torch.Generator().manual_seed(7)
     ids = torch.randint(3, vocab, (2, SEQ), generator=g)
@@ -73,6 +98,7 @@ def build(name, make):
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     model.save_pretrained(ROOT / f"{name}-sharded", safe_serialization=True, max_shard_size="30KB")
+    save_tokenizer(out)
 
     peft_model = get_peft_model(
         model, LoraConfig(target_modules=TARGETS, lora_dropout=0.0, task_type="CAUSAL_LM", **lora_kw)

@@ -4,6 +4,7 @@
 //! Data flows one way: config → weights → data → forward → loss → step → adapter out.
 
 pub mod adapter;
+pub mod config;
 pub mod data;
 pub mod model;
 pub mod ops;

@@ -65,10 +65,8 @@ fn check_gradients(name: &str) {
     let (model, adapter) = load(name);
     let exp = expected(name);
     let (ids, mask) = inputs(&exp);
-    let pass = Pass {
-        adapters: &[&adapter],
-        training: true,
-    };
+    let adapters = [&adapter];
+    let pass = Pass::train(&adapters, 0);
     let logits = model.forward(&ids, Some(&mask), pass).unwrap();
     let logps = next_token_logprobs(&logits, &ids).unwrap();
     let target_mask = mask.narrow(1, 1, mask.dim(1).unwrap() - 1).unwrap();
@@ -139,15 +137,9 @@ fn every_lora_factor_gets_a_finite_nonzero_gradient() {
     let (model, adapter) = load("tiny-mistral");
     let exp = expected("tiny-mistral");
     let (ids, mask) = inputs(&exp);
+    let adapters = [&adapter];
     let logits = model
-        .forward(
-            &ids,
-            Some(&mask),
-            Pass {
-                adapters: &[&adapter],
-                training: true,
-            },
-        )
+        .forward(&ids, Some(&mask), Pass::train(&adapters, 0))
         .unwrap();
     let grads = logits.sum_all().unwrap().backward().unwrap();
     for (module, var) in adapter.named_vars() {

@@ -124,3 +124,39 @@ fn untracked_inputs_build_no_graph() {
     let y = ops::frozen_linear(&x, &w).unwrap();
     assert!(!y.track_op());
 }
+
+#[test]
+fn next_token_logprobs_backward() {
+    let ids = Tensor::new(&[[1u32, 4, 0, 2], [3, 3, 1, 0]], &Device::Cpu).unwrap();
+    check("next_token_logprobs", randn(&[2, 4, 5], 14), |x| {
+        lora_dpo::train::logprobs::next_token_logprobs(x, &ids)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+    });
+}
+
+#[test]
+fn next_token_logprobs_equals_log_softmax() {
+    let ids = Tensor::new(&[[1u32, 4, 0, 2]], &Device::Cpu).unwrap();
+    let x = randn(&[1, 4, 5], 15).to_dtype(DType::F32).unwrap();
+    let ours: Vec<f32> = lora_dpo::train::logprobs::next_token_logprobs(&x, &ids)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let ls = candle_nn::ops::log_softmax(&x, candle_core::D::Minus1).unwrap();
+    for (t, id) in [4u32, 0, 2].iter().enumerate() {
+        let want = ls
+            .get(0)
+            .unwrap()
+            .get(t)
+            .unwrap()
+            .get(*id as usize)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!((ours[t] - want).abs() < 1e-6);
+    }
+}

@@ -1,5 +1,7 @@
-//! Adapters in and out: PEFT's on-disk format.
+//! Adapters in and out: PEFT's format, and stacked adapters combined into one.
 
+pub mod combine;
 pub mod peft;
 
+pub use combine::combine;
 pub use peft::{load_adapter, save_adapter};

@@ -12,7 +12,7 @@ use crate::source::Source;
 
 const CONFIG_FILE: &str = "adapter_config.json";
 const WEIGHTS_FILE: &str = "adapter_model.safetensors";
-const KEY_PREFIX: &str = "base_model.model.";
+pub const KEY_PREFIX: &str = "base_model.model.";
 
 /// Loads a PEFT LoRA adapter (folder or hub repo id) for a model with config `model`.
 pub fn load_adapter(spec: &str, model: &ModelConfig, device: &Device) -> Result<Adapter> {
@@ -156,6 +156,7 @@ pub fn adapter_from_tensors(
     lora.validate()?;
     Ok(Adapter {
         config: lora.clone(),
+        frozen: false,
         layers,
     })
 }
@@ -257,6 +258,14 @@ impl TensorBytes {
             DType::F16 => (
                 safetensors::Dtype::F16,
                 le_bytes(&t.to_vec1::<half::f16>()?, half::f16::to_le_bytes),
+            ),
+            DType::U32 => (
+                safetensors::Dtype::U32,
+                le_bytes(&t.to_vec1::<u32>()?, u32::to_le_bytes),
+            ),
+            DType::I64 => (
+                safetensors::Dtype::I64,
+                le_bytes(&t.to_vec1::<i64>()?, i64::to_le_bytes),
             ),
             other => bail!("cannot write {other:?} tensors"),
         };

@@ -2,8 +2,13 @@
 
 use clap::{Parser, Subcommand};
 
+mod common;
 mod data;
+mod dpo;
+mod eval;
 mod inspect;
+mod sft;
+mod train;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -22,11 +27,23 @@ pub enum Command {
     Inspect(inspect::Args),
     /// Show how a dataset is read, templated, tokenized, masked and truncated.
     Data(data::Args),
+    /// Supervised fine-tuning of a LoRA adapter ([sft] section).
+    Sft(common::RunArgs),
+    /// DPO of a LoRA adapter ([dpo] section).
+    Dpo(common::RunArgs),
+    /// SFT then DPO on one loaded base; writes both adapters and their combination.
+    Train(common::RunArgs),
+    /// Metrics of a model (+ adapter) on preference or SFT data, as JSON.
+    Eval(eval::Args),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Inspect(args) => inspect::run(args),
         Command::Data(args) => data::run(args),
+        Command::Sft(args) => sft::run(args),
+        Command::Dpo(args) => dpo::run(args),
+        Command::Train(args) => train::run(args),
+        Command::Eval(args) => eval::run(args),
     }
 }

@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::config::{ModelConfig, PROJECTIONS};
 use super::frozen::{FrozenWeight, LoadOptions, WeightSource};
-use super::lora::{lora_delta, Adapter};
+use super::lora::{lora_delta, Adapter, Dropout};
 use super::rotary::Rotary;
 use super::weights::WeightFiles;
 use crate::ops;
@@ -18,6 +18,8 @@ pub struct Pass<'a> {
     pub adapters: &'a [&'a Adapter],
     /// Applies LoRA dropout.
     pub training: bool,
+    /// Seeds the dropout masks of this pass (each projection derives its own).
+    pub dropout_seed: u64,
 }
 
 impl<'a> Pass<'a> {
@@ -25,6 +27,15 @@ impl<'a> Pass<'a> {
         Self {
             adapters,
             training: false,
+            dropout_seed: 0,
+        }
+    }
+
+    pub fn train(adapters: &'a [&'a Adapter], dropout_seed: u64) -> Self {
+        Self {
+            adapters,
+            training: true,
+            dropout_seed,
         }
     }
 }
@@ -39,10 +50,15 @@ struct Projection {
 impl Projection {
     fn forward(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
         let mut y = self.weight.forward(x)?;
-        for adapter in pass.adapters {
+        for (slot, adapter) in pass.adapters.iter().enumerate() {
             if let Some(pair) = adapter.pair(self.layer, self.index) {
-                let dropout = pass.training.then_some(adapter.config.lora_dropout);
-                y = (y + lora_delta(x, pair, adapter.scale(), dropout)?)?;
+                let dropout = pass.training.then(|| Dropout {
+                    p: adapter.config.lora_dropout,
+                    seed: mix_seed(pass.dropout_seed, [self.layer, self.index, slot]),
+                });
+                // Outside training no adapter records a graph.
+                let frozen = adapter.frozen || !pass.training;
+                y = (y + lora_delta(x, pair, adapter.scale(), frozen, dropout)?)?;
             }
         }
         Ok(y)
@@ -290,4 +306,16 @@ fn attention_bias(
         }
     }
     Ok(Tensor::from_vec(bias, (batch, 1, seq, seq), device)?)
+}
+
+/// A seed for one projection's dropout mask, from the pass seed and its position (SplitMix64).
+fn mix_seed(seed: u64, parts: [usize; 3]) -> u64 {
+    let mut z = seed;
+    for p in parts {
+        z = z.wrapping_add(0x9E37_79B9_7F4A_7C15).wrapping_add(p as u64);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+    }
+    z
 }

@@ -13,7 +13,6 @@ use super::config::{ModelConfig, PROJECTIONS};
 
 /// The LoRA hyper-parameters, with PEFT's names and defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct LoraConfig {
     #[serde(default = "default_r")]
     pub r: usize,
@@ -117,6 +116,9 @@ pub struct LoraPair {
 /// One LoRA adapter over the whole model.
 pub struct Adapter {
     pub config: LoraConfig,
+    /// A frozen adapter takes part in forward passes but records no graph (a stacked SFT
+    /// adapter under DPO, or the reference).
+    pub frozen: bool,
     /// `layers[layer][projection]`, projection indexed as in [`PROJECTIONS`].
     pub layers: Vec<[Option<LoraPair>; 7]>,
 }
@@ -150,7 +152,11 @@ impl Adapter {
             }
             layers.push(slots);
         }
-        Ok(Self { config, layers })
+        Ok(Self {
+            config,
+            frozen: false,
+            layers,
+        })
     }
 
     pub fn scale(&self) -> f64 {
@@ -192,14 +198,43 @@ pub fn module_path(layer: usize, p: usize) -> String {
     format!("model.layers.{layer}.{block}.{}", PROJECTIONS[p])
 }
 
+/// Dropout on the LoRA input: probability `p`, mask drawn from a generator seeded with `seed`,
+/// so a training step is reproducible (candle's CPU generator cannot be seeded).
+#[derive(Debug, Clone, Copy)]
+pub struct Dropout {
+    pub p: f64,
+    pub seed: u64,
+}
+
 /// The LoRA branch `scale · B(A(dropout(x)))`, computed in f32 and returned in `x`'s dtype.
-pub fn lora_delta(x: &Tensor, pair: &LoraPair, scale: f64, dropout: Option<f64>) -> Result<Tensor> {
+pub fn lora_delta(
+    x: &Tensor,
+    pair: &LoraPair,
+    scale: f64,
+    frozen: bool,
+    dropout: Option<Dropout>,
+) -> Result<Tensor> {
     let dtype = x.dtype();
     let mut h = x.to_dtype(DType::F32)?;
-    if let Some(p) = dropout.filter(|p| *p > 0.0) {
-        h = candle_nn::ops::dropout(&h, p as f32)?;
+    if let Some(d) = dropout.filter(|d| d.p > 0.0) {
+        h = (h * dropout_mask(x.dims(), d, x.device())?)?;
     }
-    let h = crate::ops::matmul_t(&h, pair.a.as_tensor())?;
-    let h = crate::ops::matmul_t(&h, pair.b.as_tensor())?;
+    let (a, b) = if frozen {
+        (pair.a.as_tensor().detach(), pair.b.as_tensor().detach())
+    } else {
+        (pair.a.as_tensor().clone(), pair.b.as_tensor().clone())
+    };
+    let h = crate::ops::matmul_t(&h, &a)?;
+    let h = crate::ops::matmul_t(&h, &b)?;
     Ok((h * scale)?.to_dtype(dtype)?)
+}
+
+fn dropout_mask(shape: &[usize], d: Dropout, device: &Device) -> Result<Tensor> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(d.seed);
+    let keep = 1.0 / (1.0 - d.p) as f32;
+    let n: usize = shape.iter().product();
+    let mask: Vec<f32> = (0..n)
+        .map(|_| if rng.random::<f64>() < d.p { 0.0 } else { keep })
+        .collect();
+    Ok(Tensor::from_vec(mask, shape, device)?)
 }

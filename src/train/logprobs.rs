@@ -1,19 +1,53 @@
 //! Per-token log-probabilities of the next token, the quantity SFT and DPO losses are built on.
 
 use candle_core::{DType, Result, Tensor, D};
+use std::sync::Arc;
+
+use crate::ops::attach_gradient;
 
 /// `log p(ids[:, t+1] | ids[:, ..=t])` for every position: logits `[b, t, v]`, ids `[b, t]`
 /// → `[b, t-1]` in f32.
+///
+/// One fused op: the forward keeps no `[b, t, v]` intermediates in the graph, and the
+/// backward builds the logits gradient `g·(onehot − softmax)` once.
 pub fn next_token_logprobs(logits: &Tensor, ids: &Tensor) -> Result<Tensor> {
     let (_, t, _) = logits.dims3()?;
-    let logits = logits.narrow(1, 0, t - 1)?.to_dtype(DType::F32)?;
+    let logits = logits.narrow(1, 0, t - 1)?;
     let targets = ids
         .narrow(1, 1, t - 1)?
         .to_dtype(DType::U32)?
-        .unsqueeze(D::Minus1)?;
-    let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-    logp.gather(&targets.contiguous()?, D::Minus1)?
-        .squeeze(D::Minus1)
+        .unsqueeze(D::Minus1)?
+        .contiguous()?;
+    // f32 at least (bf16 logits would lose the log-probs); f64 stays f64 for gradient checks.
+    let work = if logits.dtype() == DType::F64 {
+        DType::F64
+    } else {
+        DType::F32
+    };
+    let x = logits.detach().to_dtype(work)?.contiguous()?;
+    let lse = log_sum_exp(&x)?;
+    let picked = x.gather(&targets, D::Minus1)?.squeeze(D::Minus1)?;
+    let out = (picked - &lse)?;
+    let dtype = logits.dtype();
+    attach_gradient(
+        &logits,
+        out,
+        Arc::new(move |logits, _, grad| {
+            let x = logits.to_dtype(work)?;
+            let probs = x.broadcast_sub(&lse.unsqueeze(D::Minus1)?)?.exp()?;
+            let g = grad.unsqueeze(D::Minus1)?;
+            let d = probs.broadcast_mul(&g.neg()?)?;
+            d.scatter_add(&targets, &g.contiguous()?, D::Minus1)?
+                .to_dtype(dtype)
+        }),
+    )
+}
+
+/// `log Σ exp(x)` over the last dimension, stable.
+pub fn log_sum_exp(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?;
+    let sum = x.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?;
+    (sum.log()? + max)?.squeeze(D::Minus1)
 }
 
 /// Mean negative log-likelihood over the positions where `mask` (`[b, t-1]`, 0/1) is set.
@@ -22,4 +56,11 @@ pub fn masked_mean_nll(token_logps: &Tensor, mask: &Tensor) -> Result<Tensor> {
     let total = (token_logps * &mask)?.sum_all()?;
     let count = mask.sum_all()?;
     total.neg()?.broadcast_div(&count)
+}
+
+/// Per-sequence sums of the masked token log-probs `[b]`, and the number of masked tokens `[b]`.
+pub fn sequence_logps(token_logps: &Tensor, mask: &Tensor) -> Result<(Tensor, Tensor)> {
+    let mask = mask.to_dtype(DType::F32)?;
+    let sums = (token_logps * &mask)?.sum(D::Minus1)?;
+    Ok((sums, mask.sum(D::Minus1)?))
 }

@@ -1,3 +1,15 @@
 //! Training: log-probabilities, losses, optimizer, schedules and the loop.
 
+pub mod batch;
+pub mod checkpoint;
+pub mod dpo;
+pub mod evaluate;
 pub mod logprobs;
+pub mod metrics;
+pub mod optim;
+pub mod preference;
+pub mod ref_cache;
+pub mod run;
+pub mod schedule;
+pub mod sft;
+pub mod trainer;

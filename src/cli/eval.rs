@@ -1,0 +1,92 @@
+//! `lora-dpo eval`: one JSON object of metrics on stdout.
+
+use anyhow::Context;
+use std::path::PathBuf;
+
+use lora_dpo::config::LoadedConfig;
+use lora_dpo::data::{load_chat_tokenizer, read_dataset, DataConfig, Stage};
+use lora_dpo::train::dpo::{DpoLoss, LossType};
+use lora_dpo::train::evaluate::{evaluate, is_preference_data, EvalRequest};
+use lora_dpo::train::run::{select_device, tokenizer_path};
+use lora_dpo::{adapter, model, source::Source};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Hugging Face folder, hub repo id, or GGUF file.
+    #[arg(long)]
+    model: String,
+    /// PEFT adapter folder (or hub repo id); the reference is the model without it.
+    #[arg(long)]
+    adapter: Option<String>,
+    /// Dataset file or folder (preference pairs or SFT rows).
+    #[arg(long)]
+    data: PathBuf,
+    /// DPO beta (default: the config's [dpo] beta, else 0.1).
+    #[arg(long)]
+    beta: Option<f64>,
+    /// Add per-row summed log-probs of chosen/rejected, policy and reference.
+    #[arg(long)]
+    per_row: bool,
+    /// Run config whose [dpo]/[sft] data options (max_length, ...) and loss apply.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Frozen-weight dtype.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    /// cpu, cuda or auto.
+    #[arg(long, default_value = "auto")]
+    device: String,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let cfg = args
+        .config
+        .as_ref()
+        .map(|p| LoadedConfig::load(p, &[]))
+        .transpose()?;
+    let raw = read_dataset(&args.data, None)?;
+    let probe = DataConfig::default();
+    let stage = if is_preference_data(&raw, &probe) {
+        Stage::Dpo
+    } else {
+        Stage::Sft
+    };
+    let data_config = match &cfg {
+        Some(c) => c.data_config(stage)?,
+        None => DataConfig::default(),
+    };
+    let dpo = cfg
+        .as_ref()
+        .and_then(|c| c.run.dpo.clone())
+        .unwrap_or_default();
+    let loss = DpoLoss {
+        beta: args.beta.unwrap_or(dpo.beta),
+        loss_type: LossType::parse(&dpo.loss_type)?,
+        label_smoothing: dpo.label_smoothing,
+        rpo_alpha: None,
+    };
+    let device = select_device(&args.device)?;
+    let model = model::load_model(&args.model, model::parse_dtype(&args.dtype)?, &device)?;
+    let tokenizer = load_chat_tokenizer(&tokenizer_path(&Source::parse(&args.model)?)?)?;
+    let adapter = args
+        .adapter
+        .as_ref()
+        .map(|a| {
+            adapter::load_adapter(a, &model.config, &device).with_context(|| format!("adapter {a}"))
+        })
+        .transpose()?;
+    let request = EvalRequest {
+        model: &model,
+        adapter: adapter.as_ref(),
+        tokenizer: &tokenizer,
+        data_config: &data_config,
+        loss,
+        batch_size: args.batch_size,
+        per_row: args.per_row,
+    };
+    let out = evaluate(&request, raw)?;
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}

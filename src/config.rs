@@ -1,0 +1,430 @@
+//! The run configuration: one TOML file with `[model]`, `[lora]`, `[sft]`, `[dpo]`, `[output]`,
+//! keys named as TRL and PEFT name them, `--set section.key=value` overrides, and errors that
+//! name the key (with the nearest valid name for a typo).
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+use crate::model::LoraConfig;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RunConfig {
+    pub model: ModelSection,
+    #[serde(default)]
+    pub lora: LoraSection,
+    #[serde(default)]
+    pub sft: Option<StageConfig>,
+    #[serde(default)]
+    pub dpo: Option<StageConfig>,
+    #[serde(default)]
+    pub output: OutputSection,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ModelSection {
+    /// A Hugging Face folder, a hub repo id in the local cache, or a GGUF file.
+    pub name_or_path: String,
+    /// Dtype of the frozen weights: f32, bf16 or f16.
+    #[serde(default = "default_dtype")]
+    pub dtype: String,
+    /// Quantization of the frozen linear weights: none, q8_0, q4_0, q4k, ...
+    #[serde(default = "default_quantize")]
+    pub quantize: String,
+    /// cpu, cuda, or auto (cuda when built with it and a GPU is present).
+    #[serde(default = "default_device")]
+    pub device: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct LoraSection {
+    #[serde(flatten)]
+    pub lora: LoraConfig,
+    /// A PEFT adapter to start training from instead of a fresh one.
+    #[serde(default)]
+    pub init_adapter: Option<String>,
+}
+
+/// Training options of one stage (`[sft]` or `[dpo]`); the data options of the same section
+/// are read by [`crate::data::DataConfig`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct StageConfig {
+    pub train_file: Option<String>,
+    pub eval_file: Option<String>,
+    pub learning_rate: f64,
+    pub num_train_epochs: f64,
+    /// Positive: stop after this many optimizer steps (overrides `num_train_epochs`).
+    pub max_steps: i64,
+    pub per_device_train_batch_size: usize,
+    pub per_device_eval_batch_size: usize,
+    pub gradient_accumulation_steps: usize,
+    pub lr_scheduler_type: String,
+    pub warmup_ratio: f64,
+    pub warmup_steps: usize,
+    pub weight_decay: f64,
+    pub adam_beta1: f64,
+    pub adam_beta2: f64,
+    pub adam_epsilon: f64,
+    pub max_grad_norm: f64,
+    pub logging_steps: usize,
+    /// Evaluate on `eval_file` every this many steps (and at the end); 0 = only at the end.
+    pub eval_steps: usize,
+    /// Checkpoint every this many steps; 0 = never.
+    pub save_steps: usize,
+    pub gradient_checkpointing: bool,
+    /// DPO temperature.
+    pub beta: f64,
+    /// sigmoid, ipo, hinge or robust.
+    pub loss_type: String,
+    pub label_smoothing: f64,
+    /// Weight of the NLL of the chosen completions added to the DPO loss (RPO).
+    pub rpo_alpha: Option<f64>,
+    pub precompute_ref_log_probs: bool,
+    /// DPO alone: a frozen adapter under the trained one; the reference is base + this adapter.
+    pub ref_adapter: Option<String>,
+}
+
+impl Default for StageConfig {
+    fn default() -> Self {
+        Self {
+            train_file: None,
+            eval_file: None,
+            learning_rate: 2e-5,
+            num_train_epochs: 1.0,
+            max_steps: -1,
+            per_device_train_batch_size: 8,
+            per_device_eval_batch_size: 8,
+            gradient_accumulation_steps: 1,
+            lr_scheduler_type: "linear".into(),
+            warmup_ratio: 0.0,
+            warmup_steps: 0,
+            weight_decay: 0.0,
+            adam_beta1: 0.9,
+            adam_beta2: 0.999,
+            adam_epsilon: 1e-8,
+            max_grad_norm: 1.0,
+            logging_steps: 10,
+            eval_steps: 0,
+            save_steps: 500,
+            gradient_checkpointing: false,
+            beta: 0.1,
+            loss_type: "sigmoid".into(),
+            label_smoothing: 0.0,
+            rpo_alpha: None,
+            precompute_ref_log_probs: false,
+            ref_adapter: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct OutputSection {
+    /// Run folder: adapters, checkpoints and metrics.jsonl land here.
+    pub dir: String,
+    pub seed: u64,
+}
+
+impl Default for OutputSection {
+    fn default() -> Self {
+        Self {
+            dir: "adapters/run".into(),
+            seed: 42,
+        }
+    }
+}
+
+fn default_dtype() -> String {
+    "f32".into()
+}
+fn default_quantize() -> String {
+    "none".into()
+}
+fn default_device() -> String {
+    "auto".into()
+}
+
+const MODEL_KEYS: &[&str] = &["name_or_path", "dtype", "quantize", "device"];
+const LORA_KEYS: &[&str] = &[
+    "r",
+    "lora_alpha",
+    "lora_dropout",
+    "target_modules",
+    "use_rslora",
+    "init_adapter",
+];
+const OUTPUT_KEYS: &[&str] = &["dir", "seed"];
+const STAGE_KEYS: &[&str] = &[
+    "train_file",
+    "eval_file",
+    "learning_rate",
+    "num_train_epochs",
+    "max_steps",
+    "per_device_train_batch_size",
+    "per_device_eval_batch_size",
+    "gradient_accumulation_steps",
+    "lr_scheduler_type",
+    "warmup_ratio",
+    "warmup_steps",
+    "weight_decay",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_epsilon",
+    "max_grad_norm",
+    "logging_steps",
+    "eval_steps",
+    "save_steps",
+    "gradient_checkpointing",
+    "beta",
+    "loss_type",
+    "label_smoothing",
+    "rpo_alpha",
+    "precompute_ref_log_probs",
+    "ref_adapter",
+    // read by the data pipeline
+    "max_length",
+    "max_prompt_length",
+    "max_completion_length",
+    "truncation_mode",
+    "dataset_text_field",
+    "columns",
+    "skip_bad_rows",
+    "completion_only_loss",
+    "assistant_only_loss",
+    "group_by_length",
+];
+const SECTIONS: &[&str] = &["model", "lora", "sft", "dpo", "output"];
+
+/// A loaded configuration: the typed settings, the raw table (for the data options) and where
+/// it came from (relative paths in it are relative to the current directory, as in TRL).
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    pub run: RunConfig,
+    pub table: toml::Table,
+    pub path: Option<PathBuf>,
+}
+
+impl LoadedConfig {
+    /// Reads `path`, applies `overrides` (`section.key=value`), checks every key and value.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read config file", path.display()))?;
+        let mut cfg =
+            Self::from_str(&text, overrides).with_context(|| format!("{}", path.display()))?;
+        cfg.path = Some(path.to_path_buf());
+        Ok(cfg)
+    }
+
+    pub fn from_str(text: &str, overrides: &[String]) -> Result<Self> {
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| anyhow::anyhow!("{e}"))?;
+        for o in overrides {
+            apply_override(&mut table, o)?;
+        }
+        check_keys(&table)?;
+        let run: RunConfig = toml::from_str(&toml::to_string(&table)?)
+            .map_err(|e: toml::de::Error| anyhow::anyhow!("{e}"))?;
+        run.validate()?;
+        Ok(Self {
+            run,
+            table,
+            path: None,
+        })
+    }
+}
+
+impl LoadedConfig {
+    /// The data options of a stage's section (`[sft]` or `[dpo]`).
+    pub fn data_config(&self, stage: crate::data::Stage) -> Result<crate::data::DataConfig> {
+        let section = self
+            .table
+            .get(stage.as_str())
+            .cloned()
+            .unwrap_or(toml::Value::Table(Default::default()));
+        let cfg: crate::data::DataConfig = section
+            .try_into()
+            .map_err(|e: toml::de::Error| anyhow::anyhow!("[{stage}] {}", e.message().trim()))?;
+        cfg.validate().with_context(|| format!("[{stage}]"))?;
+        Ok(cfg)
+    }
+}
+
+impl RunConfig {
+    pub fn validate(&self) -> Result<()> {
+        crate::model::parse_dtype(&self.model.dtype).context("[model] dtype")?;
+        crate::model::parse_quantization(&self.model.quantize).context("[model] quantize")?;
+        self.lora.lora.validate().context("[lora]")?;
+        for (name, stage) in [("sft", &self.sft), ("dpo", &self.dpo)] {
+            if let Some(s) = stage {
+                s.validate().with_context(|| format!("[{name}]"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl StageConfig {
+    pub fn validate(&self) -> Result<()> {
+        let positive = |key: &str, v: f64| -> Result<()> {
+            if v.is_nan() || v <= 0.0 {
+                bail!("`{key}` must be positive, got {v}");
+            }
+            Ok(())
+        };
+        positive("learning_rate", self.learning_rate)?;
+        positive(
+            "per_device_train_batch_size",
+            self.per_device_train_batch_size as f64,
+        )?;
+        positive(
+            "per_device_eval_batch_size",
+            self.per_device_eval_batch_size as f64,
+        )?;
+        positive(
+            "gradient_accumulation_steps",
+            self.gradient_accumulation_steps as f64,
+        )?;
+        positive("beta", self.beta)?;
+        if self.max_steps <= 0 {
+            positive("num_train_epochs", self.num_train_epochs)?;
+        }
+        if !(0.0..=1.0).contains(&self.warmup_ratio) {
+            bail!(
+                "`warmup_ratio` must be in [0, 1], got {}",
+                self.warmup_ratio
+            );
+        }
+        if !(0.0..0.5).contains(&self.label_smoothing) {
+            bail!(
+                "`label_smoothing` must be in [0, 0.5), got {}",
+                self.label_smoothing
+            );
+        }
+        crate::train::schedule::Schedule::parse(&self.lr_scheduler_type)
+            .context("`lr_scheduler_type`")?;
+        crate::train::dpo::LossType::parse(&self.loss_type).context("`loss_type`")?;
+        Ok(())
+    }
+}
+
+/// `section.key=value`: the value is read as TOML (`0.05`, `true`, `"text"`, `[1, 2]`), or as a
+/// plain string when it is not valid TOML.
+fn apply_override(table: &mut toml::Table, spec: &str) -> Result<()> {
+    let (path, raw) = spec
+        .split_once('=')
+        .with_context(|| format!("--set {spec}: expected section.key=value"))?;
+    let (section, key) = path
+        .trim()
+        .split_once('.')
+        .with_context(|| format!("--set {spec}: expected section.key=value, e.g. dpo.beta=0.05"))?;
+    let value = match format!("v = {raw}").parse::<toml::Table>() {
+        Ok(mut t) => t.remove("v").expect("parsed key"),
+        Err(_) => toml::Value::String(raw.to_string()),
+    };
+    let entry = table
+        .entry(section.to_string())
+        .or_insert_with(|| toml::Value::Table(Default::default()));
+    let Some(section_table) = entry.as_table_mut() else {
+        bail!("--set {spec}: `{section}` is not a section");
+    };
+    section_table.insert(key.to_string(), value);
+    Ok(())
+}
+
+fn check_keys(table: &toml::Table) -> Result<()> {
+    for (section, value) in table {
+        let known = match section.as_str() {
+            "model" => MODEL_KEYS,
+            "lora" => LORA_KEYS,
+            "sft" | "dpo" => STAGE_KEYS,
+            "output" => OUTPUT_KEYS,
+            other => bail!("unknown section [{other}]{}", suggestion(other, SECTIONS)),
+        };
+        let Some(t) = value.as_table() else {
+            bail!("`{section}` must be a section ([{section}])");
+        };
+        for key in t.keys() {
+            if !known.contains(&key.as_str()) {
+                bail!("[{section}] unknown key `{key}`{}", suggestion(key, known));
+            }
+        }
+    }
+    if !table.contains_key("model") {
+        bail!("missing section [model] (with name_or_path)");
+    }
+    Ok(())
+}
+
+/// `" (did you mean `x`?)"` for the closest known name, when one is close.
+fn suggestion(word: &str, known: &[&str]) -> String {
+    let best = known
+        .iter()
+        .map(|k| (edit_distance(word, k), *k))
+        .min_by_key(|(d, _)| *d);
+    match best {
+        Some((d, k)) if d <= word.len().max(3) / 2 + 1 => format!(" (did you mean `{k}`?)"),
+        _ => format!(" (valid: {})", known.join(", ")),
+    }
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = "[model]\nname_or_path = \"m\"\n[dpo]\nbeta = 0.1\n";
+
+    #[test]
+    fn typo_names_the_nearest_key() {
+        let err = LoadedConfig::from_str(&MIN.replace("beta", "betta"), &[]).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("[dpo] unknown key `betta`") && msg.contains("did you mean `beta`"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn set_overrides_any_key() {
+        let cfg =
+            LoadedConfig::from_str(MIN, &["dpo.beta=0.05".into(), "lora.r=4".into()]).unwrap();
+        assert_eq!(cfg.run.dpo.unwrap().beta, 0.05);
+        assert_eq!(cfg.run.lora.lora.r, 4);
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        for (set, key) in [
+            ("dpo.beta=-1", "beta"),
+            ("dpo.loss_type=\"foo\"", "loss_type"),
+            ("dpo.lr_scheduler_type=\"zigzag\"", "lr_scheduler_type"),
+            ("lora.target_modules=[\"qproj\"]", "target_modules"),
+            ("model.dtype=\"f8\"", "dtype"),
+        ] {
+            let err = LoadedConfig::from_str(MIN, &[set.into()]).unwrap_err();
+            assert!(format!("{err:#}").contains(key), "{set}: {err:#}");
+        }
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let err = LoadedConfig::from_str(MIN, &["dpo.learning_rate=\"fast\"".into()]).unwrap_err();
+        assert!(format!("{err:#}").contains("learning_rate"), "{err:#}");
+    }
+}

@@ -1,0 +1,252 @@
+//! Truncation as TRL does it.
+//!
+//! SFT: the sequence and its mask keep their first (`keep_start`) or last (`keep_end`) `max_length` tokens; a row
+//! left with no trained token is dropped. DPO: the prompt keeps its last `max_prompt_length` tokens and each
+//! completion its first `max_completion_length` tokens (older TRL); then each `prompt + completion` sequence keeps
+//! its first or last `max_length` tokens (TRL's `DataCollatorForPreference`); with `keep_start` a row whose prompt
+//! alone fills `max_length` is dropped. With `truncation_mode = "off"` a row over a limit is a bad row.
+
+use super::config::{DataConfig, TruncationMode};
+use super::tokenize::{DpoTokens, Sequence};
+
+/// What truncation did to a row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fit<T> {
+    /// Within the limits.
+    Whole(T),
+    /// Cut to fit.
+    Truncated(T),
+    /// Nothing left to train on after truncation.
+    Dropped(String),
+    /// Over a limit with truncation off: the message says which.
+    TooLong(String),
+}
+
+fn slice<T: Clone>(v: &[T], max: usize, mode: TruncationMode) -> Vec<T> {
+    if v.len() <= max {
+        return v.to_vec();
+    }
+    match mode {
+        TruncationMode::KeepEnd => v[v.len() - max..].to_vec(),
+        _ => v[..max].to_vec(),
+    }
+}
+
+/// Fits an SFT sequence into `max_length`.
+pub fn truncate_sft(seq: Sequence, cfg: &DataConfig) -> Fit<Sequence> {
+    let Some(max) = cfg.max_length else {
+        return Fit::Whole(seq);
+    };
+    if seq.len() <= max {
+        return Fit::Whole(seq);
+    }
+    if cfg.truncation_mode == TruncationMode::Off {
+        return Fit::TooLong(format!(
+            "{} tokens, longer than max_length {max} (truncation_mode = \"off\")",
+            seq.len()
+        ));
+    }
+    let out = Sequence {
+        input_ids: slice(&seq.input_ids, max, cfg.truncation_mode),
+        loss_mask: slice(&seq.loss_mask, max, cfg.truncation_mode),
+    };
+    if out.n_trained() == 0 {
+        return Fit::Dropped(format!(
+            "no trained token left in the {} kept of {} tokens",
+            cfg.truncation_mode,
+            seq.len()
+        ));
+    }
+    Fit::Truncated(out)
+}
+
+/// A preference pair ready for training.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DpoExample {
+    /// The prompt, the chosen and the rejected completion (after `max_prompt_length` / `max_completion_length`).
+    pub parts: DpoTokens,
+    /// `prompt + chosen` after `max_length`, with the chosen completion's tokens in the loss mask.
+    pub chosen: Sequence,
+    /// `prompt + rejected` after `max_length`, with the rejected completion's tokens in the loss mask.
+    pub rejected: Sequence,
+}
+
+fn concat(prompt: &[u32], completion: &[u32]) -> Sequence {
+    let mut input_ids = prompt.to_vec();
+    input_ids.extend_from_slice(completion);
+    let mut loss_mask = vec![false; prompt.len()];
+    loss_mask.resize(input_ids.len(), true);
+    Sequence {
+        input_ids,
+        loss_mask,
+    }
+}
+
+/// Applies the DPO length limits and builds the two training sequences.
+pub fn truncate_dpo(tokens: DpoTokens, cfg: &DataConfig) -> Fit<DpoExample> {
+    let off = cfg.truncation_mode == TruncationMode::Off;
+    let mut parts = tokens;
+    let mut truncated = false;
+    if let Some(mp) = cfg.max_prompt_length {
+        if parts.prompt_ids.len() > mp {
+            if off {
+                return Fit::TooLong(format!(
+                    "prompt of {} tokens, longer than max_prompt_length {mp} (truncation_mode = \"off\")",
+                    parts.prompt_ids.len()
+                ));
+            }
+            parts.prompt_ids = parts.prompt_ids[parts.prompt_ids.len() - mp..].to_vec();
+            truncated = true;
+        }
+    }
+    if let Some(mc) = cfg.max_completion_length {
+        for (name, ids) in [
+            ("chosen", &mut parts.chosen_ids),
+            ("rejected", &mut parts.rejected_ids),
+        ] {
+            if ids.len() > mc {
+                if off {
+                    return Fit::TooLong(format!(
+                        "{name} completion of {} tokens, longer than max_completion_length {mc} \
+                         (truncation_mode = \"off\")",
+                        ids.len()
+                    ));
+                }
+                ids.truncate(mc);
+                truncated = true;
+            }
+        }
+    }
+    let mut chosen = concat(&parts.prompt_ids, &parts.chosen_ids);
+    let mut rejected = concat(&parts.prompt_ids, &parts.rejected_ids);
+    if let Some(max) = cfg.max_length {
+        let longest = chosen.len().max(rejected.len());
+        if longest > max {
+            match cfg.truncation_mode {
+                TruncationMode::Off => {
+                    return Fit::TooLong(format!(
+                    "{longest} tokens (prompt + longer completion), longer than max_length {max} \
+                         (truncation_mode = \"off\")"
+                ))
+                }
+                TruncationMode::KeepStart if parts.prompt_ids.len() >= max => {
+                    return Fit::Dropped(format!(
+                        "the prompt alone ({} tokens) fills max_length {max}",
+                        parts.prompt_ids.len()
+                    ))
+                }
+                mode => {
+                    for seq in [&mut chosen, &mut rejected] {
+                        seq.input_ids = slice(&seq.input_ids, max, mode);
+                        seq.loss_mask = slice(&seq.loss_mask, max, mode);
+                    }
+                    truncated = true;
+                }
+            }
+        }
+    }
+    let ex = DpoExample {
+        parts,
+        chosen,
+        rejected,
+    };
+    if truncated {
+        Fit::Truncated(ex)
+    } else {
+        Fit::Whole(ex)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(max: usize, mode: TruncationMode) -> DataConfig {
+        DataConfig {
+            max_length: Some(max),
+            truncation_mode: mode,
+            ..DataConfig::default()
+        }
+    }
+
+    fn seq(n: usize, prompt: usize) -> Sequence {
+        Sequence {
+            input_ids: (0..n as u32).collect(),
+            loss_mask: (0..n).map(|i| i >= prompt).collect(),
+        }
+    }
+
+    #[test]
+    fn sft_keep_start_and_end() {
+        let s = seq(6, 3);
+        match truncate_sft(s.clone(), &cfg(4, TruncationMode::KeepStart)) {
+            Fit::Truncated(t) => {
+                assert_eq!(t.input_ids, vec![0, 1, 2, 3]);
+                assert_eq!(t.loss_mask, vec![false, false, false, true]);
+            }
+            other => panic!("{other:?}"),
+        }
+        match truncate_sft(s.clone(), &cfg(4, TruncationMode::KeepEnd)) {
+            Fit::Truncated(t) => assert_eq!(t.input_ids, vec![2, 3, 4, 5]),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            truncate_sft(s.clone(), &cfg(3, TruncationMode::KeepStart)),
+            Fit::Dropped(_)
+        ));
+        assert!(matches!(
+            truncate_sft(s.clone(), &cfg(5, TruncationMode::Off)),
+            Fit::TooLong(_)
+        ));
+        assert_eq!(
+            truncate_sft(s.clone(), &cfg(6, TruncationMode::Off)),
+            Fit::Whole(s)
+        );
+    }
+
+    #[test]
+    fn dpo_like_trl_collator() {
+        let t = DpoTokens {
+            prompt_ids: vec![1, 2, 3],
+            chosen_ids: vec![4, 5],
+            rejected_ids: vec![6],
+        };
+        match truncate_dpo(t.clone(), &cfg(4, TruncationMode::KeepStart)) {
+            Fit::Truncated(ex) => {
+                assert_eq!(ex.chosen.input_ids, vec![1, 2, 3, 4]);
+                assert_eq!(ex.chosen.loss_mask, vec![false, false, false, true]);
+                assert_eq!(ex.rejected.input_ids, vec![1, 2, 3, 6]);
+            }
+            other => panic!("{other:?}"),
+        }
+        match truncate_dpo(t.clone(), &cfg(3, TruncationMode::KeepEnd)) {
+            Fit::Truncated(ex) => {
+                assert_eq!(ex.chosen.input_ids, vec![3, 4, 5]);
+                assert_eq!(ex.rejected.input_ids, vec![2, 3, 6]);
+                assert_eq!(ex.rejected.loss_mask, vec![false, false, true]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            truncate_dpo(t.clone(), &cfg(3, TruncationMode::KeepStart)),
+            Fit::Dropped(_)
+        ));
+        assert!(matches!(
+            truncate_dpo(t.clone(), &cfg(4, TruncationMode::Off)),
+            Fit::TooLong(_)
+        ));
+        let c = DataConfig {
+            max_prompt_length: Some(2),
+            max_completion_length: Some(1),
+            max_length: None,
+            ..DataConfig::default()
+        };
+        match truncate_dpo(t, &c) {
+            Fit::Truncated(ex) => {
+                assert_eq!(ex.parts.prompt_ids, vec![2, 3]);
+                assert_eq!(ex.chosen.input_ids, vec![2, 3, 4]);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

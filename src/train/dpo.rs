@@ -1,0 +1,106 @@
+//! DPO losses and metrics with TRL's definitions.
+//!
+//! With Δ = (logp_c − ref_c) − (logp_r − ref_r), per pair:
+//! sigmoid `−(1−ε)·logσ(βΔ) − ε·logσ(−βΔ)` (ε = label smoothing, conservative DPO);
+//! robust `((1−ε)·(−logσ(βΔ)) + ε·logσ(−βΔ)) / (1−2ε)`; hinge `relu(1 − βΔ)`;
+//! ipo `(Δ − 1/(2β))²` on length-averaged log-probs. The batch loss is the mean over pairs,
+//! plus `rpo_alpha ·` the mean NLL of the chosen completion tokens when set.
+
+use anyhow::{bail, Result};
+use candle_core::{Tensor, D};
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LossType {
+    Sigmoid,
+    Ipo,
+    Hinge,
+    Robust,
+}
+
+impl LossType {
+    pub fn parse(name: &str) -> Result<Self> {
+        Ok(match name {
+            "sigmoid" => LossType::Sigmoid,
+            "ipo" => LossType::Ipo,
+            "hinge" => LossType::Hinge,
+            "robust" => LossType::Robust,
+            other => bail!("unknown DPO loss `{other}` (valid: sigmoid, ipo, hinge, robust)"),
+        })
+    }
+
+    /// IPO compares log-probs averaged over the completion's tokens; the others use sums.
+    pub fn averages_logps(self) -> bool {
+        self == LossType::Ipo
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct DpoLoss {
+    pub beta: f64,
+    pub loss_type: LossType,
+    pub label_smoothing: f64,
+    pub rpo_alpha: Option<f64>,
+}
+
+/// Sequence log-probs of a batch of pairs: `[n]` each (sums, or means for IPO).
+pub struct PairLogps {
+    pub chosen: Tensor,
+    pub rejected: Tensor,
+}
+
+/// The per-pair losses `[n]` and the rewards `β·(logp − ref)` of chosen and rejected `[n]`.
+pub struct DpoTerms {
+    pub losses: Tensor,
+    pub chosen_rewards: Tensor,
+    pub rejected_rewards: Tensor,
+}
+
+impl DpoLoss {
+    pub fn terms(&self, policy: &PairLogps, reference: &PairLogps) -> Result<DpoTerms> {
+        let beta = self.beta;
+        let eps = self.label_smoothing;
+        let chosen_ratio = (&policy.chosen - &reference.chosen)?;
+        let rejected_ratio = (&policy.rejected - &reference.rejected)?;
+        let delta = (&chosen_ratio - &rejected_ratio)?;
+        let scaled = (&delta * beta)?;
+        let losses = match self.loss_type {
+            LossType::Sigmoid => {
+                let pos = (log_sigmoid(&scaled)? * -(1.0 - eps))?;
+                let neg = (log_sigmoid(&scaled.neg()?)? * eps)?;
+                (pos - neg)?
+            }
+            LossType::Robust => {
+                let pos = (log_sigmoid(&scaled)? * -(1.0 - eps))?;
+                let neg = (log_sigmoid(&scaled.neg()?)? * eps)?;
+                ((pos + neg)? / (1.0 - 2.0 * eps))?
+            }
+            LossType::Hinge => (1.0 - scaled)?.relu()?,
+            LossType::Ipo => (delta - 1.0 / (2.0 * beta))?.sqr()?,
+        };
+        Ok(DpoTerms {
+            losses,
+            chosen_rewards: (chosen_ratio.detach() * beta)?,
+            rejected_rewards: (rejected_ratio.detach() * beta)?,
+        })
+    }
+}
+
+/// `log σ(x) = −softplus(−x)`, stable for large |x|.
+pub fn log_sigmoid(x: &Tensor) -> candle_core::Result<Tensor> {
+    // −(max(−x, 0) + log(1 + exp(−|x|)))
+    let relu = x.neg()?.relu()?;
+    let tail = (x.abs()?.neg()?.exp()? + 1.0)?.log()?;
+    (relu + tail)?.neg()
+}
+
+/// Mean over the masked positions of the mean logit over the vocabulary: `(sum, count)`.
+pub fn masked_logit_mean(logits: &Tensor, target_mask: &Tensor) -> Result<(f64, f64)> {
+    let (_, t, _) = logits.dims3()?;
+    let per_position = logits.narrow(1, 0, t - 1)?.detach().mean(D::Minus1)?;
+    let mask = target_mask.to_dtype(candle_core::DType::F32)?;
+    let sum = (per_position.to_dtype(candle_core::DType::F32)? * &mask)?
+        .sum_all()?
+        .to_scalar::<f32>()?;
+    let count = mask.sum_all()?.to_scalar::<f32>()?;
+    Ok((sum as f64, count as f64))
+}

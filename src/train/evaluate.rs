@@ -1,0 +1,79 @@
+//! `eval`: TRL's metrics of a model (+ adapter) on a dataset, as one JSON object.
+//! Preference data: the reference is the same base without the adapter. SFT data: mean NLL.
+
+use anyhow::Result;
+use serde_json::{json, Map, Value};
+
+use super::dpo::DpoLoss;
+use super::preference::{evaluate_pairs, reference_sums, PairSums};
+use super::sft::eval_loss;
+use crate::data::{prepare_dpo, prepare_sft, ChatTokenizer, DataConfig, RawDataset};
+use crate::model::{Adapter, Model};
+
+/// Whether the rows look like preference pairs: the first readable row has chosen and rejected.
+pub fn is_preference_data(raw: &RawDataset, cfg: &DataConfig) -> bool {
+    raw.rows
+        .iter()
+        .find_map(|r| r.value.as_ref().ok())
+        .is_some_and(|row| {
+            row.contains_key(cfg.columns.chosen()) && row.contains_key(cfg.columns.rejected())
+        })
+}
+
+pub struct EvalRequest<'a> {
+    pub model: &'a Model,
+    pub adapter: Option<&'a Adapter>,
+    pub tokenizer: &'a ChatTokenizer,
+    pub data_config: &'a DataConfig,
+    pub loss: DpoLoss,
+    pub batch_size: usize,
+    pub per_row: bool,
+}
+
+pub fn evaluate(req: &EvalRequest, raw: RawDataset) -> Result<Value> {
+    let policy: Vec<&Adapter> = req.adapter.into_iter().collect();
+    if !is_preference_data(&raw, req.data_config) {
+        let data = prepare_sft(raw, req.tokenizer, req.data_config)?;
+        let (loss, tokens) = eval_loss(req.model, &policy, &data, req.batch_size)?;
+        return Ok(json!({ "loss": loss, "tokens": tokens, "rows": data.examples.len() }));
+    }
+    let data = prepare_dpo(raw, req.tokenizer, req.data_config)?;
+    let reference = reference_sums(req.model, &[], &data, req.batch_size)?;
+    let metrics = evaluate_pairs(
+        req.model,
+        &policy,
+        &data,
+        &reference,
+        &req.loss,
+        req.batch_size,
+        "eval_",
+    )?;
+    let mut out = Map::new();
+    for (k, v) in metrics.means() {
+        out.insert(k.trim_start_matches("eval_").to_string(), json!(v));
+    }
+    out.insert("rows".into(), json!(data.examples.len()));
+    if req.per_row {
+        let policy_sums = if policy.is_empty() {
+            reference.clone()
+        } else {
+            reference_sums(req.model, &policy, &data, req.batch_size)?
+        };
+        out.insert("per_row".into(), per_row(&policy_sums, &reference));
+    }
+    Ok(Value::Object(out))
+}
+
+fn per_row(policy: &PairSums, reference: &PairSums) -> Value {
+    let rows: Vec<Value> = (0..policy.chosen.len())
+        .map(|i| {
+            json!({
+                "chosen_logps": policy.chosen[i],
+                "rejected_logps": policy.rejected[i],
+                "ref_chosen_logps": reference.chosen[i],
+                "ref_rejected_logps": reference.rejected[i],
+            })
+        })
+        .collect();
+    Value::Array(rows)
+}

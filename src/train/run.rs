@@ -1,0 +1,329 @@
+//! The stages as the commands run them: `sft`, `dpo`, and `train` (SFT then DPO on one
+//! loaded base), from a [`LoadedConfig`].
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use super::dpo::{DpoLoss, LossType};
+use super::preference::{reference_sums, DpoObjective};
+use super::ref_cache::{self, Fingerprint};
+use super::sft::SftObjective;
+use super::trainer::{self, AdapterStack, Finish, TrainOptions};
+use crate::adapter::{combine, load_adapter, save_adapter};
+use crate::config::{LoadedConfig, StageConfig};
+use crate::data::{load_chat_tokenizer, ChatTokenizer, Stage};
+use crate::model::{self, Adapter, Model};
+use crate::source::Source;
+
+/// How the command was invoked, beyond the config.
+#[derive(Clone)]
+pub struct RunOptions {
+    pub resume: bool,
+    pub show_progress: bool,
+    pub interrupted: Arc<AtomicBool>,
+}
+
+/// The base model loaded once, with its tokenizer.
+pub struct Session {
+    pub model: Model,
+    pub tokenizer: ChatTokenizer,
+    pub source: Source,
+    pub model_name: String,
+}
+
+pub fn select_device(name: &str) -> Result<Device> {
+    Ok(match name {
+        "cpu" => Device::Cpu,
+        "cuda" => Device::new_cuda(0).context("[model] device = \"cuda\"")?,
+        "auto" => Device::cuda_if_available(0)?,
+        other => bail!("[model] device: `{other}` is not one of cpu, cuda, auto"),
+    })
+}
+
+impl Session {
+    pub fn open(cfg: &LoadedConfig) -> Result<Self> {
+        let m = &cfg.run.model;
+        let device = select_device(&m.device)?;
+        let dtype = model::parse_dtype(&m.dtype)?;
+        let quantize = model::parse_quantization(&m.quantize).context("[model] quantize")?;
+        let options = model::LoadOptions::quantized(dtype, quantize);
+        let model = model::load_model_with(&m.name_or_path, &options, &device)
+            .with_context(|| format!("loading model {}", m.name_or_path))?;
+        let source = Source::parse(&m.name_or_path)?;
+        let tokenizer = load_chat_tokenizer(&tokenizer_path(&source)?)?;
+        Ok(Self {
+            model,
+            tokenizer,
+            source,
+            model_name: m.name_or_path.clone(),
+        })
+    }
+
+    /// Identity of the model files, for the reference-log-prob cache key.
+    fn fingerprint(&self) -> Result<Fingerprint> {
+        let mut f = Fingerprint::default();
+        f.bytes(self.model_name.as_bytes());
+        match &self.source {
+            Source::File(p) => {
+                f.file_head(p)?;
+            }
+            _ => {
+                f.file_head(&self.source.require("config.json")?)?;
+                for p in crate::model::weights::WeightFiles::open(&self.source)?.paths() {
+                    f.file_head(p)?;
+                }
+            }
+        }
+        f.bytes(format!("{:?}", self.model.dtype()).as_bytes());
+        Ok(f)
+    }
+}
+
+/// The file or folder the tokenizer is read from.
+pub fn tokenizer_path(source: &Source) -> Result<PathBuf> {
+    Ok(match source {
+        Source::Folder(d) => d.clone(),
+        Source::File(f) => f.clone(),
+        Source::Hub { .. } => {
+            let tok = source.require("tokenizer.json")?;
+            // Fetch the config too, so the folder holds the chat template.
+            let _ = source.find("tokenizer_config.json")?;
+            tok.parent()
+                .map(Path::to_path_buf)
+                .context("tokenizer path has no folder")?
+        }
+    })
+}
+
+fn stage_config<'a>(cfg: &'a LoadedConfig, stage: Stage) -> Result<&'a StageConfig> {
+    let s = match stage {
+        Stage::Sft => cfg.run.sft.as_ref(),
+        Stage::Dpo => cfg.run.dpo.as_ref(),
+    };
+    s.with_context(|| format!("the config has no [{stage}] section"))
+}
+
+fn data_path(value: &Option<String>, stage: Stage, key: &str) -> Result<Option<PathBuf>> {
+    match value {
+        Some(p) => Ok(Some(PathBuf::from(p))),
+        None if key == "train_file" => bail!("[{stage}] train_file is not set"),
+        None => Ok(None),
+    }
+}
+
+fn new_adapter(session: &Session, cfg: &LoadedConfig, seed: u64) -> Result<Adapter> {
+    let device = session.model.device();
+    match &cfg.run.lora.init_adapter {
+        Some(spec) => load_adapter(spec, &session.model.config, device)
+            .with_context(|| format!("[lora] init_adapter {spec}")),
+        None => Adapter::init(
+            &session.model.config,
+            cfg.run.lora.lora.clone(),
+            seed,
+            device,
+        ),
+    }
+}
+
+fn train_options(cfg: &LoadedConfig, stage: Stage, opts: &RunOptions) -> Result<TrainOptions> {
+    Ok(TrainOptions {
+        stage: stage_config(cfg, stage)?.clone(),
+        seed: cfg.run.output.seed,
+        run_dir: trainer::stage_dir(Path::new(&cfg.run.output.dir), stage.as_str()),
+        resume: opts.resume,
+        base_model: cfg.run.model.name_or_path.clone(),
+        show_progress: opts.show_progress,
+        interrupted: opts.interrupted.clone(),
+    })
+}
+
+/// What a stage leaves behind.
+pub struct StageResult {
+    pub adapter_dir: PathBuf,
+    pub finish: Finish,
+}
+
+/// SFT of a fresh (or `init_adapter`) adapter on the bare base.
+pub fn run_sft(
+    session: &Session,
+    cfg: &LoadedConfig,
+    opts: &RunOptions,
+) -> Result<(Adapter, StageResult)> {
+    let stage = stage_config(cfg, Stage::Sft)?;
+    let data_cfg = cfg.data_config(Stage::Sft)?;
+    let train_path = data_path(&stage.train_file, Stage::Sft, "train_file")?.expect("checked");
+    let train = crate::data::load_sft(&train_path, None, &session.tokenizer, &data_cfg)?;
+    let eval = match data_path(&stage.eval_file, Stage::Sft, "eval_file")? {
+        Some(p) => Some(crate::data::load_sft(
+            &p,
+            None,
+            &session.tokenizer,
+            &data_cfg,
+        )?),
+        None => None,
+    };
+    let adapter = new_adapter(session, cfg, cfg.run.output.seed)?;
+    let mut objective = SftObjective {
+        train,
+        eval,
+        eval_batch_size: stage.per_device_eval_batch_size,
+    };
+    let topts = train_options(cfg, Stage::Sft, opts)?;
+    let stack = AdapterStack {
+        frozen: vec![],
+        trainable: &adapter,
+    };
+    let finish = trainer::train(
+        &session.model,
+        &stack,
+        &mut objective,
+        &topts,
+        data_cfg.group_by_length,
+    )?;
+    let adapter_dir = topts.run_dir.join("adapter");
+    save_adapter(&adapter, &topts.base_model, &adapter_dir)?;
+    Ok((
+        adapter,
+        StageResult {
+            adapter_dir,
+            finish,
+        },
+    ))
+}
+
+/// DPO of a new adapter on top of `frozen` (the SFT adapter in `train`, `ref_adapter` alone).
+pub fn run_dpo(
+    session: &Session,
+    cfg: &LoadedConfig,
+    opts: &RunOptions,
+    frozen: Option<&Adapter>,
+) -> Result<(Adapter, StageResult)> {
+    let stage = stage_config(cfg, Stage::Dpo)?;
+    let data_cfg = cfg.data_config(Stage::Dpo)?;
+    let train_path = data_path(&stage.train_file, Stage::Dpo, "train_file")?.expect("checked");
+    let train = crate::data::load_dpo(&train_path, None, &session.tokenizer, &data_cfg)?;
+    let eval = match data_path(&stage.eval_file, Stage::Dpo, "eval_file")? {
+        Some(p) => Some(crate::data::load_dpo(
+            &p,
+            None,
+            &session.tokenizer,
+            &data_cfg,
+        )?),
+        None => None,
+    };
+    let loss = DpoLoss {
+        beta: stage.beta,
+        loss_type: LossType::parse(&stage.loss_type)?,
+        label_smoothing: stage.label_smoothing,
+        rpo_alpha: stage.rpo_alpha,
+    };
+    let mut ref_loaded;
+    let frozen = match (frozen, &stage.ref_adapter) {
+        (Some(a), _) => Some(a),
+        (None, Some(spec)) => {
+            ref_loaded = load_adapter(spec, &session.model.config, session.model.device())
+                .with_context(|| format!("[dpo] ref_adapter {spec}"))?;
+            ref_loaded.frozen = true;
+            Some(&ref_loaded)
+        }
+        (None, None) => None,
+    };
+    // A different seed from SFT's, so the two adapters do not start from the same A.
+    let adapter = new_adapter(session, cfg, cfg.run.output.seed.wrapping_add(1))?;
+    let stack = AdapterStack {
+        frozen: frozen.into_iter().collect(),
+        trainable: &adapter,
+    };
+    let train_reference = if stage.precompute_ref_log_probs {
+        Some(cached_reference(
+            session,
+            &stack,
+            &train,
+            stage.per_device_eval_batch_size,
+        )?)
+    } else {
+        None
+    };
+    let mut objective = DpoObjective {
+        train,
+        eval,
+        loss,
+        eval_batch_size: stage.per_device_eval_batch_size,
+        train_reference,
+        eval_reference: None,
+    };
+    let topts = train_options(cfg, Stage::Dpo, opts)?;
+    let finish = trainer::train(
+        &session.model,
+        &stack,
+        &mut objective,
+        &topts,
+        data_cfg.group_by_length,
+    )?;
+    let adapter_dir = topts.run_dir.join("adapter");
+    save_adapter(&adapter, &topts.base_model, &adapter_dir)?;
+    Ok((
+        adapter,
+        StageResult {
+            adapter_dir,
+            finish,
+        },
+    ))
+}
+
+fn cached_reference(
+    session: &Session,
+    stack: &AdapterStack,
+    data: &crate::data::DpoDataset,
+    batch_size: usize,
+) -> Result<super::preference::PairSums> {
+    let mut key = session.fingerprint()?;
+    for a in stack.reference() {
+        key.adapter(a)?;
+    }
+    key.pairs(data);
+    let key = key.hex();
+    if let Some(sums) = ref_cache::load(&key)? {
+        eprintln!("reference log-probs: reusing the cached ones (key {key})");
+        return Ok(sums);
+    }
+    eprintln!(
+        "reference log-probs: computing them for {} pairs (key {key})",
+        data.examples.len()
+    );
+    let sums = reference_sums(&session.model, &stack.reference(), data, batch_size)?;
+    let path = ref_cache::store(&key, &sums)?;
+    eprintln!("reference log-probs: cached in {}", path.display());
+    Ok(sums)
+}
+
+/// SFT, then DPO on top of the frozen SFT adapter, then one combined adapter.
+pub fn run_train(
+    session: &Session,
+    cfg: &LoadedConfig,
+    opts: &RunOptions,
+) -> Result<Vec<StageResult>> {
+    let (mut sft, sft_result) = run_sft(session, cfg, opts)?;
+    if matches!(sft_result.finish, Finish::Interrupted { .. }) {
+        return Ok(vec![sft_result]);
+    }
+    sft.frozen = true;
+    let (dpo, dpo_result) = run_dpo(session, cfg, opts, Some(&sft))?;
+    let mut results = vec![sft_result];
+    if matches!(dpo_result.finish, Finish::Completed { .. }) {
+        let combined = combine(&[&sft, &dpo], &session.model.config)?;
+        let dir = Path::new(&cfg.run.output.dir).join("combined");
+        save_adapter(&combined, &cfg.run.model.name_or_path, &dir)?;
+        results.push(dpo_result);
+        results.push(StageResult {
+            adapter_dir: dir,
+            finish: Finish::Completed { steps: 0 },
+        });
+    } else {
+        results.push(dpo_result);
+    }
+    Ok(results)
+}

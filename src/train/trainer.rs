@@ -1,0 +1,362 @@
+//! The training loop shared by SFT and DPO: batching order, gradient accumulation, clipping,
+//! AdamW, the schedule, logging, held-out evaluation, checkpoints, resume, Ctrl-C and NaN guards.
+
+use anyhow::{bail, Context, Result};
+use candle_core::Tensor;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::checkpoint;
+use super::metrics::{peak_rss_mib, MetricsLog};
+use super::optim::{clip_grad_norm, AdamW, AdamWConfig};
+use super::schedule::{lr_factor, warmup_steps, Schedule};
+use crate::config::StageConfig;
+use crate::model::{Adapter, Model};
+
+/// The adapters of a run: frozen ones (a stacked SFT adapter) under the trained one.
+pub struct AdapterStack<'a> {
+    pub frozen: Vec<&'a Adapter>,
+    pub trainable: &'a Adapter,
+}
+
+impl<'a> AdapterStack<'a> {
+    /// What the policy applies: the frozen adapters, then the trained one.
+    pub fn policy(&self) -> Vec<&'a Adapter> {
+        let mut v = self.frozen.clone();
+        v.push(self.trainable);
+        v
+    }
+
+    /// The reference: the same base with the trained adapter disabled.
+    pub fn reference(&self) -> Vec<&'a Adapter> {
+        self.frozen.clone()
+    }
+}
+
+/// Sums and weights of metrics over a logging window; `means()` gives weighted averages.
+#[derive(Debug, Default, Clone)]
+pub struct MetricSums(BTreeMap<String, (f64, f64)>);
+
+impl MetricSums {
+    pub fn add(&mut self, name: &str, sum: f64, weight: f64) {
+        let e = self.0.entry(name.to_string()).or_insert((0.0, 0.0));
+        e.0 += sum;
+        e.1 += weight;
+    }
+
+    pub fn means(&self) -> Vec<(String, f64)> {
+        self.0
+            .iter()
+            .map(|(k, (s, w))| (k.clone(), if *w > 0.0 { s / w } else { 0.0 }))
+            .collect()
+    }
+
+    pub fn mean(&self, name: &str) -> Option<f64> {
+        self.0
+            .get(name)
+            .filter(|(_, w)| *w > 0.0)
+            .map(|(s, w)| s / w)
+    }
+
+    pub fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
+/// What a training stage computes; the loop does the rest.
+pub trait Objective {
+    /// `sft` or `dpo`.
+    fn stage(&self) -> &'static str;
+    fn num_rows(&self) -> usize;
+    /// Row lengths, for grouping by length.
+    fn lengths(&self) -> Vec<usize>;
+    /// The divisor applied to every micro-batch loss of an optimizer step.
+    fn normaliser(&self, micro_batches: &[Vec<usize>]) -> f64;
+    /// Loss of the rows (divided by `normaliser`: the losses of a step's micro-batches add up
+    /// to the step's loss), ready for backward; adds its metrics, one sample per micro-batch,
+    /// and `tokens`, the tokens it ran through the model.
+    fn loss(
+        &mut self,
+        model: &Model,
+        adapters: &AdapterStack,
+        rows: &[usize],
+        normaliser: f64,
+        dropout_seed: u64,
+        metrics: &mut MetricSums,
+    ) -> Result<Tensor>;
+    /// Held-out metrics (`eval_` prefixed), if there is an eval set.
+    fn evaluate(
+        &mut self,
+        model: &Model,
+        adapters: &AdapterStack,
+    ) -> Result<Option<Vec<(String, f64)>>>;
+}
+
+pub struct TrainOptions {
+    pub stage: StageConfig,
+    pub seed: u64,
+    pub run_dir: PathBuf,
+    pub resume: bool,
+    /// `base_model_name_or_path` written into saved adapters.
+    pub base_model: String,
+    pub show_progress: bool,
+    /// Set by Ctrl-C: the loop saves a checkpoint and stops.
+    pub interrupted: Arc<AtomicBool>,
+}
+
+/// How a run ended.
+#[derive(Debug, PartialEq)]
+pub enum Finish {
+    Completed { steps: usize },
+    Interrupted { step: usize, checkpoint: PathBuf },
+}
+
+/// The micro-batches of global micro-step `m`: epochs follow each other, each with its own
+/// shuffle seeded by `seed + epoch`, so any step's data is known without replaying the run.
+struct Schedule2 {
+    epoch_batches: usize,
+    lengths: Vec<usize>,
+    batch_size: usize,
+    group_by_length: bool,
+    seed: u64,
+    cache: Option<(usize, Vec<Vec<usize>>)>,
+}
+
+impl Schedule2 {
+    fn rows(&mut self, micro: usize) -> Vec<usize> {
+        let epoch = micro / self.epoch_batches;
+        if self.cache.as_ref().map(|(e, _)| *e) != Some(epoch) {
+            let order = crate::data::batch_order(
+                &self.lengths,
+                self.batch_size,
+                true,
+                self.group_by_length,
+                self.seed.wrapping_add(epoch as u64),
+            );
+            self.cache = Some((epoch, order));
+        }
+        let (_, order) = self.cache.as_ref().expect("filled above");
+        order[micro % self.epoch_batches].clone()
+    }
+}
+
+/// Runs the loop; the trained adapter's vars are updated in place.
+pub fn train(
+    model: &Model,
+    adapters: &AdapterStack,
+    objective: &mut dyn Objective,
+    opts: &TrainOptions,
+    group_by_length: bool,
+) -> Result<Finish> {
+    let s = &opts.stage;
+    let rows = objective.num_rows();
+    if rows == 0 {
+        bail!("the {} training set has no rows", objective.stage());
+    }
+    let epoch_batches = rows.div_ceil(s.per_device_train_batch_size);
+    let ga = s.gradient_accumulation_steps;
+    let steps_per_epoch = (epoch_batches / ga).max(1);
+    let total_steps = if s.max_steps > 0 {
+        s.max_steps as usize
+    } else {
+        (s.num_train_epochs * steps_per_epoch as f64).ceil() as usize
+    };
+    let warmup = warmup_steps(s.warmup_steps, s.warmup_ratio, total_steps);
+    let schedule = Schedule::parse(&s.lr_scheduler_type)?;
+    let vars = adapters.trainable.vars();
+    let mut opt = AdamW::new(
+        vars.clone(),
+        AdamWConfig {
+            beta1: s.adam_beta1,
+            beta2: s.adam_beta2,
+            eps: s.adam_epsilon,
+            weight_decay: s.weight_decay,
+        },
+    )?;
+    let log = MetricsLog::open(&opts.run_dir)?;
+    let mut start = 0;
+    if opts.resume {
+        if let Some(ckpt) = checkpoint::latest(&opts.run_dir)? {
+            start = checkpoint::restore(&ckpt, adapters.trainable, &mut opt)?;
+            log.truncate_after(start)?;
+            eprintln!(
+                "resuming from {} (step {start} of {total_steps})",
+                ckpt.display()
+            );
+        } else {
+            eprintln!(
+                "--resume: no checkpoint in {}, starting afresh",
+                opts.run_dir.display()
+            );
+        }
+    }
+    let mut order = Schedule2 {
+        epoch_batches,
+        lengths: objective.lengths(),
+        batch_size: s.per_device_train_batch_size,
+        group_by_length,
+        seed: opts.seed,
+        cache: None,
+    };
+    if start == 0 {
+        // Held-out metrics before any update: the baseline the run is judged against.
+        if let Some(values) = objective.evaluate(model, adapters)? {
+            eprintln!("{} step 0: {}", objective.stage(), brief(&values));
+            log.write(0, &values)?;
+        }
+    }
+    let bar = progress_bar(total_steps, start, objective.stage(), opts.show_progress);
+    let mut window = MetricSums::default();
+    let mut window_start = Instant::now();
+    let mut window_tokens = 0.0;
+    for step in start..total_steps {
+        let micro_batches: Vec<Vec<usize>> = (0..ga).map(|j| order.rows(step * ga + j)).collect();
+        let normaliser = objective.normaliser(&micro_batches);
+        let mut grads: Option<Vec<Tensor>> = None;
+        let mut step_metrics = MetricSums::default();
+        let mut step_loss = 0.0;
+        for (j, rows) in micro_batches.iter().enumerate() {
+            let seed = opts.seed ^ ((step as u64) << 20) ^ j as u64;
+            let loss =
+                objective.loss(model, adapters, rows, normaliser, seed, &mut step_metrics)?;
+            let value = loss.to_scalar::<f32>()?;
+            if !value.is_finite() {
+                bail!(
+                    "the {} loss is {value} at step {} (micro-batch {j}); stopping. \
+                     The last good checkpoint, if any, is in {} — lower the learning rate and --resume",
+                    objective.stage(),
+                    step + 1,
+                    opts.run_dir.display()
+                );
+            }
+            step_loss += value as f64;
+            let store = loss.backward()?;
+            let micro: Vec<Tensor> = vars
+                .iter()
+                .map(|v| {
+                    store
+                        .get(v.as_tensor())
+                        .cloned()
+                        .map_or_else(|| v.as_tensor().zeros_like(), Ok)
+                })
+                .collect::<candle_core::Result<_>>()?;
+            grads = Some(match grads {
+                None => micro,
+                Some(acc) => acc
+                    .iter()
+                    .zip(&micro)
+                    .map(|(a, b)| a + b)
+                    .collect::<candle_core::Result<_>>()?,
+            });
+        }
+        let mut grads = grads.context("no micro-batches")?;
+        let grad_norm = clip_grad_norm(&mut grads, s.max_grad_norm)?;
+        if !grad_norm.is_finite() {
+            bail!(
+                "the gradient norm is {grad_norm} at step {}; stopping",
+                step + 1
+            );
+        }
+        let lr = s.learning_rate * lr_factor(schedule, step, warmup, total_steps);
+        opt.step(&grads, lr)?;
+
+        let done = step + 1;
+        window_tokens += step_metrics.mean("tokens").unwrap_or(0.0) * ga as f64;
+        for (k, v) in step_metrics.means() {
+            if k != "tokens" {
+                window.add(&k, v, 1.0);
+            }
+        }
+        window.add("loss", step_loss, 1.0);
+        window.add("grad_norm", grad_norm, 1.0);
+        window.add("learning_rate", lr, 1.0);
+        update_bar(
+            &bar,
+            &window,
+            window_tokens / window_start.elapsed().as_secs_f64(),
+        );
+        bar.set_position(done as u64);
+
+        let last = done == total_steps;
+        if done % s.logging_steps.max(1) == 0 || last {
+            let mut values = window.means();
+            values.push(("epoch".into(), done as f64 / steps_per_epoch as f64));
+            values.push((
+                "tokens_per_sec".into(),
+                window_tokens / window_start.elapsed().as_secs_f64(),
+            ));
+            values.push(("peak_rss_mib".into(), peak_rss_mib()));
+            log.write(done, &values)?;
+            window.clear();
+            window_tokens = 0.0;
+            window_start = Instant::now();
+        }
+        if (s.eval_steps > 0 && done % s.eval_steps == 0) || last {
+            if let Some(values) = objective.evaluate(model, adapters)? {
+                bar.suspend(|| eprintln!("{} step {done}: {}", objective.stage(), brief(&values)));
+                log.write(done, &values)?;
+            }
+        }
+        let interrupted = opts.interrupted.load(Ordering::SeqCst);
+        if (s.save_steps > 0 && done % s.save_steps == 0) || (interrupted && !last) {
+            let dir = checkpoint::save(
+                &opts.run_dir,
+                done,
+                adapters.trainable,
+                &opt,
+                &opts.base_model,
+            )?;
+            if interrupted {
+                bar.abandon();
+                return Ok(Finish::Interrupted {
+                    step: done,
+                    checkpoint: dir,
+                });
+            }
+        }
+    }
+    bar.finish();
+    Ok(Finish::Completed { steps: total_steps })
+}
+
+fn brief(values: &[(String, f64)]) -> String {
+    values
+        .iter()
+        .map(|(k, v)| format!("{k}={v:.4}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn progress_bar(total: usize, start: usize, stage: &str, show: bool) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{prefix} [{bar:30}] {pos}/{len} steps  {msg}  eta {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_prefix(stage.to_string());
+    bar.set_position(start as u64);
+    bar
+}
+
+fn update_bar(bar: &indicatif::ProgressBar, window: &MetricSums, tokens_per_sec: f64) {
+    let mut msg = format!("loss {:.4}", window.mean("loss").unwrap_or(f64::NAN));
+    if let Some(acc) = window.mean("rewards/accuracies") {
+        msg.push_str(&format!("  acc {acc:.2}"));
+    }
+    msg.push_str(&format!("  {tokens_per_sec:.0} tok/s"));
+    bar.set_message(msg);
+}
+
+/// The run folder of a stage.
+pub fn stage_dir(output_dir: &Path, stage: &str) -> PathBuf {
+    output_dir.join(stage)
+}
