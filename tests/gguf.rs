@@ -240,10 +240,8 @@ fn demo_model_smollm2_q4_1() {
     // as transformers (dequantized load of the same file) also predicts.
     let ids = Tensor::new(&[[504u32, 3575, 282, 4649, 314]], &Device::Cpu).unwrap();
     let adapter = seeded_adapter(&model);
-    let pass = Pass {
-        adapters: &[&adapter],
-        training: true,
-    };
+    let adapters = [&adapter];
+    let pass = Pass::train(&adapters, 0);
     let base = model.forward(&ids, None, Pass::eval(&[])).unwrap();
     let next = base
         .get(0)

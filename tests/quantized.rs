@@ -259,10 +259,8 @@ fn quantized_models_match_their_dequantized_twins() {
             assert!(r < rtol, "{t:?}: relative L2 logit error {r}");
         }
         // LoRA gradients through the quantized base: every factor, close to the twin's.
-        let pass = Pass {
-            adapters: &[&adapter],
-            training: true,
-        };
+        let adapters = [&adapter];
+        let pass = Pass::train(&adapters, 0);
         let loss_of = |m: &lora_dpo::model::Model| {
             let logits = m.forward(&ids, None, pass).unwrap();
             let logp = candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1).unwrap();
