@@ -28,7 +28,8 @@ pub struct ModelSection {
     /// Dtype of the frozen weights: f32, bf16 or f16.
     #[serde(default = "default_dtype")]
     pub dtype: String,
-    /// Quantization of the frozen linear weights: none, q8_0, q4_0, q4k, ...
+    /// Quantization of the frozen linear weights: none, q8_0, q4_0, q4k, ...; `dense`
+    /// dequantizes a GGUF's quantized projections.
     #[serde(default = "default_quantize")]
     pub quantize: String,
     /// cpu, cuda, or auto (cuda when built with it and a GPU is present).
@@ -254,7 +255,8 @@ impl LoadedConfig {
 impl RunConfig {
     pub fn validate(&self) -> Result<()> {
         crate::model::parse_dtype(&self.model.dtype).context("[model] dtype")?;
-        crate::model::parse_quantization(&self.model.quantize).context("[model] quantize")?;
+        crate::model::LoadOptions::from_config(crate::model::parse_dtype(&self.model.dtype)?, &self.model.quantize)
+            .context("[model] quantize")?;
         self.lora.lora.validate().context("[lora]")?;
         for (name, stage) in [("sft", &self.sft), ("dpo", &self.dpo)] {
             if let Some(s) = stage {

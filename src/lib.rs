@@ -6,6 +6,7 @@
 pub mod adapter;
 pub mod config;
 pub mod data;
+pub mod generate;
 pub mod model;
 pub mod ops;
 pub mod source;

@@ -84,7 +84,11 @@ fn json_array_jsonl_and_mixed_folder_read_the_same_rows() {
     let dir = tempfile::tempdir().unwrap();
     let a = r#"{"text": "first"}"#;
     let b = r#"{"text": "second"}"#;
-    std::fs::write(dir.path().join("part1.jsonl"), format!("{a}\n\n{b}\n")).unwrap();
+    std::fs::write(
+        dir.path().join("part1.jsonl"),
+        format!("\u{feff}{a}\r\n\r\n{b}\r\n"),
+    )
+    .unwrap();
     std::fs::write(dir.path().join("more.json"), format!("[{a}, {b}]")).unwrap();
     std::fs::write(
         dir.path().join("wrapped.json"),

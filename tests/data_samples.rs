@@ -219,4 +219,29 @@ fn data_command_reports_counts_lengths_and_a_masked_example() {
     ] {
         assert!(stdout.contains(&needle), "`{needle}` missing in:\n{stdout}");
     }
+    // Without --stage the stage comes from the columns.
+    for (file, stage) in [
+        ("data/dpo/eval.jsonl", "stage: dpo"),
+        ("data/sft/eval.jsonl", "stage: sft"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_lora-dpo"))
+            .args([
+                "data",
+                "--model",
+                "tests/fixtures/data/smollm2",
+                "--data",
+                file,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(stage),
+            "{file}"
+        );
+    }
 }

@@ -136,3 +136,39 @@ fn raise_exception_surfaces_the_message() {
         "{err:#}"
     );
 }
+
+#[test]
+fn template_and_special_tokens_from_tokenizer_config() {
+    // Older folders keep the template in tokenizer_config.json: a string, or a list of named templates; special
+    // tokens may be AddedToken objects.
+    let fx = fixture();
+    let zephyr = fx["zephyr"]["template"].as_str().unwrap();
+    let llama3 = fx["llama3"]["template"].as_str().unwrap();
+    let src = std::path::Path::new("tests/fixtures/data/smollm2/tokenizer.json");
+    for chat_template in [
+        serde_json::json!(zephyr),
+        serde_json::json!([{"name": "tool_use", "template": llama3}, {"name": "default", "template": zephyr}]),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(src, dir.path().join("tokenizer.json")).unwrap();
+        let config = serde_json::json!({
+            "bos_token": {"content": "<|im_start|>", "lstrip": false, "special": true},
+            "eos_token": "<|im_end|>",
+            "chat_template": chat_template,
+        });
+        std::fs::write(dir.path().join("tokenizer_config.json"), config.to_string()).unwrap();
+        let tok = lora_dpo::data::load_chat_tokenizer(dir.path()).unwrap();
+        assert_eq!(tok.bos.as_ref().unwrap().id, 1);
+        assert_eq!(tok.eos.as_ref().unwrap().id, 2);
+        assert!(tok.pad.is_none());
+        assert_eq!(tok.pad_id(), 2, "no pad token: pad with EOS");
+        let got = tok.render(&[Message::new("user", "Hi")], true).unwrap();
+        assert_eq!(got, "<|user|>\nHi<|im_end|>\n<|assistant|>\n");
+    }
+    // No template at all: conversational data cannot be formatted, and the error says so.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(src, dir.path().join("tokenizer.json")).unwrap();
+    let tok = lora_dpo::data::load_chat_tokenizer(dir.path()).unwrap();
+    let err = tok.render(&[Message::new("user", "Hi")], true).unwrap_err();
+    assert!(format!("{err:#}").contains("no chat template"), "{err:#}");
+}

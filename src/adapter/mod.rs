@@ -1,7 +1,10 @@
-//! Adapters in and out: PEFT's format, and stacked adapters combined into one.
+//! Adapters in and out: PEFT's format, stacked adapters combined into one, and merging into
+//! the base weights.
 
 pub mod combine;
+pub mod merge;
 pub mod peft;
 
 pub use combine::combine;
+pub use merge::{merge, MergeOptions, MergeReport};
 pub use peft::{load_adapter, save_adapter};

@@ -72,6 +72,17 @@ fn read_config(json: &Value) -> Result<LoraConfig> {
     if non_empty("rank_pattern") || non_empty("alpha_pattern") {
         bail!("fields `rank_pattern`/`alpha_pattern`: per-module ranks are not supported");
     }
+    refuse_true("use_qalora", "QA-LoRA")?;
+    for (key, what) in [
+        ("layer_replication", "layer replication"),
+        ("alora_invocation_tokens", "activated LoRA (aLoRA)"),
+        ("target_parameters", "LoRA on raw parameters"),
+        ("trainable_token_indices", "trainable-token"),
+    ] {
+        if non_empty(key) {
+            bail!("field `{key}`: {what} adapters are not supported");
+        }
+    }
     let r = json
         .get("r")
         .and_then(Value::as_u64)

@@ -14,9 +14,9 @@ pub struct Args {
     /// Dataset: a .jsonl, .json or .parquet file, or a folder of them.
     #[arg(long)]
     pub data: PathBuf,
-    /// Training stage the data is for.
-    #[arg(long, default_value = "sft")]
-    pub stage: Stage,
+    /// Training stage the data is for: sft or dpo (default: dpo when the rows have chosen/rejected, else sft).
+    #[arg(long)]
+    pub stage: Option<Stage>,
     /// TOML config; data options are read from its [sft] or [dpo] table.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -38,8 +38,12 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    let raw = data::read_dataset(&args.data, args.split.as_deref())?;
+    let stage = args
+        .stage
+        .unwrap_or_else(|| data::detect_stage(&raw, &DataConfig::default()));
     let mut cfg = match &args.config {
-        Some(path) => DataConfig::from_toml_file(path, args.stage)?,
+        Some(path) => DataConfig::from_toml_file(path, stage)?,
         None => DataConfig::default(),
     };
     if args.skip_bad_rows {
@@ -53,10 +57,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     cfg.validate()?;
     let tok = data::load_chat_tokenizer(&args.model)?;
-    let split = args.split.as_deref();
-    let (stats, shown) = match args.stage {
+    let (stats, shown) = match stage {
         Stage::Sft => {
-            let ds = data::load_sft(&args.data, split, &tok, &cfg)?;
+            let ds = data::prepare_sft(raw, &tok, &cfg)?;
             let i = args.example.min(ds.examples.len() - 1);
             let shown = vec![(
                 format!("example {i} ({})", ds.locs[i]),
@@ -65,7 +68,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             (ds.stats, shown)
         }
         Stage::Dpo => {
-            let ds = data::load_dpo(&args.data, split, &tok, &cfg)?;
+            let ds = data::prepare_dpo(raw, &tok, &cfg)?;
             let i = args.example.min(ds.examples.len() - 1);
             let ex = &ds.examples[i];
             let shown = vec![

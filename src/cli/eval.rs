@@ -33,6 +33,9 @@ pub struct Args {
     /// Frozen-weight dtype.
     #[arg(long, default_value = "f32")]
     dtype: String,
+    /// Frozen projections: none, dense (dequantize a GGUF), or a GGML type (q8_0, q4k, ...).
+    #[arg(long, default_value = "none")]
+    quantize: String,
     #[arg(long, default_value_t = 8)]
     batch_size: usize,
     /// cpu, cuda or auto.
@@ -68,7 +71,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         rpo_alpha: None,
     };
     let device = select_device(&args.device)?;
-    let model = model::load_model(&args.model, model::parse_dtype(&args.dtype)?, &device)?;
+    let options = model::LoadOptions::from_config(model::parse_dtype(&args.dtype)?, &args.quantize)?;
+    let model = model::load_model_with(&args.model, &options, &device)?;
     let tokenizer = load_chat_tokenizer(&tokenizer_path(&Source::parse(&args.model)?)?)?;
     let adapter = args
         .adapter

@@ -6,7 +6,9 @@ mod common;
 mod data;
 mod dpo;
 mod eval;
+mod generate;
 mod inspect;
+mod merge;
 mod sft;
 mod train;
 
@@ -35,6 +37,10 @@ pub enum Command {
     Train(common::RunArgs),
     /// Metrics of a model (+ adapter) on preference or SFT data, as JSON.
     Eval(eval::Args),
+    /// Fold LoRA adapters into the base and write a Hugging Face folder (or convert a base).
+    Merge(merge::Args),
+    /// Generate a completion (chat template applied unless --raw), streaming tokens.
+    Generate(generate::Args),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -45,5 +51,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dpo(args) => dpo::run(args),
         Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Merge(args) => merge::run(args),
+        Command::Generate(args) => generate::run(args),
     }
 }

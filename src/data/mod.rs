@@ -40,7 +40,9 @@ pub mod truncate;
 
 pub use batch::{batch_order, collate, collate_dpo, Batch};
 pub use config::{Columns, DataConfig, TruncationMode};
-pub use pipeline::{load_dpo, load_sft, prepare_dpo, prepare_sft, DpoDataset, SftDataset, Stats};
+pub use pipeline::{
+    detect_stage, load_dpo, load_sft, prepare_dpo, prepare_sft, DpoDataset, SftDataset, Stats,
+};
 pub use reader::{read_dataset, BadRow, Pos, RawDataset, RowLoc};
 pub use schema::{DpoRow, Message, Schema, SftRow, Turns};
 pub use template::ChatTemplate;

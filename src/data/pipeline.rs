@@ -107,6 +107,22 @@ pub fn load_dpo(
     prepare_dpo(read_dataset(path, split)?, tok, cfg)
 }
 
+/// The stage a dataset suits: DPO when its first readable row has the `chosen` and `rejected` columns, else SFT.
+pub fn detect_stage(raw: &RawDataset, cfg: &DataConfig) -> Stage {
+    let preference = raw
+        .rows
+        .iter()
+        .find_map(|r| r.value.as_ref().ok())
+        .is_some_and(|row| {
+            row.contains_key(cfg.columns.chosen()) && row.contains_key(cfg.columns.rejected())
+        });
+    if preference {
+        Stage::Dpo
+    } else {
+        Stage::Sft
+    }
+}
+
 fn detect(raw: &RawDataset, stage: Stage, cfg: &DataConfig) -> Result<Schema> {
     let Some(first) = raw.rows.iter().find(|r| r.value.is_ok()) else {
         match raw.rows.first() {

@@ -217,6 +217,8 @@ fn read_jsonl(file: &Arc<PathBuf>) -> Result<Vec<RawRow>> {
         std::fs::read(file.as_path()).with_context(|| format!("cannot read {}", file.display()))?;
     let text = String::from_utf8(text)
         .map_err(|e| anyhow::anyhow!("{}: not UTF-8 text ({e})", file.display()))?;
+    // A UTF-8 byte-order mark (some Windows editors write one) is not part of the first row.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let mut rows = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
@@ -243,10 +245,11 @@ fn read_jsonl(file: &Arc<PathBuf>) -> Result<Vec<RawRow>> {
 fn read_json(file: &Arc<PathBuf>) -> Result<Vec<RawRow>> {
     let text = std::fs::read_to_string(file.as_path())
         .with_context(|| format!("cannot read {}", file.display()))?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     if text.trim().is_empty() {
         bail!("{}: the file is empty (no rows)", file.display());
     }
-    let value: Value = serde_json::from_str(&text)
+    let value: Value = serde_json::from_str(text)
         .map_err(|e| anyhow::anyhow!("{}: not JSON: {e}", file.display()))?;
     let items = match value {
         Value::Array(items) => items,

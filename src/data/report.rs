@@ -112,7 +112,11 @@ pub fn summary(stats: &Stats, cfg: &DataConfig) -> String {
     for (loc, why) in stats.dropped.iter().take(3) {
         let _ = writeln!(s, "  {loc}: {why}");
     }
-    let _ = writeln!(s, "{}", length_line("token lengths", &stats.lengths));
+    let _ = writeln!(
+        s,
+        "{}",
+        length_line("token lengths (before truncation)", &stats.lengths)
+    );
     if !stats.prompt_lengths.is_empty() {
         let _ = writeln!(
             s,

@@ -11,6 +11,12 @@ use super::rotary::Rotary;
 use super::weights::WeightFiles;
 use crate::ops;
 
+// The cached inference forward lives in its own file but inside this module, so it can use
+// the private weights without widening their visibility.
+#[path = "kv_cache.rs"]
+mod kv_cache;
+pub use kv_cache::KvCache;
+
 /// How a forward pass runs.
 #[derive(Clone, Copy)]
 pub struct Pass<'a> {

@@ -25,6 +25,10 @@ pub struct LoadOptions {
     /// them dense. Projections stored quantized in a GGUF file keep their own type whatever this
     /// says; it applies to the dense (F32/F16/BF16) ones.
     pub quantize: Option<GgmlDType>,
+    /// Dequantize projections stored quantized in a GGUF file to `dtype` (`quantize = "dense"`):
+    /// more memory, but fast multi-threaded GEMMs on CPU, where some GGML types (Q4_1, Q5_x)
+    /// only have scalar kernels.
+    pub dequantize_gguf: bool,
 }
 
 impl LoadOptions {
@@ -32,11 +36,27 @@ impl LoadOptions {
         Self {
             dtype,
             quantize: None,
+            dequantize_gguf: false,
         }
     }
 
     pub fn quantized(dtype: DType, quantize: Option<GgmlDType>) -> Self {
-        Self { dtype, quantize }
+        Self {
+            dtype,
+            quantize,
+            dequantize_gguf: false,
+        }
+    }
+
+    /// From the config's `quantize` value: `none`, `dense`, or a GGML type name.
+    pub fn from_config(dtype: DType, quantize: &str) -> Result<Self> {
+        if quantize.trim().eq_ignore_ascii_case("dense") {
+            return Ok(Self {
+                dequantize_gguf: true,
+                ..Self::new(dtype)
+            });
+        }
+        Ok(Self::quantized(dtype, parse_quantization(quantize)?))
     }
 }
 
@@ -73,7 +93,7 @@ pub fn parse_quantization(name: &str) -> Result<Option<GgmlDType>> {
         .with_context(|| {
             let names: Vec<&str> = QUANTIZATIONS.iter().map(|(n, _)| *n).collect();
             format!(
-                "quantize = `{name}` is not supported (use none, {})",
+                "quantize = `{name}` is not supported (use none, dense, {})",
                 names.join(", ")
             )
         })

@@ -449,7 +449,7 @@ impl WeightSource for GgufFile {
         device: &Device,
     ) -> Result<FrozenWeight> {
         let q = self.read(name, shape)?;
-        if !is_float(q.dtype()) {
+        if !is_float(q.dtype()) && !options.dequantize_gguf {
             return Ok(FrozenWeight::Quantized(Arc::new(to_device(q, device)?)));
         }
         let dense = q.dequantize(&Device::Cpu)?;

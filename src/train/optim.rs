@@ -172,7 +172,7 @@ mod tests {
         opt.step(&[g1], 0.1).unwrap();
         opt.step(&[g2], 0.1).unwrap();
         let got = p.as_tensor().to_vec1::<f32>().unwrap();
-        let want = [0.80062759f32, -1.80999029, 2.78596067];
+        let want = [0.800_627_6_f32, -1.809_990_3, 2.785_960_7];
         for (a, b) in got.iter().zip(want) {
             assert!((a - b).abs() < 1e-6, "{got:?} vs {want:?}");
         }

@@ -48,8 +48,7 @@ impl Session {
         let m = &cfg.run.model;
         let device = select_device(&m.device)?;
         let dtype = model::parse_dtype(&m.dtype)?;
-        let quantize = model::parse_quantization(&m.quantize).context("[model] quantize")?;
-        let options = model::LoadOptions::quantized(dtype, quantize);
+        let options = model::LoadOptions::from_config(dtype, &m.quantize).context("[model] quantize")?;
         let model = model::load_model_with(&m.name_or_path, &options, &device)
             .with_context(|| format!("loading model {}", m.name_or_path))?;
         let source = Source::parse(&m.name_or_path)?;
@@ -98,7 +97,7 @@ pub fn tokenizer_path(source: &Source) -> Result<PathBuf> {
     })
 }
 
-fn stage_config<'a>(cfg: &'a LoadedConfig, stage: Stage) -> Result<&'a StageConfig> {
+fn stage_config(cfg: &LoadedConfig, stage: Stage) -> Result<&StageConfig> {
     let s = match stage {
         Stage::Sft => cfg.run.sft.as_ref(),
         Stage::Dpo => cfg.run.dpo.as_ref(),
