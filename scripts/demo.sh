@@ -30,16 +30,16 @@ PY
 }
 
 echo "== before training (the base model)"
-$BIN eval --model "$MODEL" --data "$EVAL" --per-row > /tmp/lora-dpo-demo-before.json
+$BIN eval --model "$MODEL" --quantize dense --data "$EVAL" --per-row > /tmp/lora-dpo-demo-before.json
 summary /tmp/lora-dpo-demo-before.json
 echo "  Q: $PROMPT"
-echo -n "  A: "; $BIN generate --model "$MODEL" --prompt "$PROMPT" --max-new-tokens 48
+echo -n "  A: "; $BIN generate --model "$MODEL" --quantize dense --prompt "$PROMPT" --max-new-tokens 48
 
 rm -rf "$OUT"
 $BIN train --config configs/demo.toml
 
 echo "== after SFT + DPO (adapter $OUT/combined)"
-$BIN eval --model "$MODEL" --adapter "$OUT/combined" --data "$EVAL" --per-row > /tmp/lora-dpo-demo-after.json
+$BIN eval --model "$MODEL" --quantize dense --adapter "$OUT/combined" --data "$EVAL" --per-row > /tmp/lora-dpo-demo-after.json
 summary /tmp/lora-dpo-demo-after.json
 echo "  DPO stage on its own (reference = the SFT model), from $OUT/dpo/metrics.jsonl:"
 python3 - "$OUT/dpo/metrics.jsonl" <<'PY'
@@ -49,5 +49,5 @@ for r in (evals[0], evals[-1]):
     print(f"    step {r['step']:>3}: eval rewards/accuracies {r['eval_rewards/accuracies']:.2f}, margins {r['eval_rewards/margins']:.3f}")
 PY
 echo "  Q: $PROMPT"
-echo -n "  A: "; $BIN generate --model "$MODEL" --adapter "$OUT/combined" --prompt "$PROMPT" --max-new-tokens 48
+echo -n "  A: "; $BIN generate --model "$MODEL" --quantize dense --adapter "$OUT/combined" --prompt "$PROMPT" --max-new-tokens 48
 echo "== done in $(( $(date +%s) - start )) s (after fetch and build)"

@@ -255,8 +255,11 @@ impl LoadedConfig {
 impl RunConfig {
     pub fn validate(&self) -> Result<()> {
         crate::model::parse_dtype(&self.model.dtype).context("[model] dtype")?;
-        crate::model::LoadOptions::from_config(crate::model::parse_dtype(&self.model.dtype)?, &self.model.quantize)
-            .context("[model] quantize")?;
+        crate::model::LoadOptions::from_config(
+            crate::model::parse_dtype(&self.model.dtype)?,
+            &self.model.quantize,
+        )
+        .context("[model] quantize")?;
         self.lora.lora.validate().context("[lora]")?;
         for (name, stage) in [("sft", &self.sft), ("dpo", &self.dpo)] {
             if let Some(s) = stage {

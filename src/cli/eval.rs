@@ -71,7 +71,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         rpo_alpha: None,
     };
     let device = select_device(&args.device)?;
-    let options = model::LoadOptions::from_config(model::parse_dtype(&args.dtype)?, &args.quantize)?;
+    let options =
+        model::LoadOptions::from_config(model::parse_dtype(&args.dtype)?, &args.quantize)?;
     let model = model::load_model_with(&args.model, &options, &device)?;
     let tokenizer = load_chat_tokenizer(&tokenizer_path(&Source::parse(&args.model)?)?)?;
     let adapter = args

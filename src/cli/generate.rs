@@ -38,6 +38,9 @@ pub struct Args {
     /// Weights dtype: f32, bf16 or f16.
     #[arg(long, default_value = "f32")]
     dtype: String,
+    /// Frozen projections: none, dense (dequantize a GGUF), or a GGML type (q8_0, q4k, ...).
+    #[arg(long, default_value = "none")]
+    quantize: String,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -56,7 +59,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             load_chat_tokenizer(tokenizer_json.parent().unwrap_or(Path::new(".")))?
         }
     };
-    let model = model::load_model(&args.model, dtype, &device)?;
+    let options = model::LoadOptions::from_config(dtype, &args.quantize)?;
+    let model = model::load_model_with(&args.model, &options, &device)?;
     let adapters = args
         .adapter
         .iter()
