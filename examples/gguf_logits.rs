@@ -2,11 +2,13 @@
 //! with a reference written by PyTorch (a safetensors file holding `input_ids` [1, T] and
 //! `logits` [1, T, V]), e.g. transformers' dequantized load of the same GGUF.
 //!
-//!     cargo run --release --example gguf_logits -- models/SmolLM2-135M-Instruct.Q4_1.gguf ref.safetensors
+//!     cargo run --release --example gguf_logits -- models/SmolLM2-135M-Instruct.Q4_1.gguf ref.safetensors [QUANTIZE]
+//!
+//! QUANTIZE is the config's `quantize` value (`none`, `dense`, `q8_0`, ...; default `none`).
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, D};
-use lora_dpo::model::{load_model, Pass};
+use lora_dpo::model::{load_model_with, LoadOptions, Pass};
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -18,7 +20,9 @@ fn main() -> Result<()> {
         .context("usage: gguf_logits MODEL REFERENCE.safetensors")?;
     let device = Device::Cpu;
     let t0 = std::time::Instant::now();
-    let model = load_model(model_spec, DType::F32, &device)?;
+    let quantize = args.get(2).map(String::as_str).unwrap_or("none");
+    let options = LoadOptions::from_config(DType::F32, quantize)?;
+    let model = load_model_with(model_spec, &options, &device)?;
     println!("loaded in {:.2?}", t0.elapsed());
     let kinds: Vec<String> = (0..7)
         .filter_map(|p| model.projection_weight(0, p).map(|w| w.kind()))
@@ -27,9 +31,14 @@ fn main() -> Result<()> {
     let reference = candle_core::safetensors::load(reference, &device)?;
     let ids = reference["input_ids"].to_dtype(DType::U32)?;
     let expected = reference["logits"].to_dtype(DType::F32)?;
+    let logits = model.forward(&ids, None, Pass::eval(&[]))?; // warm-up (repacking)
     let t0 = std::time::Instant::now();
-    let logits = model.forward(&ids, None, Pass::eval(&[]))?;
+    let logits2 = model.forward(&ids, None, Pass::eval(&[]))?;
     println!("forward of {:?} in {:.2?}", ids.dims(), t0.elapsed());
+    assert_eq!(
+        (&logits - &logits2)?.abs()?.max_all()?.to_scalar::<f32>()?,
+        0.0
+    );
     let diff = (&logits - &expected)?.abs()?;
     let max_diff = diff.max_all()?.to_scalar::<f32>()?;
     let mean_diff = diff.mean_all()?.to_scalar::<f32>()?;
