@@ -6,6 +6,8 @@ Output: tests/fixtures/models/tiny-gguf/
   config.json, model.safetensors   the Hugging Face model (untied head, GQA, plain RoPE)
   model-f32.gguf                   every tensor F32
   model-q8_0.gguf                  2-D tensors Q8_0, norms F32 (llama.cpp --outtype q8_0)
+  tiny-llama-f32.gguf              tests/fixtures/models/tiny-llama (tied embeddings, Llama 3.1
+                                   RoPE scaling, written as llama.cpp's `rope_freqs` tensor), F32
   expected.safetensors             input_ids, transformers' logits of the HF model (`logits`) and
                                    of each GGUF as transformers loads it, dequantized
                                    (`logits_f32_gguf`, `logits_q8_0_gguf`)
@@ -15,8 +17,8 @@ loading each GGUF (it dequantizes and un-permutes), reproduces the HF logits.
 
     /work/pyenv/bin/python scripts/make_gguf_fixtures.py
 """
+import math
 import pathlib
-import tempfile
 
 import gguf
 import numpy as np
@@ -24,7 +26,8 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-OUT = pathlib.Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "models" / "tiny-gguf"
+MODELS = pathlib.Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "models"
+OUT = MODELS / "tiny-gguf"
 
 
 def config():
@@ -63,6 +66,30 @@ def gguf_name(hf):
     return f"blk.{layer}.{NAMES[rest.removesuffix('.weight')]}.weight"
 
 
+def rope_factors(cfg):
+    """llama.cpp's LlamaModel.generate_extra_tensors for rope_type llama3."""
+    rope = cfg.rope_parameters
+    base, dim = rope["rope_theta"], cfg.head_dim
+    freqs = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    factor = rope.get("factor", 8.0)
+    low_freq_factor = rope.get("low_freq_factor", 1.0)
+    high_freq_factor = rope.get("high_freq_factor", 4.0)
+    old_context_len = rope.get("original_max_position_embeddings", 8192)
+    low_freq_wavelen = old_context_len / low_freq_factor
+    high_freq_wavelen = old_context_len / high_freq_factor
+    factors = []
+    for freq in freqs:
+        wavelen = 2 * math.pi / freq
+        if wavelen < high_freq_wavelen:
+            factors.append(1)
+        elif wavelen > low_freq_wavelen:
+            factors.append(factor)
+        else:
+            smooth = (old_context_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+            factors.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(factors, dtype=np.float32)
+
+
 def write_gguf(model, cfg, path, qtype):
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_name("tiny-gguf")
@@ -74,7 +101,7 @@ def write_gguf(model, cfg, path, qtype):
     w.add_head_count_kv(cfg.num_key_value_heads)
     w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
     w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-    w.add_rope_dimension_count(cfg.hidden_size // cfg.num_attention_heads)
+    w.add_rope_dimension_count(cfg.head_dim)
     w.add_vocab_size(cfg.vocab_size)
     w.add_file_type(gguf.LlamaFileType.ALL_F32 if qtype == gguf.GGMLQuantizationType.F32
                     else gguf.LlamaFileType.MOSTLY_Q8_0)
@@ -86,7 +113,11 @@ def write_gguf(model, cfg, path, qtype):
     w.add_token_types([gguf.TokenType.NORMAL] * cfg.vocab_size)
     w.add_bos_token_id(cfg.bos_token_id)
     w.add_eos_token_id(cfg.eos_token_id)
+    if cfg.rope_parameters.get("rope_type") == "llama3":
+        w.add_tensor("rope_freqs.weight", rope_factors(cfg))
     for name, t in model.state_dict().items():
+        if name == "lm_head.weight" and cfg.tie_word_embeddings:
+            continue  # tied: llama.cpp writes no output.weight
         data = t.float().numpy()
         if name.endswith("q_proj.weight"):
             data = permute(data, cfg.num_attention_heads, cfg.num_attention_heads)
@@ -132,6 +163,17 @@ def main():
         print(f"{fname}: transformers' GGUF load vs HF logits max |diff| = {diff:.3e}")
         expected[f"logits_{fname.removeprefix('model-').removesuffix('.gguf')}_gguf"] = got.contiguous()
     save_file(expected, OUT / "expected.safetensors", metadata={"format": "pt"})
+    # The tied, llama3-scaled fixture of make_fixtures.py, checked against its own references.
+    src = MODELS / "tiny-llama"
+    llama = LlamaForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+    write_gguf(llama, llama.config, OUT / "tiny-llama-f32.gguf", gguf.GGMLQuantizationType.F32)
+    with torch.no_grad():
+        m = AutoModelForCausalLM.from_pretrained(OUT, gguf_file="tiny-llama-f32.gguf",
+                                                 dtype=torch.float32).eval()
+        fixture_ids = torch.randint(3, 96, (1, 10), generator=g)
+        diff = (m(input_ids=fixture_ids).logits - llama(input_ids=fixture_ids).logits).abs().max()
+    print(f"tiny-llama-f32.gguf: transformers' GGUF load vs HF logits max |diff| = {diff:.3e}"
+          " (transformers' GGUF loader ignores rope_freqs: expect a visible diff)")
     for p in sorted(OUT.iterdir()):
         print(p.name, p.stat().st_size)
 

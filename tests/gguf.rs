@@ -184,3 +184,88 @@ fn gguf_errors_name_the_file() {
     let msg = format!("{err:#}");
     assert!(msg.contains("broken.gguf"), "{msg}");
 }
+
+/// tests/fixtures/models/tiny-llama (tied embeddings, Llama 3.1 RoPE scaling stored as
+/// llama.cpp's `rope_freqs` tensor) as an F32 GGUF, against transformers + PEFT's logits of the
+/// HF folder, with the PEFT adapter trained there applied to the GGUF base.
+#[test]
+fn tied_llama3_gguf_matches_transformers_with_a_peft_adapter() {
+    let model = load_model(&gguf("tiny-llama-f32.gguf"), DType::F32, &Device::Cpu).unwrap();
+    let hf_config =
+        load_config(&Source::parse(&fixture_str("models/tiny-llama")).unwrap()).unwrap();
+    assert!(model.config.tie_word_embeddings);
+    // The rope_freqs divisors are recognised as the Llama 3 scaling they came from, so the whole
+    // config equals config.json's.
+    assert_eq!(model.config, hf_config);
+    let exp = expected("tiny-llama");
+    let ids = exp["input_ids"].to_dtype(DType::U32).unwrap();
+    let mask = exp["attention_mask"].to_dtype(DType::U32).unwrap();
+    let adapter = lora_dpo::adapter::load_adapter(
+        &fixture_str("models/tiny-llama/adapter"),
+        &model.config,
+        &Device::Cpu,
+    )
+    .unwrap();
+    for (adapters, key) in [(vec![], "logits_base"), (vec![&adapter], "logits_adapter")] {
+        let ours = model
+            .forward(&ids, Some(&mask), Pass::eval(&adapters))
+            .unwrap();
+        // Row 1 is padded after 7 tokens.
+        for (row, len) in [(0, 10), (1, 7)] {
+            let a = ours.get(row).unwrap().narrow(0, 0, len).unwrap();
+            let b = exp[key].get(row).unwrap().narrow(0, 0, len).unwrap();
+            let d = max_abs_diff(&a, &b);
+            assert!(d < F32_ATOL, "{key} row {row}: {d}");
+        }
+    }
+}
+
+/// The demo base (scripts/fetch_demo_model.sh): SmolLM2-135M-Instruct, Q4_1 GGUF. Not run by
+/// default (98 MB, not committed): `cargo test --test gguf -- --ignored`.
+#[test]
+#[ignore = "needs models/SmolLM2-135M-Instruct.Q4_1.gguf (scripts/fetch_demo_model.sh)"]
+fn demo_model_smollm2_q4_1() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let model = load_model(path.to_str().unwrap(), DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(model.config.num_hidden_layers, 30);
+    assert!(model.config.tie_word_embeddings);
+    assert_eq!(
+        model.projection_weight(0, 0).unwrap().ggml_dtype(),
+        Some(GgmlDType::Q4_1)
+    );
+    // "The capital of France is" in SmolLM2's tokenizer; the next token is " Paris" (7042),
+    // as transformers (dequantized load of the same file) also predicts.
+    let ids = Tensor::new(&[[504u32, 3575, 282, 4649, 314]], &Device::Cpu).unwrap();
+    let adapter = seeded_adapter(&model);
+    let adapters = [&adapter];
+    let pass = Pass::train(&adapters, 0);
+    let base = model.forward(&ids, None, Pass::eval(&[])).unwrap();
+    let next = base
+        .get(0)
+        .unwrap()
+        .get(4)
+        .unwrap()
+        .argmax(0)
+        .unwrap()
+        .to_scalar::<u32>()
+        .unwrap();
+    assert_eq!(next, 7042);
+    // Every LoRA factor gets a finite, non-zero gradient through the Q4_1 projections.
+    let t0 = std::time::Instant::now();
+    let logits = model.forward(&ids, None, pass).unwrap();
+    let logp = candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1).unwrap();
+    let grads = logp.mean_all().unwrap().backward().unwrap();
+    println!("forward + backward: {:.2?}", t0.elapsed());
+    for (name, var) in adapter.named_vars() {
+        let g = grads.get(var.as_tensor()).unwrap();
+        let n = g
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(n.is_finite() && n > 0.0, "{name}: gradient norm² {n}");
+    }
+}

@@ -320,3 +320,10 @@ fn block_size_mismatch_is_a_clear_error() {
         "{msg}"
     );
 }
+
+#[test]
+fn models_with_quantized_weights_are_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<lora_dpo::model::Model>();
+    check::<lora_dpo::model::FrozenWeight>();
+}

@@ -439,6 +439,10 @@ fn hf_config(c: &ModelConfig, dtype: DType) -> Result<Value> {
     let rope_scaling = match c.rope_scaling {
         RopeScaling::None => Value::Null,
         RopeScaling::Linear { factor } => json!({"rope_type": "linear", "factor": factor}),
+        RopeScaling::Factors(_) => bail!(
+            "the GGUF's per-frequency RoPE factors (`rope_freqs.weight`) match no Llama 3 \
+             rope_scaling that config.json could express"
+        ),
         RopeScaling::Llama3 {
             factor,
             low_freq_factor,

@@ -38,6 +38,9 @@ pub enum RopeScaling {
         high_freq_factor: f64,
         original_max_position_embeddings: usize,
     },
+    /// One divisor per frequency (`head_dim / 2` of them), as GGUF files store Llama 3.1-style
+    /// scaling (tensor `rope_freqs.weight`): inverse frequency `i` is divided by `factors[i]`.
+    Factors(Vec<f64>),
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -224,16 +224,53 @@ impl GgufFile {
         if !config.head_dim.is_multiple_of(2) || config.head_dim == 0 {
             bail!("{p}: head dimension {} must be even", config.head_dim);
         }
+        if let RopeScaling::Factors(f) = &config.rope_scaling {
+            if f.len() != config.head_dim / 2 {
+                bail!(
+                    "{p}: `rope_freqs.weight` has {} factors, expected head_dim / 2 = {}",
+                    f.len(),
+                    config.head_dim / 2
+                );
+            }
+        }
+        if let Some(rot) = self.optional_usize("rope.dimension_count")? {
+            if rot != config.head_dim {
+                bail!(
+                    "{p}: partial rotary embeddings ({}.rope.dimension_count = {rot}, head \
+                     dimension {}) are not supported",
+                    self.arch,
+                    config.head_dim
+                );
+            }
+        }
         Ok(config)
     }
 
     fn rope_scaling(&self) -> Result<RopeScaling> {
         let p = self.path.display();
-        if self.content.tensor_infos.contains_key("rope_freqs.weight") {
-            bail!(
-                "{p}: per-frequency RoPE factors (`rope_freqs.weight`, Llama 3.1 style scaling) \
-                 are not supported for GGUF bases yet; use the Hugging Face checkpoint"
-            );
+        if let Some(info) = self.content.tensor_infos.get("rope_freqs.weight") {
+            // Llama 3.1-style scaling, which llama.cpp's converter writes as one divisor per
+            // frequency.
+            let q = info
+                .read(
+                    &mut std::io::Cursor::new(&self.mmap[..]),
+                    self.content.tensor_data_offset,
+                    &Device::Cpu,
+                )
+                .map_err(|e| anyhow::anyhow!("{e}"))
+                .with_context(|| format!("{p}: reading tensor `rope_freqs.weight`"))?;
+            let factors: Vec<f64> = q
+                .dequantize(&Device::Cpu)?
+                .flatten_all()?
+                .to_vec1::<f32>()?
+                .into_iter()
+                .map(f64::from)
+                .collect();
+            return Ok(llama3_parameters(
+                &factors,
+                self.optional_f64("rope.freq_base")?.unwrap_or(10000.0),
+            )
+            .unwrap_or(RopeScaling::Factors(factors)));
         }
         let kind = match self.content.metadata.get(&self.key("rope.scaling.type")) {
             Some(v) => v.to_string().map_err(|e| anyhow::anyhow!("{e}"))?.clone(),
@@ -308,6 +345,51 @@ impl GgufFile {
             None => Ok(q),
         }
     }
+}
+
+/// The Llama 3 `rope_scaling` that gives these per-frequency divisors (as llama.cpp's converter
+/// computes them from config.json), when one of the usual settings does: `factor` = the largest
+/// divisor, `low_freq_factor` 1, `high_freq_factor` 4, `original_max_position_embeddings` a power
+/// of two. `None` when none fits to 1e-5; the factors are then used as they are.
+pub fn llama3_parameters(factors: &[f64], rope_theta: f64) -> Option<RopeScaling> {
+    let largest = factors.iter().cloned().fold(f64::MIN, f64::max);
+    if factors.is_empty() || largest <= 1.0 {
+        return None;
+    }
+    // Stored as f32: 8.0 stays 8.0, but read back through its shortest spelling anyway.
+    let factor: f64 = format!("{}", largest as f32).parse().ok()?;
+    let (low_freq_factor, high_freq_factor) = (1.0, 4.0);
+    let head_dim = 2 * factors.len();
+    for k in 4..=20 {
+        let old_len = (1usize << k) as f64;
+        let low_wavelen = old_len / low_freq_factor;
+        let high_wavelen = old_len / high_freq_factor;
+        let fits = factors.iter().enumerate().all(|(i, &f)| {
+            // The frequencies as transformers and rotary.rs compute them (in f32).
+            let exponent = ((2 * i) as f32 / head_dim as f32) as f64;
+            let freq = (1.0 / (rope_theta as f32).powf(exponent as f32)) as f64;
+            let wavelen = 2.0 * std::f64::consts::PI / freq;
+            let want = if wavelen < high_wavelen {
+                1.0
+            } else if wavelen > low_wavelen {
+                factor
+            } else {
+                let smooth =
+                    (old_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                1.0 / ((1.0 - smooth) / factor + smooth)
+            };
+            (f - want).abs() <= 1e-5 * want
+        });
+        if fits {
+            return Some(RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings: 1 << k,
+            });
+        }
+    }
+    None
 }
 
 /// llama.cpp's spelling of a GGML type.
@@ -426,5 +508,104 @@ impl WeightSource for GgufFile {
                 dense.to_dtype(options.dtype)?.to_device(device)?,
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// llama.cpp's `permute(w, n_head)`: `w.reshape(n_head, 2, d/2, in).swapaxes(1, 2)`.
+    fn permute(w: &Tensor, n_head: usize) -> Tensor {
+        let (rows, cols) = w.dims2().unwrap();
+        w.reshape((n_head, 2, rows / n_head / 2, cols))
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .contiguous()
+            .unwrap()
+            .reshape((rows, cols))
+            .unwrap()
+    }
+
+    #[test]
+    fn unpermute_undoes_llama_cpp_permute_for_dense_and_quantized_rows() {
+        let (heads, d, cols) = (3, 8, 64);
+        let w = Tensor::arange(0f32, (heads * d * cols) as f32, &Device::Cpu)
+            .unwrap()
+            .reshape((heads * d, cols))
+            .unwrap();
+        let w = (w * 0.01).unwrap().sin().unwrap();
+        let gguf = permute(&w, heads);
+        // Dense rows: exact.
+        let q = QTensor::quantize(&gguf, GgmlDType::F32).unwrap();
+        let back = unpermute_rows(&q, heads).unwrap();
+        let back = back.dequantize(&Device::Cpu).unwrap();
+        let diff = (back - &w).unwrap().abs().unwrap().max_all().unwrap();
+        assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
+        // Quantized rows: the blocks move with their rows, bit for bit.
+        for t in [GgmlDType::Q8_0, GgmlDType::Q4_1] {
+            let q = QTensor::quantize(&gguf, t).unwrap();
+            let back = unpermute_rows(&q, heads).unwrap();
+            assert_eq!(back.dtype(), t);
+            let direct = QTensor::quantize(&w, t).unwrap();
+            assert_eq!(back.data().unwrap(), direct.data().unwrap(), "{t:?}");
+        }
+    }
+
+    #[test]
+    fn rope_freqs_divisors_are_recognised_or_applied_as_they_are() {
+        let mut cfg = ModelConfig::from_json(
+            r#"{"architectures":["LlamaForCausalLM"],"vocab_size":8,"hidden_size":64,
+            "intermediate_size":8,"num_hidden_layers":1,"num_attention_heads":2,
+            "rope_theta":500000.0,"rope_scaling":{"rope_type":"llama3","factor":8.0,
+            "low_freq_factor":1.0,"high_freq_factor":4.0,"original_max_position_embeddings":8192}}"#,
+        )
+        .unwrap();
+        let llama3 = crate::model::rotary::inverse_frequencies(&cfg);
+        cfg.rope_scaling = RopeScaling::None;
+        let plain = crate::model::rotary::inverse_frequencies(&cfg);
+        // llama.cpp's divisors, rounded to f32 as the GGUF stores them.
+        let divisors: Vec<f64> = plain
+            .iter()
+            .zip(&llama3)
+            .map(|(p, l)| (p / l) as f32 as f64)
+            .collect();
+        assert!(divisors.iter().any(|d| *d > 1.0) && divisors.contains(&1.0));
+        let recognised = llama3_parameters(&divisors, 500000.0).unwrap();
+        assert_eq!(
+            recognised,
+            RopeScaling::Llama3 {
+                factor: 8.0,
+                low_freq_factor: 1.0,
+                high_freq_factor: 4.0,
+                original_max_position_embeddings: 8192
+            }
+        );
+        // Divisors that fit no Llama 3 setting are applied as they are.
+        let odd: Vec<f64> = (0..divisors.len()).map(|i| 1.0 + i as f64 * 0.37).collect();
+        assert_eq!(llama3_parameters(&odd, 500000.0), None);
+        cfg.rope_scaling = RopeScaling::Factors(divisors.clone());
+        let applied = crate::model::rotary::inverse_frequencies(&cfg);
+        for ((a, l), d) in applied.iter().zip(&llama3).zip(&divisors) {
+            assert!((a - l).abs() <= 1e-6 * l, "{a} vs {l} (divisor {d})");
+        }
+    }
+
+    #[test]
+    fn hf_names_map_to_gguf_names() {
+        assert_eq!(
+            gguf_name("model.layers.12.self_attn.o_proj.weight").as_deref(),
+            Some("blk.12.attn_output.weight")
+        );
+        assert_eq!(
+            gguf_name("model.layers.0.post_attention_layernorm.weight").as_deref(),
+            Some("blk.0.ffn_norm.weight")
+        );
+        assert_eq!(
+            gguf_name("lm_head.weight").as_deref(),
+            Some("output.weight")
+        );
+        assert_eq!(gguf_name("model.layers.0.mlp.experts.weight"), None);
     }
 }

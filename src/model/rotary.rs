@@ -49,6 +49,7 @@ pub fn inverse_frequencies(cfg: &ModelConfig) -> Vec<f64> {
     match cfg.rope_scaling {
         RopeScaling::None => base,
         RopeScaling::Linear { factor } => base.iter().map(|f| f / factor).collect(),
+        RopeScaling::Factors(ref factors) => base.iter().zip(factors).map(|(f, d)| f / d).collect(),
         RopeScaling::Llama3 {
             factor,
             low_freq_factor,

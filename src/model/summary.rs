@@ -30,6 +30,13 @@ pub fn describe(cfg: &ModelConfig, stored_dtype: &str, lora: &LoraConfig) -> Str
         RopeScaling::Llama3 { factor, .. } => {
             format!("theta {}, llama3 scaling x{factor}", cfg.rope_theta)
         }
+        RopeScaling::Factors(f) => {
+            let max = f.iter().cloned().fold(1.0, f64::max);
+            format!(
+                "theta {}, per-frequency factors up to x{max}",
+                cfg.rope_theta
+            )
+        }
     };
     let window = cfg
         .sliding_window
