@@ -38,12 +38,16 @@ pub fn evaluate(req: &EvalRequest, raw: RawDataset) -> Result<Value> {
         return Ok(json!({ "loss": loss, "tokens": tokens, "rows": data.examples.len() }));
     }
     let data = prepare_dpo(raw, req.tokenizer, req.data_config)?;
-    let reference = reference_sums(req.model, &[], &data, req.batch_size)?;
+    // Without an adapter the policy is the reference: one pass gives both.
+    let reference = match policy.is_empty() {
+        true => None,
+        false => Some(reference_sums(req.model, &[], &data, req.batch_size)?),
+    };
     let (metrics, policy_sums) = evaluate_pairs(
         req.model,
         &policy,
         &data,
-        &reference,
+        reference.as_ref(),
         &req.loss,
         req.batch_size,
         "eval_",
@@ -54,7 +58,8 @@ pub fn evaluate(req: &EvalRequest, raw: RawDataset) -> Result<Value> {
     }
     out.insert("rows".into(), json!(data.examples.len()));
     if req.per_row {
-        out.insert("per_row".into(), per_row(&policy_sums, &reference));
+        let reference = reference.as_ref().unwrap_or(&policy_sums);
+        out.insert("per_row".into(), per_row(&policy_sums, reference));
     }
     Ok(Value::Object(out))
 }

@@ -267,7 +267,7 @@ impl Objective for DpoObjective {
             model,
             &adapters.policy(),
             eval,
-            reference,
+            Some(reference),
             &self.loss,
             self.eval_batch_size,
             "eval_",
@@ -276,12 +276,13 @@ impl Objective for DpoObjective {
     }
 }
 
-/// TRL's metrics of the policy `adapters` on `data` against precomputed reference sums.
+/// TRL's metrics of the policy `adapters` on `data` against precomputed reference sums (or
+/// against itself), and the policy's own sums.
 pub fn evaluate_pairs(
     model: &Model,
     adapters: &[&Adapter],
     data: &DpoDataset,
-    reference: &PairSums,
+    reference: Option<&PairSums>,
     loss: &DpoLoss,
     batch_size: usize,
     prefix: &str,
@@ -292,12 +293,15 @@ pub fn evaluate_pairs(
     let rows: Vec<usize> = (0..data.examples.len()).collect();
     for chunk in rows.chunks(batch_size.max(1)) {
         let fwd = PairForward::run(model, data, chunk, Pass::eval(adapters))?;
-        sums.extend(fwd.host_sums()?);
+        let own = fwd.host_sums()?;
+        // No reference given: the policy is its own reference (a model without adapters).
+        let reference = match reference {
+            Some(r) => r.select(chunk),
+            None => own.clone(),
+        };
+        sums.extend(own);
         let policy = fwd.pair_logps(average)?;
-        let terms = loss.terms(
-            &policy,
-            &reference.select(chunk).logps(average, model.device())?,
-        )?;
+        let terms = loss.terms(&policy, &reference.logps(average, model.device())?)?;
         add_pair_metrics(&mut metrics, &terms, &policy, prefix)?;
         let ((cs, cn), (rs, rn)) = fwd.logit_means()?;
         metrics.add(&format!("{prefix}logits/chosen"), cs, cn);
