@@ -5,7 +5,7 @@
 //! without widening their visibility.
 
 use anyhow::{bail, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 
 use super::{DecoderLayer, Model, Pass};
 use crate::ops;
@@ -139,20 +139,7 @@ impl Model {
             Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
             None => (k, v),
         };
-        let keys = k.dim(2)?;
-        // Grouped-query attention as in the training forward: the n_rep query heads sharing a
-        // kv head are stacked along the sequence axis.
-        let n_rep = h / kvh;
-        let qg = q.reshape((b, kvh, n_rep * t, d))?;
-        let scores = qg.matmul(&k.t()?)?.reshape((b, h, t, keys))?;
-        let scores =
-            ((scores.to_dtype(DType::F32)? * (1.0 / (d as f64).sqrt()))?.broadcast_add(mask))?;
-        let probs = ops::softmax_last_dim(&scores)?.to_dtype(self.dtype)?;
-        let out = probs.reshape((b, kvh, n_rep * t, keys))?.matmul(&v)?;
-        let out = out
-            .reshape((b, h, t, d))?
-            .transpose(1, 2)?
-            .reshape((b, t, h * d))?;
+        let out = super::grouped_attention(&q, &k, &v, mask, self.dtype)?;
         *slot = Some((k, v));
         layer.proj[3].forward(&out, pass)
     }

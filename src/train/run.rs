@@ -146,6 +146,23 @@ pub struct StageResult {
     pub finish: Finish,
 }
 
+/// Runs the loop and saves the trained adapter to `<run dir>/adapter`.
+fn train_and_save(
+    session: &Session,
+    stack: &AdapterStack,
+    objective: &mut dyn trainer::Objective,
+    topts: &TrainOptions,
+    group_by_length: bool,
+) -> Result<StageResult> {
+    let finish = trainer::train(&session.model, stack, objective, topts, group_by_length)?;
+    let adapter_dir = topts.run_dir.join("adapter");
+    save_adapter(stack.trainable, &topts.base_model, &adapter_dir)?;
+    Ok(StageResult {
+        adapter_dir,
+        finish,
+    })
+}
+
 /// SFT of a fresh (or `init_adapter`) adapter on the bare base.
 pub fn run_sft(
     session: &Session,
@@ -176,22 +193,14 @@ pub fn run_sft(
         frozen: vec![],
         trainable: &adapter,
     };
-    let finish = trainer::train(
-        &session.model,
+    let result = train_and_save(
+        session,
         &stack,
         &mut objective,
         &topts,
         data_cfg.group_by_length,
     )?;
-    let adapter_dir = topts.run_dir.join("adapter");
-    save_adapter(&adapter, &topts.base_model, &adapter_dir)?;
-    Ok((
-        adapter,
-        StageResult {
-            adapter_dir,
-            finish,
-        },
-    ))
+    Ok((adapter, result))
 }
 
 /// DPO of a new adapter on top of `frozen` (the SFT adapter in `train`, `ref_adapter` alone).
@@ -256,22 +265,14 @@ pub fn run_dpo(
         eval_reference: None,
     };
     let topts = train_options(cfg, Stage::Dpo, opts)?;
-    let finish = trainer::train(
-        &session.model,
+    let result = train_and_save(
+        session,
         &stack,
         &mut objective,
         &topts,
         data_cfg.group_by_length,
     )?;
-    let adapter_dir = topts.run_dir.join("adapter");
-    save_adapter(&adapter, &topts.base_model, &adapter_dir)?;
-    Ok((
-        adapter,
-        StageResult {
-            adapter_dir,
-            finish,
-        },
-    ))
+    Ok((adapter, result))
 }
 
 fn cached_reference(
