@@ -50,7 +50,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .map(|p| LoadedConfig::load(p, &[]))
         .transpose()?;
     let raw = read_dataset(&args.data, None)?;
-    let probe = DataConfig::default();
+    // Column names may be renamed under [dpo.columns]: probe with the config's.
+    let probe = match &cfg {
+        Some(c) => c.data_config(Stage::Dpo)?,
+        None => DataConfig::default(),
+    };
     let stage = if is_preference_data(&raw, &probe) {
         Stage::Dpo
     } else {
