@@ -28,3 +28,26 @@ fn zephyr_recipe_has_the_handbook_settings() {
         (Some(1024), Some(512))
     );
 }
+
+#[test]
+fn inspect_with_a_config_prints_a_memory_estimate_per_stage() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lora-dpo"))
+        .args(["inspect", "--config"])
+        .arg(root.join("configs/zephyr-7b-beta-qlora.toml"))
+        .arg("--model")
+        .arg(root.join("tests/fixtures/models/tiny-mistral"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("[sft] 4 x 2048 tokens") && text.contains("[dpo] 4 x 1024 tokens"),
+        "{text}"
+    );
+    assert!(text.contains("with gradient checkpointing"), "{text}");
+}
