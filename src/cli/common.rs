@@ -41,6 +41,7 @@ impl RunArgs {
             resume: self.resume,
             show_progress: !self.no_progress,
             interrupted,
+            timings: None,
         };
         Ok((cfg, opts))
     }

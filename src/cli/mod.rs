@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod common;
 mod data;
 mod dpo;
@@ -37,6 +38,8 @@ pub enum Command {
     Train(common::RunArgs),
     /// Metrics of a model (+ adapter) on preference or SFT data, as JSON.
     Eval(eval::Args),
+    /// Time N training steps: median s/step, tokens/s, peak memory, breakdown.
+    Bench(bench::Args),
     /// Fold LoRA adapters into the base and write a Hugging Face folder (or convert a base).
     Merge(merge::Args),
     /// Generate a completion (chat template applied unless --raw), streaming tokens.
@@ -51,6 +54,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dpo(args) => dpo::run(args),
         Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Bench(args) => bench::run(args),
         Command::Merge(args) => merge::run(args),
         Command::Generate(args) => generate::run(args),
     }

@@ -1,6 +1,7 @@
 //! Training: log-probabilities, losses, optimizer, schedules and the loop.
 
 pub mod batch;
+pub mod bench;
 pub mod checkpoint;
 pub mod dpo;
 pub mod evaluate;

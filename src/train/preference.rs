@@ -215,6 +215,7 @@ impl Objective for DpoObjective {
         metrics: &mut MetricSums,
     ) -> Result<Tensor> {
         let average = self.loss.loss_type.averages_logps();
+        let t0 = std::time::Instant::now();
         let reference = match &self.train_reference {
             Some(r) => r.select(rows).logps(average, model.device())?,
             None => {
@@ -223,6 +224,7 @@ impl Objective for DpoObjective {
                 r.host_sums()?.logps(average, model.device())?
             }
         };
+        metrics.add("time/reference", t0.elapsed().as_secs_f64(), 1.0);
         let policy_adapters = adapters.policy();
         let fwd = PairForward::run(
             model,

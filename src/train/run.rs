@@ -24,6 +24,8 @@ pub struct RunOptions {
     pub resume: bool,
     pub show_progress: bool,
     pub interrupted: Arc<AtomicBool>,
+    /// Collects per-step timings (the `bench` command).
+    pub timings: Option<Arc<std::sync::Mutex<Vec<trainer::StepTiming>>>>,
 }
 
 /// The base model loaded once, with its tokenizer.
@@ -137,6 +139,7 @@ fn train_options(cfg: &LoadedConfig, stage: Stage, opts: &RunOptions) -> Result<
         base_model: cfg.run.model.name_or_path.clone(),
         show_progress: opts.show_progress,
         interrupted: opts.interrupted.clone(),
+        timings: opts.timings.clone(),
     })
 }
 

@@ -105,6 +105,26 @@ pub struct TrainOptions {
     pub show_progress: bool,
     /// Set by Ctrl-C: the loop saves a checkpoint and stops.
     pub interrupted: Arc<AtomicBool>,
+    /// When set, every step's timings are pushed here (the `bench` command).
+    pub timings: Option<Arc<std::sync::Mutex<Vec<StepTiming>>>>,
+}
+
+/// Where one optimizer step's wall time went, in seconds.
+#[derive(Debug, Clone, Default)]
+pub struct StepTiming {
+    pub total: f64,
+    /// Batching and upload (the objectives' `time/data`).
+    pub data: f64,
+    /// Reference log-probs (DPO; `time/reference`).
+    pub reference: f64,
+    /// Policy forward and loss.
+    pub forward: f64,
+    /// Backward and gradient accumulation.
+    pub backward: f64,
+    /// Clipping and the AdamW update.
+    pub optimizer: f64,
+    /// Tokens run through the policy.
+    pub tokens: f64,
 }
 
 /// How a run ended.
@@ -218,11 +238,15 @@ pub fn train(
         let mut grads: Option<Vec<Tensor>> = None;
         let mut step_metrics = MetricSums::default();
         let mut step_loss = 0.0;
+        let step_start = Instant::now();
+        let (mut t_loss, mut t_backward) = (0.0, 0.0);
         for (j, rows) in micro_batches.iter().enumerate() {
             let seed = opts.seed ^ ((step as u64) << 20) ^ j as u64;
+            let t0 = Instant::now();
             let loss =
                 objective.loss(model, adapters, rows, normaliser, seed, &mut step_metrics)?;
             let value = loss.to_scalar::<f32>()?;
+            t_loss += t0.elapsed().as_secs_f64();
             if !value.is_finite() {
                 bail!(
                     "the {} loss is {value} at step {} (micro-batch {j}); stopping. \
@@ -233,6 +257,7 @@ pub fn train(
                 );
             }
             step_loss += value as f64;
+            let t0 = Instant::now();
             let store = loss.backward()?;
             let micro: Vec<Tensor> = vars
                 .iter()
@@ -251,7 +276,9 @@ pub fn train(
                     .map(|(a, b)| a + b)
                     .collect::<candle_core::Result<_>>()?,
             });
+            t_backward += t0.elapsed().as_secs_f64();
         }
+        let t_optimizer = Instant::now();
         let mut grads = grads.context("no micro-batches")?;
         let grad_norm = clip_grad_norm(&mut grads, s.max_grad_norm)?;
         if !grad_norm.is_finite() {
@@ -262,11 +289,24 @@ pub fn train(
         }
         let lr = s.learning_rate * lr_factor(schedule, step, warmup, total_steps);
         opt.step(&grads, lr)?;
+        if let Some(sink) = &opts.timings {
+            let sum = |k: &str| step_metrics.mean(k).unwrap_or(0.0) * ga as f64;
+            let (data, reference) = (sum("time/data"), sum("time/reference"));
+            sink.lock().expect("timings lock").push(StepTiming {
+                total: step_start.elapsed().as_secs_f64(),
+                data,
+                reference,
+                forward: t_loss - data - reference,
+                backward: t_backward,
+                optimizer: t_optimizer.elapsed().as_secs_f64(),
+                tokens: sum("tokens"),
+            });
+        }
 
         let done = step + 1;
         window_tokens += step_metrics.mean("tokens").unwrap_or(0.0) * ga as f64;
         for (k, v) in step_metrics.means() {
-            if k != "tokens" {
+            if k != "tokens" && !k.starts_with("time/") {
                 window.add(&k, v, 1.0);
             }
         }

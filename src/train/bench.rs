@@ -1,0 +1,89 @@
+//! `bench`: N training steps of a configured job, timed. Medians, not means: the first steps
+//! (warm-up) and outliers do not move them.
+
+use anyhow::{bail, Result};
+use serde_json::{json, Value};
+use std::sync::{Arc, Mutex};
+
+use super::metrics::peak_rss_mib;
+use super::run::{run_dpo, run_sft, RunOptions, Session};
+use super::trainer::StepTiming;
+use crate::config::LoadedConfig;
+use crate::data::Stage;
+
+pub struct BenchRequest {
+    pub stage: Stage,
+    pub steps: usize,
+    pub warmup: usize,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Runs `warmup + steps` steps (no eval, no checkpoints, outputs in a temporary folder) and
+/// summarises the last `steps`.
+pub fn bench(cfg: &LoadedConfig, req: &BenchRequest) -> Result<Value> {
+    if req.steps == 0 {
+        bail!("--steps must be at least 1");
+    }
+    let mut cfg = cfg.clone();
+    let tmp = std::env::temp_dir().join(format!("lora-dpo-bench-{}", std::process::id()));
+    cfg.run.output.dir = tmp.display().to_string();
+    let section = match req.stage {
+        Stage::Sft => cfg.run.sft.as_mut(),
+        Stage::Dpo => cfg.run.dpo.as_mut(),
+    };
+    let Some(s) = section else {
+        bail!("the config has no [{}] section", req.stage);
+    };
+    s.max_steps = (req.warmup + req.steps) as i64;
+    s.save_steps = 0;
+    s.eval_file = None;
+    s.logging_steps = usize::MAX;
+    let session = Session::open(&cfg)?;
+    let timings = Arc::new(Mutex::new(Vec::<StepTiming>::new()));
+    let opts = RunOptions {
+        resume: false,
+        show_progress: false,
+        interrupted: Arc::new(Default::default()),
+        timings: Some(timings.clone()),
+    };
+    let result = match req.stage {
+        Stage::Sft => run_sft(&session, &cfg, &opts).map(|_| ()),
+        Stage::Dpo => run_dpo(&session, &cfg, &opts, None).map(|_| ()),
+    };
+    let _ = std::fs::remove_dir_all(&tmp);
+    result?;
+    let all = timings.lock().expect("timings lock").clone();
+    let kept: Vec<StepTiming> = all.into_iter().skip(req.warmup).collect();
+    let col = |f: fn(&StepTiming) -> f64| median(kept.iter().map(f).collect());
+    let sec = col(|t| t.total);
+    let tokens_per_sec = median(kept.iter().map(|t| t.tokens / t.total).collect());
+    Ok(json!({
+        "stage": req.stage.as_str(),
+        "steps": kept.len(),
+        "warmup": req.warmup,
+        "device": format!("{:?}", session.model.device()),
+        "sec_per_step_median": sec,
+        "tokens_per_sec": tokens_per_sec,
+        "tokens_per_step_median": col(|t| t.tokens),
+        "peak_rss_mib": peak_rss_mib(),
+        "breakdown_sec_median": {
+            "data": col(|t| t.data),
+            "reference": col(|t| t.reference),
+            "forward": col(|t| t.forward),
+            "backward": col(|t| t.backward),
+            "optimizer": col(|t| t.optimizer),
+        },
+    }))
+}
