@@ -108,12 +108,23 @@ fn stage_config(cfg: &LoadedConfig, stage: Stage) -> Result<&StageConfig> {
     s.with_context(|| format!("the config has no [{stage}] section"))
 }
 
-fn data_path(value: &Option<String>, stage: Stage, key: &str) -> Result<Option<PathBuf>> {
-    match value {
-        Some(p) => Ok(Some(PathBuf::from(p))),
-        None if key == "train_file" => bail!("[{stage}] train_file is not set"),
-        None => Ok(None),
-    }
+/// The stage's training set (required) and held-out set (optional).
+fn load_splits<T>(
+    stage: &StageConfig,
+    name: Stage,
+    load: impl Fn(&Path) -> Result<T>,
+) -> Result<(T, Option<T>)> {
+    let train_file = stage
+        .train_file
+        .as_ref()
+        .with_context(|| format!("[{name}] train_file is not set"))?;
+    let train = load(Path::new(train_file))?;
+    let eval = stage
+        .eval_file
+        .as_deref()
+        .map(|p| load(Path::new(p)))
+        .transpose()?;
+    Ok((train, eval))
 }
 
 fn new_adapter(session: &Session, cfg: &LoadedConfig, seed: u64) -> Result<Adapter> {
@@ -174,17 +185,9 @@ pub fn run_sft(
 ) -> Result<(Adapter, StageResult)> {
     let stage = stage_config(cfg, Stage::Sft)?;
     let data_cfg = cfg.data_config(Stage::Sft)?;
-    let train_path = data_path(&stage.train_file, Stage::Sft, "train_file")?.expect("checked");
-    let train = crate::data::load_sft(&train_path, None, &session.tokenizer, &data_cfg)?;
-    let eval = match data_path(&stage.eval_file, Stage::Sft, "eval_file")? {
-        Some(p) => Some(crate::data::load_sft(
-            &p,
-            None,
-            &session.tokenizer,
-            &data_cfg,
-        )?),
-        None => None,
-    };
+    let (train, eval) = load_splits(stage, Stage::Sft, |p| {
+        crate::data::load_sft(p, None, &session.tokenizer, &data_cfg)
+    })?;
     let adapter = new_adapter(session, cfg, cfg.run.output.seed)?;
     let mut objective = SftObjective {
         train,
@@ -215,17 +218,9 @@ pub fn run_dpo(
 ) -> Result<(Adapter, StageResult)> {
     let stage = stage_config(cfg, Stage::Dpo)?;
     let data_cfg = cfg.data_config(Stage::Dpo)?;
-    let train_path = data_path(&stage.train_file, Stage::Dpo, "train_file")?.expect("checked");
-    let train = crate::data::load_dpo(&train_path, None, &session.tokenizer, &data_cfg)?;
-    let eval = match data_path(&stage.eval_file, Stage::Dpo, "eval_file")? {
-        Some(p) => Some(crate::data::load_dpo(
-            &p,
-            None,
-            &session.tokenizer,
-            &data_cfg,
-        )?),
-        None => None,
-    };
+    let (train, eval) = load_splits(stage, Stage::Dpo, |p| {
+        crate::data::load_dpo(p, None, &session.tokenizer, &data_cfg)
+    })?;
     let loss = DpoLoss {
         beta: stage.beta,
         loss_type: LossType::parse(&stage.loss_type)?,
