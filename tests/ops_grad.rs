@@ -160,3 +160,42 @@ fn next_token_logprobs_equals_log_softmax() {
         assert!((ours[t] - want).abs() < 1e-6);
     }
 }
+
+#[test]
+fn head_logprobs_backward_in_chunks() {
+    // 2 rows × 3 target positions = 6 positions in chunks of 4: one full chunk, one partial.
+    let ids = Tensor::new(&[[1u32, 6, 0, 2], [3, 3, 1, 5]], &Device::Cpu).unwrap();
+    let head = randn(&[7, 5], 16);
+    check("head_logprobs", randn(&[2, 4, 5], 17), |x| {
+        ops::head_logprobs(x, &head, &ids, 4).unwrap().token_logps
+    });
+}
+
+#[test]
+fn head_logprobs_equal_the_unchunked_log_softmax() {
+    let ids = Tensor::new(&[[1u32, 6, 0, 2], [3, 3, 1, 5]], &Device::Cpu).unwrap();
+    let head = randn(&[7, 5], 18).to_dtype(DType::F32).unwrap();
+    let x = randn(&[2, 4, 5], 19).to_dtype(DType::F32).unwrap();
+    let logits = ops::matmul_t(&x, &head).unwrap();
+    let want = lora_dpo::train::logprobs::next_token_logprobs(&logits, &ids).unwrap();
+    let want_means = logits
+        .narrow(1, 0, 3)
+        .unwrap()
+        .mean(candle_core::D::Minus1)
+        .unwrap();
+    for chunk in [1, 4, 100] {
+        let got = ops::head_logprobs(&x, &head, &ids, chunk).unwrap();
+        let diff = |a: &Tensor, b: &Tensor| -> f32 {
+            (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap()
+        };
+        assert!(diff(&got.token_logps, &want) < 1e-5, "chunk {chunk}");
+        assert!(diff(&got.mean_logits, &want_means) < 1e-5, "chunk {chunk}");
+    }
+}

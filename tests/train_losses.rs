@@ -16,7 +16,7 @@ use lora_dpo::train::dpo::{DpoLoss, LossType};
 use lora_dpo::train::evaluate::{evaluate, EvalRequest};
 use lora_dpo::train::preference::DpoObjective;
 use lora_dpo::train::sft::SftObjective;
-use lora_dpo::train::trainer::{AdapterStack, MetricSums, Objective};
+use lora_dpo::train::trainer::{AdapterStack, Gradients, MetricSums, Objective};
 use std::collections::HashMap;
 
 fn setup() -> (
@@ -64,18 +64,17 @@ fn check_batch(batch: &lora_dpo::data::Batch, ids: &Tensor, loss_mask: &Tensor) 
     }
 }
 
-fn check_grads(
-    prefix: &str,
-    adapter: &Adapter,
-    grads: &candle_core::backprop::GradStore,
-    exp: &HashMap<String, Tensor>,
-) {
+fn check_grads(prefix: &str, adapter: &Adapter, grads: &Gradients, exp: &HashMap<String, Tensor>) {
     for (module, var) in adapter.named_vars() {
         let key = format!("{prefix}.grad.base_model.model.{module}.weight");
-        let r = rel_l2(grads.get(var.as_tensor()).unwrap(), &exp[&key]);
+        let r = rel_l2(grads.get(&var).unwrap(), &exp[&key]);
         assert!(r < 1e-3, "{key}: relative error {r}");
     }
 }
+
+/// Both ways of running the backward: keeping every layer's activations, and recomputing
+/// each layer (gradient checkpointing). They must give the same gradients.
+const CHECKPOINTING: [bool; 2] = [false, true];
 
 #[test]
 fn dpo_losses_metrics_and_gradients_match_trl_definitions() {
@@ -105,38 +104,45 @@ fn dpo_losses_metrics_and_gradients_match_trl_definitions() {
             label_smoothing: c["label_smoothing"].as_f64().unwrap(),
             rpo_alpha: c.get("rpo_alpha").and_then(|v| v.as_f64()),
         };
-        let mut objective = DpoObjective {
-            train: data.clone(),
-            eval: None,
-            loss,
-            eval_batch_size: 8,
-            train_reference: None,
-            eval_reference: None,
-        };
-        let stack = AdapterStack {
-            frozen: vec![],
-            trainable: &adapter,
-        };
-        let mut metrics = MetricSums::default();
-        let value = objective
-            .loss(&model, &stack, &all, 1.0, 0, &mut metrics)
-            .unwrap();
-        let expected = case["metrics"].as_object().unwrap();
-        close(
-            &format!("{name} loss"),
-            value.to_scalar::<f32>().unwrap() as f64,
-            expected["loss"].as_f64().unwrap(),
-        );
-        for (k, v) in expected {
-            if k == "loss" {
-                continue;
+        for gradient_checkpointing in CHECKPOINTING {
+            let name = &format!("{name} (checkpointing {gradient_checkpointing})");
+            let mut objective = DpoObjective {
+                train: data.clone(),
+                eval: None,
+                loss,
+                eval_batch_size: 8,
+                train_reference: None,
+                eval_reference: None,
+                gradient_checkpointing,
+            };
+            let stack = AdapterStack {
+                frozen: vec![],
+                trainable: &adapter,
+            };
+            let mut metrics = MetricSums::default();
+            let micro = objective
+                .loss(&model, &stack, &all, 1.0, 0, &mut metrics)
+                .unwrap();
+            let expected = case["metrics"].as_object().unwrap();
+            close(
+                &format!("{name} loss"),
+                micro.loss.to_scalar::<f32>().unwrap() as f64,
+                expected["loss"].as_f64().unwrap(),
+            );
+            for (k, v) in expected {
+                if k == "loss" {
+                    continue;
+                }
+                let ours = metrics
+                    .mean(k)
+                    .unwrap_or_else(|| panic!("{name}: metric {k} missing"));
+                close(&format!("{name} {k}"), ours, v.as_f64().unwrap());
             }
-            let ours = metrics
-                .mean(k)
-                .unwrap_or_else(|| panic!("{name}: metric {k} missing"));
-            close(&format!("{name} {k}"), ours, v.as_f64().unwrap());
+            let mut grads = Gradients::new(adapter.vars());
+            micro.backward(&mut grads).unwrap();
+            let prefix = name.split(' ').next().unwrap();
+            check_grads(prefix, &adapter, &grads, &exp);
         }
-        check_grads(name, &adapter, &value.backward().unwrap(), &exp);
     }
 }
 
@@ -156,33 +162,38 @@ fn sft_loss_and_gradients_match() {
         &exp["sft.input_ids"],
         &exp["sft.loss_mask"],
     );
-    let mut objective = SftObjective {
-        train: data,
-        eval: None,
-        eval_batch_size: 8,
-    };
-    // Two micro-batches of one step: each is divided by the step's token count, so their sum
-    // is the mean over the whole accumulated batch.
-    let micro = vec![vec![0, 1], vec![2]];
-    let norm = objective.normaliser(&micro);
-    let stack = AdapterStack {
-        frozen: vec![],
-        trainable: &adapter,
-    };
-    let mut metrics = MetricSums::default();
-    let l1 = objective
-        .loss(&model, &stack, &micro[0], norm, 0, &mut metrics)
-        .unwrap();
-    let l2 = objective
-        .loss(&model, &stack, &micro[1], norm, 0, &mut metrics)
-        .unwrap();
-    let total = (l1 + l2).unwrap();
-    close(
-        "sft loss",
-        total.to_scalar::<f32>().unwrap() as f64,
-        exp["sft.loss"].to_vec1::<f32>().unwrap()[0] as f64,
-    );
-    check_grads("sft", &adapter, &total.backward().unwrap(), &exp);
+    for gradient_checkpointing in CHECKPOINTING {
+        let mut objective = SftObjective {
+            train: data.clone(),
+            eval: None,
+            eval_batch_size: 8,
+            gradient_checkpointing,
+        };
+        // Two micro-batches of one step: each is divided by the step's token count, so their
+        // sum is the mean over the whole accumulated batch.
+        let micro = vec![vec![0, 1], vec![2]];
+        let norm = objective.normaliser(&micro);
+        let stack = AdapterStack {
+            frozen: vec![],
+            trainable: &adapter,
+        };
+        let mut metrics = MetricSums::default();
+        let mut grads = Gradients::new(adapter.vars());
+        let mut total = 0.0;
+        for rows in &micro {
+            let m = objective
+                .loss(&model, &stack, rows, norm, 0, &mut metrics)
+                .unwrap();
+            total += m.loss.to_scalar::<f32>().unwrap() as f64;
+            m.backward(&mut grads).unwrap();
+        }
+        close(
+            "sft loss",
+            total,
+            exp["sft.loss"].to_vec1::<f32>().unwrap()[0] as f64,
+        );
+        check_grads("sft", &adapter, &grads, &exp);
+    }
 }
 
 #[test]

@@ -55,5 +55,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .collect();
         println!("  median seconds: {}", parts.join(", "));
     }
+    let f = |k: &str| out[k].as_f64().unwrap_or(f64::NAN);
+    println!(
+        "  matmul rate: forward {:.1} GFLOP/s ({:.0}%), backward {:.1} GFLOP/s ({:.0}%) of a plain \
+         f32 matmul's {:.1} GFLOP/s on this machine",
+        f("forward_gflops"),
+        100.0 * f("forward_matmul_efficiency"),
+        f("backward_gflops"),
+        100.0 * f("backward_matmul_efficiency"),
+        f("matmul_gflops_peak"),
+    );
     Ok(())
 }

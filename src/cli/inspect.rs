@@ -66,8 +66,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let b = memory::human_bytes;
             println!(
                 "  [{stage}] {rows} x {seq} tokens: frozen weights {}, LoRA + grads + AdamW {}, \
-                 activations {}, logits {} -> total {} ({} with gradient checkpointing, \
-                 not implemented yet)",
+                 activations {}, logits {} -> total {} ({} with gradient checkpointing)",
                 b(e.frozen_weights),
                 b(e.lora_state),
                 b(e.activations),

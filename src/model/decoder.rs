@@ -16,6 +16,9 @@ use crate::ops;
 #[path = "kv_cache.rs"]
 mod kv_cache;
 pub use kv_cache::KvCache;
+#[path = "tape.rs"]
+mod tape;
+pub use tape::LayerTape;
 
 /// How a forward pass runs.
 #[derive(Clone, Copy)]
@@ -26,6 +29,8 @@ pub struct Pass<'a> {
     pub training: bool,
     /// Seeds the dropout masks of this pass (each projection derives its own).
     pub dropout_seed: u64,
+    /// Records the autograd graph back to the trainable (non-frozen) adapters.
+    pub record_graph: bool,
 }
 
 impl<'a> Pass<'a> {
@@ -34,6 +39,7 @@ impl<'a> Pass<'a> {
             adapters,
             training: false,
             dropout_seed: 0,
+            record_graph: false,
         }
     }
 
@@ -42,6 +48,7 @@ impl<'a> Pass<'a> {
             adapters,
             training: true,
             dropout_seed,
+            record_graph: true,
         }
     }
 }
@@ -63,7 +70,7 @@ impl Projection {
                     seed: mix_seed(pass.dropout_seed, [self.layer, self.index, slot]),
                 });
                 // Outside training no adapter records a graph.
-                let frozen = adapter.frozen || !pass.training;
+                let frozen = adapter.frozen || !pass.training || !pass.record_graph;
                 y = (y + lora_delta(x, pair, adapter.scale(), frozen, dropout)?)?;
             }
         }
@@ -182,6 +189,19 @@ impl Model {
         attention_mask: Option<&Tensor>,
         pass: Pass,
     ) -> Result<Tensor> {
+        let (mut x, mask, cos, sin) = self.prepare(input_ids, attention_mask)?;
+        for layer in &self.layers {
+            x = self.layer_forward(layer, &x, &mask, &cos, &sin, pass)?;
+        }
+        Ok(ops::rms_norm(&x, &self.norm, self.config.rms_norm_eps)?)
+    }
+
+    /// The embeddings of `input_ids`, the attention bias and the rotary tables of the batch.
+    fn prepare(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+    ) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
         let (batch, seq) = input_ids.dims2()?;
         if seq > self.rotary.max_len() {
             anyhow::bail!(
@@ -189,16 +209,13 @@ impl Model {
                 self.rotary.max_len()
             );
         }
-        let mut x = self
+        let x = self
             .embed_tokens
             .index_select(&input_ids.flatten_all()?, 0)?
             .reshape((batch, seq, self.config.hidden_size))?;
         let mask = attention_bias(&self.config, attention_mask, batch, seq, &self.device)?;
         let (cos, sin) = self.rotary.tables(seq)?;
-        for layer in &self.layers {
-            x = self.layer_forward(layer, &x, &mask, &cos, &sin, pass)?;
-        }
-        Ok(ops::rms_norm(&x, &self.norm, self.config.rms_norm_eps)?)
+        Ok((x, mask, cos, sin))
     }
 
     /// Logits `[batch, seq, vocab]` in f32.
@@ -210,6 +227,17 @@ impl Model {
     ) -> Result<Tensor> {
         let h = self.hidden_states(input_ids, attention_mask, pass)?;
         Ok(self.logits(&h)?)
+    }
+
+    /// Next-token log-probs (and mean logits) of hidden states `[b, seq, h]` from
+    /// [`Model::hidden_states`], through the LM head in chunks of positions.
+    pub fn head_logprobs(&self, hidden: &Tensor, input_ids: &Tensor) -> Result<ops::HeadLogprobs> {
+        Ok(ops::head_logprobs(
+            hidden,
+            &self.lm_head,
+            input_ids,
+            ops::DEFAULT_CHUNK_POSITIONS,
+        )?)
     }
 
     /// The LM head applied to hidden states.

@@ -6,10 +6,10 @@
 //! projection keeps its output, the attached-gradient copy, the LoRA branch, its scaled form
 //! and the sum (5 tensors of `out` features); LoRA dropout keeps a mask and the masked input;
 //! RoPE keeps a contiguous input, its output and the copy; attention keeps 5 score-sized f32
-//! tensors; norms, residuals and SwiGLU the rest. candle's autograd holds the gradient of every
-//! node until the backward pass ends, which doubles it. The logits cost about six
-//! `[tokens, vocab]` f32 tensors (logits, log-softmax, its backward). Checked against the
-//! demo: estimate 5.75 GiB, measured peak RSS 6.14 GiB (SFT, 8 × 54 tokens, SmolLM2-135M f32).
+//! tensors; norms, residuals and SwiGLU the rest. The backward runs layer by layer
+//! ([`crate::model::LayerTape`]), so gradients exist for one layer at a time; with gradient
+//! checkpointing only each layer's input is kept and one layer is recomputed at a time. The
+//! LM head works on chunks of positions: about four `[chunk, vocab]` f32 tensors at once.
 
 use candle_core::quantized::GgmlDType;
 use candle_core::DType;
@@ -86,14 +86,17 @@ pub fn estimate(
     let frozen = projection_elements as f64 * projection_bytes_per_element(dtype, quantize)
         + other_elements as f64 * dtype.size_in_bytes() as f64;
     let lora_state = lora.trainable_parameters(cfg) as f64 * 4.0 * 5.0;
-    let per_layer = tokens * layer_elements_per_token(cfg, lora, seq_len) * act * 2.0;
+    let per_layer = tokens * layer_elements_per_token(cfg, lora, seq_len) * act;
     let layers = cfg.num_hidden_layers as f64;
+    let chunk = (crate::ops::DEFAULT_CHUNK_POSITIONS as f64).min(tokens);
     MemoryEstimate {
         frozen_weights: frozen,
         lora_state,
-        activations: per_layer * layers,
-        activations_checkpointed: per_layer + layers * tokens * cfg.hidden_size as f64 * act,
-        logits: 6.0 * tokens * cfg.vocab_size as f64 * 4.0,
+        // Every layer's graph, and the gradients of the layer being backpropagated.
+        activations: per_layer * (layers + 1.0),
+        // Every layer's input, one recomputed layer and its gradients.
+        activations_checkpointed: 2.0 * per_layer + layers * tokens * cfg.hidden_size as f64 * act,
+        logits: 4.0 * chunk * cfg.vocab_size as f64 * 4.0,
     }
 }
 

@@ -11,7 +11,7 @@ pub mod summary;
 pub mod weights;
 
 pub use config::{Architecture, ModelConfig, PROJECTIONS};
-pub use decoder::{KvCache, Model, Pass};
+pub use decoder::{KvCache, LayerTape, Model, Pass};
 pub use frozen::{parse_quantization, FrozenWeight, LoadOptions, WeightSource};
 pub use lora::{Adapter, LoraConfig, LoraPair};
 

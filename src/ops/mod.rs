@@ -5,6 +5,7 @@
 //! runs the fast forward and attaches an analytic gradient for its input only.
 
 mod grad_attach;
+mod head;
 mod linear;
 mod norm;
 mod qlinear;
@@ -12,6 +13,7 @@ mod rope;
 mod softmax;
 
 pub use grad_attach::attach_gradient;
+pub use head::{head_logprobs, log_sum_exp, HeadLogprobs, DEFAULT_CHUNK_POSITIONS};
 pub use linear::{frozen_linear, matmul_t};
 pub use norm::rms_norm;
 pub use qlinear::quantized_linear;

@@ -7,7 +7,7 @@
 //! plus `rpo_alpha ·` the mean NLL of the chosen completion tokens when set.
 
 use anyhow::{bail, Result};
-use candle_core::{Tensor, D};
+use candle_core::Tensor;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum LossType {
@@ -93,12 +93,11 @@ pub fn log_sigmoid(x: &Tensor) -> candle_core::Result<Tensor> {
     (relu + tail)?.neg()
 }
 
-/// Mean over the masked positions of the mean logit over the vocabulary: `(sum, count)`.
-pub fn masked_logit_mean(logits: &Tensor, target_mask: &Tensor) -> Result<(f64, f64)> {
-    let (_, t, _) = logits.dims3()?;
-    let per_position = logits.narrow(1, 0, t - 1)?.detach().mean(D::Minus1)?;
+/// Mean over the masked positions of the mean logit over the vocabulary: `(sum, count)`, from
+/// the per-position means `[b, t-1]` and the target mask `[b, t-1]`.
+pub fn masked_logit_mean(mean_logits: &Tensor, target_mask: &Tensor) -> Result<(f64, f64)> {
     let mask = target_mask.to_dtype(candle_core::DType::F32)?;
-    let sum = (per_position.to_dtype(candle_core::DType::F32)? * &mask)?
+    let sum = (mean_logits.detach().to_dtype(candle_core::DType::F32)? * &mask)?
         .sum_all()?
         .to_scalar::<f32>()?;
     let count = mask.sum_all()?.to_scalar::<f32>()?;

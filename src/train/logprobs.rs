@@ -4,6 +4,7 @@ use candle_core::{DType, Result, Tensor, D};
 use std::sync::Arc;
 
 use crate::ops::attach_gradient;
+pub use crate::ops::log_sum_exp;
 
 /// `log p(ids[:, t+1] | ids[:, ..=t])` for every position: logits `[b, t, v]`, ids `[b, t]`
 /// → `[b, t-1]` in f32.
@@ -41,13 +42,6 @@ pub fn next_token_logprobs(logits: &Tensor, ids: &Tensor) -> Result<Tensor> {
                 .to_dtype(dtype)
         }),
     )
-}
-
-/// `log Σ exp(x)` over the last dimension, stable.
-pub fn log_sum_exp(x: &Tensor) -> Result<Tensor> {
-    let max = x.max_keepdim(D::Minus1)?;
-    let sum = x.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?;
-    (sum.log()? + max)?.squeeze(D::Minus1)
 }
 
 /// Mean negative log-likelihood over the positions where `mask` (`[b, t-1]`, 0/1) is set.

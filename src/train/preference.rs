@@ -6,10 +6,10 @@ use candle_core::{DType, Tensor};
 
 use super::batch::DeviceBatch;
 use super::dpo::{masked_logit_mean, DpoLoss, DpoTerms, PairLogps};
-use super::logprobs::{next_token_logprobs, sequence_logps};
-use super::trainer::{AdapterStack, MetricSums, Objective};
+use super::logprobs::sequence_logps;
+use super::trainer::{AdapterStack, MetricSums, MicroLoss, Objective};
 use crate::data::{collate_dpo, DpoDataset};
-use crate::model::{Adapter, Model, Pass};
+use crate::model::{Adapter, LayerTape, Model, Pass};
 
 /// Summed completion log-probs and completion token counts of pairs, on the host.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -61,26 +61,60 @@ pub struct PairForward {
     pub sums: Tensor,
     pub counts: Tensor,
     pub token_logps: Tensor,
-    pub logits: Tensor,
+    /// Mean logit over the vocabulary at each position `[2n, t-1]`, for TRL's `logits/*`.
+    pub mean_logits: Tensor,
     pub batch: DeviceBatch,
     pub pairs: usize,
 }
 
 impl PairForward {
+    /// A pass that records no graph (reference, evaluation).
     pub fn run(model: &Model, data: &DpoDataset, rows: &[usize], pass: Pass) -> Result<Self> {
+        let batch = Self::batch(model, data, rows)?;
+        let hidden = model.hidden_states(&batch.input_ids, Some(&batch.attention_mask), pass)?;
+        Self::from_hidden(model, &hidden, batch, rows.len())
+    }
+
+    /// A training pass of `adapters` (the last one trained), and the tape of its backward.
+    pub fn run_training<'a>(
+        model: &'a Model,
+        data: &DpoDataset,
+        rows: &[usize],
+        adapters: &[&'a Adapter],
+        dropout_seed: u64,
+        gradient_checkpointing: bool,
+    ) -> Result<(Self, LayerTape<'a>)> {
+        let batch = Self::batch(model, data, rows)?;
+        let (hidden, tape) = model.hidden_states_layered(
+            &batch.input_ids,
+            Some(&batch.attention_mask),
+            adapters,
+            dropout_seed,
+            gradient_checkpointing,
+        )?;
+        Ok((Self::from_hidden(model, &hidden, batch, rows.len())?, tape))
+    }
+
+    fn batch(model: &Model, data: &DpoDataset, rows: &[usize]) -> Result<DeviceBatch> {
         let examples: Vec<_> = rows.iter().map(|&r| &data.examples[r]).collect();
-        let batch =
-            DeviceBatch::from_data(&collate_dpo(&examples, data.pad_id, None), model.device())?;
-        let logits = model.forward(&batch.input_ids, Some(&batch.attention_mask), pass)?;
-        let token_logps = next_token_logprobs(&logits, &batch.input_ids)?;
-        let (sums, counts) = sequence_logps(&token_logps, &batch.target_mask)?;
+        DeviceBatch::from_data(&collate_dpo(&examples, data.pad_id, None), model.device())
+    }
+
+    fn from_hidden(
+        model: &Model,
+        hidden: &Tensor,
+        batch: DeviceBatch,
+        pairs: usize,
+    ) -> Result<Self> {
+        let head = model.head_logprobs(hidden, &batch.input_ids)?;
+        let (sums, counts) = sequence_logps(&head.token_logps, &batch.target_mask)?;
         Ok(Self {
             sums,
             counts,
-            token_logps,
-            logits,
+            token_logps: head.token_logps,
+            mean_logits: head.mean_logits,
             batch,
-            pairs: rows.len(),
+            pairs,
         })
     }
 
@@ -123,7 +157,7 @@ impl PairForward {
         let n = self.pairs;
         let half = |start| -> Result<(f64, f64)> {
             masked_logit_mean(
-                &self.logits.narrow(0, start, n)?,
+                &self.mean_logits.narrow(0, start, n)?,
                 &self.batch.target_mask.narrow(0, start, n)?,
             )
         };
@@ -155,6 +189,8 @@ pub struct DpoObjective {
     pub train_reference: Option<PairSums>,
     /// Reference sums of the eval pairs, computed once on first use.
     pub eval_reference: Option<PairSums>,
+    /// Recompute each decoder layer in backward instead of keeping its activations.
+    pub gradient_checkpointing: bool,
 }
 
 /// Adds TRL's per-pair metrics of a batch.
@@ -205,15 +241,15 @@ impl Objective for DpoObjective {
         micro_batches.len() as f64
     }
 
-    fn loss(
+    fn loss<'a>(
         &mut self,
-        model: &Model,
-        adapters: &AdapterStack,
+        model: &'a Model,
+        adapters: &AdapterStack<'a>,
         rows: &[usize],
         normaliser: f64,
         dropout_seed: u64,
         metrics: &mut MetricSums,
-    ) -> Result<Tensor> {
+    ) -> Result<MicroLoss<'a>> {
         let average = self.loss.loss_type.averages_logps();
         let t0 = std::time::Instant::now();
         let reference = match &self.train_reference {
@@ -225,12 +261,13 @@ impl Objective for DpoObjective {
             }
         };
         metrics.add("time/reference", t0.elapsed().as_secs_f64(), 1.0);
-        let policy_adapters = adapters.policy();
-        let fwd = PairForward::run(
+        let (fwd, tape) = PairForward::run_training(
             model,
             &self.train,
             rows,
-            Pass::train(&policy_adapters, dropout_seed),
+            &adapters.policy(),
+            dropout_seed,
+            self.gradient_checkpointing,
         )?;
         let policy = fwd.pair_logps(average)?;
         let terms = self.loss.terms(&policy, &reference)?;
@@ -245,7 +282,10 @@ impl Objective for DpoObjective {
         metrics.add("logits/chosen", cs, cn);
         metrics.add("logits/rejected", rs, rn);
         metrics.add("tokens", fwd.batch.tokens as f64, 1.0);
-        Ok((loss / normaliser)?)
+        Ok(MicroLoss {
+            loss: (loss / normaliser)?,
+            tape,
+        })
     }
 
     fn evaluate(

@@ -193,6 +193,7 @@ pub fn run_sft(
         train,
         eval,
         eval_batch_size: stage.per_device_eval_batch_size,
+        gradient_checkpointing: stage.gradient_checkpointing,
     };
     let topts = train_options(cfg, Stage::Sft, opts)?;
     let stack = AdapterStack {
@@ -261,6 +262,7 @@ pub fn run_dpo(
         eval_batch_size: stage.per_device_eval_batch_size,
         train_reference,
         eval_reference: None,
+        gradient_checkpointing: stage.gradient_checkpointing,
     };
     let topts = train_options(cfg, Stage::Dpo, opts)?;
     let result = train_and_save(

@@ -5,8 +5,7 @@ use anyhow::Result;
 use candle_core::Tensor;
 
 use super::batch::DeviceBatch;
-use super::logprobs::next_token_logprobs;
-use super::trainer::{AdapterStack, MetricSums, Objective};
+use super::trainer::{AdapterStack, MetricSums, MicroLoss, Objective};
 use crate::data::{collate, SftDataset};
 use crate::model::{Model, Pass};
 
@@ -14,6 +13,8 @@ pub struct SftObjective {
     pub train: SftDataset,
     pub eval: Option<SftDataset>,
     pub eval_batch_size: usize,
+    /// Recompute each decoder layer in backward instead of keeping its activations.
+    pub gradient_checkpointing: bool,
 }
 
 impl Objective for SftObjective {
@@ -45,27 +46,31 @@ impl Objective for SftObjective {
         targets.max(1) as f64
     }
 
-    fn loss(
+    fn loss<'a>(
         &mut self,
-        model: &Model,
-        adapters: &AdapterStack,
+        model: &'a Model,
+        adapters: &AdapterStack<'a>,
         rows: &[usize],
         normaliser: f64,
         dropout_seed: u64,
         metrics: &mut MetricSums,
-    ) -> Result<Tensor> {
+    ) -> Result<MicroLoss<'a>> {
         let seqs: Vec<_> = rows.iter().map(|&r| &self.train.examples[r]).collect();
         let batch =
             DeviceBatch::from_data(&collate(&seqs, self.train.pad_id, None), model.device())?;
-        let policy = adapters.policy();
-        let logits = model.forward(
+        let (hidden, tape) = model.hidden_states_layered(
             &batch.input_ids,
             Some(&batch.attention_mask),
-            Pass::train(&policy, dropout_seed),
+            &adapters.policy(),
+            dropout_seed,
+            self.gradient_checkpointing,
         )?;
-        let (nll_sum, _) = nll_sum(&logits, &batch)?;
+        let (nll_sum, _) = nll_sum(model, &hidden, &batch)?;
         metrics.add("tokens", batch.tokens as f64, 1.0);
-        Ok((nll_sum / normaliser)?)
+        Ok(MicroLoss {
+            loss: (nll_sum / normaliser)?,
+            tape,
+        })
     }
 
     fn evaluate(
@@ -85,8 +90,8 @@ impl Objective for SftObjective {
 }
 
 /// Sum of the NLL over the batch's target tokens, and their count.
-fn nll_sum(logits: &Tensor, batch: &DeviceBatch) -> Result<(Tensor, f64)> {
-    let logps = next_token_logprobs(logits, &batch.input_ids)?;
+fn nll_sum(model: &Model, hidden: &Tensor, batch: &DeviceBatch) -> Result<(Tensor, f64)> {
+    let logps = model.head_logprobs(hidden, &batch.input_ids)?.token_logps;
     let total = (logps * &batch.target_mask)?.sum_all()?.neg()?;
     let count = batch.target_mask.sum_all()?.to_scalar::<f32>()? as f64;
     Ok((total, count))
@@ -106,12 +111,12 @@ pub fn eval_loss(
     {
         let seqs: Vec<_> = chunk.iter().map(|&r| &data.examples[r]).collect();
         let batch = DeviceBatch::from_data(&collate(&seqs, data.pad_id, None), model.device())?;
-        let logits = model.forward(
+        let hidden = model.hidden_states(
             &batch.input_ids,
             Some(&batch.attention_mask),
             Pass::eval(adapters),
         )?;
-        let (s, c) = nll_sum(&logits, &batch)?;
+        let (s, c) = nll_sum(model, &hidden, &batch)?;
         sum += s.to_scalar::<f32>()? as f64;
         count += c;
     }

@@ -1,8 +1,9 @@
 //! The training loop shared by SFT and DPO: batching order, gradient accumulation, clipping,
 //! AdamW, the schedule, logging, held-out evaluation, checkpoints, resume, Ctrl-C and NaN guards.
 
-use anyhow::{bail, Context, Result};
-use candle_core::Tensor;
+use anyhow::{bail, Result};
+use candle_core::backprop::GradStore;
+use candle_core::{Tensor, Var};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,7 +15,7 @@ use super::metrics::{peak_rss_mib, MetricsLog};
 use super::optim::{clip_grad_norm, AdamW, AdamWConfig};
 use super::schedule::{lr_factor, warmup_steps, Schedule};
 use crate::config::StageConfig;
-use crate::model::{Adapter, Model};
+use crate::model::{Adapter, LayerTape, Model};
 
 /// The adapters of a run: frozen ones (a stacked SFT adapter) under the trained one.
 pub struct AdapterStack<'a> {
@@ -78,21 +79,78 @@ pub trait Objective {
     /// Loss of the rows (divided by `normaliser`: the losses of a step's micro-batches add up
     /// to the step's loss), ready for backward; adds its metrics, one sample per micro-batch,
     /// and `tokens`, the tokens it ran through the model.
-    fn loss(
+    fn loss<'a>(
         &mut self,
-        model: &Model,
-        adapters: &AdapterStack,
+        model: &'a Model,
+        adapters: &AdapterStack<'a>,
         rows: &[usize],
         normaliser: f64,
         dropout_seed: u64,
         metrics: &mut MetricSums,
-    ) -> Result<Tensor>;
+    ) -> Result<MicroLoss<'a>>;
     /// Held-out metrics (`eval_` prefixed), if there is an eval set.
     fn evaluate(
         &mut self,
         model: &Model,
         adapters: &AdapterStack,
     ) -> Result<Option<Vec<(String, f64)>>>;
+}
+
+/// A micro-batch's loss, tracked down to the top decoder layer's output, and the tape that
+/// carries its gradient through the layers.
+pub struct MicroLoss<'a> {
+    pub loss: Tensor,
+    pub tape: LayerTape<'a>,
+}
+
+impl MicroLoss<'_> {
+    /// Backpropagates the loss and adds the trainable gradients to `grads`.
+    pub fn backward(self, grads: &mut Gradients) -> Result<()> {
+        let store = self.loss.backward()?;
+        grads.absorb(&store)?;
+        self.tape.backward(&store, &mut |layer| grads.absorb(layer))
+    }
+}
+
+/// The trainable vars' gradients, summed over the gradient stores handed to it (the layers of a
+/// backward pass, the micro-batches of a step).
+pub struct Gradients {
+    vars: Vec<Var>,
+    sums: Vec<Option<Tensor>>,
+}
+
+impl Gradients {
+    pub fn new(vars: Vec<Var>) -> Self {
+        let sums = vec![None; vars.len()];
+        Self { vars, sums }
+    }
+
+    pub fn absorb(&mut self, store: &GradStore) -> Result<()> {
+        for (var, sum) in self.vars.iter().zip(self.sums.iter_mut()) {
+            if let Some(g) = store.get(var.as_tensor()) {
+                *sum = Some(match sum.take() {
+                    None => g.clone(),
+                    Some(acc) => (acc + g)?,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The gradient of `var` so far, if any reached it.
+    pub fn get(&self, var: &Var) -> Option<&Tensor> {
+        let i = self.vars.iter().position(|v| v.id() == var.id())?;
+        self.sums[i].as_ref()
+    }
+
+    /// One gradient per var, in the order given to [`Gradients::new`]; zeros where none came.
+    pub fn into_tensors(self) -> Result<Vec<Tensor>> {
+        self.vars
+            .iter()
+            .zip(self.sums)
+            .map(|(v, g)| Ok(g.map_or_else(|| v.as_tensor().zeros_like(), Ok)?))
+            .collect()
+    }
 }
 
 pub struct TrainOptions {
@@ -235,7 +293,7 @@ pub fn train(
     for step in start..total_steps {
         let micro_batches: Vec<Vec<usize>> = (0..ga).map(|j| order.rows(step * ga + j)).collect();
         let normaliser = objective.normaliser(&micro_batches);
-        let mut grads: Option<Vec<Tensor>> = None;
+        let mut grads = Gradients::new(vars.clone());
         let mut step_metrics = MetricSums::default();
         let mut step_loss = 0.0;
         let step_start = Instant::now();
@@ -243,9 +301,9 @@ pub fn train(
         for (j, rows) in micro_batches.iter().enumerate() {
             let seed = opts.seed ^ ((step as u64) << 20) ^ j as u64;
             let t0 = Instant::now();
-            let loss =
+            let micro =
                 objective.loss(model, adapters, rows, normaliser, seed, &mut step_metrics)?;
-            let value = loss.to_scalar::<f32>()?;
+            let value = micro.loss.to_scalar::<f32>()?;
             t_loss += t0.elapsed().as_secs_f64();
             if !value.is_finite() {
                 bail!(
@@ -258,28 +316,11 @@ pub fn train(
             }
             step_loss += value as f64;
             let t0 = Instant::now();
-            let store = loss.backward()?;
-            let micro: Vec<Tensor> = vars
-                .iter()
-                .map(|v| {
-                    store
-                        .get(v.as_tensor())
-                        .cloned()
-                        .map_or_else(|| v.as_tensor().zeros_like(), Ok)
-                })
-                .collect::<candle_core::Result<_>>()?;
-            grads = Some(match grads {
-                None => micro,
-                Some(acc) => acc
-                    .iter()
-                    .zip(&micro)
-                    .map(|(a, b)| a + b)
-                    .collect::<candle_core::Result<_>>()?,
-            });
+            micro.backward(&mut grads)?;
             t_backward += t0.elapsed().as_secs_f64();
         }
         let t_optimizer = Instant::now();
-        let mut grads = grads.context("no micro-batches")?;
+        let mut grads = grads.into_tensors()?;
         let grad_norm = clip_grad_norm(&mut grads, s.max_grad_norm)?;
         if !grad_norm.is_finite() {
             bail!(

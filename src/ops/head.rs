@@ -1,0 +1,101 @@
+//! The LM head fused with the next-token log-probability, computed over chunks of positions so
+//! that no `[batch, seq, vocab]` tensor ever exists: only `[chunk, vocab]` at a time, forward
+//! and backward. The backward recomputes each chunk's logits instead of keeping them.
+
+use super::attach_gradient;
+use super::linear::matmul_t;
+use candle_core::{DType, Result, Tensor, D};
+use std::sync::Arc;
+
+/// Positions per chunk: with a 49k-token vocabulary a chunk's f32 logits take ~100 MB.
+pub const DEFAULT_CHUNK_POSITIONS: usize = 512;
+
+/// What the head gives for every position `t < seq-1` of every row.
+pub struct HeadLogprobs {
+    /// `log p(ids[:, t+1] | ..=t)`, `[b, seq-1]` f32, tracked when `hidden` is.
+    pub token_logps: Tensor,
+    /// The mean logit over the vocabulary at each position, `[b, seq-1]` f32 (TRL's
+    /// `logits/chosen` metric averages it); never tracked.
+    pub mean_logits: Tensor,
+}
+
+/// `hidden: [b, seq, h]` (after the final norm), `lm_head: [vocab, h]` (frozen), `ids: [b, seq]`.
+pub fn head_logprobs(
+    hidden: &Tensor,
+    lm_head: &Tensor,
+    ids: &Tensor,
+    chunk_positions: usize,
+) -> Result<HeadLogprobs> {
+    let (b, t, h) = hidden.dims3()?;
+    let n = b * (t - 1);
+    let chunk = chunk_positions.max(1);
+    let states = hidden.detach().narrow(1, 0, t - 1)?.reshape((n, h))?;
+    let targets = ids
+        .narrow(1, 1, t - 1)?
+        .to_dtype(DType::U32)?
+        .reshape((n, 1))?;
+    let work = work_dtype(hidden.dtype());
+    let (mut logps, mut means, mut lses) = (Vec::new(), Vec::new(), Vec::new());
+    for start in (0..n).step_by(chunk) {
+        let len = chunk.min(n - start);
+        let logits = matmul_t(&states.narrow(0, start, len)?, lm_head)?.to_dtype(work)?;
+        let lse = log_sum_exp(&logits)?;
+        let picked = logits
+            .gather(&targets.narrow(0, start, len)?, D::Minus1)?
+            .squeeze(D::Minus1)?;
+        logps.push((picked - &lse)?);
+        means.push(logits.mean(D::Minus1)?.to_dtype(DType::F32)?);
+        lses.push(lse);
+    }
+    let token_logps = Tensor::cat(&logps, 0)?.reshape((b, t - 1))?;
+    let mean_logits = Tensor::cat(&means, 0)?.reshape((b, t - 1))?;
+    let lm_head = lm_head.clone();
+    let token_logps = attach_gradient(
+        hidden,
+        token_logps,
+        Arc::new(move |hidden, _, grad| {
+            // d logp / d logits = onehot(target) − softmax(logits), chunk by chunk.
+            let dtype = hidden.dtype();
+            let states = hidden.narrow(1, 0, t - 1)?.reshape((n, h))?;
+            let grad = grad.reshape((n, 1))?.to_dtype(work)?;
+            let weight = lm_head.to_dtype(dtype)?;
+            let mut parts = Vec::new();
+            for (i, start) in (0..n).step_by(chunk).enumerate() {
+                let len = chunk.min(n - start);
+                let logits = matmul_t(&states.narrow(0, start, len)?, &weight)?.to_dtype(work)?;
+                let g = grad.narrow(0, start, len)?;
+                let probs = logits
+                    .broadcast_sub(&lses[i].unsqueeze(D::Minus1)?)?
+                    .exp()?;
+                let d = probs.broadcast_mul(&g.neg()?)?.scatter_add(
+                    &targets.narrow(0, start, len)?,
+                    &g.contiguous()?,
+                    D::Minus1,
+                )?;
+                parts.push(d.to_dtype(dtype)?.matmul(&weight)?);
+            }
+            let dh = Tensor::cat(&parts, 0)?.reshape((b, t - 1, h))?;
+            Tensor::cat(&[dh, Tensor::zeros((b, 1, h), dtype, hidden.device())?], 1)
+        }),
+    )?;
+    Ok(HeadLogprobs {
+        token_logps,
+        mean_logits,
+    })
+}
+
+/// f32 at least (bf16 logits would lose the log-probs); f64 stays f64 for gradient checks.
+fn work_dtype(dtype: DType) -> DType {
+    if dtype == DType::F64 {
+        DType::F64
+    } else {
+        DType::F32
+    }
+}
+
+/// `log Σ exp(x)` over the last dimension, stable.
+pub fn log_sum_exp(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?;
+    let sum = x.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?;
+    (sum.log()? + max)?.squeeze(D::Minus1)
+}
