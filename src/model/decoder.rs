@@ -6,7 +6,8 @@ use candle_core::{DType, Device, Tensor};
 
 use super::config::{ModelConfig, PROJECTIONS};
 use super::frozen::{FrozenWeight, LoadOptions, WeightSource};
-use super::lora::{lora_delta, Adapter, Dropout};
+use super::lora::{Adapter, Dropout};
+use super::lora_linear::{lora_projection, Branch};
 use super::rotary::Rotary;
 use super::weights::WeightFiles;
 use crate::ops;
@@ -62,19 +63,28 @@ struct Projection {
 
 impl Projection {
     fn forward(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
-        let mut y = self.weight.forward(x)?;
-        for (slot, adapter) in pass.adapters.iter().enumerate() {
-            if let Some(pair) = adapter.pair(self.layer, self.index) {
-                let dropout = pass.training.then(|| Dropout {
-                    p: adapter.config.lora_dropout,
-                    seed: mix_seed(pass.dropout_seed, [self.layer, self.index, slot]),
-                });
-                // Outside training no adapter records a graph.
-                let frozen = adapter.frozen || !pass.training || !pass.record_graph;
-                y = (y + lora_delta(x, pair, adapter.scale(), frozen, dropout)?)?;
-            }
+        let branches: Vec<Branch> = pass
+            .adapters
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, adapter)| {
+                let pair = adapter.pair(self.layer, self.index)?;
+                Some(Branch {
+                    pair,
+                    scale: adapter.scale(),
+                    dropout: pass.training.then(|| Dropout {
+                        p: adapter.config.lora_dropout,
+                        seed: mix_seed(pass.dropout_seed, [self.layer, self.index, slot]),
+                    }),
+                    // Outside training no adapter records a graph.
+                    trained: !adapter.frozen && pass.training && pass.record_graph,
+                })
+            })
+            .collect();
+        if branches.is_empty() {
+            return Ok(self.weight.forward(x)?);
         }
-        Ok(y)
+        lora_projection(x, &self.weight, &branches)
     }
 }
 

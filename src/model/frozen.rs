@@ -170,6 +170,16 @@ impl FrozenWeight {
         }
     }
 
+    /// `grad @ W` for `grad: [n, out]`: the input gradient of [`FrozenWeight::forward`] (a
+    /// quantized weight is dequantized for it).
+    pub fn input_grad(&self, grad: &Tensor) -> candle_core::Result<Tensor> {
+        let w = match self {
+            FrozenWeight::Dense(w) => w.to_dtype(grad.dtype())?,
+            FrozenWeight::Quantized(q) => q.dequantize(grad.device())?.to_dtype(grad.dtype())?,
+        };
+        grad.contiguous()?.matmul(&w)
+    }
+
     /// `(out_features, in_features)`.
     pub fn dims2(&self) -> candle_core::Result<(usize, usize)> {
         match self {

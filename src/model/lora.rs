@@ -206,30 +206,7 @@ pub struct Dropout {
     pub seed: u64,
 }
 
-/// The LoRA branch `scale · B(A(dropout(x)))`, computed in f32 and returned in `x`'s dtype.
-pub fn lora_delta(
-    x: &Tensor,
-    pair: &LoraPair,
-    scale: f64,
-    frozen: bool,
-    dropout: Option<Dropout>,
-) -> Result<Tensor> {
-    let dtype = x.dtype();
-    let mut h = x.to_dtype(DType::F32)?;
-    if let Some(d) = dropout.filter(|d| d.p > 0.0) {
-        h = (h * dropout_mask(x.dims(), d, x.device())?)?;
-    }
-    let (a, b) = if frozen {
-        (pair.a.as_tensor().detach(), pair.b.as_tensor().detach())
-    } else {
-        (pair.a.as_tensor().clone(), pair.b.as_tensor().clone())
-    };
-    let h = crate::ops::matmul_t(&h, &a)?;
-    let h = crate::ops::matmul_t(&h, &b)?;
-    Ok((h * scale)?.to_dtype(dtype)?)
-}
-
-fn dropout_mask(shape: &[usize], d: Dropout, device: &Device) -> Result<Tensor> {
+pub(crate) fn dropout_mask(shape: &[usize], d: Dropout, device: &Device) -> Result<Tensor> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(d.seed);
     let keep = 1.0 / (1.0 - d.p) as f32;
     let n: usize = shape.iter().product();

@@ -5,6 +5,7 @@ pub mod decoder;
 pub mod frozen;
 pub mod gguf;
 pub mod lora;
+pub mod lora_linear;
 pub mod memory;
 pub mod rotary;
 pub mod summary;

@@ -12,7 +12,7 @@ mod qlinear;
 mod rope;
 mod softmax;
 
-pub use grad_attach::attach_gradient;
+pub use grad_attach::{attach_gradient, attach_gradient3, Backward3};
 pub use head::{head_logprobs, log_sum_exp, HeadLogprobs, DEFAULT_CHUNK_POSITIONS};
 pub use linear::{frozen_linear, matmul_t};
 pub use norm::rms_norm;
