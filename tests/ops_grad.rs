@@ -199,3 +199,40 @@ fn head_logprobs_equal_the_unchunked_log_softmax() {
         assert!(diff(&got.mean_logits, &want_means) < 1e-5, "chunk {chunk}");
     }
 }
+
+/// Causal mask with the last key of row 1 padded: `[2, 1, 3, 3]`.
+fn attention_mask() -> Tensor {
+    let neg = -1e9;
+    let rows = [[0.0, neg, neg], [0.0, 0.0, neg], [0.0, 0.0, 0.0]];
+    let mut v = Vec::new();
+    for b in 0..2 {
+        for r in rows {
+            let mut r = r;
+            if b == 1 {
+                r[2] = neg;
+            }
+            v.extend(r);
+        }
+    }
+    Tensor::from_vec(v, (2, 1, 3, 3), &Device::Cpu).unwrap()
+}
+
+#[test]
+fn attention_backward_grouped_heads() {
+    // 4 query heads over 2 kv heads, head_dim 3, 3 positions; each of q, k, v checked.
+    let (q, k, v) = (
+        randn(&[2, 4, 3, 3], 20),
+        randn(&[2, 2, 3, 3], 21),
+        randn(&[2, 2, 3, 3], 22),
+    );
+    let mask = attention_mask();
+    check("attention dq", q.clone(), |x| {
+        ops::attention(x, &k, &v, &mask, DType::F64).unwrap()
+    });
+    check("attention dk", k.clone(), |x| {
+        ops::attention(&q, x, &v, &mask, DType::F64).unwrap()
+    });
+    check("attention dv", v.clone(), |x| {
+        ops::attention(&q, &k, x, &mask, DType::F64).unwrap()
+    });
+}

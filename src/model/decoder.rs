@@ -307,33 +307,9 @@ impl Model {
         let v = heads(layer.proj[2].forward(x, pass)?, kvh)?.contiguous()?;
         let q = ops::rope(&q, cos, sin)?;
         let k = ops::rope(&k, cos, sin)?;
-        let out = grouped_attention(&q, &k, &v, mask, self.dtype)?;
+        let out = ops::attention(&q, &k, &v, mask, self.dtype)?;
         layer.proj[3].forward(&out, pass)
     }
-}
-
-/// `softmax(q·kᵀ/√d + mask)·v` for `q: [b, h, t, d]` and `k, v: [b, kvh, s, d]`, returned as
-/// `[b, t, h·d]`. Grouped-query attention without copying k/v: the `h / kvh` query heads that
-/// share a kv head are stacked along the sequence axis. Scores and softmax are f32.
-pub(super) fn grouped_attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    mask: &Tensor,
-    dtype: DType,
-) -> Result<Tensor> {
-    let (b, h, t, d) = q.dims4()?;
-    let (kvh, keys) = (k.dim(1)?, k.dim(2)?);
-    let n_rep = h / kvh;
-    let q = q.reshape((b, kvh, n_rep * t, d))?;
-    let scores = q.matmul(&k.t()?)?.reshape((b, h, t, keys))?;
-    let scores = ((scores.to_dtype(DType::F32)? * (1.0 / (d as f64).sqrt()))?.broadcast_add(mask))?;
-    let probs = ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
-    let out = probs.reshape((b, kvh, n_rep * t, keys))?.matmul(v)?;
-    Ok(out
-        .reshape((b, h, t, d))?
-        .transpose(1, 2)?
-        .reshape((b, t, h * d))?)
 }
 
 /// Additive attention bias `[batch, 1, seq, seq]`: 0 where query i may see key j, a large

@@ -139,7 +139,7 @@ impl Model {
             Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
             None => (k, v),
         };
-        let out = super::grouped_attention(&q, &k, &v, mask, self.dtype)?;
+        let out = crate::ops::attention(&q, &k, &v, mask, self.dtype)?;
         *slot = Some((k, v));
         layer.proj[3].forward(&out, pass)
     }

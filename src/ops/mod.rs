@@ -4,6 +4,7 @@
 //! backward, and its matmul backward also computes a gradient for frozen weights. Each op here
 //! runs the fast forward and attaches an analytic gradient for its input only.
 
+mod attention;
 mod grad_attach;
 mod head;
 mod linear;
@@ -12,6 +13,7 @@ mod qlinear;
 mod rope;
 mod softmax;
 
+pub use attention::attention;
 pub use grad_attach::{attach_gradient, attach_gradient3, Backward3};
 pub use head::{head_logprobs, log_sum_exp, HeadLogprobs, DEFAULT_CHUNK_POSITIONS};
 pub use linear::{frozen_linear, matmul_t};

@@ -1,0 +1,64 @@
+//! Scaled dot-product attention with grouped-query heads as one op: candle's fused softmax
+//! forward and a written-out backward that keeps only the attention probabilities (one
+//! score-sized tensor instead of the five a composite of candle ops records).
+
+use super::attach_gradient3;
+use candle_core::{DType, Result, Tensor, D};
+use std::sync::Arc;
+
+/// `softmax(q·kᵀ/√d + mask)·v` for `q: [b, h, t, d]` and `k, v: [b, kvh, s, d]`, returned as
+/// `[b, t, h·d]`. The `h / kvh` query heads that share a kv head are stacked along the
+/// sequence axis (no copies of k/v). Scores and softmax are f32; `mask` is an additive
+/// `[b, 1, t, s]` f32 bias.
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Tensor,
+    dtype: DType,
+) -> Result<Tensor> {
+    let (b, h, t, d) = q.dims4()?;
+    let (kvh, keys) = (k.dim(1)?, k.dim(2)?);
+    let n_rep = h / kvh;
+    let scale = 1.0 / (d as f64).sqrt();
+    let (qd, kd, vd) = (q.detach(), k.detach(), v.detach());
+    let grouped = move |x: &Tensor| x.reshape((b, kvh, n_rep * t, d));
+    let scores = grouped(&qd)?.matmul(&kd.t()?)?.reshape((b, h, t, keys))?;
+    // f64 stays f64 (gradient checks); everything else runs the softmax in f32.
+    let work = if q.dtype() == DType::F64 {
+        DType::F64
+    } else {
+        DType::F32
+    };
+    let scores = ((scores.to_dtype(work)? * scale)?.broadcast_add(&mask.to_dtype(work)?))?;
+    let probs = candle_nn::ops::softmax_last_dim(&scores.contiguous()?)?
+        .to_dtype(dtype)?
+        .reshape((b, kvh, n_rep * t, keys))?;
+    let heads_out = |o: Tensor| -> Result<Tensor> {
+        o.reshape((b, h, t, d))?
+            .transpose(1, 2)?
+            .reshape((b, t, h * d))
+    };
+    let out = heads_out(probs.matmul(&vd)?)?;
+    attach_gradient3(
+        [q, k, v],
+        out,
+        Arc::new(move |[q, k, v], grad| {
+            // grad [b, t, h·d] → per head, grouped like the forward.
+            let go = grad
+                .reshape((b, t, h, d))?
+                .transpose(1, 2)?
+                .contiguous()?
+                .reshape((b, kvh, n_rep * t, d))?;
+            let dv = probs.t()?.matmul(&go)?;
+            let dp = go.matmul(&v.t()?)?.to_dtype(work)?;
+            let p = probs.to_dtype(work)?;
+            // Softmax backward: dS = P ⊙ (dP − Σ dP ⊙ P), then the 1/√d of the scores.
+            let dot = (&dp * &p)?.sum_keepdim(D::Minus1)?;
+            let ds = ((p * dp.broadcast_sub(&dot)?)? * scale)?.to_dtype(q.dtype())?;
+            let dq = ds.matmul(k)?.reshape((b, h, t, d))?;
+            let dk = ds.t()?.matmul(&grouped(q)?)?;
+            Ok([Some(dq), Some(dk), Some(dv)])
+        }),
+    )
+}
