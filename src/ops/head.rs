@@ -1,6 +1,7 @@
 //! The LM head fused with the next-token log-probability, computed over chunks of positions so
-//! that no `[batch, seq, vocab]` tensor ever exists: only `[chunk, vocab]` at a time, forward
-//! and backward. The backward recomputes each chunk's logits instead of keeping them.
+//! that no `[batch, seq, vocab]` tensor ever exists: only `[chunk, vocab]` at a time. When the
+//! hidden states are tracked, the forward also keeps each position's gradient of its log-prob
+//! with respect to its hidden state (`[positions, hidden]`), so the backward is a scaling.
 
 use super::attach_gradient;
 use super::linear::matmul_t;
@@ -35,46 +36,47 @@ pub fn head_logprobs(
         .to_dtype(DType::U32)?
         .reshape((n, 1))?;
     let work = work_dtype(hidden.dtype());
-    let (mut logps, mut means, mut lses) = (Vec::new(), Vec::new(), Vec::new());
+    let tracked = hidden.track_op();
+    let (mut logps, mut means, mut jacobians) = (Vec::new(), Vec::new(), Vec::new());
     for start in (0..n).step_by(chunk) {
         let len = chunk.min(n - start);
+        let chunk_targets = targets.narrow(0, start, len)?;
         let logits = matmul_t(&states.narrow(0, start, len)?, lm_head)?.to_dtype(work)?;
-        let lse = log_sum_exp(&logits)?;
-        let picked = logits
-            .gather(&targets.narrow(0, start, len)?, D::Minus1)?
-            .squeeze(D::Minus1)?;
+        let max = logits.max_keepdim(D::Minus1)?;
+        let exp = logits.broadcast_sub(&max)?.exp()?;
+        let sum = exp.sum_keepdim(D::Minus1)?;
+        let lse = (sum.log()? + max)?.squeeze(D::Minus1)?;
+        let picked = logits.gather(&chunk_targets, D::Minus1)?.squeeze(D::Minus1)?;
         logps.push((picked - &lse)?);
         means.push(logits.mean(D::Minus1)?.to_dtype(DType::F32)?);
-        lses.push(lse);
+        if tracked {
+            // d logp / d h = W[target] − softmax(logits)·W: one [chunk, h] row per position,
+            // so the backward needs neither the logits nor a second pass over the vocabulary.
+            let probs = exp.broadcast_div(&sum)?.to_dtype(lm_head.dtype())?;
+            let expected = probs.matmul(lm_head)?;
+            let target_rows = lm_head.index_select(&chunk_targets.squeeze(1)?, 0)?;
+            jacobians.push((target_rows - expected)?.to_dtype(work)?);
+        }
     }
     let token_logps = Tensor::cat(&logps, 0)?.reshape((b, t - 1))?;
     let mean_logits = Tensor::cat(&means, 0)?.reshape((b, t - 1))?;
-    let lm_head = lm_head.clone();
+    if !tracked {
+        return Ok(HeadLogprobs {
+            token_logps,
+            mean_logits,
+        });
+    }
+    let jacobian = Tensor::cat(&jacobians, 0)?;
     let token_logps = attach_gradient(
         hidden,
         token_logps,
         Arc::new(move |hidden, _, grad| {
-            // d logp / d logits = onehot(target) − softmax(logits), chunk by chunk.
             let dtype = hidden.dtype();
-            let states = hidden.narrow(1, 0, t - 1)?.reshape((n, h))?;
-            let grad = grad.reshape((n, 1))?.to_dtype(work)?;
-            let weight = lm_head.to_dtype(dtype)?;
-            let mut parts = Vec::new();
-            for (i, start) in (0..n).step_by(chunk).enumerate() {
-                let len = chunk.min(n - start);
-                let logits = matmul_t(&states.narrow(0, start, len)?, &weight)?.to_dtype(work)?;
-                let g = grad.narrow(0, start, len)?;
-                let probs = logits
-                    .broadcast_sub(&lses[i].unsqueeze(D::Minus1)?)?
-                    .exp()?;
-                let d = probs.broadcast_mul(&g.neg()?)?.scatter_add(
-                    &targets.narrow(0, start, len)?,
-                    &g.contiguous()?,
-                    D::Minus1,
-                )?;
-                parts.push(d.to_dtype(dtype)?.matmul(&weight)?);
-            }
-            let dh = Tensor::cat(&parts, 0)?.reshape((b, t - 1, h))?;
+            let g = grad.reshape((n, 1))?.to_dtype(work)?;
+            let dh = jacobian
+                .broadcast_mul(&g)?
+                .to_dtype(dtype)?
+                .reshape((b, t - 1, h))?;
             Tensor::cat(&[dh, Tensor::zeros((b, 1, h), dtype, hidden.device())?], 1)
         }),
     )?;
