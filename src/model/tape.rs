@@ -109,19 +109,6 @@ impl LayerTape<'_> {
             // d(Σ output·grad)/dθ is the vector-Jacobian product the layer passes down.
             let store = (output * &grad)?.sum_all()?.backward()?;
             absorb(&store)?;
-            if std::env::var_os("DBG_RSS").is_some() {
-                let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-                let pages: f64 = statm
-                    .split(' ')
-                    .nth(1)
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0.0);
-                eprintln!(
-                    "layer {index}: rss {:.0} MiB, store {}",
-                    pages * 4096.0 / 1048576.0,
-                    store.get_ids().count()
-                );
-            }
             if index > 0 {
                 grad = store
                     .get(leaf.as_tensor())
