@@ -8,6 +8,7 @@ use super::config::{ModelConfig, PROJECTIONS};
 use super::frozen::{FrozenWeight, LoadOptions, WeightSource};
 use super::lora::{Adapter, Dropout};
 use super::lora_linear::{lora_projection, Branch};
+use super::packed::PackedBatch;
 use super::rotary::Rotary;
 use super::weights::WeightFiles;
 use crate::ops;
@@ -93,6 +94,24 @@ struct DecoderLayer {
     post_attention_layernorm: Tensor,
     /// q, k, v, o, gate, up, down: the order of [`PROJECTIONS`].
     proj: Vec<Projection>,
+}
+
+/// How the tokens of a batch attend to each other.
+pub enum Attend {
+    /// One additive bias `[batch, 1, seq, seq]` (right-padded rows).
+    Bias(Tensor),
+    /// A packed row: `(start, len, bias [1, 1, len, len])` of each group.
+    Groups(Vec<(usize, usize, Tensor)>),
+}
+
+/// A batch ready for the decoder layers.
+pub struct Inputs {
+    /// Embeddings `[batch, seq, hidden]`.
+    pub x: Tensor,
+    pub attend: Attend,
+    /// Rotary tables of each position `[seq, head_dim / 2]`.
+    pub cos: Tensor,
+    pub sin: Tensor,
 }
 
 /// The frozen base model.
@@ -199,33 +218,79 @@ impl Model {
         attention_mask: Option<&Tensor>,
         pass: Pass,
     ) -> Result<Tensor> {
-        let (mut x, mask, cos, sin) = self.prepare(input_ids, attention_mask)?;
+        let inputs = self.inputs(input_ids, attention_mask)?;
+        self.hidden_states_of(inputs, pass)
+    }
+
+    /// Final hidden states (after the last norm) of prepared inputs: `[batch, seq, hidden]`,
+    /// or `[1, tokens, hidden]` for a packed batch.
+    pub fn hidden_states_of(&self, inputs: Inputs, pass: Pass) -> Result<Tensor> {
+        let Inputs {
+            mut x,
+            attend,
+            cos,
+            sin,
+        } = inputs;
         for layer in &self.layers {
-            x = self.layer_forward(layer, &x, &mask, &cos, &sin, pass)?;
+            x = self.layer_forward(layer, &x, &attend, &cos, &sin, pass)?;
         }
         Ok(ops::rms_norm(&x, &self.norm, self.config.rms_norm_eps)?)
     }
 
-    /// The embeddings of `input_ids`, the attention bias and the rotary tables of the batch.
-    fn prepare(
-        &self,
-        input_ids: &Tensor,
-        attention_mask: Option<&Tensor>,
-    ) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
+    /// A right-padded batch: the embeddings, the attention bias and the rotary tables.
+    pub fn inputs(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Result<Inputs> {
         let (batch, seq) = input_ids.dims2()?;
+        self.check_length(seq)?;
+        let x = self.embed(input_ids)?;
+        let mask = attention_bias(&self.config, attention_mask, batch, seq, &self.device)?;
+        let (cos, sin) = self.rotary.tables(seq)?;
+        Ok(Inputs {
+            x,
+            attend: Attend::Bias(mask),
+            cos,
+            sin,
+        })
+    }
+
+    /// A packed batch (one row, groups attended separately, positions per token).
+    pub fn packed_inputs(&self, packed: &PackedBatch) -> Result<Inputs> {
+        self.check_length(packed.max_position())?;
+        let (ids, positions) = packed.tensors(&self.device)?;
+        let (cos, sin) = self.rotary.at(&positions)?;
+        let groups = (0..packed.groups.len())
+            .map(|g| {
+                let (start, len) = packed.groups[g];
+                Ok((
+                    start,
+                    len,
+                    packed.group_bias(g, &self.config, &self.device)?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Inputs {
+            x: self.embed(&ids)?,
+            attend: Attend::Groups(groups),
+            cos,
+            sin,
+        })
+    }
+
+    fn check_length(&self, seq: usize) -> Result<()> {
         if seq > self.rotary.max_len() {
             anyhow::bail!(
                 "sequence of {seq} tokens is longer than max_position_embeddings {}",
                 self.rotary.max_len()
             );
         }
-        let x = self
+        Ok(())
+    }
+
+    fn embed(&self, input_ids: &Tensor) -> Result<Tensor> {
+        let (batch, seq) = input_ids.dims2()?;
+        Ok(self
             .embed_tokens
             .index_select(&input_ids.flatten_all()?, 0)?
-            .reshape((batch, seq, self.config.hidden_size))?;
-        let mask = attention_bias(&self.config, attention_mask, batch, seq, &self.device)?;
-        let (cos, sin) = self.rotary.tables(seq)?;
-        Ok((x, mask, cos, sin))
+            .reshape((batch, seq, self.config.hidden_size))?)
     }
 
     /// Logits `[batch, seq, vocab]` in f32.
@@ -246,6 +311,20 @@ impl Model {
             hidden,
             &self.lm_head,
             input_ids,
+            ops::DEFAULT_CHUNK_POSITIONS,
+        )?)
+    }
+
+    /// Log-probs of `targets` (`[m]`) after the hidden-state rows `states` (`[m, h]`).
+    pub fn position_logprobs(
+        &self,
+        states: &Tensor,
+        targets: &Tensor,
+    ) -> Result<ops::HeadLogprobs> {
+        Ok(ops::position_logprobs(
+            states,
+            &self.lm_head,
+            targets,
             ops::DEFAULT_CHUNK_POSITIONS,
         )?)
     }
@@ -271,14 +350,14 @@ impl Model {
         &self,
         layer: &DecoderLayer,
         x: &Tensor,
-        mask: &Tensor,
+        attend: &Attend,
         cos: &Tensor,
         sin: &Tensor,
         pass: Pass,
     ) -> Result<Tensor> {
         let eps = self.config.rms_norm_eps;
         let h = ops::rms_norm(x, &layer.input_layernorm, eps)?;
-        let attn = self.attention(layer, &h, mask, cos, sin, pass)?;
+        let attn = self.attention(layer, &h, attend, cos, sin, pass)?;
         let x = (x + attn)?;
         let h = ops::rms_norm(&x, &layer.post_attention_layernorm, eps)?;
         let gate = layer.proj[4].forward(&h, pass)?;
@@ -291,7 +370,7 @@ impl Model {
         &self,
         layer: &DecoderLayer,
         x: &Tensor,
-        mask: &Tensor,
+        attend: &Attend,
         cos: &Tensor,
         sin: &Tensor,
         pass: Pass,
@@ -307,7 +386,19 @@ impl Model {
         let v = heads(layer.proj[2].forward(x, pass)?, kvh)?.contiguous()?;
         let q = ops::rope(&q, cos, sin)?;
         let k = ops::rope(&k, cos, sin)?;
-        let out = ops::attention(&q, &k, &v, mask, self.dtype)?;
+        let out = match attend {
+            Attend::Bias(mask) => ops::attention(&q, &k, &v, mask, self.dtype)?,
+            Attend::Groups(groups) => {
+                let parts = groups
+                    .iter()
+                    .map(|(start, len, bias)| {
+                        let part = |t: &Tensor| t.narrow(2, *start, *len);
+                        ops::attention(&part(&q)?, &part(&k)?, &part(&v)?, bias, self.dtype)
+                    })
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                Tensor::cat(&parts, 1)?
+            }
+        };
         layer.proj[3].forward(&out, pass)
     }
 }

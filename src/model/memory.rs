@@ -143,7 +143,10 @@ mod tests {
             lora_dropout: 0.05,
             ..Default::default()
         };
-        near(estimate(&smollm2(), &demo, DType::F32, None, 8, 54).total(), 2430.0);
+        near(
+            estimate(&smollm2(), &demo, DType::F32, None, 8, 54).total(),
+            2430.0,
+        );
         // configs/bench.toml DPO: 4 pairs (8 rows) of ~250 tokens, no dropout: 4521 MiB
         // measured; with gradient checkpointing TODO MiB.
         let bench = LoraConfig {

@@ -7,14 +7,16 @@ pub mod gguf;
 pub mod lora;
 pub mod lora_linear;
 pub mod memory;
+pub mod packed;
 pub mod rotary;
 pub mod summary;
 pub mod weights;
 
 pub use config::{Architecture, ModelConfig, PROJECTIONS};
-pub use decoder::{KvCache, LayerTape, Model, Pass};
+pub use decoder::{Attend, Inputs, KvCache, LayerTape, Model, Pass};
 pub use frozen::{parse_quantization, FrozenWeight, LoadOptions, WeightSource};
 pub use lora::{Adapter, LoraConfig, LoraPair};
+pub use packed::PackedBatch;
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Device};

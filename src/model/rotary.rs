@@ -31,6 +31,14 @@ impl Rotary {
         Ok((self.cos.narrow(0, 0, len)?, self.sin.narrow(0, 0, len)?))
     }
 
+    /// The tables at arbitrary `positions` (`[n]` u32): `[n, head_dim / 2]` each.
+    pub fn at(&self, positions: &Tensor) -> Result<(Tensor, Tensor)> {
+        Ok((
+            self.cos.index_select(positions, 0)?,
+            self.sin.index_select(positions, 0)?,
+        ))
+    }
+
     pub fn max_len(&self) -> usize {
         self.cos.dims()[0]
     }

@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 
-use super::{Model, Pass};
+use super::{Attend, Inputs, Model, Pass};
 use crate::model::Adapter;
 
 /// What a training forward kept for its backward pass.
@@ -19,7 +19,7 @@ pub struct LayerTape<'a> {
     model: &'a Model,
     adapters: Vec<&'a Adapter>,
     dropout_seed: u64,
-    mask: Tensor,
+    attend: Attend,
     cos: Tensor,
     sin: Tensor,
     /// Each layer's input, untracked.
@@ -31,17 +31,21 @@ pub struct LayerTape<'a> {
 }
 
 impl Model {
-    /// Final hidden states `[batch, seq, hidden]` (after the last norm) of a training pass with
+    /// Final hidden states (after the last norm) of a training pass over `inputs` with
     /// `adapters`, tracked back to the tape's top; the tape carries the gradient further down.
     pub fn hidden_states_layered<'a>(
         &'a self,
-        input_ids: &Tensor,
-        attention_mask: Option<&Tensor>,
+        inputs: Inputs,
         adapters: &[&'a Adapter],
         dropout_seed: u64,
         checkpointing: bool,
     ) -> Result<(Tensor, LayerTape<'a>)> {
-        let (mut x, mask, cos, sin) = self.prepare(input_ids, attention_mask)?;
+        let Inputs {
+            mut x,
+            attend,
+            cos,
+            sin,
+        } = inputs;
         let pass = Pass {
             record_graph: !checkpointing,
             ..Pass::train(adapters, dropout_seed)
@@ -51,10 +55,10 @@ impl Model {
         for layer in &self.layers {
             inputs.push(x.clone());
             if checkpointing {
-                x = self.layer_forward(layer, &x, &mask, &cos, &sin, pass)?;
+                x = self.layer_forward(layer, &x, &attend, &cos, &sin, pass)?;
             } else {
                 let leaf = Var::from_tensor(&x)?;
-                let y = self.layer_forward(layer, leaf.as_tensor(), &mask, &cos, &sin, pass)?;
+                let y = self.layer_forward(layer, leaf.as_tensor(), &attend, &cos, &sin, pass)?;
                 x = y.detach();
                 kept.push((leaf, y));
             }
@@ -65,7 +69,7 @@ impl Model {
             model: self,
             adapters: adapters.to_vec(),
             dropout_seed,
-            mask,
+            attend,
             cos,
             sin,
             inputs,
@@ -98,7 +102,7 @@ impl LayerTape<'_> {
                     let y = model.layer_forward(
                         layer,
                         leaf.as_tensor(),
-                        &self.mask,
+                        &self.attend,
                         &self.cos,
                         &self.sin,
                         pass,

@@ -13,9 +13,10 @@ pub const DEFAULT_CHUNK_POSITIONS: usize = 512;
 
 /// What the head gives for every position `t < seq-1` of every row.
 pub struct HeadLogprobs {
-    /// `log p(ids[:, t+1] | ..=t)`, `[b, seq-1]` f32, tracked when `hidden` is.
+    /// `log p(ids[:, t+1] | ..=t)`, `[b, seq-1]` f32 (`[m]` for [`position_logprobs`]),
+    /// tracked when the hidden states are.
     pub token_logps: Tensor,
-    /// The mean logit over the vocabulary at each position, `[b, seq-1]` f32 (TRL's
+    /// The mean logit over the vocabulary at each position, same shape, f32 (TRL's
     /// `logits/chosen` metric averages it); never tracked.
     pub mean_logits: Tensor,
 }
@@ -28,25 +29,41 @@ pub fn head_logprobs(
     chunk_positions: usize,
 ) -> Result<HeadLogprobs> {
     let (b, t, h) = hidden.dims3()?;
-    let n = b * (t - 1);
+    let states = hidden.narrow(1, 0, t - 1)?.reshape((b * (t - 1), h))?;
+    let targets = ids.narrow(1, 1, t - 1)?.flatten_all()?;
+    let out = position_logprobs(&states, lm_head, &targets, chunk_positions)?;
+    Ok(HeadLogprobs {
+        token_logps: out.token_logps.reshape((b, t - 1))?,
+        mean_logits: out.mean_logits.reshape((b, t - 1))?,
+    })
+}
+
+/// The log-prob of `targets[i]` (`[m]` u32) after the hidden state `states[i]` (`[m, h]`), and
+/// the mean logit there: `[m]` each.
+pub fn position_logprobs(
+    states: &Tensor,
+    lm_head: &Tensor,
+    targets: &Tensor,
+    chunk_positions: usize,
+) -> Result<HeadLogprobs> {
+    let n = states.dim(0)?;
     let chunk = chunk_positions.max(1);
-    let states = hidden.detach().narrow(1, 0, t - 1)?.reshape((n, h))?;
-    let targets = ids
-        .narrow(1, 1, t - 1)?
-        .to_dtype(DType::U32)?
-        .reshape((n, 1))?;
-    let work = work_dtype(hidden.dtype());
-    let tracked = hidden.track_op();
+    let detached = states.detach();
+    let targets = targets.to_dtype(DType::U32)?.reshape((n, 1))?;
+    let work = work_dtype(states.dtype());
+    let tracked = states.track_op();
     let (mut logps, mut means, mut jacobians) = (Vec::new(), Vec::new(), Vec::new());
     for start in (0..n).step_by(chunk) {
         let len = chunk.min(n - start);
         let chunk_targets = targets.narrow(0, start, len)?;
-        let logits = matmul_t(&states.narrow(0, start, len)?, lm_head)?.to_dtype(work)?;
+        let logits = matmul_t(&detached.narrow(0, start, len)?, lm_head)?.to_dtype(work)?;
         let max = logits.max_keepdim(D::Minus1)?;
         let exp = logits.broadcast_sub(&max)?.exp()?;
         let sum = exp.sum_keepdim(D::Minus1)?;
         let lse = (sum.log()? + max)?.squeeze(D::Minus1)?;
-        let picked = logits.gather(&chunk_targets, D::Minus1)?.squeeze(D::Minus1)?;
+        let picked = logits
+            .gather(&chunk_targets, D::Minus1)?
+            .squeeze(D::Minus1)?;
         logps.push((picked - &lse)?);
         means.push(logits.mean(D::Minus1)?.to_dtype(DType::F32)?);
         if tracked {
@@ -58,8 +75,8 @@ pub fn head_logprobs(
             jacobians.push((target_rows - expected)?.to_dtype(work)?);
         }
     }
-    let token_logps = Tensor::cat(&logps, 0)?.reshape((b, t - 1))?;
-    let mean_logits = Tensor::cat(&means, 0)?.reshape((b, t - 1))?;
+    let token_logps = Tensor::cat(&logps, 0)?;
+    let mean_logits = Tensor::cat(&means, 0)?;
     if !tracked {
         return Ok(HeadLogprobs {
             token_logps,
@@ -68,16 +85,11 @@ pub fn head_logprobs(
     }
     let jacobian = Tensor::cat(&jacobians, 0)?;
     let token_logps = attach_gradient(
-        hidden,
+        states,
         token_logps,
-        Arc::new(move |hidden, _, grad| {
-            let dtype = hidden.dtype();
+        Arc::new(move |states, _, grad| {
             let g = grad.reshape((n, 1))?.to_dtype(work)?;
-            let dh = jacobian
-                .broadcast_mul(&g)?
-                .to_dtype(dtype)?
-                .reshape((b, t - 1, h))?;
-            Tensor::cat(&[dh, Tensor::zeros((b, 1, h), dtype, hidden.device())?], 1)
+            jacobian.broadcast_mul(&g)?.to_dtype(states.dtype())
         }),
     )?;
     Ok(HeadLogprobs {

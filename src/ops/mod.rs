@@ -15,7 +15,9 @@ mod softmax;
 
 pub use attention::attention;
 pub use grad_attach::{attach_gradient, attach_gradient3, Backward3};
-pub use head::{head_logprobs, log_sum_exp, HeadLogprobs, DEFAULT_CHUNK_POSITIONS};
+pub use head::{
+    head_logprobs, log_sum_exp, position_logprobs, HeadLogprobs, DEFAULT_CHUNK_POSITIONS,
+};
 pub use linear::{frozen_linear, matmul_t};
 pub use norm::rms_norm;
 pub use qlinear::quantized_linear;

@@ -92,14 +92,3 @@ pub fn log_sigmoid(x: &Tensor) -> candle_core::Result<Tensor> {
     let tail = (x.abs()?.neg()?.exp()? + 1.0)?.log()?;
     (relu + tail)?.neg()
 }
-
-/// Mean over the masked positions of the mean logit over the vocabulary: `(sum, count)`, from
-/// the per-position means `[b, t-1]` and the target mask `[b, t-1]`.
-pub fn masked_logit_mean(mean_logits: &Tensor, target_mask: &Tensor) -> Result<(f64, f64)> {
-    let mask = target_mask.to_dtype(candle_core::DType::F32)?;
-    let sum = (mean_logits.detach().to_dtype(candle_core::DType::F32)? * &mask)?
-        .sum_all()?
-        .to_scalar::<f32>()?;
-    let count = mask.sum_all()?.to_scalar::<f32>()?;
-    Ok((sum as f64, count as f64))
-}

@@ -51,10 +51,3 @@ pub fn masked_mean_nll(token_logps: &Tensor, mask: &Tensor) -> Result<Tensor> {
     let count = mask.sum_all()?;
     total.neg()?.broadcast_div(&count)
 }
-
-/// Per-sequence sums of the masked token log-probs `[b]`, and the number of masked tokens `[b]`.
-pub fn sequence_logps(token_logps: &Tensor, mask: &Tensor) -> Result<(Tensor, Tensor)> {
-    let mask = mask.to_dtype(DType::F32)?;
-    let sums = (token_logps * &mask)?.sum(D::Minus1)?;
-    Ok((sums, mask.sum(D::Minus1)?))
-}

@@ -8,6 +8,7 @@ pub mod evaluate;
 pub mod logprobs;
 pub mod metrics;
 pub mod optim;
+pub mod pair_packing;
 pub mod preference;
 pub mod ref_cache;
 pub mod run;

@@ -1,14 +1,13 @@
 //! The DPO objective: chosen and rejected in one forward pass, the reference from the same
 //! base with the trained adapter disabled (or precomputed), TRL's losses and metrics.
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
 
-use super::batch::DeviceBatch;
-use super::dpo::{masked_logit_mean, DpoLoss, DpoTerms, PairLogps};
-use super::logprobs::sequence_logps;
+use super::dpo::{DpoLoss, DpoTerms, PairLogps};
+use super::pair_packing::{pack_pairs, PackedPairs};
 use super::trainer::{AdapterStack, MetricSums, MicroLoss, Objective};
-use crate::data::{collate_dpo, DpoDataset};
+use crate::data::DpoDataset;
 use crate::model::{Adapter, LayerTape, Model, Pass};
 
 /// Summed completion log-probs and completion token counts of pairs, on the host.
@@ -55,24 +54,25 @@ impl PairSums {
     }
 }
 
-/// One forward pass over `prompt+chosen` then `prompt+rejected` rows.
+/// One forward pass over pairs, packed ([`pack_pairs`]: the prompt runs once for both).
 pub struct PairForward {
-    /// Per-sequence sums `[2n]` (tracked when the pass trains) and completion token counts `[2n]`.
+    /// Per-sequence sums `[2n]` (chosen of each pair, then rejected; tracked when the pass
+    /// trains) and completion token counts `[2n]`.
     pub sums: Tensor,
     pub counts: Tensor,
-    pub token_logps: Tensor,
-    /// Mean logit over the vocabulary at each position `[2n, t-1]`, for TRL's `logits/*`.
-    pub mean_logits: Tensor,
-    pub batch: DeviceBatch,
+    /// Per sequence: the sum of the mean logit over the vocabulary at its scored positions.
+    logit_sums: Vec<f64>,
+    /// Tokens of the `prompt + chosen` and `prompt + rejected` sequences (unshared).
+    pub tokens: usize,
     pub pairs: usize,
 }
 
 impl PairForward {
     /// A pass that records no graph (reference, evaluation).
     pub fn run(model: &Model, data: &DpoDataset, rows: &[usize], pass: Pass) -> Result<Self> {
-        let batch = Self::batch(model, data, rows)?;
-        let hidden = model.hidden_states(&batch.input_ids, Some(&batch.attention_mask), pass)?;
-        Self::from_hidden(model, &hidden, batch, rows.len())
+        let packed = Self::pack(data, rows);
+        let hidden = model.hidden_states_of(model.packed_inputs(&packed.batch)?, pass)?;
+        Self::score(model, &hidden, &packed)
     }
 
     /// A training pass of `adapters` (the last one trained), and the tape of its backward.
@@ -84,37 +84,56 @@ impl PairForward {
         dropout_seed: u64,
         gradient_checkpointing: bool,
     ) -> Result<(Self, LayerTape<'a>)> {
-        let batch = Self::batch(model, data, rows)?;
+        let packed = Self::pack(data, rows);
         let (hidden, tape) = model.hidden_states_layered(
-            &batch.input_ids,
-            Some(&batch.attention_mask),
+            model.packed_inputs(&packed.batch)?,
             adapters,
             dropout_seed,
             gradient_checkpointing,
         )?;
-        Ok((Self::from_hidden(model, &hidden, batch, rows.len())?, tape))
+        Ok((Self::score(model, &hidden, &packed)?, tape))
     }
 
-    fn batch(model: &Model, data: &DpoDataset, rows: &[usize]) -> Result<DeviceBatch> {
+    fn pack(data: &DpoDataset, rows: &[usize]) -> PackedPairs {
         let examples: Vec<_> = rows.iter().map(|&r| &data.examples[r]).collect();
-        DeviceBatch::from_data(&collate_dpo(&examples, data.pad_id, None), model.device())
+        pack_pairs(&examples)
     }
 
-    fn from_hidden(
-        model: &Model,
-        hidden: &Tensor,
-        batch: DeviceBatch,
-        pairs: usize,
-    ) -> Result<Self> {
-        let head = model.head_logprobs(hidden, &batch.input_ids)?;
-        let (sums, counts) = sequence_logps(&head.token_logps, &batch.target_mask)?;
+    /// The completion log-probs of each sequence from the packed hidden states `[1, N, h]`.
+    fn score(model: &Model, hidden: &Tensor, packed: &PackedPairs) -> Result<Self> {
+        let device = model.device();
+        let m = packed.rows.len();
+        if m == 0 {
+            bail!("a batch of preference pairs has no completion tokens to score");
+        }
+        let states = hidden
+            .squeeze(0)?
+            .index_select(&Tensor::from_slice(&packed.rows, m, device)?, 0)?;
+        let targets = Tensor::from_slice(&packed.targets, m, device)?;
+        let head = model.position_logprobs(&states, &targets)?;
+        // [2n, m]: which sequence each scored token belongs to.
+        let seqs = 2 * packed.pairs;
+        let mut member = vec![0f32; seqs * m];
+        for (k, &s) in packed.sequence.iter().enumerate() {
+            member[s * m + k] = 1.0;
+        }
+        let member = Tensor::from_vec(member, (seqs, m), device)?;
+        let per_sequence = |v: &Tensor| -> candle_core::Result<Tensor> {
+            member.matmul(&v.unsqueeze(1)?)?.squeeze(1)
+        };
+        let sums = per_sequence(&head.token_logps)?;
+        let counts = member.sum(1)?;
+        let logit_sums = per_sequence(&head.mean_logits)?
+            .to_vec1::<f32>()?
+            .into_iter()
+            .map(f64::from)
+            .collect();
         Ok(Self {
             sums,
             counts,
-            token_logps: head.token_logps,
-            mean_logits: head.mean_logits,
-            batch,
-            pairs,
+            logit_sums,
+            tokens: packed.tokens,
+            pairs: packed.pairs,
         })
     }
 
@@ -146,22 +165,21 @@ impl PairForward {
     /// Mean NLL of the chosen completions' tokens (RPO's term).
     pub fn chosen_nll(&self) -> Result<Tensor> {
         let n = self.pairs;
-        let logps = self.token_logps.narrow(0, 0, n)?;
-        let mask = self.batch.target_mask.narrow(0, 0, n)?;
-        Ok(((logps * &mask)?.sum_all()?.neg()?
-            / mask.sum_all()?.to_scalar::<f32>()?.max(1.0) as f64)?)
+        let count = self.counts.narrow(0, 0, n)?.sum_all()?.to_scalar::<f32>()?;
+        Ok((self.sums.narrow(0, 0, n)?.sum_all()?.neg()? / count.max(1.0) as f64)?)
     }
 
     /// TRL's `logits/chosen` and `logits/rejected` as `(sum, count)` pairs.
     pub fn logit_means(&self) -> Result<((f64, f64), (f64, f64))> {
         let n = self.pairs;
-        let half = |start| -> Result<(f64, f64)> {
-            masked_logit_mean(
-                &self.mean_logits.narrow(0, start, n)?,
-                &self.batch.target_mask.narrow(0, start, n)?,
+        let counts: Vec<f32> = self.counts.to_vec1()?;
+        let half = |range: std::ops::Range<usize>| -> (f64, f64) {
+            (
+                self.logit_sums[range.clone()].iter().sum(),
+                counts[range].iter().map(|&c| c as f64).sum(),
             )
         };
-        Ok((half(0)?, half(n)?))
+        Ok((half(0..n), half(n..2 * n)))
     }
 }
 
@@ -281,7 +299,7 @@ impl Objective for DpoObjective {
         let ((cs, cn), (rs, rn)) = fwd.logit_means()?;
         metrics.add("logits/chosen", cs, cn);
         metrics.add("logits/rejected", rs, rn);
-        metrics.add("tokens", fwd.batch.tokens as f64, 1.0);
+        metrics.add("tokens", fwd.tokens as f64, 1.0);
         Ok(MicroLoss {
             loss: (loss / normaliser)?,
             tape,

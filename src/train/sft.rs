@@ -59,8 +59,7 @@ impl Objective for SftObjective {
         let batch =
             DeviceBatch::from_data(&collate(&seqs, self.train.pad_id, None), model.device())?;
         let (hidden, tape) = model.hidden_states_layered(
-            &batch.input_ids,
-            Some(&batch.attention_mask),
+            model.inputs(&batch.input_ids, Some(&batch.attention_mask))?,
             &adapters.policy(),
             dropout_seed,
             self.gradient_checkpointing,

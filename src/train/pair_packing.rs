@@ -1,0 +1,72 @@
+//! Preference pairs packed for one forward pass: chosen and rejected continue the same prompt,
+//! so the tokens they share run through the model once (a prompt of 160 tokens with two
+//! 90-token completions costs 340 token passes instead of 500), and no row is padded.
+
+use crate::data::DpoExample;
+use crate::model::PackedBatch;
+
+/// The packed row and where each scored token's log-prob comes from.
+pub struct PackedPairs {
+    pub batch: PackedBatch,
+    /// For each scored token: the row of the hidden state that predicts it, the token, and
+    /// its sequence (`0..n` chosen of each pair, `n..2n` rejected).
+    pub rows: Vec<u32>,
+    pub targets: Vec<u32>,
+    pub sequence: Vec<usize>,
+    /// Tokens of the `prompt + chosen` and `prompt + rejected` sequences, unshared (what a
+    /// padded batch holds without its padding).
+    pub tokens: usize,
+    pub pairs: usize,
+}
+
+/// Packs `examples`: each pair is a group whose trunk is the longest common prefix of its two
+/// sequences.
+pub fn pack_pairs(examples: &[&DpoExample]) -> PackedPairs {
+    let n = examples.len();
+    let mut out = PackedPairs {
+        batch: PackedBatch::default(),
+        rows: Vec::new(),
+        targets: Vec::new(),
+        sequence: Vec::new(),
+        tokens: 0,
+        pairs: n,
+    };
+    let mut scored: Vec<Vec<(u32, u32)>> = vec![Vec::new(); 2 * n];
+    for (i, e) in examples.iter().enumerate() {
+        let (c, r) = (&e.chosen, &e.rejected);
+        let shared = c
+            .input_ids
+            .iter()
+            .zip(&r.input_ids)
+            .take_while(|(a, b)| a == b)
+            .count();
+        let (trunk, branches) = out.batch.push_group(
+            &c.input_ids[..shared],
+            &[&c.input_ids[shared..], &r.input_ids[shared..]],
+        );
+        for (seq, branch_start, sequence) in [(i, branches[0], c), (n + i, branches[1], r)] {
+            out.tokens += sequence.len();
+            // Token j is predicted by the hidden state at j − 1: in the trunk, or in the branch.
+            for j in 1..sequence.len() {
+                if !sequence.loss_mask[j] {
+                    continue;
+                }
+                let p = j - 1;
+                let row = if p < shared {
+                    trunk + p
+                } else {
+                    branch_start + (p - shared)
+                };
+                scored[seq].push((row as u32, sequence.input_ids[j]));
+            }
+        }
+    }
+    for (seq, tokens) in scored.into_iter().enumerate() {
+        for (row, target) in tokens {
+            out.rows.push(row);
+            out.targets.push(target);
+            out.sequence.push(seq);
+        }
+    }
+    out
+}
