@@ -69,17 +69,17 @@ pub fn bench(cfg: &LoadedConfig, req: &BenchRequest) -> Result<Value> {
     let col = |f: fn(&StepTiming) -> f64| median(kept.iter().map(f).collect());
     let sec = col(|t| t.total);
     let tokens_per_sec = median(kept.iter().map(|t| t.tokens / t.total).collect());
-    // Matmul work per token of one forward pass: the projections and the LM head (attention
-    // scores are left out, so the rates below understate ours slightly).
+    // Matmul work per token position of one forward pass: the frozen projections only (the
+    // LM head, attention and LoRA are left out, so the rates below understate the work done),
+    // counted on the positions actually computed.
     let c = &session.model.config;
     let weights: usize = crate::model::PROJECTIONS
         .iter()
         .filter_map(|p| c.projection_shape(p))
         .map(|(o, i)| o * i)
         .sum::<usize>()
-        * c.num_hidden_layers
-        + c.vocab_size * c.hidden_size;
-    let forward_flops = |t: &StepTiming| 2.0 * weights as f64 * t.tokens;
+        * c.num_hidden_layers;
+    let forward_flops = |t: &StepTiming| 2.0 * weights as f64 * t.token_passes;
     // The backward computes input gradients only (one matmul per forward one), plus a
     // recomputed forward with gradient checkpointing.
     let recompute = if section_checkpointing(&cfg, req.stage) {
@@ -107,6 +107,7 @@ pub fn bench(cfg: &LoadedConfig, req: &BenchRequest) -> Result<Value> {
         "sec_per_step_median": sec,
         "tokens_per_sec": tokens_per_sec,
         "tokens_per_step_median": col(|t| t.tokens),
+        "token_passes_per_step_median": col(|t| t.token_passes),
         "peak_rss_mib": peak_rss_mib(),
         "breakdown_sec_median": {
             "data": col(|t| t.data),

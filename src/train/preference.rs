@@ -64,6 +64,8 @@ pub struct PairForward {
     logit_sums: Vec<f64>,
     /// Tokens of the `prompt + chosen` and `prompt + rejected` sequences (unshared).
     pub tokens: usize,
+    /// Token positions the model actually ran (shared prompts once).
+    pub token_passes: usize,
     pub pairs: usize,
 }
 
@@ -133,6 +135,7 @@ impl PairForward {
             counts,
             logit_sums,
             tokens: packed.tokens,
+            token_passes: packed.batch.len(),
             pairs: packed.pairs,
         })
     }
@@ -300,6 +303,7 @@ impl Objective for DpoObjective {
         metrics.add("logits/chosen", cs, cn);
         metrics.add("logits/rejected", rs, rn);
         metrics.add("tokens", fwd.tokens as f64, 1.0);
+        metrics.add("token_passes", fwd.token_passes as f64, 1.0);
         Ok(MicroLoss {
             loss: (loss / normaliser)?,
             tape,

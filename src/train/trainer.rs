@@ -181,8 +181,11 @@ pub struct StepTiming {
     pub backward: f64,
     /// Clipping and the AdamW update.
     pub optimizer: f64,
-    /// Tokens run through the policy.
+    /// Tokens of the policy's sequences (`prompt + chosen` and `prompt + rejected` for DPO).
     pub tokens: f64,
+    /// Token positions the policy forward actually computed (padding included, a prompt
+    /// shared by chosen and rejected once): the matmul work.
+    pub token_passes: f64,
 }
 
 /// How a run ended.
@@ -341,13 +344,14 @@ pub fn train(
                 backward: t_backward,
                 optimizer: t_optimizer.elapsed().as_secs_f64(),
                 tokens: sum("tokens"),
+                token_passes: sum("token_passes"),
             });
         }
 
         let done = step + 1;
         window_tokens += step_metrics.mean("tokens").unwrap_or(0.0) * ga as f64;
         for (k, v) in step_metrics.means() {
-            if k != "tokens" && !k.starts_with("time/") {
+            if k != "tokens" && k != "token_passes" && !k.starts_with("time/") {
                 window.add(&k, v, 1.0);
             }
         }
