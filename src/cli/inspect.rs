@@ -56,11 +56,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let load_dtype = model::parse_dtype(&c.run.model.dtype)?;
         let options = model::LoadOptions::from_config(load_dtype, &c.run.model.quantize)
             .context("[model] quantize")?;
-        println!("\nmemory estimate (one micro-batch at max_length; batches are padded only to their longest row):");
+        println!(
+            "\nmemory estimate (one micro-batch at max_length; SFT rows are padded only to the \
+             longest, DPO pairs share their prompt: both use less)"
+        );
         for (stage, section) in [(Stage::Sft, &c.run.sft), (Stage::Dpo, &c.run.dpo)] {
             let Some(s) = section else { continue };
             let seq = c.data_config(stage)?.max_length.unwrap_or(1024);
-            // DPO runs chosen and rejected of every pair in one batch.
+            // DPO runs chosen and rejected of every pair in one pass (counted unshared).
             let rows = s.per_device_train_batch_size * if stage == Stage::Dpo { 2 } else { 1 };
             let e = memory::estimate(&config, &lora, load_dtype, options.quantize, rows, seq);
             let b = memory::human_bytes;

@@ -166,7 +166,11 @@ mod tests {
         let e = estimate(&smollm2(), &lora, DType::F32, None, 8, 250);
         for (estimate, measured) in [(e.total(), 3137.0), (e.total_checkpointed(), 1077.0)] {
             let ratio = mib(estimate) / measured;
-            assert!((1.0..2.0).contains(&ratio), "{} MiB vs {measured}", mib(estimate));
+            assert!(
+                (1.0..2.0).contains(&ratio),
+                "{} MiB vs {measured}",
+                mib(estimate)
+            );
         }
     }
 
