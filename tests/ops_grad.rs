@@ -236,3 +236,29 @@ fn attention_backward_grouped_heads() {
         ops::attention(&q, &k, x, &mask, DType::F64).unwrap()
     });
 }
+
+#[test]
+fn swiglu_backward() {
+    let up = randn(&[2, 3, 4], 23);
+    let gate = randn(&[2, 3, 4], 24);
+    check("swiglu dgate", gate.clone(), |x| {
+        ops::swiglu(x, &up).unwrap()
+    });
+    check("swiglu dup", up.clone(), |x| ops::swiglu(&gate, x).unwrap());
+}
+
+#[test]
+fn swiglu_equals_silu_times_up() {
+    let (gate, up) = (randn(&[5, 7], 25), randn(&[5, 7], 26));
+    let want = (gate.silu().unwrap() * &up).unwrap();
+    let got = ops::swiglu(&gate, &up).unwrap();
+    let diff: f64 = (got - want)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    assert!(diff < 1e-12, "{diff}");
+}

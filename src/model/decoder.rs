@@ -362,7 +362,7 @@ impl Model {
         let h = ops::rms_norm(&x, &layer.post_attention_layernorm, eps)?;
         let gate = layer.proj[4].forward(&h, pass)?;
         let up = layer.proj[5].forward(&h, pass)?;
-        let mlp = layer.proj[6].forward(&(gate.silu()? * up)?, pass)?;
+        let mlp = layer.proj[6].forward(&ops::swiglu(&gate, &up)?, pass)?;
         Ok((x + mlp)?)
     }
 

@@ -93,7 +93,7 @@ impl Model {
             let h = ops::rms_norm(&x, &layer.post_attention_layernorm, eps)?;
             let gate = layer.proj[4].forward(&h, pass)?;
             let up = layer.proj[5].forward(&h, pass)?;
-            x = (&x + layer.proj[6].forward(&(gate.silu()? * up)?, pass)?)?;
+            x = (&x + layer.proj[6].forward(&crate::ops::swiglu(&gate, &up)?, pass)?)?;
         }
         cache.len = total;
         if let Some(w) = self.config.sliding_window {

@@ -206,7 +206,8 @@ pub struct Dropout {
     pub seed: u64,
 }
 
-pub(crate) fn dropout_mask(shape: &[usize], d: Dropout, device: &Device) -> Result<Tensor> {
+/// The dropout mask `[shape]` (f32: 0 or 1/(1-p)) that `d` draws.
+pub fn dropout_mask(shape: &[usize], d: Dropout, device: &Device) -> Result<Tensor> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(d.seed);
     let keep = 1.0 / (1.0 - d.p) as f32;
     let n: usize = shape.iter().product();

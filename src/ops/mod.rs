@@ -12,6 +12,7 @@ mod norm;
 mod qlinear;
 mod rope;
 mod softmax;
+mod swiglu;
 
 pub use attention::attention;
 pub use grad_attach::{attach_gradient, attach_gradient3, Backward3};
@@ -23,3 +24,4 @@ pub use norm::rms_norm;
 pub use qlinear::quantized_linear;
 pub use rope::rope;
 pub use softmax::softmax_last_dim;
+pub use swiglu::swiglu;
