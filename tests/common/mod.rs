@@ -35,8 +35,22 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap()
         .max(0)
         .unwrap()
+        .to_dtype(candle_core::DType::F32)
+        .unwrap()
         .to_scalar::<f32>()
         .unwrap()
+}
+
+/// Deterministic N(0, 1) data in f64 (candle's CPU generator cannot be seeded).
+pub fn randn(shape: &[usize], seed: u64) -> Tensor {
+    use rand::SeedableRng;
+    use rand_distr::Distribution;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let n: usize = shape.iter().product();
+    let v: Vec<f64> = (0..n)
+        .map(|_| rand_distr::StandardNormal.sample(&mut rng))
+        .collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
 }
 
 /// ‖a − b‖ / ‖b‖.
