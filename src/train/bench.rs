@@ -69,9 +69,11 @@ pub fn bench(cfg: &LoadedConfig, req: &BenchRequest) -> Result<Value> {
     let col = |f: fn(&StepTiming) -> f64| median(kept.iter().map(f).collect());
     let sec = col(|t| t.total);
     let tokens_per_sec = median(kept.iter().map(|t| t.tokens / t.total).collect());
-    // Matmul work per token position of one forward pass: the frozen projections only (the
-    // LM head, attention and LoRA are left out, so the rates below understate the work done),
-    // counted on the positions actually computed.
+    // Matmul work of the policy: the frozen projections at every position computed and, in the
+    // forward, the LM head at every scored position (its logits, and the gradient of each
+    // log-prob with respect to the hidden state). The backward multiplies by every projection
+    // once more for the input gradients (plus a recomputed forward with gradient
+    // checkpointing). Attention and LoRA matmuls are left out, so the rates understate.
     let c = &session.model.config;
     let weights: usize = crate::model::PROJECTIONS
         .iter()
@@ -79,9 +81,9 @@ pub fn bench(cfg: &LoadedConfig, req: &BenchRequest) -> Result<Value> {
         .map(|(o, i)| o * i)
         .sum::<usize>()
         * c.num_hidden_layers;
-    let forward_flops = |t: &StepTiming| 2.0 * weights as f64 * t.token_passes;
-    // The backward computes input gradients only (one matmul per forward one), plus a
-    // recomputed forward with gradient checkpointing.
+    let head = (c.vocab_size * c.hidden_size) as f64;
+    let layer_flops = |t: &StepTiming| 2.0 * weights as f64 * t.token_passes;
+    let forward_flops = |t: &StepTiming| layer_flops(t) + 4.0 * head * t.head_positions;
     let recompute = if section_checkpointing(&cfg, req.stage) {
         1.0
     } else {
@@ -96,7 +98,7 @@ pub fn bench(cfg: &LoadedConfig, req: &BenchRequest) -> Result<Value> {
     );
     let bwd_rate = median(
         kept.iter()
-            .map(|t| gflops((1.0 + recompute) * forward_flops(t), t.backward))
+            .map(|t| gflops((1.0 + recompute) * layer_flops(t), t.backward))
             .collect(),
     );
     Ok(json!({

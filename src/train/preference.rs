@@ -66,6 +66,8 @@ pub struct PairForward {
     pub tokens: usize,
     /// Token positions the model actually ran (shared prompts once).
     pub token_passes: usize,
+    /// Positions the LM head scored.
+    pub head_positions: usize,
     pub pairs: usize,
 }
 
@@ -136,6 +138,7 @@ impl PairForward {
             logit_sums,
             tokens: packed.tokens,
             token_passes: packed.batch.len(),
+            head_positions: m,
             pairs: packed.pairs,
         })
     }
@@ -304,6 +307,7 @@ impl Objective for DpoObjective {
         metrics.add("logits/rejected", rs, rn);
         metrics.add("tokens", fwd.tokens as f64, 1.0);
         metrics.add("token_passes", fwd.token_passes as f64, 1.0);
+        metrics.add("head_positions", fwd.head_positions as f64, 1.0);
         Ok(MicroLoss {
             loss: (loss / normaliser)?,
             tape,

@@ -66,7 +66,9 @@ impl Objective for SftObjective {
         )?;
         let (nll_sum, _) = nll_sum(model, &hidden, &batch)?;
         metrics.add("tokens", batch.tokens as f64, 1.0);
-        metrics.add("token_passes", batch.input_ids.elem_count() as f64, 1.0);
+        let (rows, seq) = batch.input_ids.dims2()?;
+        metrics.add("token_passes", (rows * seq) as f64, 1.0);
+        metrics.add("head_positions", (rows * (seq - 1)) as f64, 1.0);
         Ok(MicroLoss {
             loss: (nll_sum / normaliser)?,
             tape,

@@ -186,7 +186,12 @@ pub struct StepTiming {
     /// Token positions the policy forward actually computed (padding included, a prompt
     /// shared by chosen and rejected once): the matmul work.
     pub token_passes: f64,
+    /// Positions the LM head scored.
+    pub head_positions: f64,
 }
+
+/// Counts the objectives add for the timings, not for the metrics log.
+const STEP_COUNTS: [&str; 3] = ["tokens", "token_passes", "head_positions"];
 
 /// How a run ended.
 #[derive(Debug, PartialEq)]
@@ -345,13 +350,14 @@ pub fn train(
                 optimizer: t_optimizer.elapsed().as_secs_f64(),
                 tokens: sum("tokens"),
                 token_passes: sum("token_passes"),
+                head_positions: sum("head_positions"),
             });
         }
 
         let done = step + 1;
         window_tokens += step_metrics.mean("tokens").unwrap_or(0.0) * ga as f64;
         for (k, v) in step_metrics.means() {
-            if k != "tokens" && k != "token_passes" && !k.starts_with("time/") {
+            if !STEP_COUNTS.contains(&k.as_str()) && !k.starts_with("time/") {
                 window.add(&k, v, 1.0);
             }
         }
