@@ -257,9 +257,8 @@ impl Model {
         self.check_length(packed.max_position())?;
         let (ids, positions) = packed.tensors(&self.device)?;
         let (cos, sin) = self.rotary.at(&positions)?;
-        let groups = (0..packed.groups.len())
-            .map(|g| {
-                let (start, len) = packed.groups[g];
+        let groups = (packed.groups.iter().enumerate())
+            .map(|(g, &(start, len))| {
                 Ok((
                     start,
                     len,

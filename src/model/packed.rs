@@ -6,7 +6,7 @@
 //! Attention runs group by group, so its cost is that of the groups, not of the whole row.
 
 use anyhow::{bail, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 
 use super::config::ModelConfig;
 
@@ -99,8 +99,7 @@ impl PackedBatch {
     pub fn tensors(&self, device: &Device) -> Result<(Tensor, Tensor)> {
         let ids = Tensor::from_slice(&self.ids, (1, self.ids.len()), device)?;
         let positions: Vec<u32> = self.slots.iter().map(|s| s.position).collect();
-        let positions =
-            Tensor::from_vec(positions, self.slots.len(), device)?.to_dtype(DType::U32)?;
+        let positions = Tensor::from_vec(positions, self.slots.len(), device)?;
         Ok((ids, positions))
     }
 }

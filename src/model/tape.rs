@@ -22,7 +22,7 @@ pub struct LayerTape<'a> {
     attend: Attend,
     cos: Tensor,
     sin: Tensor,
-    /// Each layer's input, untracked.
+    /// With checkpointing: each layer's input, untracked, to recompute the layer from.
     inputs: Vec<Tensor>,
     /// Without checkpointing: each layer's input as a leaf and its tracked output.
     kept: Vec<(Var, Tensor)>,
@@ -50,11 +50,10 @@ impl Model {
             record_graph: !checkpointing,
             ..Pass::train(adapters, dropout_seed)
         };
-        let mut inputs = Vec::with_capacity(self.layers.len());
-        let mut kept = Vec::new();
+        let (mut inputs, mut kept) = (Vec::new(), Vec::new());
         for layer in &self.layers {
-            inputs.push(x.clone());
             if checkpointing {
+                inputs.push(x.clone());
                 x = self.layer_forward(layer, &x, &attend, &cos, &sin, pass)?;
             } else {
                 let leaf = Var::from_tensor(&x)?;

@@ -46,6 +46,7 @@ pub fn bench(cfg: &LoadedConfig, req: &BenchRequest) -> Result<Value> {
     let Some(s) = section else {
         bail!("the config has no [{}] section", req.stage);
     };
+    let checkpointing = s.gradient_checkpointing;
     s.max_steps = (req.warmup + req.steps) as i64;
     s.save_steps = 0;
     s.eval_file = None;
@@ -84,11 +85,7 @@ pub fn bench(cfg: &LoadedConfig, req: &BenchRequest) -> Result<Value> {
     let head = (c.vocab_size * c.hidden_size) as f64;
     let layer_flops = |t: &StepTiming| 2.0 * weights as f64 * t.token_passes;
     let forward_flops = |t: &StepTiming| layer_flops(t) + 4.0 * head * t.head_positions;
-    let recompute = if section_checkpointing(&cfg, req.stage) {
-        1.0
-    } else {
-        0.0
-    };
+    let recompute = if checkpointing { 1.0 } else { 0.0 };
     let gflops = |flops: f64, secs: f64| flops / secs.max(1e-9) / 1e9;
     let peak = matmul_peak_gflops(session.model.device(), c.hidden_size, c.intermediate_size)?;
     let fwd_rate = median(
@@ -125,14 +122,6 @@ pub fn bench(cfg: &LoadedConfig, req: &BenchRequest) -> Result<Value> {
         "forward_matmul_efficiency": fwd_rate / peak,
         "backward_matmul_efficiency": bwd_rate / peak,
     }))
-}
-
-fn section_checkpointing(cfg: &LoadedConfig, stage: Stage) -> bool {
-    let section = match stage {
-        Stage::Sft => cfg.run.sft.as_ref(),
-        Stage::Dpo => cfg.run.dpo.as_ref(),
-    };
-    section.is_some_and(|s| s.gradient_checkpointing)
 }
 
 /// This machine's f32 matmul rate on a projection-shaped product (2048 tokens × hidden ×

@@ -72,33 +72,32 @@ pub struct PairForward {
 }
 
 impl PairForward {
-    /// A pass that records no graph (reference, evaluation).
-    pub fn run(model: &Model, data: &DpoDataset, rows: &[usize], pass: Pass) -> Result<Self> {
-        let packed = Self::pack(data, rows);
+    /// A pass over `packed` that records no graph (reference, evaluation).
+    pub fn run(model: &Model, packed: &PackedPairs, pass: Pass) -> Result<Self> {
         let hidden = model.hidden_states_of(model.packed_inputs(&packed.batch)?, pass)?;
-        Self::score(model, &hidden, &packed)
+        Self::score(model, &hidden, packed)
     }
 
-    /// A training pass of `adapters` (the last one trained), and the tape of its backward.
+    /// A training pass of `adapters` (the last one trained) over `packed`, and the tape of
+    /// its backward.
     pub fn run_training<'a>(
         model: &'a Model,
-        data: &DpoDataset,
-        rows: &[usize],
+        packed: &PackedPairs,
         adapters: &[&'a Adapter],
         dropout_seed: u64,
         gradient_checkpointing: bool,
     ) -> Result<(Self, LayerTape<'a>)> {
-        let packed = Self::pack(data, rows);
         let (hidden, tape) = model.hidden_states_layered(
             model.packed_inputs(&packed.batch)?,
             adapters,
             dropout_seed,
             gradient_checkpointing,
         )?;
-        Ok((Self::score(model, &hidden, &packed)?, tape))
+        Ok((Self::score(model, &hidden, packed)?, tape))
     }
 
-    fn pack(data: &DpoDataset, rows: &[usize]) -> PackedPairs {
+    /// The pairs `rows` of `data`, packed for [`PairForward::run`].
+    pub fn pack(data: &DpoDataset, rows: &[usize]) -> PackedPairs {
         let examples: Vec<_> = rows.iter().map(|&r| &data.examples[r]).collect();
         pack_pairs(&examples)
     }
@@ -199,7 +198,8 @@ pub fn reference_sums(
     let mut out = PairSums::default();
     let rows: Vec<usize> = (0..data.examples.len()).collect();
     for chunk in rows.chunks(batch_size.max(1)) {
-        out.extend(PairForward::run(model, data, chunk, Pass::eval(reference))?.host_sums()?);
+        let packed = PairForward::pack(data, chunk);
+        out.extend(PairForward::run(model, &packed, Pass::eval(reference))?.host_sums()?);
     }
     Ok(out)
 }
@@ -275,20 +275,20 @@ impl Objective for DpoObjective {
         metrics: &mut MetricSums,
     ) -> Result<MicroLoss<'a>> {
         let average = self.loss.loss_type.averages_logps();
+        // One packing for the reference and the policy pass.
+        let packed = PairForward::pack(&self.train, rows);
         let t0 = std::time::Instant::now();
         let reference = match &self.train_reference {
             Some(r) => r.select(rows).logps(average, model.device())?,
             None => {
-                let r =
-                    PairForward::run(model, &self.train, rows, Pass::eval(&adapters.reference()))?;
+                let r = PairForward::run(model, &packed, Pass::eval(&adapters.reference()))?;
                 r.host_sums()?.logps(average, model.device())?
             }
         };
         metrics.add("time/reference", t0.elapsed().as_secs_f64(), 1.0);
         let (fwd, tape) = PairForward::run_training(
             model,
-            &self.train,
-            rows,
+            &packed,
             &adapters.policy(),
             dropout_seed,
             self.gradient_checkpointing,
@@ -360,7 +360,7 @@ pub fn evaluate_pairs(
     let mut sums = PairSums::default();
     let rows: Vec<usize> = (0..data.examples.len()).collect();
     for chunk in rows.chunks(batch_size.max(1)) {
-        let fwd = PairForward::run(model, data, chunk, Pass::eval(adapters))?;
+        let fwd = PairForward::run(model, &PairForward::pack(data, chunk), Pass::eval(adapters))?;
         let own = fwd.host_sums()?;
         // No reference given: the policy is its own reference (a model without adapters).
         let reference = match reference {
