@@ -6,7 +6,7 @@ mod common;
 
 use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
-use common::{expected, fixture, fixture_str, max_abs_diff, rel_l2};
+use common::{expected, fixture, fixture_str, max_abs_diff, rel_l2, tape_gradients};
 use lora_dpo::model::gguf::GgufFile;
 use lora_dpo::model::{
     load_config, load_model, load_model_with, Adapter, LoadOptions, LoraConfig, Model, Pass,
@@ -239,7 +239,6 @@ fn demo_model_smollm2_q4_1() {
     let ids = Tensor::new(&[[504u32, 3575, 282, 4649, 314]], &Device::Cpu).unwrap();
     let adapter = seeded_adapter(&model);
     let adapters = [&adapter];
-    let pass = Pass::train(&adapters, 0);
     let base = model.forward(&ids, None, Pass::eval(&[])).unwrap();
     let next = base
         .get(0)
@@ -253,12 +252,14 @@ fn demo_model_smollm2_q4_1() {
     assert_eq!(next, 7042);
     // Every LoRA factor gets a finite, non-zero gradient through the Q4_1 projections.
     let t0 = std::time::Instant::now();
-    let logits = model.forward(&ids, None, pass).unwrap();
-    let logp = candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1).unwrap();
-    let grads = logp.mean_all().unwrap().backward().unwrap();
+    let (_, grads) = tape_gradients(&model, &ids, None, &adapters, false, |h| {
+        let logits = model.logits(h).unwrap();
+        let logp = candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1).unwrap();
+        logp.mean_all().unwrap()
+    });
     println!("forward + backward: {:.2?}", t0.elapsed());
     for (name, var) in adapter.named_vars() {
-        let g = grads.get(var.as_tensor()).unwrap();
+        let g = &grads[&var.id()];
         let n = g
             .sqr()
             .unwrap()

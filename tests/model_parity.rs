@@ -5,7 +5,7 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use common::{expected, fixture_str, max_abs_diff, rel_l2};
+use common::{expected, fixture_str, max_abs_diff, rel_l2, tape_gradients};
 use lora_dpo::adapter::load_adapter;
 use lora_dpo::model::{load_model, Adapter, Model, Pass};
 use lora_dpo::train::logprobs::{masked_mean_nll, next_token_logprobs};
@@ -65,25 +65,24 @@ fn check_gradients(name: &str) {
     let (model, adapter) = load(name);
     let exp = expected(name);
     let (ids, mask) = inputs(&exp);
-    let adapters = [&adapter];
-    let pass = Pass::train(&adapters, 0);
-    let logits = model.forward(&ids, Some(&mask), pass).unwrap();
-    let logps = next_token_logprobs(&logits, &ids).unwrap();
     let target_mask = mask.narrow(1, 1, mask.dim(1).unwrap() - 1).unwrap();
-    let loss = masked_mean_nll(&logps, &target_mask).unwrap();
+    let (loss, grads) = tape_gradients(&model, &ids, Some(&mask), &[&adapter], false, |h| {
+        let logits = model.logits(h).unwrap();
+        let logps = next_token_logprobs(&logits, &ids).unwrap();
+        masked_mean_nll(&logps, &target_mask).unwrap()
+    });
     let loss_ref = exp["loss"].to_vec1::<f32>().unwrap()[0];
     let loss_ours = loss.to_scalar::<f32>().unwrap();
     assert!(
         (loss_ours - loss_ref).abs() < 1e-5,
         "{name} loss {loss_ours} vs {loss_ref}"
     );
-    let grads = loss.backward().unwrap();
     let named = adapter.named_vars();
     assert_eq!(named.len(), 2 * 7 * 2);
     for (module, var) in named {
         let key = format!("grad.base_model.model.{module}.weight");
         let ours = grads
-            .get(var.as_tensor())
+            .get(&var.id())
             .unwrap_or_else(|| panic!("{name}: no gradient for {module}"));
         let theirs = &exp[&key];
         let r = rel_l2(ours, theirs);
@@ -137,13 +136,11 @@ fn every_lora_factor_gets_a_finite_nonzero_gradient() {
     let (model, adapter) = load("tiny-mistral");
     let exp = expected("tiny-mistral");
     let (ids, mask) = inputs(&exp);
-    let adapters = [&adapter];
-    let logits = model
-        .forward(&ids, Some(&mask), Pass::train(&adapters, 0))
-        .unwrap();
-    let grads = logits.sum_all().unwrap().backward().unwrap();
+    let (_, grads) = tape_gradients(&model, &ids, Some(&mask), &[&adapter], false, |h| {
+        model.logits(h).unwrap().sum_all().unwrap()
+    });
     for (module, var) in adapter.named_vars() {
-        let g = grads.get(var.as_tensor()).unwrap();
+        let g = &grads[&var.id()];
         let norm = g
             .sqr()
             .unwrap()

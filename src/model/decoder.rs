@@ -21,6 +21,9 @@ pub use kv_cache::KvCache;
 #[path = "tape.rs"]
 mod tape;
 pub use tape::LayerTape;
+#[path = "layer.rs"]
+mod layer;
+use layer::LayerContext;
 
 /// How a forward pass runs.
 #[derive(Clone, Copy)]
@@ -31,8 +34,6 @@ pub struct Pass<'a> {
     pub training: bool,
     /// Seeds the dropout masks of this pass (each projection derives its own).
     pub dropout_seed: u64,
-    /// Records the autograd graph back to the trainable (non-frozen) adapters.
-    pub record_graph: bool,
 }
 
 impl<'a> Pass<'a> {
@@ -41,7 +42,6 @@ impl<'a> Pass<'a> {
             adapters,
             training: false,
             dropout_seed: 0,
-            record_graph: false,
         }
     }
 
@@ -50,7 +50,6 @@ impl<'a> Pass<'a> {
             adapters,
             training: true,
             dropout_seed,
-            record_graph: true,
         }
     }
 }
@@ -63,9 +62,19 @@ struct Projection {
 }
 
 impl Projection {
+    /// The projection with the pass's adapters, differentiable when an adapter is trained.
     fn forward(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
-        let branches: Vec<Branch> = pass
-            .adapters
+        let branches = self.branches(pass, pass.training);
+        if branches.is_empty() {
+            return Ok(self.weight.forward(x)?);
+        }
+        lora_projection(x, &self.weight, &branches)
+    }
+
+    /// The LoRA branches `pass` puts on this projection; `trains` marks the unfrozen adapter's
+    /// branch as trained (its backward computes the factors' gradients).
+    fn branches<'a>(&self, pass: Pass<'a>, trains: bool) -> Vec<Branch<'a>> {
+        pass.adapters
             .iter()
             .enumerate()
             .filter_map(|(slot, adapter)| {
@@ -77,15 +86,10 @@ impl Projection {
                         p: adapter.config.lora_dropout,
                         seed: mix_seed(pass.dropout_seed, [self.layer, self.index, slot]),
                     }),
-                    // Outside training no adapter records a graph.
-                    trained: !adapter.frozen && pass.training && pass.record_graph,
+                    trained: trains && pass.training && !adapter.frozen,
                 })
             })
-            .collect();
-        if branches.is_empty() {
-            return Ok(self.weight.forward(x)?);
-        }
-        lora_projection(x, &self.weight, &branches)
+            .collect()
     }
 }
 
@@ -231,8 +235,13 @@ impl Model {
             cos,
             sin,
         } = inputs;
+        let ctx = LayerContext {
+            attend: &attend,
+            cos: &cos,
+            sin: &sin,
+        };
         for layer in &self.layers {
-            x = self.layer_forward(layer, &x, &attend, &cos, &sin, pass)?;
+            x = self.layer_forward(layer, &x, &ctx, pass, false)?.0;
         }
         Ok(ops::rms_norm(&x, &self.norm, self.config.rms_norm_eps)?)
     }
@@ -343,62 +352,6 @@ impl Model {
             .get(layer)
             .and_then(|l| l.proj.get(p))
             .map(|proj| &proj.weight)
-    }
-
-    fn layer_forward(
-        &self,
-        layer: &DecoderLayer,
-        x: &Tensor,
-        attend: &Attend,
-        cos: &Tensor,
-        sin: &Tensor,
-        pass: Pass,
-    ) -> Result<Tensor> {
-        let eps = self.config.rms_norm_eps;
-        let h = ops::rms_norm(x, &layer.input_layernorm, eps)?;
-        let attn = self.attention(layer, &h, attend, cos, sin, pass)?;
-        let x = (x + attn)?;
-        let h = ops::rms_norm(&x, &layer.post_attention_layernorm, eps)?;
-        let gate = layer.proj[4].forward(&h, pass)?;
-        let up = layer.proj[5].forward(&h, pass)?;
-        let mlp = layer.proj[6].forward(&ops::swiglu(&gate, &up)?, pass)?;
-        Ok((x + mlp)?)
-    }
-
-    fn attention(
-        &self,
-        layer: &DecoderLayer,
-        x: &Tensor,
-        attend: &Attend,
-        cos: &Tensor,
-        sin: &Tensor,
-        pass: Pass,
-    ) -> Result<Tensor> {
-        let c = &self.config;
-        let (b, t, _) = x.dims3()?;
-        let (h, kvh, d) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
-        let heads = |y: Tensor, n: usize| -> Result<Tensor> {
-            Ok(y.reshape((b, t, n, d))?.transpose(1, 2)?)
-        };
-        let q = heads(layer.proj[0].forward(x, pass)?, h)?;
-        let k = heads(layer.proj[1].forward(x, pass)?, kvh)?;
-        let v = heads(layer.proj[2].forward(x, pass)?, kvh)?.contiguous()?;
-        let q = ops::rope(&q, cos, sin)?;
-        let k = ops::rope(&k, cos, sin)?;
-        let out = match attend {
-            Attend::Bias(mask) => ops::attention(&q, &k, &v, mask, self.dtype)?,
-            Attend::Groups(groups) => {
-                let parts = groups
-                    .iter()
-                    .map(|(start, len, bias)| {
-                        let part = |t: &Tensor| t.narrow(2, *start, *len);
-                        ops::attention(&part(&q)?, &part(&k)?, &part(&v)?, bias, self.dtype)
-                    })
-                    .collect::<candle_core::Result<Vec<_>>>()?;
-                Tensor::cat(&parts, 1)?
-            }
-        };
-        layer.proj[3].forward(&out, pass)
     }
 }
 

@@ -7,7 +7,7 @@
 //! `[tokens, r]` A-projection of the trained branch are kept.
 
 use anyhow::Result;
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Tensor, Var};
 use std::sync::Arc;
 
 use super::frozen::FrozenWeight;
@@ -23,26 +23,60 @@ pub struct Branch<'a> {
     pub trained: bool,
 }
 
-/// What the backward needs of a branch.
-struct Saved {
+/// What the backward of a projection needs besides its input.
+pub struct ProjectionSaved {
+    weight: FrozenWeight,
+    branches: Vec<BranchSaved>,
+}
+
+struct BranchSaved {
     a: Tensor,
     b: Tensor,
     scale: f64,
     mask: Option<Tensor>,
-    /// `dropout(x) @ Aᵀ`, `[n, r]` f32 (trained branch only).
-    xa: Option<Tensor>,
+    /// The trained factors `(A, B)` and `dropout(x) @ Aᵀ` (`[n, r]` f32).
+    trained: Option<(Var, Var, Tensor)>,
 }
+
+/// The gradients of A and B of the trained branch: `(A, dA, B, dB)`.
+pub type FactorGrads = (Var, Tensor, Var, Tensor);
 
 /// `x: [.., in]` → `[.., out]` in `x`'s dtype. At most one branch may be `trained`.
 pub fn lora_projection(x: &Tensor, weight: &FrozenWeight, branches: &[Branch]) -> Result<Tensor> {
+    let (y, saved) = lora_forward(&x.detach(), weight, branches)?;
+    let trained = branches.iter().find(|b| b.trained).map(|b| b.pair);
+    // Untracked stand-ins keep the op's arity when nothing is trained here.
+    let (a_in, b_in) = match trained {
+        Some(pair) => (pair.a.as_tensor().clone(), pair.b.as_tensor().clone()),
+        None => (
+            Tensor::zeros(1, DType::F32, x.device())?,
+            Tensor::zeros(1, DType::F32, x.device())?,
+        ),
+    };
+    Ok(attach_gradient3(
+        [x, &a_in, &b_in],
+        y,
+        Arc::new(move |[x, _, _], grad| {
+            let (dx, trained) = lora_backward(&saved, x, grad).map_err(candle_core::Error::wrap)?;
+            let (da, db) = trained.map_or((None, None), |(_, da, _, db)| (Some(da), Some(db)));
+            Ok([Some(dx), da, db])
+        }),
+    )?)
+}
+
+/// [`lora_projection`] on an untracked `x`: the output and what [`lora_backward`] needs.
+pub fn lora_forward(
+    x: &Tensor,
+    weight: &FrozenWeight,
+    branches: &[Branch],
+) -> Result<(Tensor, ProjectionSaved)> {
     let (out_features, in_features) = weight.dims2()?;
     let dtype = x.dtype();
     let lead = x.dims()[..x.rank() - 1].to_vec();
     let n: usize = lead.iter().product();
-    let flat = x.detach().reshape((n, in_features))?;
+    let flat = x.reshape((n, in_features))?;
     let mut y = weight.forward(&flat)?;
     let mut saved = Vec::with_capacity(branches.len());
-    let mut trained = None;
     for branch in branches {
         let mut h = flat.to_dtype(DType::F32)?;
         let mask = match branch.dropout.filter(|d| d.p > 0.0) {
@@ -59,57 +93,55 @@ pub fn lora_projection(x: &Tensor, weight: &FrozenWeight, branches: &[Branch]) -
         let xa = matmul_t(&h, &a)?;
         let delta = (matmul_t(&xa, &b)? * branch.scale)?.to_dtype(dtype)?;
         y = (y + delta)?;
-        if branch.trained {
-            trained = Some(branch.pair);
-        }
-        saved.push(Saved {
+        saved.push(BranchSaved {
             a,
             b,
             scale: branch.scale,
             mask,
-            xa: branch.trained.then_some(xa),
+            trained: branch
+                .trained
+                .then(|| (branch.pair.a.clone(), branch.pair.b.clone(), xa)),
         });
     }
-    let mut shape = lead.clone();
+    let mut shape = lead;
     shape.push(out_features);
-    let y = y.reshape(shape)?;
-    // Untracked stand-ins keep the op's arity when nothing is trained here.
-    let (a_in, b_in) = match trained {
-        Some(pair) => (pair.a.as_tensor().clone(), pair.b.as_tensor().clone()),
-        None => (
-            Tensor::zeros(1, DType::F32, x.device())?,
-            Tensor::zeros(1, DType::F32, x.device())?,
-        ),
+    let saved = ProjectionSaved {
+        weight: weight.clone(),
+        branches: saved,
     };
-    let weight = weight.clone();
-    let y = attach_gradient3(
-        [x, &a_in, &b_in],
-        y,
-        Arc::new(move |[x, _, _], grad| {
-            let g = grad.reshape((n, out_features))?;
-            let g32 = g.to_dtype(DType::F32)?;
-            let mut dx = weight.input_grad(&g)?.to_dtype(DType::F32)?;
-            let (mut da, mut db) = (None, None);
-            for s in &saved {
-                // [n, r]: the gradient reaching A's output.
-                let gb = (g32.matmul(&s.b)? * s.scale)?;
-                let mut dh = gb.matmul(&s.a)?;
-                if let Some(m) = &s.mask {
-                    dh = (dh * m)?;
-                }
-                dx = (dx + dh)?;
-                if let Some(xa) = &s.xa {
-                    let mut h = x.reshape((n, in_features))?.to_dtype(DType::F32)?;
-                    if let Some(m) = &s.mask {
-                        h = (h * m)?;
-                    }
-                    da = Some(gb.t()?.matmul(&h)?);
-                    db = Some((g32.t()?.matmul(xa)? * s.scale)?);
-                }
+    Ok((y.reshape(shape)?, saved))
+}
+
+/// The input gradient of a projection at input `x` for the output gradient `grad`, and the
+/// gradients of its trained factors.
+pub fn lora_backward(
+    saved: &ProjectionSaved,
+    x: &Tensor,
+    grad: &Tensor,
+) -> Result<(Tensor, Option<FactorGrads>)> {
+    let (out_features, in_features) = saved.weight.dims2()?;
+    let n = grad.elem_count() / out_features;
+    let g = grad.reshape((n, out_features))?;
+    let g32 = g.to_dtype(DType::F32)?;
+    let mut dx = saved.weight.input_grad(&g)?.to_dtype(DType::F32)?;
+    let mut factors = None;
+    for s in &saved.branches {
+        // [n, r]: the gradient reaching A's output.
+        let gb = (g32.matmul(&s.b)? * s.scale)?;
+        let mut dh = gb.matmul(&s.a)?;
+        if let Some(m) = &s.mask {
+            dh = (dh * m)?;
+        }
+        dx = (dx + dh)?;
+        if let Some((a, b, xa)) = &s.trained {
+            let mut h = x.reshape((n, in_features))?.to_dtype(DType::F32)?;
+            if let Some(m) = &s.mask {
+                h = (h * m)?;
             }
-            let dx = dx.to_dtype(x.dtype())?.reshape(x.dims())?;
-            Ok([Some(dx), da, db])
-        }),
-    )?;
-    Ok(y)
+            let da = gb.t()?.matmul(&h)?;
+            let db = (g32.t()?.matmul(xa)? * s.scale)?;
+            factors = Some((a.clone(), da, b.clone(), db));
+        }
+    }
+    Ok((dx.to_dtype(x.dtype())?.reshape(x.dims())?, factors))
 }

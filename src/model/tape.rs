@@ -1,17 +1,19 @@
 //! A training forward whose backward runs one decoder layer at a time.
 //!
-//! candle's `backward` keeps the gradient of every intermediate tensor until it returns, so
-//! one backward over the whole model holds several times the activations. Here each layer's
-//! input is a leaf: the loss's backward stops at the last layer's output, and
-//! [`LayerTape::backward`] then walks down the layers, each with its own short-lived gradient
-//! store. With gradient checkpointing the forward keeps only each layer's input and the
-//! backward recomputes the layer (same dropout masks: they are a function of the seed).
+//! The decoder layers build no autograd graph: each keeps the activations its written-out
+//! backward needs ([`super::layer`]). The last layer's output is a leaf: the loss's backward
+//! (candle's autograd over the final norm, the head and the loss) stops there, and
+//! [`LayerTape::backward`] carries the gradient down the layers. With gradient checkpointing
+//! the forward keeps only each layer's input and the backward recomputes the layer (same
+//! dropout masks: they are a function of the seed).
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 
+use super::layer::{LayerContext, LayerSaved};
 use super::{Attend, Inputs, Model, Pass};
+use crate::model::lora_linear::FactorGrads;
 use crate::model::Adapter;
 
 /// What a training forward kept for its backward pass.
@@ -22,10 +24,10 @@ pub struct LayerTape<'a> {
     attend: Attend,
     cos: Tensor,
     sin: Tensor,
-    /// With checkpointing: each layer's input, untracked, to recompute the layer from.
+    /// With checkpointing: each layer's input, to recompute the layer from.
     inputs: Vec<Tensor>,
-    /// Without checkpointing: each layer's input as a leaf and its tracked output.
-    kept: Vec<(Var, Tensor)>,
+    /// Without checkpointing: each layer's saved activations.
+    kept: Vec<LayerSaved>,
     /// The last layer's output as a leaf; the final norm and the head start from it.
     top: Var,
 }
@@ -46,21 +48,22 @@ impl Model {
             cos,
             sin,
         } = inputs;
-        let pass = Pass {
-            record_graph: !checkpointing,
-            ..Pass::train(adapters, dropout_seed)
+        let pass = Pass::train(adapters, dropout_seed);
+        let ctx = LayerContext {
+            attend: &attend,
+            cos: &cos,
+            sin: &sin,
         };
         let (mut inputs, mut kept) = (Vec::new(), Vec::new());
         for layer in &self.layers {
             if checkpointing {
                 inputs.push(x.clone());
-                x = self.layer_forward(layer, &x, &attend, &cos, &sin, pass)?;
-            } else {
-                let leaf = Var::from_tensor(&x)?;
-                let y = self.layer_forward(layer, leaf.as_tensor(), &attend, &cos, &sin, pass)?;
-                x = y.detach();
-                kept.push((leaf, y));
             }
+            let (y, saved) = self.layer_forward(layer, &x, &ctx, pass, !checkpointing)?;
+            if !checkpointing {
+                kept.push(saved);
+            }
+            x = y;
         }
         let top = Var::from_tensor(&x)?;
         let hidden = crate::ops::rms_norm(top.as_tensor(), &self.norm, self.config.rms_norm_eps)?;
@@ -81,43 +84,32 @@ impl Model {
 
 impl LayerTape<'_> {
     /// Carries the gradient that `loss_grads` (the loss's backward) holds for the top down
-    /// through every layer, handing each layer's gradient store to `absorb` (which picks the
-    /// trainable adapters' gradients out of it) before dropping it.
+    /// through every layer, handing the trained LoRA factors' gradients to `factors`.
     pub fn backward(
         mut self,
         loss_grads: &GradStore,
-        absorb: &mut dyn FnMut(&GradStore) -> Result<()>,
+        factors: &mut dyn FnMut(FactorGrads) -> Result<()>,
     ) -> Result<()> {
         let Some(mut grad) = loss_grads.get(self.top.as_tensor()).cloned() else {
             return Ok(());
         };
         let pass = Pass::train(&self.adapters, self.dropout_seed);
         let model = self.model;
+        let ctx = LayerContext {
+            attend: &self.attend,
+            cos: &self.cos,
+            sin: &self.sin,
+        };
         for (index, layer) in model.layers.iter().enumerate().rev() {
-            let (leaf, output) = match self.kept.pop() {
-                Some(kept) => kept,
+            let saved = match self.kept.pop() {
+                Some(saved) => saved,
                 None => {
-                    let leaf = Var::from_tensor(&self.inputs[index])?;
-                    let y = model.layer_forward(
-                        layer,
-                        leaf.as_tensor(),
-                        &self.attend,
-                        &self.cos,
-                        &self.sin,
-                        pass,
-                    )?;
-                    (leaf, y)
+                    model
+                        .layer_forward(layer, &self.inputs[index], &ctx, pass, true)?
+                        .1
                 }
             };
-            // d(Σ output·grad)/dθ is the vector-Jacobian product the layer passes down.
-            let store = (output * &grad)?.sum_all()?.backward()?;
-            absorb(&store)?;
-            if index > 0 {
-                grad = store
-                    .get(leaf.as_tensor())
-                    .cloned()
-                    .with_context(|| format!("no gradient reached the input of layer {index}"))?;
-            }
+            grad = model.layer_backward(layer, &saved, &ctx, &grad, factors)?;
         }
         Ok(())
     }

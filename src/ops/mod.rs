@@ -14,14 +14,14 @@ mod rope;
 mod softmax;
 mod swiglu;
 
-pub use attention::attention;
+pub use attention::{attention, attention_backward, attention_forward};
 pub use grad_attach::{attach_gradient, attach_gradient3, Backward3};
 pub use head::{
     head_logprobs, log_sum_exp, position_logprobs, HeadLogprobs, DEFAULT_CHUNK_POSITIONS,
 };
 pub use linear::{frozen_linear, matmul_t};
-pub use norm::rms_norm;
+pub use norm::{rms_norm, rms_norm_backward};
 pub use qlinear::quantized_linear;
-pub use rope::rope;
+pub use rope::{rope, rope_backward};
 pub use softmax::softmax_last_dim;
-pub use swiglu::swiglu;
+pub use swiglu::{swiglu, swiglu_backward};

@@ -16,17 +16,20 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     attach_gradient(
         x,
         y,
-        Arc::new(move |x, _, grad| {
-            // dx = r·(g·w) − x·r³·mean(g·w·x), with r = (mean(x²) + eps)^(-1/2), in f32.
-            let dtype = x.dtype();
-            let x = x.to_dtype(DType::F32)?;
-            let gw = grad
-                .to_dtype(DType::F32)?
-                .broadcast_mul(&weight.to_dtype(DType::F32)?)?;
-            let r = (x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
-            let proj = (&gw * &x)?.mean_keepdim(D::Minus1)?;
-            let dx = (gw.broadcast_mul(&r)? - x.broadcast_mul(&(proj * r.powf(3.0)?)?)?)?;
-            dx.to_dtype(dtype)
-        }),
+        Arc::new(move |x, _, grad| rms_norm_backward(x, &weight, eps, grad)),
     )
+}
+
+/// The input gradient of [`rms_norm`] at `x` for the output gradient `grad`.
+pub fn rms_norm_backward(x: &Tensor, weight: &Tensor, eps: f64, grad: &Tensor) -> Result<Tensor> {
+    // dx = r·(g·w) − x·r³·mean(g·w·x), with r = (mean(x²) + eps)^(-1/2), in f32.
+    let dtype = x.dtype();
+    let x = x.to_dtype(DType::F32)?;
+    let gw = grad
+        .to_dtype(DType::F32)?
+        .broadcast_mul(&weight.to_dtype(DType::F32)?)?;
+    let r = (x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
+    let proj = (&gw * &x)?.mean_keepdim(D::Minus1)?;
+    let dx = (gw.broadcast_mul(&r)? - x.broadcast_mul(&(proj * r.powf(3.0)?)?)?)?;
+    dx.to_dtype(dtype)
 }

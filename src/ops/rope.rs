@@ -11,9 +11,12 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     attach_gradient(
         x,
         y,
-        Arc::new(move |_, _, grad| {
-            // A rotation's transpose is the rotation by the opposite angle.
-            candle_nn::rotary_emb::rope(&grad.contiguous()?, &cos, &sin.neg()?)
-        }),
+        Arc::new(move |_, _, grad| rope_backward(grad, &cos, &sin)),
     )
+}
+
+/// The input gradient of [`rope`] for the output gradient `grad`.
+pub fn rope_backward(grad: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    // A rotation's transpose is the rotation by the opposite angle.
+    candle_nn::rotary_emb::rope(&grad.contiguous()?, cos, &sin.neg()?)
 }

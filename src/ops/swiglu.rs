@@ -14,13 +14,19 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
         [gate, up, &unused],
         out,
         Arc::new(|[gate, up, _], grad| {
-            // silu(g) = g·σ(g); silu'(g) = σ(g)·(1 + g·(1 − σ(g))).
-            let sig = candle_nn::ops::sigmoid(gate)?;
-            let silu = (gate * &sig)?;
-            let dsilu = (&sig * ((gate * (1.0 - &sig)?)? + 1.0)?)?;
-            let dgate = ((grad * up)? * dsilu)?;
-            let dup = (grad * silu)?;
+            let (dgate, dup) = swiglu_backward(gate, up, grad)?;
             Ok([Some(dgate), Some(dup), None])
         }),
     )
+}
+
+/// The gradients of [`swiglu`] with respect to `gate` and `up` for the output gradient `grad`.
+pub fn swiglu_backward(gate: &Tensor, up: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor)> {
+    // silu(g) = g·σ(g); silu'(g) = σ(g)·(1 + g·(1 − σ(g))).
+    let sig = candle_nn::ops::sigmoid(gate)?;
+    let silu = (gate * &sig)?;
+    let dsilu = (&sig * ((gate * (1.0 - &sig)?)? + 1.0)?)?;
+    let dgate = ((grad * up)? * dsilu)?;
+    let dup = (grad * silu)?;
+    Ok((dgate, dup))
 }

@@ -108,7 +108,10 @@ impl MicroLoss<'_> {
     pub fn backward(self, grads: &mut Gradients) -> Result<()> {
         let store = self.loss.backward()?;
         grads.absorb(&store)?;
-        self.tape.backward(&store, &mut |layer| grads.absorb(layer))
+        self.tape.backward(&store, &mut |(a, da, b, db)| {
+            grads.add(&a, da)?;
+            grads.add(&b, db)
+        })
     }
 }
 
@@ -133,6 +136,17 @@ impl Gradients {
                     Some(acc) => (acc + g)?,
                 });
             }
+        }
+        Ok(())
+    }
+
+    /// Adds `grad` to the gradient of `var` (ignored when `var` is not trainable here).
+    pub fn add(&mut self, var: &Var, grad: Tensor) -> Result<()> {
+        if let Some(i) = self.vars.iter().position(|v| v.id() == var.id()) {
+            self.sums[i] = Some(match self.sums[i].take() {
+                None => grad,
+                Some(acc) => (acc + grad)?,
+            });
         }
         Ok(())
     }

@@ -75,3 +75,30 @@ pub fn rel_l2(a: &Tensor, b: &Tensor) -> f32 {
         .sqrt();
     diff / norm
 }
+
+/// A training pass over `ids` with `adapters` (the unfrozen one trained), the loss `loss_of`
+/// computes from the final hidden states, and the gradient of every trained LoRA factor,
+/// through the layer tape the trainer uses.
+pub fn tape_gradients(
+    model: &lora_dpo::model::Model,
+    ids: &Tensor,
+    mask: Option<&Tensor>,
+    adapters: &[&lora_dpo::model::Adapter],
+    checkpointing: bool,
+    loss_of: impl FnOnce(&Tensor) -> Tensor,
+) -> (Tensor, HashMap<candle_core::TensorId, Tensor>) {
+    let inputs = model.inputs(ids, mask).unwrap();
+    let (hidden, tape) = model
+        .hidden_states_layered(inputs, adapters, 0, checkpointing)
+        .unwrap();
+    let loss = loss_of(&hidden);
+    let store = loss.backward().unwrap();
+    let mut grads = HashMap::new();
+    tape.backward(&store, &mut |(a, da, b, db)| {
+        grads.insert(a.id(), da);
+        grads.insert(b.id(), db);
+        Ok(())
+    })
+    .unwrap();
+    (loss, grads)
+}

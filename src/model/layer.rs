@@ -1,0 +1,182 @@
+//! One decoder layer, forward and written-out backward.
+//!
+//! The forward runs on untracked tensors and returns what the backward needs; the backward
+//! walks the layer in reverse with each op's own backward function and hands the trained LoRA
+//! factors' gradients out as it meets them. No autograd graph is built, so there is no
+//! per-node gradient bookkeeping (candle's backward allocates and sums a gradient for every
+//! intermediate tensor).
+
+use anyhow::Result;
+use candle_core::Tensor;
+
+use super::{Attend, DecoderLayer, Model, Pass, Projection};
+use crate::model::lora_linear::{lora_backward, lora_forward, FactorGrads, ProjectionSaved};
+use crate::ops;
+
+/// The activations of one layer's forward that its backward reads.
+pub struct LayerSaved {
+    /// The layer input, its first norm, and the attention's input to the o projection.
+    x: Tensor,
+    h1: Tensor,
+    attn: Tensor,
+    /// q and k after rotary embedding, v: `[b, heads, t, d]`.
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    /// The attention probabilities of each group (one for a right-padded batch).
+    probs: Vec<Tensor>,
+    /// The mid-layer residual, its norm, the MLP's gate/up outputs and `swiglu(gate, up)`.
+    x2: Tensor,
+    h2: Tensor,
+    gate: Tensor,
+    up: Tensor,
+    act: Tensor,
+    /// q, k, v, o, gate, up, down.
+    proj: Vec<ProjectionSaved>,
+}
+
+/// The attention layout and rotary tables every layer of a pass shares.
+pub struct LayerContext<'a> {
+    pub attend: &'a Attend,
+    pub cos: &'a Tensor,
+    pub sin: &'a Tensor,
+}
+
+impl Model {
+    /// The layer's output for the untracked input `x`, and what its backward needs. `trains`
+    /// asks for the trained adapter's saved A-projections (a pass that will run backward).
+    pub(super) fn layer_forward(
+        &self,
+        layer: &DecoderLayer,
+        x: &Tensor,
+        ctx: &LayerContext,
+        pass: Pass,
+        trains: bool,
+    ) -> Result<(Tensor, LayerSaved)> {
+        let c = &self.config;
+        let eps = c.rms_norm_eps;
+        let (b, t, _) = x.dims3()?;
+        let (heads, kv_heads, d) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let mut proj = Vec::with_capacity(7);
+        let mut project = |p: &Projection, input: &Tensor| -> Result<Tensor> {
+            let (y, saved) = lora_forward(input, &p.weight, &p.branches(pass, trains))?;
+            proj.push(saved);
+            Ok(y)
+        };
+        let h1 = ops::rms_norm(x, &layer.input_layernorm, eps)?;
+        let split = |y: Tensor, n: usize| -> Result<Tensor> {
+            Ok(y.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous()?)
+        };
+        let q = split(project(&layer.proj[0], &h1)?, heads)?;
+        let k = split(project(&layer.proj[1], &h1)?, kv_heads)?;
+        let v = split(project(&layer.proj[2], &h1)?, kv_heads)?;
+        let q = ops::rope(&q, ctx.cos, ctx.sin)?;
+        let k = ops::rope(&k, ctx.cos, ctx.sin)?;
+        let (attn, probs) = match ctx.attend {
+            Attend::Bias(mask) => {
+                let (out, probs) = ops::attention_forward(&q, &k, &v, mask, self.dtype)?;
+                (out, vec![probs])
+            }
+            Attend::Groups(groups) => {
+                let (mut outs, mut probs) = (Vec::new(), Vec::new());
+                for (start, len, bias) in groups {
+                    let part = |t: &Tensor| t.narrow(2, *start, *len);
+                    let (out, p) = ops::attention_forward(
+                        &part(&q)?,
+                        &part(&k)?,
+                        &part(&v)?,
+                        bias,
+                        self.dtype,
+                    )?;
+                    outs.push(out);
+                    probs.push(p);
+                }
+                (Tensor::cat(&outs, 1)?, probs)
+            }
+        };
+        let x2 = (x + project(&layer.proj[3], &attn)?)?;
+        let h2 = ops::rms_norm(&x2, &layer.post_attention_layernorm, eps)?;
+        let gate = project(&layer.proj[4], &h2)?;
+        let up = project(&layer.proj[5], &h2)?;
+        let act = ops::swiglu(&gate, &up)?;
+        let y = (&x2 + project(&layer.proj[6], &act)?)?;
+        let saved = LayerSaved {
+            x: x.clone(),
+            h1,
+            attn,
+            q,
+            k,
+            v,
+            probs,
+            x2,
+            h2,
+            gate,
+            up,
+            act,
+            proj,
+        };
+        Ok((y, saved))
+    }
+
+    /// The gradient of the layer's input for the gradient `dy` of its output; the trained
+    /// factors' gradients go to `factors`.
+    pub(super) fn layer_backward(
+        &self,
+        layer: &DecoderLayer,
+        saved: &LayerSaved,
+        ctx: &LayerContext,
+        dy: &Tensor,
+        factors: &mut dyn FnMut(FactorGrads) -> Result<()>,
+    ) -> Result<Tensor> {
+        let s = saved;
+        let eps = self.config.rms_norm_eps;
+        let (b, t, hidden) = s.x.dims3()?;
+        let mut back = |p: usize, input: &Tensor, grad: &Tensor| -> Result<Tensor> {
+            let (dx, trained) = lora_backward(&s.proj[p], input, grad)?;
+            if let Some(f) = trained {
+                factors(f)?;
+            }
+            Ok(dx)
+        };
+        // MLP: y = x2 + down(swiglu(gate(h2), up(h2))).
+        let d_act = back(6, &s.act, dy)?;
+        let (d_gate, d_up) = ops::swiglu_backward(&s.gate, &s.up, &d_act)?;
+        let dh2 = (back(4, &s.h2, &d_gate)? + back(5, &s.h2, &d_up)?)?;
+        let dx2 =
+            (dy + ops::rms_norm_backward(&s.x2, &layer.post_attention_layernorm, eps, &dh2)?)?;
+        // Attention: x2 = x + o(attention(rope(q(h1)), rope(k(h1)), v(h1))).
+        let d_attn = back(3, &s.attn, &dx2)?;
+        let (dq, dk, dv) = match ctx.attend {
+            Attend::Bias(_) => ops::attention_backward(&s.q, &s.k, &s.v, &s.probs[0], &d_attn)?,
+            Attend::Groups(groups) => {
+                let (mut dq, mut dk, mut dv) = (Vec::new(), Vec::new(), Vec::new());
+                for ((start, len, _), probs) in groups.iter().zip(&s.probs) {
+                    let part = |t: &Tensor| t.narrow(2, *start, *len);
+                    let grad = d_attn.narrow(1, *start, *len)?;
+                    let (q, k, v) = (part(&s.q)?, part(&s.k)?, part(&s.v)?);
+                    let (gq, gk, gv) = ops::attention_backward(&q, &k, &v, probs, &grad)?;
+                    dq.push(gq);
+                    dk.push(gk);
+                    dv.push(gv);
+                }
+                (
+                    Tensor::cat(&dq, 2)?,
+                    Tensor::cat(&dk, 2)?,
+                    Tensor::cat(&dv, 2)?,
+                )
+            }
+        };
+        let merge = |g: Tensor| -> Result<Tensor> {
+            let n = g.dim(1)?;
+            let d = g.dim(3)?;
+            Ok(g.transpose(1, 2)?.contiguous()?.reshape((b, t, n * d))?)
+        };
+        let dq = merge(ops::rope_backward(&dq, ctx.cos, ctx.sin)?)?;
+        let dk = merge(ops::rope_backward(&dk, ctx.cos, ctx.sin)?)?;
+        let dv = merge(dv)?;
+        let dh1 = ((back(0, &s.h1, &dq)? + back(1, &s.h1, &dk)?)? + back(2, &s.h1, &dv)?)?;
+        let dx = (dx2 + ops::rms_norm_backward(&s.x, &layer.input_layernorm, eps, &dh1)?)?;
+        debug_assert_eq!(dx.dims(), &[b, t, hidden]);
+        Ok(dx)
+    }
+}
