@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use super::frozen::FrozenWeight;
 use super::lora::{dropout_mask, Dropout, LoraPair};
-use crate::ops::{attach_gradient3, matmul_t};
+use crate::ops::{attach_gradient3, matmul_sum};
 
 /// One LoRA branch of a projection.
 pub struct Branch<'a> {
@@ -75,8 +75,9 @@ pub fn lora_forward(
     let lead = x.dims()[..x.rank() - 1].to_vec();
     let n: usize = lead.iter().product();
     let flat = x.reshape((n, in_features))?;
-    let mut y = weight.forward(&flat)?;
     let mut saved = Vec::with_capacity(branches.len());
+    // (xa, Bᵀ, scale) of each branch: the products added to the frozen one.
+    let mut deltas = Vec::with_capacity(branches.len());
     for branch in branches {
         let mut h = flat.to_dtype(DType::F32)?;
         let mask = match branch.dropout.filter(|d| d.p > 0.0) {
@@ -90,9 +91,8 @@ pub fn lora_forward(
             branch.pair.a.as_tensor().detach(),
             branch.pair.b.as_tensor().detach(),
         );
-        let xa = matmul_t(&h, &a)?;
-        let delta = (matmul_t(&xa, &b)? * branch.scale)?.to_dtype(dtype)?;
-        y = (y + delta)?;
+        let xa = matmul_sum(&[(&h, &a.t()?, 1.0)])?;
+        deltas.push((xa.clone(), b.t()?, branch.scale));
         saved.push(BranchSaved {
             a,
             b,
@@ -103,6 +103,22 @@ pub fn lora_forward(
                 .then(|| (branch.pair.a.clone(), branch.pair.b.clone(), xa)),
         });
     }
+    let y = match weight {
+        // One product accumulating every branch: no [n, out] temporaries.
+        FrozenWeight::Dense(w) if w.dtype() == DType::F32 && dtype == DType::F32 => {
+            let wt = w.t()?;
+            let mut terms = vec![(&flat, &wt, 1.0)];
+            terms.extend(deltas.iter().map(|(xa, bt, s)| (xa, bt, *s)));
+            matmul_sum(&terms)?
+        }
+        _ => {
+            let mut y = weight.forward(&flat)?;
+            for (xa, bt, s) in &deltas {
+                y = (y + matmul_sum(&[(xa, bt, *s)])?.to_dtype(dtype)?)?;
+            }
+            y
+        }
+    };
     let mut shape = lead;
     shape.push(out_features);
     let saved = ProjectionSaved {
@@ -123,23 +139,44 @@ pub fn lora_backward(
     let n = grad.elem_count() / out_features;
     let g = grad.reshape((n, out_features))?;
     let g32 = g.to_dtype(DType::F32)?;
-    let mut dx = saved.weight.input_grad(&g)?.to_dtype(DType::F32)?;
     let mut factors = None;
-    for s in &saved.branches {
-        // [n, r]: the gradient reaching A's output.
-        let gb = (g32.matmul(&s.b)? * s.scale)?;
-        let mut dh = gb.matmul(&s.a)?;
-        if let Some(m) = &s.mask {
-            dh = (dh * m)?;
+    // [n, r] each: the gradient reaching A's output.
+    let gbs = (saved.branches.iter())
+        .map(|s| matmul_sum(&[(&g32, &s.b, s.scale)]))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let dense = match &saved.weight {
+        FrozenWeight::Dense(w) if w.dtype() == DType::F32 && g.dtype() == DType::F32 => Some(w),
+        _ => None,
+    };
+    // Branches without dropout accumulate into the frozen product; masked ones are added after.
+    let (plain, masked): (Vec<_>, Vec<_>) =
+        (saved.branches.iter().zip(&gbs)).partition(|(s, _)| s.mask.is_none());
+    let mut dx = match dense {
+        Some(w) => {
+            let mut terms = vec![(&g32, w, 1.0)];
+            terms.extend(plain.iter().map(|(s, gb)| (*gb, &s.a, 1.0)));
+            matmul_sum(&terms)?
         }
-        dx = (dx + dh)?;
+        None => {
+            let mut dx = saved.weight.input_grad(&g)?.to_dtype(DType::F32)?;
+            for (s, gb) in &plain {
+                dx = (dx + matmul_sum(&[(*gb, &s.a, 1.0)])?)?;
+            }
+            dx
+        }
+    };
+    for (s, gb) in &masked {
+        let mask = s.mask.as_ref().expect("partitioned on the mask");
+        dx = (dx + (matmul_sum(&[(*gb, &s.a, 1.0)])? * mask)?)?;
+    }
+    for (s, gb) in saved.branches.iter().zip(&gbs) {
         if let Some((a, b, xa)) = &s.trained {
             let mut h = x.reshape((n, in_features))?.to_dtype(DType::F32)?;
             if let Some(m) = &s.mask {
                 h = (h * m)?;
             }
-            let da = gb.t()?.matmul(&h)?;
-            let db = (g32.t()?.matmul(xa)? * s.scale)?;
+            let da = matmul_sum(&[(&gb.t()?, &h, 1.0)])?;
+            let db = matmul_sum(&[(&g32.t()?, xa, s.scale)])?;
             factors = Some((a.clone(), da, b.clone(), db));
         }
     }

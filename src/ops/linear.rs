@@ -37,3 +37,23 @@ pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let flat = x.reshape(((), in_features))?;
     flat.matmul(&w.t()?)?.reshape(shape)
 }
+
+/// `Σ scale_i · a_i · b_i` for 2-D `a_i: [m, k_i]` and `b_i: [k_i, n]` (transposed views are
+/// fine). On CPU the products accumulate into one output with no intermediate tensors.
+pub fn matmul_sum(terms: &[(&Tensor, &Tensor, f64)]) -> Result<Tensor> {
+    if let Some(out) = super::cpu::matmul_sum(terms)? {
+        return Ok(out);
+    }
+    let mut sum: Option<Tensor> = None;
+    for (a, b, scale) in terms {
+        let mut p = a.matmul(b)?;
+        if *scale != 1.0 {
+            p = (p * *scale)?;
+        }
+        sum = Some(match sum {
+            None => p,
+            Some(acc) => (acc + p)?,
+        });
+    }
+    sum.ok_or_else(|| candle_core::Error::Msg("matmul_sum: no terms".into()))
+}

@@ -5,6 +5,7 @@
 //! runs the fast forward and attaches an analytic gradient for its input only.
 
 mod attention;
+pub mod cpu;
 mod grad_attach;
 mod head;
 mod linear;
@@ -19,7 +20,7 @@ pub use grad_attach::{attach_gradient, attach_gradient3, Backward3};
 pub use head::{
     head_logprobs, log_sum_exp, position_logprobs, HeadLogprobs, DEFAULT_CHUNK_POSITIONS,
 };
-pub use linear::{frozen_linear, matmul_t};
+pub use linear::{frozen_linear, matmul_sum, matmul_t};
 pub use norm::{rms_norm, rms_norm_backward};
 pub use qlinear::quantized_linear;
 pub use rope::{rope, rope_backward};

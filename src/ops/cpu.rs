@@ -1,0 +1,225 @@
+//! CPU fast paths for the training ops: matrix products that accumulate into one output (the
+//! gemm crate's `dst = α·dst + β·A·B`, with transposes as strides), and element-wise passes
+//! run over all cores in one sweep.
+//!
+//! candle's CPU backend runs most element-wise ops on one thread, zero-fills every matmul output
+//! before writing it, and needs one pass (and one allocation) per op: on a 2-core machine that
+//! overhead took about as long as the matmuls. Every function here returns `None` when its
+//! inputs are not CPU tensors of f32 or f64, and the caller falls back to candle's ops; the
+//! f64 path is what the finite-difference gradient checks exercise.
+
+use candle_core::{DType, Device, Layout, Result, Storage, Tensor, WithDType};
+use gemm::Parallelism;
+use std::mem::MaybeUninit;
+
+/// The element types the fast paths run on.
+pub trait Real: WithDType + num_traits::Float + Send + Sync + 'static {}
+impl Real for f32 {}
+impl Real for f64 {}
+
+/// Below this many multiply-adds a product runs on the calling thread.
+const PARALLEL_MIN_WORK: usize = 1 << 16;
+
+/// A 2-D operand of a product: a pointer to its first element and its strides in elements.
+#[derive(Clone, Copy)]
+pub struct Mat<T> {
+    pub ptr: *const T,
+    pub rows: usize,
+    pub cols: usize,
+    pub row_stride: isize,
+    pub col_stride: isize,
+}
+
+// Mats point into storage held (read-locked) by the caller for the duration of the call.
+unsafe impl<T> Send for Mat<T> {}
+unsafe impl<T> Sync for Mat<T> {}
+
+impl<T> Mat<T> {
+    /// The `rows × cols` block starting at element `offset`, rows `row_stride` apart.
+    pub fn block(&self, offset: usize, rows: usize, cols: usize) -> Self {
+        Self {
+            // SAFETY: callers stay inside the matrix they index.
+            ptr: unsafe { self.ptr.add(offset) },
+            rows,
+            cols,
+            ..*self
+        }
+    }
+
+    pub fn t(&self) -> Self {
+        Self {
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+            ..*self
+        }
+    }
+}
+
+/// The CPU elements of `t` when it is a CPU tensor of `T`, with its layout.
+pub fn slice_of<'a, T: Real>(storage: &'a Storage, layout: &Layout) -> Option<&'a [T]> {
+    match storage {
+        Storage::Cpu(cpu) => {
+            // as_slice checks the dtype.
+            let all = cpu.as_slice::<T>().ok()?;
+            Some(&all[layout.start_offset()..])
+        }
+        _ => None,
+    }
+}
+
+/// Whether every tensor is a CPU tensor of the same dtype, f32 or f64.
+pub fn fast_dtype(tensors: &[&Tensor]) -> Option<DType> {
+    let dtype = tensors.first()?.dtype();
+    let ok = matches!(dtype, DType::F32 | DType::F64)
+        && tensors
+            .iter()
+            .all(|t| t.device().is_cpu() && t.dtype() == dtype);
+    ok.then_some(dtype)
+}
+
+/// `dst[m, n] = α·dst + β·a·b` on raw operands (`a: [m, k]`, `b: [k, n]`, `dst` row-major with
+/// row stride `n`).
+///
+/// # Safety
+/// `dst` must hold `m·n` writable elements and `a`, `b` must point at live elements of the shapes
+/// and strides they describe. With `read_dst` false `dst` may be uninitialised.
+pub unsafe fn gemm_into<T: Real>(
+    dst: *mut T,
+    a: Mat<T>,
+    b: Mat<T>,
+    read_dst: bool,
+    beta: T,
+    threads: usize,
+) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    debug_assert_eq!(b.rows, k);
+    let parallelism = if threads > 1 && m * n * k >= PARALLEL_MIN_WORK {
+        Parallelism::Rayon(threads)
+    } else {
+        Parallelism::None
+    };
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        n as isize,
+        read_dst,
+        a.ptr,
+        a.col_stride,
+        a.row_stride,
+        b.ptr,
+        b.col_stride,
+        b.row_stride,
+        T::one(),
+        beta,
+        false,
+        false,
+        false,
+        parallelism,
+    );
+}
+
+/// The 2-D view of a rank-2 tensor's layout.
+fn mat<T>(ptr: *const T, layout: &Layout) -> Option<Mat<T>> {
+    let (rows, cols) = layout.shape().dims2().ok()?;
+    let stride = layout.stride();
+    Some(Mat {
+        ptr,
+        rows,
+        cols,
+        row_stride: stride[0] as isize,
+        col_stride: stride[1] as isize,
+    })
+}
+
+/// `Σ scale_i · a_i · b_i` (`a_i: [m, k_i]`, `b_i: [k_i, n]`, strided views allowed) into one
+/// freshly written `[m, n]` tensor: the first product writes, the others accumulate. `None`
+/// when the operands are not CPU f32/f64.
+pub fn matmul_sum(terms: &[(&Tensor, &Tensor, f64)]) -> Result<Option<Tensor>> {
+    let all: Vec<&Tensor> = terms.iter().flat_map(|(a, b, _)| [*a, *b]).collect();
+    match fast_dtype(&all) {
+        Some(DType::F32) => matmul_sum_as::<f32>(terms),
+        Some(DType::F64) => matmul_sum_as::<f64>(terms),
+        _ => Ok(None),
+    }
+}
+
+fn matmul_sum_as<T: Real>(terms: &[(&Tensor, &Tensor, f64)]) -> Result<Option<Tensor>> {
+    let Some(&(first, first_b, _)) = terms.first() else {
+        candle_core::bail!("matmul_sum: no terms");
+    };
+    let (m, n) = (first.dim(0)?, first_b.dim(1)?);
+    let guards: Vec<_> = terms
+        .iter()
+        .map(|(a, b, _)| (a.storage_and_layout(), b.storage_and_layout()))
+        .collect();
+    let mut operands = Vec::with_capacity(terms.len());
+    for (((ga, la), (gb, lb)), (_, _, scale)) in guards.iter().zip(terms) {
+        let (Some(sa), Some(sb)) = (slice_of::<T>(ga, la), slice_of::<T>(gb, lb)) else {
+            return Ok(None);
+        };
+        let (Some(a), Some(b)) = (mat(sa.as_ptr(), la), mat(sb.as_ptr(), lb)) else {
+            return Ok(None);
+        };
+        if a.rows != m || b.cols != n || a.cols != b.rows {
+            candle_core::bail!(
+                "matmul_sum: [{}, {}] x [{}, {}] does not make [{m}, {n}]",
+                a.rows,
+                a.cols,
+                b.rows,
+                b.cols
+            );
+        }
+        operands.push((a, b, T::from(*scale).expect("finite scale")));
+    }
+    if m * n == 0 {
+        return Ok(Some(Tensor::zeros((m, n), T::DTYPE, &Device::Cpu)?));
+    }
+    let threads = rayon::current_num_threads();
+    let mut out: Vec<T> = Vec::with_capacity(m * n);
+    for (i, (a, b, scale)) in operands.into_iter().enumerate() {
+        // SAFETY: `out` has room for m·n elements, the first product writes all of them before
+        // any is read, and the operands point into storage the guards keep alive.
+        unsafe { gemm_into(out.as_mut_ptr(), a, b, i > 0, scale, threads) };
+    }
+    // SAFETY: written in full by the first product.
+    unsafe { out.set_len(m * n) };
+    drop(guards);
+    Ok(Some(Tensor::from_vec(out, (m, n), &Device::Cpu)?))
+}
+
+/// A vector of `n` elements written by `fill` in parallel over chunks of `chunk` elements:
+/// `fill(chunk_index, chunk)` must write every element of its chunk.
+pub fn par_fill<T: Real>(
+    n: usize,
+    chunk: usize,
+    fill: impl Fn(usize, &mut [MaybeUninit<T>]) + Sync,
+) -> Vec<T> {
+    use rayon::prelude::*;
+    let mut out: Vec<T> = Vec::with_capacity(n);
+    out.spare_capacity_mut()[..n]
+        .par_chunks_mut(chunk.max(1))
+        .enumerate()
+        .for_each(|(i, c)| fill(i, c));
+    // SAFETY: every chunk was written by `fill`.
+    unsafe { out.set_len(n) };
+    out
+}
+
+/// The contiguous elements of a CPU tensor of `T`, or `None`.
+pub fn contiguous_slice<'a, T: Real>(storage: &'a Storage, layout: &Layout) -> Option<&'a [T]> {
+    if !layout.is_contiguous() {
+        return None;
+    }
+    let s = slice_of::<T>(storage, layout)?;
+    Some(&s[..layout.shape().elem_count()])
+}
+
+/// A CPU tensor from computed elements.
+pub fn tensor_of<T: Real>(data: Vec<T>, dims: &[usize]) -> Result<Tensor> {
+    Tensor::from_vec(data, dims, &Device::Cpu)
+}
