@@ -98,7 +98,7 @@ impl Model {
         let h2 = ops::rms_norm(&x2, &layer.post_attention_layernorm, eps)?;
         let gate = project(&layer.proj[4], &h2)?;
         let up = project(&layer.proj[5], &h2)?;
-        let act = ops::swiglu(&gate, &up)?;
+        let act = ops::swiglu_forward(&gate, &up)?;
         let y = (&x2 + project(&layer.proj[6], &act)?)?;
         let saved = LayerSaved {
             x: x.clone(),

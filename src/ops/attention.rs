@@ -2,7 +2,7 @@
 //! forward and a written-out backward that keeps only the attention probabilities (one
 //! score-sized tensor instead of the five a composite of candle ops records).
 
-use super::attach_gradient3;
+use super::{attach_gradient3, attention_cpu, cpu};
 use candle_core::{DType, Result, Tensor, D};
 use std::sync::Arc;
 
@@ -37,6 +37,14 @@ pub fn attention_forward(
     mask: &Tensor,
     dtype: DType,
 ) -> Result<(Tensor, Tensor)> {
+    let fast = match cpu::fast_dtype(&[q, k, v]) {
+        Some(DType::F32) if dtype == DType::F32 => attention_cpu::forward::<f32>(q, k, v, mask)?,
+        Some(DType::F64) if dtype == DType::F64 => attention_cpu::forward::<f64>(q, k, v, mask)?,
+        _ => None,
+    };
+    if let Some(done) = fast {
+        return Ok(done);
+    }
     let (b, h, t, d) = q.dims4()?;
     let (kvh, keys) = (k.dim(1)?, k.dim(2)?);
     let n_rep = h / kvh;
@@ -67,6 +75,14 @@ pub fn attention_backward(
     probs: &Tensor,
     grad: &Tensor,
 ) -> Result<(Tensor, Tensor, Tensor)> {
+    let fast = match cpu::fast_dtype(&[q, k, v, probs, grad]) {
+        Some(DType::F32) => attention_cpu::backward::<f32>(q, k, v, probs, grad)?,
+        Some(DType::F64) => attention_cpu::backward::<f64>(q, k, v, probs, grad)?,
+        _ => None,
+    };
+    if let Some(done) = fast {
+        return Ok(done);
+    }
     let (b, h, t, d) = q.dims4()?;
     let kvh = k.dim(1)?;
     let n_rep = h / kvh;

@@ -93,6 +93,22 @@ pub unsafe fn gemm_into<T: Real>(
     beta: T,
     threads: usize,
 ) {
+    gemm_strided(dst, b.cols as isize, a, b, read_dst, beta, threads)
+}
+
+/// [`gemm_into`] with `dst` rows `dst_row_stride` elements apart.
+///
+/// # Safety
+/// As [`gemm_into`], for a `dst` whose rows are `dst_row_stride` apart.
+pub unsafe fn gemm_strided<T: Real>(
+    dst: *mut T,
+    dst_row_stride: isize,
+    a: Mat<T>,
+    b: Mat<T>,
+    read_dst: bool,
+    beta: T,
+    threads: usize,
+) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     debug_assert_eq!(b.rows, k);
     let parallelism = if threads > 1 && m * n * k >= PARALLEL_MIN_WORK {
@@ -106,7 +122,7 @@ pub unsafe fn gemm_into<T: Real>(
         k,
         dst,
         1,
-        n as isize,
+        dst_row_stride,
         read_dst,
         a.ptr,
         a.col_stride,
@@ -121,6 +137,19 @@ pub unsafe fn gemm_into<T: Real>(
         false,
         parallelism,
     );
+}
+
+/// A raw pointer that parallel tasks may share, each writing its own disjoint elements.
+#[derive(Clone, Copy)]
+pub struct SharedMut<T>(pub *mut T);
+unsafe impl<T> Send for SharedMut<T> {}
+unsafe impl<T> Sync for SharedMut<T> {}
+
+impl<T> SharedMut<T> {
+    /// The pointer (a method, so closures capture the shareable wrapper, not its field).
+    pub fn get(self) -> *mut T {
+        self.0
+    }
 }
 
 /// The 2-D view of a rank-2 tensor's layout.
@@ -209,6 +238,31 @@ pub fn par_fill<T: Real>(
     unsafe { out.set_len(n) };
     out
 }
+
+/// Two vectors of `n` elements written together by `fill(chunk_index, chunk_a, chunk_b)`, in
+/// parallel over chunks of `chunk` elements; `fill` must write both chunks in full.
+pub fn par_fill2<T: Real>(
+    n: usize,
+    chunk: usize,
+    fill: impl Fn(usize, &mut [MaybeUninit<T>], &mut [MaybeUninit<T>]) + Sync,
+) -> (Vec<T>, Vec<T>) {
+    use rayon::prelude::*;
+    let (mut a, mut b): (Vec<T>, Vec<T>) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let chunk = chunk.max(1);
+    (a.spare_capacity_mut()[..n].par_chunks_mut(chunk))
+        .zip(b.spare_capacity_mut()[..n].par_chunks_mut(chunk))
+        .enumerate()
+        .for_each(|(i, (ca, cb))| fill(i, ca, cb));
+    // SAFETY: every chunk of both was written by `fill`.
+    unsafe {
+        a.set_len(n);
+        b.set_len(n);
+    }
+    (a, b)
+}
+
+/// Elements per parallel chunk of an element-wise pass.
+pub const ELEMENTWISE_CHUNK: usize = 1 << 14;
 
 /// The contiguous elements of a CPU tensor of `T`, or `None`.
 pub fn contiguous_slice<'a, T: Real>(storage: &'a Storage, layout: &Layout) -> Option<&'a [T]> {

@@ -5,6 +5,7 @@
 //! runs the fast forward and attaches an analytic gradient for its input only.
 
 mod attention;
+mod attention_cpu;
 pub mod cpu;
 mod grad_attach;
 mod head;
@@ -25,4 +26,4 @@ pub use norm::{rms_norm, rms_norm_backward};
 pub use qlinear::quantized_linear;
 pub use rope::{rope, rope_backward};
 pub use softmax::softmax_last_dim;
-pub use swiglu::{swiglu, swiglu_backward};
+pub use swiglu::{swiglu, swiglu_backward, swiglu_forward};

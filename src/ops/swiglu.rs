@@ -2,12 +2,13 @@
 //! composite also keeps `silu(gate)` and the product for its backward).
 
 use super::attach_gradient3;
-use candle_core::{Result, Tensor};
+use super::cpu::{self, Real, ELEMENTWISE_CHUNK};
+use candle_core::{DType, Result, Tensor};
 use std::sync::Arc;
 
 /// `silu(gate) · up`, element-wise; `gate` and `up` of the same shape.
 pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-    let out = (gate.detach().silu()? * up.detach())?;
+    let out = swiglu_forward(&gate.detach(), &up.detach())?;
     // The op's third input is unused: a scalar stand-in.
     let unused = Tensor::zeros((), gate.dtype(), gate.device())?;
     attach_gradient3(
@@ -20,8 +21,29 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     )
 }
 
+/// [`swiglu`] on untracked tensors.
+pub fn swiglu_forward(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    let fast = match cpu::fast_dtype(&[gate, up]) {
+        Some(DType::F32) => cpu_forward::<f32>(gate, up)?,
+        Some(DType::F64) => cpu_forward::<f64>(gate, up)?,
+        _ => None,
+    };
+    match fast {
+        Some(out) => Ok(out),
+        None => gate.silu()? * up,
+    }
+}
+
 /// The gradients of [`swiglu`] with respect to `gate` and `up` for the output gradient `grad`.
 pub fn swiglu_backward(gate: &Tensor, up: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor)> {
+    let fast = match cpu::fast_dtype(&[gate, up, grad]) {
+        Some(DType::F32) => cpu_backward::<f32>(gate, up, grad)?,
+        Some(DType::F64) => cpu_backward::<f64>(gate, up, grad)?,
+        _ => None,
+    };
+    if let Some(grads) = fast {
+        return Ok(grads);
+    }
     // silu(g) = g·σ(g); silu'(g) = σ(g)·(1 + g·(1 − σ(g))).
     let sig = candle_nn::ops::sigmoid(gate)?;
     let silu = (gate * &sig)?;
@@ -29,4 +51,68 @@ pub fn swiglu_backward(gate: &Tensor, up: &Tensor, grad: &Tensor) -> Result<(Ten
     let dgate = ((grad * up)? * dsilu)?;
     let dup = (grad * silu)?;
     Ok((dgate, dup))
+}
+
+fn sigmoid<T: Real>(g: T) -> T {
+    T::one() / (T::one() + (-g).exp())
+}
+
+fn cpu_forward<T: Real>(gate: &Tensor, up: &Tensor) -> Result<Option<Tensor>> {
+    if gate.dims() != up.dims() {
+        candle_core::bail!(
+            "swiglu: gate {:?} and up {:?} differ",
+            gate.dims(),
+            up.dims()
+        );
+    }
+    let (sg, lg) = gate.storage_and_layout();
+    let (su, lu) = up.storage_and_layout();
+    let (Some(g), Some(u)) = (
+        cpu::contiguous_slice::<T>(&sg, lg),
+        cpu::contiguous_slice::<T>(&su, lu),
+    ) else {
+        return Ok(None);
+    };
+    let out = cpu::par_fill(g.len(), ELEMENTWISE_CHUNK, |i, chunk| {
+        let start = i * ELEMENTWISE_CHUNK;
+        for (j, o) in chunk.iter_mut().enumerate() {
+            let (gv, uv) = (g[start + j], u[start + j]);
+            o.write(gv * sigmoid(gv) * uv);
+        }
+    });
+    Ok(Some(cpu::tensor_of(out, gate.dims())?))
+}
+
+fn cpu_backward<T: Real>(
+    gate: &Tensor,
+    up: &Tensor,
+    grad: &Tensor,
+) -> Result<Option<(Tensor, Tensor)>> {
+    let (sg, lg) = gate.storage_and_layout();
+    let (su, lu) = up.storage_and_layout();
+    let (sd, ld) = grad.storage_and_layout();
+    let (Some(g), Some(u), Some(d)) = (
+        cpu::contiguous_slice::<T>(&sg, lg),
+        cpu::contiguous_slice::<T>(&su, lu),
+        cpu::contiguous_slice::<T>(&sd, ld),
+    ) else {
+        return Ok(None);
+    };
+    if g.len() != u.len() || g.len() != d.len() {
+        candle_core::bail!("swiglu backward: gate, up and grad sizes differ");
+    }
+    let (dgate, dup) = cpu::par_fill2(g.len(), ELEMENTWISE_CHUNK, |i, cg, cu| {
+        let start = i * ELEMENTWISE_CHUNK;
+        for (j, (og, ou)) in cg.iter_mut().zip(cu.iter_mut()).enumerate() {
+            let (gv, uv, dv) = (g[start + j], u[start + j], d[start + j]);
+            let s = sigmoid(gv);
+            let silu = gv * s;
+            og.write(dv * uv * s * (T::one() + gv * (T::one() - s)));
+            ou.write(dv * silu);
+        }
+    });
+    Ok(Some((
+        cpu::tensor_of(dgate, gate.dims())?,
+        cpu::tensor_of(dup, gate.dims())?,
+    )))
 }
