@@ -96,17 +96,17 @@ pub fn forward<T: Real>(
 fn softmax_in_place<T: Real>(scores: &mut [T], bias: &[T]) {
     let mut max = T::neg_infinity();
     for (x, b) in scores.iter_mut().zip(bias) {
-        *x = *x + *b;
+        *x += *b;
         max = num_traits::Float::max(max, *x);
     }
     let mut sum = T::zero();
     for x in scores.iter_mut() {
         *x = (*x - max).exp();
-        sum = sum + *x;
+        sum += *x;
     }
     let inv = T::one() / sum;
     for x in scores.iter_mut() {
-        *x = *x * inv;
+        *x *= inv;
     }
 }
 
@@ -221,7 +221,7 @@ pub fn backward<T: Real>(
             let mut acc = group[..block].to_vec();
             for part in group.chunks(block).skip(1) {
                 for (a, x) in acc.iter_mut().zip(part) {
-                    *a = *a + *x;
+                    *a += *x;
                 }
             }
             out.extend(acc);

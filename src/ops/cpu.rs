@@ -13,7 +13,10 @@ use gemm::Parallelism;
 use std::mem::MaybeUninit;
 
 /// The element types the fast paths run on.
-pub trait Real: WithDType + num_traits::Float + Send + Sync + 'static {}
+pub trait Real:
+    WithDType + num_traits::Float + std::ops::AddAssign + std::ops::MulAssign + Send + Sync + 'static
+{
+}
 impl Real for f32 {}
 impl Real for f64 {}
 
