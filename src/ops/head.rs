@@ -3,8 +3,8 @@
 //! hidden states are tracked, the forward also keeps each position's gradient of its log-prob
 //! with respect to its hidden state (`[positions, hidden]`), so the backward is a scaling.
 
-use super::attach_gradient;
 use super::linear::matmul_t;
+use super::{attach_gradient, cpu, head_cpu};
 use candle_core::{DType, Result, Tensor, D};
 use std::sync::Arc;
 
@@ -53,8 +53,28 @@ pub fn position_logprobs(
     let work = work_dtype(states.dtype());
     let tracked = states.track_op();
     let (mut logps, mut means, mut jacobians) = (Vec::new(), Vec::new(), Vec::new());
+    // f32 or f64 on CPU.
+    let fast = cpu::fast_dtype(&[states, lm_head]);
+    let target_ids = match fast {
+        Some(_) => targets.flatten_all()?.to_vec1::<u32>()?,
+        None => Vec::new(),
+    };
     for start in (0..n).step_by(chunk) {
         let len = chunk.min(n - start);
+        if let Some(dtype) = fast {
+            let rows = detached.narrow(0, start, len)?;
+            let ids = &target_ids[start..start + len];
+            let done = match dtype {
+                DType::F32 => head_cpu::chunk::<f32>(&rows, lm_head, ids, tracked)?,
+                _ => head_cpu::chunk::<f64>(&rows, lm_head, ids, tracked)?,
+            };
+            if let Some(done) = done {
+                logps.push(done.logps);
+                means.push(done.means.to_dtype(DType::F32)?);
+                jacobians.extend(done.jacobian);
+                continue;
+            }
+        }
         let chunk_targets = targets.narrow(0, start, len)?;
         let logits = matmul_t(&detached.narrow(0, start, len)?, lm_head)?.to_dtype(work)?;
         let max = logits.max_keepdim(D::Minus1)?;

@@ -9,6 +9,7 @@ mod attention_cpu;
 pub mod cpu;
 mod grad_attach;
 mod head;
+mod head_cpu;
 mod linear;
 mod norm;
 mod qlinear;
