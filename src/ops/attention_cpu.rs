@@ -3,6 +3,7 @@
 //! between them, so the scores are written once and read once per pass.
 
 use super::cpu::{self, gemm_into, gemm_strided, Mat, Real, SharedMut};
+use super::simd::RowOps;
 use candle_core::{Layout, Result, Storage, Tensor};
 use rayon::prelude::*;
 
@@ -25,7 +26,7 @@ fn slice<'a, T: Real>(storage: &'a Storage, layout: &Layout) -> Option<&'a [T]> 
 }
 
 /// `(out [b, t, h·d], probs [b, kvh, h/kvh · t, s])`, or `None` off the fast path.
-pub fn forward<T: Real>(
+pub fn forward<T: RowOps>(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
@@ -93,25 +94,14 @@ pub fn forward<T: Real>(
 }
 
 /// `scores + bias`, then softmax, in place.
-fn softmax_in_place<T: Real>(scores: &mut [T], bias: &[T]) {
-    let mut max = T::neg_infinity();
-    for (x, b) in scores.iter_mut().zip(bias) {
-        *x += *b;
-        max = num_traits::Float::max(max, *x);
-    }
-    let mut sum = T::zero();
-    for x in scores.iter_mut() {
-        *x = (*x - max).exp();
-        sum += *x;
-    }
-    let inv = T::one() / sum;
-    for x in scores.iter_mut() {
-        *x *= inv;
-    }
+fn softmax_in_place<T: RowOps>(scores: &mut [T], bias: &[T]) {
+    let max = T::add_max(scores, bias);
+    let sum = T::exp_shifted(scores, max);
+    T::scale(scores, T::one() / sum);
 }
 
 /// `(dq [b, h, t, d], dk [b, kvh, s, d], dv [b, kvh, s, d])`, or `None` off the fast path.
-pub fn backward<T: Real>(
+pub fn backward<T: RowOps>(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
@@ -176,13 +166,7 @@ pub fn backward<T: Real>(
             ds.set_len(t * s);
             // Softmax backward: dS = P ⊙ (dP − Σ dP ⊙ P), times the 1/√d of the scores.
             for (dp, p) in ds.chunks_mut(s).zip(p.chunks(s)) {
-                let dot = dp
-                    .iter()
-                    .zip(p)
-                    .fold(T::zero(), |acc, (a, b)| acc + *a * *b);
-                for (x, p) in dp.iter_mut().zip(p) {
-                    *x = *p * (*x - dot) * scale;
-                }
+                T::softmax_grad(dp, p, scale);
             }
             let dsm = Mat {
                 ptr: ds.as_ptr(),

@@ -3,7 +3,8 @@
 //! a gradient is needed) the probabilities in place, and `W[target] − probs·W` accumulated into
 //! the copied target rows.
 
-use super::cpu::{self, gemm_into, Mat, Real};
+use super::cpu::{self, gemm_into, Mat};
+use super::simd::RowOps;
 use candle_core::{Result, Tensor};
 use rayon::prelude::*;
 
@@ -19,7 +20,7 @@ pub struct Chunk {
 
 /// `states: [len, h]`, `lm_head: [vocab, h]` (contiguous), `targets` of each position. `None`
 /// off the fast path.
-pub fn chunk<T: Real>(
+pub fn chunk<T: RowOps>(
     states: &Tensor,
     lm_head: &Tensor,
     targets: &[u32],
@@ -73,25 +74,11 @@ pub fn chunk<T: Real>(
         .zip(targets.par_iter())
         .map(|(row, &target)| {
             let picked = row[target as usize];
-            let (mut max, mut total) = (T::neg_infinity(), T::zero());
-            for &x in row.iter() {
-                max = num_traits::Float::max(max, x);
-                total += x;
-            }
-            let mut sum = T::zero();
+            let (max, total) = T::max_sum(row);
+            // The row is scratch: it becomes the probabilities the Jacobian needs.
+            let sum = T::exp_shifted(row, max);
             if jacobian {
-                for x in row.iter_mut() {
-                    *x = (*x - max).exp();
-                    sum += *x;
-                }
-                let inv = T::one() / sum;
-                for x in row.iter_mut() {
-                    *x *= inv;
-                }
-            } else {
-                for &x in row.iter() {
-                    sum += (x - max).exp();
-                }
+                T::scale(row, T::one() / sum);
             }
             (picked - max - sum.ln(), total * inv_vocab)
         })

@@ -14,6 +14,7 @@ mod linear;
 mod norm;
 mod qlinear;
 mod rope;
+mod simd;
 mod softmax;
 mod swiglu;
 

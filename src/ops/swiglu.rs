@@ -2,7 +2,8 @@
 //! composite also keeps `silu(gate)` and the product for its backward).
 
 use super::attach_gradient3;
-use super::cpu::{self, Real, ELEMENTWISE_CHUNK};
+use super::cpu::{self, ELEMENTWISE_CHUNK};
+use super::simd::RowOps;
 use candle_core::{DType, Result, Tensor};
 use std::sync::Arc;
 
@@ -53,11 +54,7 @@ pub fn swiglu_backward(gate: &Tensor, up: &Tensor, grad: &Tensor) -> Result<(Ten
     Ok((dgate, dup))
 }
 
-fn sigmoid<T: Real>(g: T) -> T {
-    T::one() / (T::one() + (-g).exp())
-}
-
-fn cpu_forward<T: Real>(gate: &Tensor, up: &Tensor) -> Result<Option<Tensor>> {
+fn cpu_forward<T: RowOps>(gate: &Tensor, up: &Tensor) -> Result<Option<Tensor>> {
     if gate.dims() != up.dims() {
         candle_core::bail!(
             "swiglu: gate {:?} and up {:?} differ",
@@ -74,16 +71,13 @@ fn cpu_forward<T: Real>(gate: &Tensor, up: &Tensor) -> Result<Option<Tensor>> {
         return Ok(None);
     };
     let out = cpu::par_fill(g.len(), ELEMENTWISE_CHUNK, |i, chunk| {
-        let start = i * ELEMENTWISE_CHUNK;
-        for (j, o) in chunk.iter_mut().enumerate() {
-            let (gv, uv) = (g[start + j], u[start + j]);
-            o.write(gv * sigmoid(gv) * uv);
-        }
+        let range = i * ELEMENTWISE_CHUNK..i * ELEMENTWISE_CHUNK + chunk.len();
+        T::swiglu(chunk, &g[range.clone()], &u[range]);
     });
     Ok(Some(cpu::tensor_of(out, gate.dims())?))
 }
 
-fn cpu_backward<T: Real>(
+fn cpu_backward<T: RowOps>(
     gate: &Tensor,
     up: &Tensor,
     grad: &Tensor,
@@ -102,14 +96,8 @@ fn cpu_backward<T: Real>(
         candle_core::bail!("swiglu backward: gate, up and grad sizes differ");
     }
     let (dgate, dup) = cpu::par_fill2(g.len(), ELEMENTWISE_CHUNK, |i, cg, cu| {
-        let start = i * ELEMENTWISE_CHUNK;
-        for (j, (og, ou)) in cg.iter_mut().zip(cu.iter_mut()).enumerate() {
-            let (gv, uv, dv) = (g[start + j], u[start + j], d[start + j]);
-            let s = sigmoid(gv);
-            let silu = gv * s;
-            og.write(dv * uv * s * (T::one() + gv * (T::one() - s)));
-            ou.write(dv * silu);
-        }
+        let range = i * ELEMENTWISE_CHUNK..i * ELEMENTWISE_CHUNK + cg.len();
+        T::swiglu_grad(cg, cu, &g[range.clone()], &u[range.clone()], &d[range]);
     });
     Ok(Some((
         cpu::tensor_of(dgate, gate.dims())?,
