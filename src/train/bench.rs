@@ -70,32 +70,18 @@ pub fn bench(cfg: &LoadedConfig, req: &BenchRequest) -> Result<Value> {
     let col = |f: fn(&StepTiming) -> f64| median(kept.iter().map(f).collect());
     let sec = col(|t| t.total);
     let tokens_per_sec = median(kept.iter().map(|t| t.tokens / t.total).collect());
-    // Matmul work of the policy: the frozen projections at every position computed and, in the
-    // forward, the LM head at every scored position (its logits, and the gradient of each
-    // log-prob with respect to the hidden state). The backward multiplies by every projection
-    // once more for the input gradients (plus a recomputed forward with gradient
-    // checkpointing). Attention and LoRA matmuls are left out, so the rates understate.
-    let c = &session.model.config;
-    let weights: usize = crate::model::PROJECTIONS
-        .iter()
-        .filter_map(|p| c.projection_shape(p))
-        .map(|(o, i)| o * i)
-        .sum::<usize>()
-        * c.num_hidden_layers;
-    let head = (c.vocab_size * c.hidden_size) as f64;
-    let layer_flops = |t: &StepTiming| 2.0 * weights as f64 * t.token_passes;
-    let forward_flops = |t: &StepTiming| layer_flops(t) + 4.0 * head * t.head_positions;
-    let recompute = if checkpointing { 1.0 } else { 0.0 };
+    let work = MatmulWork::of(&session.model.config, &cfg.run.lora.lora, checkpointing);
     let gflops = |flops: f64, secs: f64| flops / secs.max(1e-9) / 1e9;
+    let c = &session.model.config;
     let peak = matmul_peak_gflops(session.model.device(), c.hidden_size, c.intermediate_size)?;
     let fwd_rate = median(
         kept.iter()
-            .map(|t| gflops(forward_flops(t), t.forward))
+            .map(|t| gflops(work.forward(t), t.forward))
             .collect(),
     );
     let bwd_rate = median(
         kept.iter()
-            .map(|t| gflops((1.0 + recompute) * layer_flops(t), t.backward))
+            .map(|t| gflops(work.backward(t), t.backward))
             .collect(),
     );
     Ok(json!({
@@ -115,13 +101,81 @@ pub fn bench(cfg: &LoadedConfig, req: &BenchRequest) -> Result<Value> {
             "backward": col(|t| t.backward),
             "optimizer": col(|t| t.optimizer),
         },
-        "gradient_checkpointing": recompute > 0.0,
+        "gradient_checkpointing": checkpointing,
         "matmul_gflops_peak": peak,
         "forward_gflops": fwd_rate,
         "backward_gflops": bwd_rate,
         "forward_matmul_efficiency": fwd_rate / peak,
         "backward_matmul_efficiency": bwd_rate / peak,
     }))
+}
+
+/// The matrix products of the policy's training pass, in multiply-adds × 2, from a step's
+/// counts. The reference pass is timed apart and not counted.
+struct MatmulWork {
+    /// Σ out·in over the frozen projections of all layers.
+    frozen: f64,
+    /// Σ r·(in + out) over the LoRA-targeted projections of all layers.
+    lora: f64,
+    /// heads · head_dim · layers: one attention score's share of q·kᵀ (and of p·v).
+    attention: f64,
+    /// vocab · hidden: one scored position's share of the LM head.
+    head: f64,
+    checkpointing: bool,
+}
+
+impl MatmulWork {
+    fn of(
+        c: &crate::model::ModelConfig,
+        lora: &crate::model::LoraConfig,
+        checkpointing: bool,
+    ) -> Self {
+        let layers = c.num_hidden_layers as f64;
+        let shapes = || {
+            crate::model::PROJECTIONS
+                .iter()
+                .filter_map(|p| c.projection_shape(p).map(|s| (*p, s)))
+        };
+        let frozen: usize = shapes().map(|(_, (o, i))| o * i).sum();
+        let targeted: usize = shapes()
+            .filter(|(p, _)| lora.target_modules.iter().any(|t| t == p))
+            .map(|(_, (o, i))| lora.r * (o + i))
+            .sum();
+        Self {
+            frozen: frozen as f64 * layers,
+            lora: targeted as f64 * layers,
+            attention: (c.num_attention_heads * c.head_dim) as f64 * layers,
+            head: (c.vocab_size * c.hidden_size) as f64,
+            checkpointing,
+        }
+    }
+
+    /// The decoder layers' forward: the frozen projections and LoRA's A and B at every computed
+    /// position, q·kᵀ and p·v at every score.
+    fn layers_forward(&self, t: &StepTiming) -> f64 {
+        2.0 * (self.frozen + self.lora) * t.token_passes + 4.0 * self.attention * t.attention_scores
+    }
+
+    /// The forward: the layers, and the LM head's logits and Jacobian (`probs·W`) at every
+    /// scored position.
+    fn forward(&self, t: &StepTiming) -> f64 {
+        self.layers_forward(t) + 4.0 * self.head * t.head_positions
+    }
+
+    /// The backward: each projection's input gradient, LoRA's four products (B's input
+    /// gradient, A's input gradient, dA, dB), attention's four (dv, dp, dq, dk); plus a forward
+    /// of the layers when they are recomputed.
+    fn backward(&self, t: &StepTiming) -> f64 {
+        let own = 2.0 * self.frozen * t.token_passes
+            + 4.0 * self.lora * t.token_passes
+            + 8.0 * self.attention * t.attention_scores;
+        let recompute = if self.checkpointing {
+            self.layers_forward(t)
+        } else {
+            0.0
+        };
+        own + recompute
+    }
 }
 
 /// This machine's f32 matmul rate on a projection-shaped product (2048 tokens × hidden ×

@@ -68,6 +68,8 @@ pub struct PairForward {
     pub token_passes: usize,
     /// Positions the LM head scored.
     pub head_positions: usize,
+    /// Query × key pairs attention computed per head and layer (group by group).
+    pub attention_scores: usize,
     pub pairs: usize,
 }
 
@@ -138,6 +140,7 @@ impl PairForward {
             tokens: packed.tokens,
             token_passes: packed.batch.len(),
             head_positions: m,
+            attention_scores: packed.batch.groups.iter().map(|&(_, len)| len * len).sum(),
             pairs: packed.pairs,
         })
     }
@@ -308,6 +311,7 @@ impl Objective for DpoObjective {
         metrics.add("tokens", fwd.tokens as f64, 1.0);
         metrics.add("token_passes", fwd.token_passes as f64, 1.0);
         metrics.add("head_positions", fwd.head_positions as f64, 1.0);
+        metrics.add("attention_scores", fwd.attention_scores as f64, 1.0);
         Ok(MicroLoss {
             loss: (loss / normaliser)?,
             tape,

@@ -69,6 +69,7 @@ impl Objective for SftObjective {
         let (rows, seq) = batch.input_ids.dims2()?;
         metrics.add("token_passes", (rows * seq) as f64, 1.0);
         metrics.add("head_positions", (rows * (seq - 1)) as f64, 1.0);
+        metrics.add("attention_scores", (rows * seq * seq) as f64, 1.0);
         Ok(MicroLoss {
             loss: (nll_sum / normaliser)?,
             tape,

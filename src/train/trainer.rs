@@ -202,10 +202,18 @@ pub struct StepTiming {
     pub token_passes: f64,
     /// Positions the LM head scored.
     pub head_positions: f64,
+    /// Attention scores the policy forward computed per head and layer (query × key pairs,
+    /// masked ones included).
+    pub attention_scores: f64,
 }
 
 /// Counts the objectives add for the timings, not for the metrics log.
-const STEP_COUNTS: [&str; 3] = ["tokens", "token_passes", "head_positions"];
+const STEP_COUNTS: [&str; 4] = [
+    "tokens",
+    "token_passes",
+    "head_positions",
+    "attention_scores",
+];
 
 /// How a run ended.
 #[derive(Debug, PartialEq)]
@@ -365,6 +373,7 @@ pub fn train(
                 tokens: sum("tokens"),
                 token_passes: sum("token_passes"),
                 head_positions: sum("head_positions"),
+                attention_scores: sum("attention_scores"),
             });
         }
 
