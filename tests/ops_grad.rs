@@ -54,6 +54,27 @@ fn rms_norm_backward() {
 }
 
 #[test]
+fn rms_norm_backward_with_the_residual_is_one_pass_of_the_same_gradient() {
+    // The fused CPU pass (f32 and f64) against the composite of candle ops plus the residual.
+    for dtype in [DType::F64, DType::F32] {
+        let t = |shape: &[usize], seed| randn(shape, seed).to_dtype(dtype).unwrap();
+        let (x, w, g, res) = (
+            t(&[3, 4, 40], 5),
+            t(&[40], 6),
+            t(&[3, 4, 40], 7),
+            t(&[3, 4, 40], 8),
+        );
+        let fused = ops::rms_norm_backward_add(&x, &w, 1e-5, &g, &res).unwrap();
+        let composite = (ops::rms_norm_backward(&x, &w, 1e-5, &g).unwrap() + &res).unwrap();
+        let d = max_abs_diff(
+            &fused.to_dtype(DType::F32).unwrap(),
+            &composite.to_dtype(DType::F32).unwrap(),
+        );
+        assert!(d < 1e-5, "{dtype:?}: max |diff| {d}");
+    }
+}
+
+#[test]
 fn rope_backward() {
     let angles = (randn(&[5, 4], 3) * 3.0).unwrap();
     let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());

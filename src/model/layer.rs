@@ -10,7 +10,7 @@ use anyhow::Result;
 use candle_core::Tensor;
 
 use super::{Attend, DecoderLayer, Model, Pass, Projection};
-use crate::model::lora_linear::{lora_backward, lora_forward, FactorGrads, ProjectionSaved};
+use crate::model::lora_linear::{lora_backward_shared, lora_forward, FactorGrads, ProjectionSaved};
 use crate::ops;
 
 /// The activations of one layer's forward that its backward reads.
@@ -131,21 +131,19 @@ impl Model {
         let s = saved;
         let eps = self.config.rms_norm_eps;
         let (b, t, hidden) = s.x.dims3()?;
-        let mut back = |p: usize, input: &Tensor, grad: &Tensor| -> Result<Tensor> {
-            let (dx, trained) = lora_backward(&s.proj[p], input, grad)?;
-            if let Some(f) = trained {
-                factors(f)?;
-            }
-            Ok(dx)
+        // The summed input gradient of the projections `ps` of `input`.
+        let mut back = |ps: &[(usize, &Tensor)], input: &Tensor| -> Result<Tensor> {
+            let parts: Vec<_> = ps.iter().map(|(p, g)| (&s.proj[*p], *g)).collect();
+            lora_backward_shared(input, &parts, factors)
         };
         // MLP: y = x2 + down(swiglu(gate(h2), up(h2))).
-        let d_act = back(6, &s.act, dy)?;
+        let d_act = back(&[(6, dy)], &s.act)?;
         let (d_gate, d_up) = ops::swiglu_backward(&s.gate, &s.up, &d_act)?;
-        let dh2 = (back(4, &s.h2, &d_gate)? + back(5, &s.h2, &d_up)?)?;
+        let dh2 = back(&[(4, &d_gate), (5, &d_up)], &s.h2)?;
         let dx2 =
-            (dy + ops::rms_norm_backward(&s.x2, &layer.post_attention_layernorm, eps, &dh2)?)?;
+            ops::rms_norm_backward_add(&s.x2, &layer.post_attention_layernorm, eps, &dh2, dy)?;
         // Attention: x2 = x + o(attention(rope(q(h1)), rope(k(h1)), v(h1))).
-        let d_attn = back(3, &s.attn, &dx2)?;
+        let d_attn = back(&[(3, &dx2)], &s.attn)?;
         let (dq, dk, dv) = match ctx.attend {
             Attend::Bias(_) => ops::attention_backward(&s.q, &s.k, &s.v, &s.probs[0], &d_attn)?,
             Attend::Groups(groups) => {
@@ -174,8 +172,8 @@ impl Model {
         let dq = merge(ops::rope_backward(&dq, ctx.cos, ctx.sin)?)?;
         let dk = merge(ops::rope_backward(&dk, ctx.cos, ctx.sin)?)?;
         let dv = merge(dv)?;
-        let dh1 = ((back(0, &s.h1, &dq)? + back(1, &s.h1, &dk)?)? + back(2, &s.h1, &dv)?)?;
-        let dx = (dx2 + ops::rms_norm_backward(&s.x, &layer.input_layernorm, eps, &dh1)?)?;
+        let dh1 = back(&[(0, &dq), (1, &dk), (2, &dv)], &s.h1)?;
+        let dx = ops::rms_norm_backward_add(&s.x, &layer.input_layernorm, eps, &dh1, &dx2)?;
         debug_assert_eq!(dx.dims(), &[b, t, hidden]);
         Ok(dx)
     }

@@ -135,50 +135,95 @@ pub fn lora_backward(
     x: &Tensor,
     grad: &Tensor,
 ) -> Result<(Tensor, Option<FactorGrads>)> {
-    let (out_features, in_features) = saved.weight.dims2()?;
-    let n = grad.elem_count() / out_features;
-    let g = grad.reshape((n, out_features))?;
-    let g32 = g.to_dtype(DType::F32)?;
     let mut factors = None;
-    // [n, r] each: the gradient reaching A's output.
-    let gbs = (saved.branches.iter())
-        .map(|s| matmul_sum(&[(&g32, &s.b, s.scale)]))
-        .collect::<candle_core::Result<Vec<_>>>()?;
-    let dense = match &saved.weight {
-        FrozenWeight::Dense(w) if w.dtype() == DType::F32 && g.dtype() == DType::F32 => Some(w),
-        _ => None,
+    let dx = lora_backward_shared(x, &[(saved, grad)], &mut |f| {
+        factors = Some(f);
+        Ok(())
+    })?;
+    Ok((dx, factors))
+}
+
+/// The summed input gradient of several projections of the same input `x` (q, k and v; gate
+/// and up), each with its output gradient, as one product on CPU; the trained factors'
+/// gradients go to `factors`.
+pub fn lora_backward_shared(
+    x: &Tensor,
+    parts: &[(&ProjectionSaved, &Tensor)],
+    factors: &mut dyn FnMut(FactorGrads) -> Result<()>,
+) -> Result<Tensor> {
+    let in_features = x.dim(candle_core::D::Minus1)?;
+    let n = x.elem_count() / in_features;
+    // Per part: its output gradient [n, out] (as given and in f32) and, per branch, the
+    // gradient reaching A's output [n, r].
+    let mut prepared = Vec::with_capacity(parts.len());
+    for (saved, grad) in parts {
+        let (out_features, _) = saved.weight.dims2()?;
+        let g = grad.reshape((n, out_features))?;
+        let g32 = g.to_dtype(DType::F32)?;
+        let gbs = (saved.branches.iter())
+            .map(|s| matmul_sum(&[(&g32, &s.b, s.scale)]))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        prepared.push((*saved, g, g32, gbs));
+    }
+    let dense: Option<Vec<&Tensor>> = prepared
+        .iter()
+        .map(|(saved, g, _, _)| match &saved.weight {
+            FrozenWeight::Dense(w) if w.dtype() == DType::F32 && g.dtype() == DType::F32 => Some(w),
+            _ => None,
+        })
+        .collect();
+    // Branches without dropout accumulate into the frozen products; masked ones are added after.
+    let branches = || {
+        prepared
+            .iter()
+            .flat_map(|(saved, _, _, gbs)| saved.branches.iter().zip(gbs))
     };
-    // Branches without dropout accumulate into the frozen product; masked ones are added after.
-    let (plain, masked): (Vec<_>, Vec<_>) =
-        (saved.branches.iter().zip(&gbs)).partition(|(s, _)| s.mask.is_none());
     let mut dx = match dense {
-        Some(w) => {
-            let mut terms = vec![(&g32, w, 1.0)];
-            terms.extend(plain.iter().map(|(s, gb)| (*gb, &s.a, 1.0)));
+        Some(weights) => {
+            let mut terms: Vec<(&Tensor, &Tensor, f64)> = (prepared.iter().zip(&weights))
+                .map(|((_, _, g32, _), w)| (g32, *w, 1.0))
+                .collect();
+            terms.extend(
+                branches()
+                    .filter(|(s, _)| s.mask.is_none())
+                    .map(|(s, gb)| (gb, &s.a, 1.0)),
+            );
             matmul_sum(&terms)?
         }
         None => {
-            let mut dx = saved.weight.input_grad(&g)?.to_dtype(DType::F32)?;
-            for (s, gb) in &plain {
-                dx = (dx + matmul_sum(&[(*gb, &s.a, 1.0)])?)?;
+            let mut dx: Option<Tensor> = None;
+            for (saved, g, _, _) in &prepared {
+                let part = saved.weight.input_grad(g)?.to_dtype(DType::F32)?;
+                dx = Some(match dx {
+                    None => part,
+                    Some(acc) => (acc + part)?,
+                });
+            }
+            let mut dx = dx.ok_or_else(|| anyhow::anyhow!("a backward over no projection"))?;
+            for (s, gb) in branches().filter(|(s, _)| s.mask.is_none()) {
+                dx = (dx + matmul_sum(&[(gb, &s.a, 1.0)])?)?;
             }
             dx
         }
     };
-    for (s, gb) in &masked {
-        let mask = s.mask.as_ref().expect("partitioned on the mask");
-        dx = (dx + (matmul_sum(&[(*gb, &s.a, 1.0)])? * mask)?)?;
-    }
-    for (s, gb) in saved.branches.iter().zip(&gbs) {
-        if let Some((a, b, xa)) = &s.trained {
-            let mut h = x.reshape((n, in_features))?.to_dtype(DType::F32)?;
-            if let Some(m) = &s.mask {
-                h = (h * m)?;
-            }
-            let da = matmul_sum(&[(&gb.t()?, &h, 1.0)])?;
-            let db = matmul_sum(&[(&g32.t()?, xa, s.scale)])?;
-            factors = Some((a.clone(), da, b.clone(), db));
+    for (s, gb) in branches() {
+        if let Some(mask) = &s.mask {
+            dx = (dx + (matmul_sum(&[(gb, &s.a, 1.0)])? * mask)?)?;
         }
     }
-    Ok((dx.to_dtype(x.dtype())?.reshape(x.dims())?, factors))
+    let flat = x.reshape((n, in_features))?.to_dtype(DType::F32)?;
+    for (saved, _, g32, gbs) in &prepared {
+        for (s, gb) in saved.branches.iter().zip(gbs) {
+            if let Some((a, b, xa)) = &s.trained {
+                let h = match &s.mask {
+                    Some(m) => (&flat * m)?,
+                    None => flat.clone(),
+                };
+                let da = matmul_sum(&[(&gb.t()?, &h, 1.0)])?;
+                let db = matmul_sum(&[(&g32.t()?, xa, s.scale)])?;
+                factors((a.clone(), da, b.clone(), db))?;
+            }
+        }
+    }
+    Ok(dx.to_dtype(x.dtype())?.reshape(x.dims())?)
 }

@@ -24,7 +24,7 @@ pub use head::{
     head_logprobs, log_sum_exp, position_logprobs, HeadLogprobs, DEFAULT_CHUNK_POSITIONS,
 };
 pub use linear::{frozen_linear, matmul_sum, matmul_t};
-pub use norm::{rms_norm, rms_norm_backward};
+pub use norm::{rms_norm, rms_norm_backward, rms_norm_backward_add};
 pub use qlinear::quantized_linear;
 pub use rope::{rope, rope_backward};
 pub use softmax::softmax_last_dim;
