@@ -19,7 +19,7 @@ pub struct LayerSaved {
     x: Tensor,
     h1: Tensor,
     attn: Tensor,
-    /// q and k after rotary embedding, v: `[b, heads, t, d]`.
+    /// q and k after rotary embedding, v: `[b, t, heads, d]`.
     q: Tensor,
     k: Tensor,
     v: Tensor,
@@ -40,6 +40,29 @@ pub struct LayerContext<'a> {
     pub attend: &'a Attend,
     pub cos: &'a Tensor,
     pub sin: &'a Tensor,
+}
+
+impl LayerContext<'_> {
+    /// The attention groups: one over the whole row for a padded batch, the packed groups
+    /// otherwise.
+    fn groups(&self) -> Vec<ops::Group<'_>> {
+        match self.attend {
+            Attend::Bias(mask) => vec![ops::Group {
+                start: 0,
+                // [b, 1, t, t]
+                len: mask.dims()[2],
+                bias: mask,
+            }],
+            Attend::Groups(groups) => groups
+                .iter()
+                .map(|(start, len, bias)| ops::Group {
+                    start: *start,
+                    len: *len,
+                    bias,
+                })
+                .collect(),
+        }
+    }
 }
 
 impl Model {
@@ -64,36 +87,27 @@ impl Model {
             Ok(y)
         };
         let h1 = ops::rms_norm(x, &layer.input_layernorm, eps)?;
-        let split = |y: Tensor, n: usize| -> Result<Tensor> {
-            Ok(y.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous()?)
-        };
-        let q = split(project(&layer.proj[0], &h1)?, heads)?;
-        let k = split(project(&layer.proj[1], &h1)?, kv_heads)?;
+        // q, k, v stay in the projections' layout [b, t, heads, d]; attention reads them as
+        // [b, heads, t, d] views.
+        let split = |y: Tensor, n: usize| y.reshape((b, t, n, d));
+        let q = ops::rope_thd(
+            &split(project(&layer.proj[0], &h1)?, heads)?,
+            ctx.cos,
+            ctx.sin,
+        )?;
+        let k = ops::rope_thd(
+            &split(project(&layer.proj[1], &h1)?, kv_heads)?,
+            ctx.cos,
+            ctx.sin,
+        )?;
         let v = split(project(&layer.proj[2], &h1)?, kv_heads)?;
-        let q = ops::rope(&q, ctx.cos, ctx.sin)?;
-        let k = ops::rope(&k, ctx.cos, ctx.sin)?;
-        let (attn, probs) = match ctx.attend {
-            Attend::Bias(mask) => {
-                let (out, probs) = ops::attention_forward(&q, &k, &v, mask, self.dtype)?;
-                (out, vec![probs])
-            }
-            Attend::Groups(groups) => {
-                let (mut outs, mut probs) = (Vec::new(), Vec::new());
-                for (start, len, bias) in groups {
-                    let part = |t: &Tensor| t.narrow(2, *start, *len);
-                    let (out, p) = ops::attention_forward(
-                        &part(&q)?,
-                        &part(&k)?,
-                        &part(&v)?,
-                        bias,
-                        self.dtype,
-                    )?;
-                    outs.push(out);
-                    probs.push(p);
-                }
-                (Tensor::cat(&outs, 1)?, probs)
-            }
-        };
+        let (attn, probs) = ops::grouped_attention_forward(
+            &q.transpose(1, 2)?,
+            &k.transpose(1, 2)?,
+            &v.transpose(1, 2)?,
+            &ctx.groups(),
+            self.dtype,
+        )?;
         let x2 = (x + project(&layer.proj[3], &attn)?)?;
         let h2 = ops::rms_norm(&x2, &layer.post_attention_layernorm, eps)?;
         let gate = project(&layer.proj[4], &h2)?;
@@ -144,34 +158,23 @@ impl Model {
             ops::rms_norm_backward_add(&s.x2, &layer.post_attention_layernorm, eps, &dh2, dy)?;
         // Attention: x2 = x + o(attention(rope(q(h1)), rope(k(h1)), v(h1))).
         let d_attn = back(&[(3, &dx2)], &s.attn)?;
-        let (dq, dk, dv) = match ctx.attend {
-            Attend::Bias(_) => ops::attention_backward(&s.q, &s.k, &s.v, &s.probs[0], &d_attn)?,
-            Attend::Groups(groups) => {
-                let (mut dq, mut dk, mut dv) = (Vec::new(), Vec::new(), Vec::new());
-                for ((start, len, _), probs) in groups.iter().zip(&s.probs) {
-                    let part = |t: &Tensor| t.narrow(2, *start, *len);
-                    let grad = d_attn.narrow(1, *start, *len)?;
-                    let (q, k, v) = (part(&s.q)?, part(&s.k)?, part(&s.v)?);
-                    let (gq, gk, gv) = ops::attention_backward(&q, &k, &v, probs, &grad)?;
-                    dq.push(gq);
-                    dk.push(gk);
-                    dv.push(gv);
-                }
-                (
-                    Tensor::cat(&dq, 2)?,
-                    Tensor::cat(&dk, 2)?,
-                    Tensor::cat(&dv, 2)?,
-                )
-            }
-        };
+        let (dq, dk, dv) = ops::grouped_attention_backward(
+            &s.q.transpose(1, 2)?,
+            &s.k.transpose(1, 2)?,
+            &s.v.transpose(1, 2)?,
+            &ctx.groups(),
+            &s.probs,
+            &d_attn,
+        )?;
+        // Back to [b, t, heads·d] (free when the kernel wrote the projections' layout).
         let merge = |g: Tensor| -> Result<Tensor> {
-            let n = g.dim(1)?;
-            let d = g.dim(3)?;
-            Ok(g.transpose(1, 2)?.contiguous()?.reshape((b, t, n * d))?)
+            let (n, d) = (g.dim(2)?, g.dim(3)?);
+            Ok(g.contiguous()?.reshape((b, t, n * d))?)
         };
-        let dq = merge(ops::rope_backward(&dq, ctx.cos, ctx.sin)?)?;
-        let dk = merge(ops::rope_backward(&dk, ctx.cos, ctx.sin)?)?;
-        let dv = merge(dv)?;
+        let unrotate = |g: &Tensor| ops::rope_thd_backward(&g.transpose(1, 2)?, ctx.cos, ctx.sin);
+        let dq = merge(unrotate(&dq)?)?;
+        let dk = merge(unrotate(&dk)?)?;
+        let dv = merge(dv.transpose(1, 2)?)?;
         let dh1 = back(&[(0, &dq), (1, &dk), (2, &dv)], &s.h1)?;
         let dx = ops::rms_norm_backward_add(&s.x, &layer.input_layernorm, eps, &dh1, &dx2)?;
         debug_assert_eq!(dx.dims(), &[b, t, hidden]);

@@ -3,6 +3,7 @@
 //! score-sized tensor instead of the five a composite of candle ops records).
 
 use super::{attach_gradient3, attention_cpu, cpu};
+pub use attention_cpu::Group;
 use candle_core::{DType, Result, Tensor, D};
 use std::sync::Arc;
 
@@ -37,13 +38,16 @@ pub fn attention_forward(
     mask: &Tensor,
     dtype: DType,
 ) -> Result<(Tensor, Tensor)> {
-    let fast = match cpu::fast_dtype(&[q, k, v]) {
-        Some(DType::F32) if dtype == DType::F32 => attention_cpu::forward::<f32>(q, k, v, mask)?,
-        Some(DType::F64) if dtype == DType::F64 => attention_cpu::forward::<f64>(q, k, v, mask)?,
-        _ => None,
-    };
-    if let Some(done) = fast {
-        return Ok(done);
+    let t = q.dim(2)?;
+    let whole = [Group {
+        start: 0,
+        len: t,
+        bias: mask,
+    }];
+    if k.dim(2)? == t {
+        if let Some((out, mut probs)) = cpu_forward(q, k, v, &whole, dtype)? {
+            return Ok((out, probs.remove(0)));
+        }
     }
     let (b, h, t, d) = q.dims4()?;
     let (kvh, keys) = (k.dim(1)?, k.dim(2)?);
@@ -75,13 +79,11 @@ pub fn attention_backward(
     probs: &Tensor,
     grad: &Tensor,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    let fast = match cpu::fast_dtype(&[q, k, v, probs, grad]) {
-        Some(DType::F32) => attention_cpu::backward::<f32>(q, k, v, probs, grad)?,
-        Some(DType::F64) => attention_cpu::backward::<f64>(q, k, v, probs, grad)?,
-        _ => None,
-    };
-    if let Some(done) = fast {
-        return Ok(done);
+    let t = q.dim(2)?;
+    if k.dim(2)? == t {
+        if let Some(grads) = cpu_backward(q, k, v, &[(0, t)], std::slice::from_ref(probs), grad)? {
+            return Ok(grads);
+        }
     }
     let (b, h, t, d) = q.dims4()?;
     let kvh = k.dim(1)?;
@@ -103,6 +105,116 @@ pub fn attention_backward(
     let dq = ds.matmul(k)?.reshape((b, h, t, d))?;
     let dk = ds.t()?.matmul(&q.reshape((b, kvh, n_rep * t, d))?)?;
     Ok((dq, dk, dv))
+}
+
+/// Attention within each of `groups` (consecutive, covering all `t` positions; a group sees
+/// only itself) for `q: [b, h, t, d]` and `k, v: [b, kvh, t, d]` (strided views welcome: the
+/// CPU kernel reads the projections' `[b, t, heads, d]` layout in place). Returns `[b, t, h·d]`
+/// and each group's probabilities.
+pub fn grouped_attention_forward(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    groups: &[Group],
+    dtype: DType,
+) -> Result<(Tensor, Vec<Tensor>)> {
+    check_tiling(groups, q.dim(2)?)?;
+    if let Some(done) = cpu_forward(q, k, v, groups, dtype)? {
+        return Ok(done);
+    }
+    let (mut outs, mut probs) = (Vec::new(), Vec::new());
+    for g in groups {
+        let part = |t: &Tensor| t.narrow(2, g.start, g.len)?.contiguous();
+        let (out, p) = attention_forward(&part(q)?, &part(k)?, &part(v)?, g.bias, dtype)?;
+        outs.push(out);
+        probs.push(p);
+    }
+    Ok((Tensor::cat(&outs, 1)?, probs))
+}
+
+/// The gradients of [`grouped_attention_forward`] with respect to `q`, `k` and `v` (shaped like
+/// them) for the output gradient `grad: [b, t, h·d]`.
+pub fn grouped_attention_backward(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    groups: &[Group],
+    probs: &[Tensor],
+    grad: &Tensor,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    check_tiling(groups, q.dim(2)?)?;
+    let spans: Vec<_> = groups.iter().map(|g| (g.start, g.len)).collect();
+    if let Some(done) = cpu_backward(q, k, v, &spans, probs, grad)? {
+        return Ok(done);
+    }
+    let (mut dq, mut dk, mut dv) = (Vec::new(), Vec::new(), Vec::new());
+    for (g, p) in groups.iter().zip(probs) {
+        let part = |t: &Tensor| t.narrow(2, g.start, g.len);
+        let (gq, gk, gv) = attention_backward(
+            &part(q)?.contiguous()?,
+            &part(k)?.contiguous()?,
+            &part(v)?.contiguous()?,
+            p,
+            &grad.narrow(1, g.start, g.len)?,
+        )?;
+        dq.push(gq);
+        dk.push(gk);
+        dv.push(gv);
+    }
+    Ok((
+        Tensor::cat(&dq, 2)?,
+        Tensor::cat(&dk, 2)?,
+        Tensor::cat(&dv, 2)?,
+    ))
+}
+
+/// The groups must cover `0..t` in order: the CPU kernels write every output position once.
+fn check_tiling(groups: &[Group], t: usize) -> Result<()> {
+    let mut next = 0;
+    for g in groups {
+        if g.start != next || g.len == 0 {
+            candle_core::bail!(
+                "attention groups must tile the sequence: a group starts at {}, expected {next}",
+                g.start
+            );
+        }
+        next += g.len;
+    }
+    if next != t {
+        candle_core::bail!("attention groups cover {next} of {t} positions");
+    }
+    Ok(())
+}
+
+fn cpu_forward(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    groups: &[Group],
+    dtype: DType,
+) -> Result<Option<(Tensor, Vec<Tensor>)>> {
+    match cpu::fast_dtype(&[q, k, v]) {
+        Some(DType::F32) if dtype == DType::F32 => attention_cpu::forward::<f32>(q, k, v, groups),
+        Some(DType::F64) if dtype == DType::F64 => attention_cpu::forward::<f64>(q, k, v, groups),
+        _ => Ok(None),
+    }
+}
+
+fn cpu_backward(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    spans: &[(usize, usize)],
+    probs: &[Tensor],
+    grad: &Tensor,
+) -> Result<Option<(Tensor, Tensor, Tensor)>> {
+    let mut all = vec![q, k, v, grad];
+    all.extend(probs);
+    match cpu::fast_dtype(&all) {
+        Some(DType::F32) => attention_cpu::backward::<f32>(q, k, v, spans, probs, grad),
+        Some(DType::F64) => attention_cpu::backward::<f64>(q, k, v, spans, probs, grad),
+        _ => Ok(None),
+    }
 }
 
 /// f64 stays f64 (gradient checks); everything else runs the softmax in f32.

@@ -18,7 +18,10 @@ mod simd;
 mod softmax;
 mod swiglu;
 
-pub use attention::{attention, attention_backward, attention_forward};
+pub use attention::{
+    attention, attention_backward, attention_forward, grouped_attention_backward,
+    grouped_attention_forward, Group,
+};
 pub use grad_attach::{attach_gradient, attach_gradient3, Backward3};
 pub use head::{
     head_logprobs, log_sum_exp, position_logprobs, HeadLogprobs, DEFAULT_CHUNK_POSITIONS,
@@ -26,6 +29,6 @@ pub use head::{
 pub use linear::{frozen_linear, matmul_sum, matmul_t};
 pub use norm::{rms_norm, rms_norm_backward, rms_norm_backward_add};
 pub use qlinear::quantized_linear;
-pub use rope::{rope, rope_backward};
+pub use rope::{rope, rope_backward, rope_thd, rope_thd_backward};
 pub use softmax::softmax_last_dim;
 pub use swiglu::{swiglu, swiglu_backward, swiglu_forward};

@@ -20,3 +20,14 @@ pub fn rope_backward(grad: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor
     // A rotation's transpose is the rotation by the opposite angle.
     candle_nn::rotary_emb::rope(&grad.contiguous()?, cos, &sin.neg()?)
 }
+
+/// [`rope`] for the projections' layout `x: [batch, seq, heads, head_dim]`, on an untracked
+/// tensor.
+pub fn rope_thd(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    candle_nn::rotary_emb::rope_thd(&x.contiguous()?, cos, sin)
+}
+
+/// The input gradient of [`rope_thd`] for the output gradient `grad`.
+pub fn rope_thd_backward(grad: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    candle_nn::rotary_emb::rope_thd(&grad.contiguous()?, cos, &sin.neg()?)
+}

@@ -1,0 +1,119 @@
+//! Grouped attention (the packed DPO layout): the CPU kernel reading `[b, t, heads, d]` views in
+//! place gives, group by group, what attention over each group alone gives; and candle's
+//! composite (the path of bf16 and of GPUs) agrees with it.
+
+mod common;
+
+use candle_core::{DType, Device, Tensor, D};
+use common::{max_abs_diff, randn};
+use lora_dpo::ops::{self, Group};
+
+/// A causal bias `[1, 1, len, len]`.
+fn causal(len: usize) -> Tensor {
+    let v: Vec<f32> = (0..len * len)
+        .map(|i| if i % len <= i / len { 0.0 } else { f32::MIN })
+        .collect();
+    Tensor::from_vec(v, (1, 1, len, len), &Device::Cpu).unwrap()
+}
+
+struct Case {
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    grad: Tensor,
+    spans: Vec<(usize, usize)>,
+    biases: Vec<Tensor>,
+}
+
+/// 2 kv heads shared by 6 query heads, head_dim 8, three groups over 17 positions; q, k, v in the
+/// projections' layout [1, t, heads, d] seen as [1, heads, t, d].
+fn case(dtype: DType) -> Case {
+    let t = |shape: &[usize], seed| randn(shape, seed).to_dtype(dtype).unwrap();
+    let spans = vec![(0, 7), (7, 4), (11, 6)];
+    Case {
+        q: t(&[1, 17, 6, 8], 1).transpose(1, 2).unwrap(),
+        k: t(&[1, 17, 2, 8], 2).transpose(1, 2).unwrap(),
+        v: t(&[1, 17, 2, 8], 3).transpose(1, 2).unwrap(),
+        grad: t(&[1, 17, 48], 4),
+        biases: spans.iter().map(|&(_, l)| causal(l)).collect(),
+        spans,
+    }
+}
+
+fn groups(c: &Case) -> Vec<Group<'_>> {
+    c.spans
+        .iter()
+        .zip(&c.biases)
+        .map(|(&(start, len), bias)| Group { start, len, bias })
+        .collect()
+}
+
+#[test]
+fn groups_in_one_call_equal_each_group_alone() {
+    let c = case(DType::F64);
+    let (out, probs) =
+        ops::grouped_attention_forward(&c.q, &c.k, &c.v, &groups(&c), DType::F64).unwrap();
+    let (dq, dk, dv) =
+        ops::grouped_attention_backward(&c.q, &c.k, &c.v, &groups(&c), &probs, &c.grad).unwrap();
+    for (&(start, len), bias) in c.spans.iter().zip(&c.biases) {
+        let part = |x: &Tensor| x.narrow(2, start, len).unwrap().contiguous().unwrap();
+        let (q, k, v) = (part(&c.q), part(&c.k), part(&c.v));
+        let (o, p) = ops::attention_forward(&q, &k, &v, bias, DType::F64).unwrap();
+        let g = c.grad.narrow(1, start, len).unwrap();
+        let (gq, gk, gv) = ops::attention_backward(&q, &k, &v, &p, &g).unwrap();
+        let f32_of = |x: &Tensor| x.to_dtype(DType::F32).unwrap();
+        let close = |a: &Tensor, b: &Tensor, what: &str| {
+            let d = max_abs_diff(&f32_of(a), &f32_of(b));
+            assert!(d < 1e-6, "group at {start}: {what} differs by {d}");
+        };
+        close(&out.narrow(1, start, len).unwrap(), &o, "output");
+        close(&dq.narrow(2, start, len).unwrap(), &gq, "dq");
+        close(&dk.narrow(2, start, len).unwrap(), &gk, "dk");
+        close(&dv.narrow(2, start, len).unwrap(), &gv, "dv");
+    }
+}
+
+#[test]
+fn the_cpu_kernel_and_candles_composite_agree() {
+    // bf16 takes candle's composite; f32 the kernel. Tolerance: bf16's 8-bit mantissa.
+    let (c32, c16) = (case(DType::F32), case(DType::BF16));
+    let (o32, p32) =
+        ops::grouped_attention_forward(&c32.q, &c32.k, &c32.v, &groups(&c32), DType::F32).unwrap();
+    let (o16, p16) =
+        ops::grouped_attention_forward(&c16.q, &c16.k, &c16.v, &groups(&c16), DType::BF16).unwrap();
+    let g32 =
+        ops::grouped_attention_backward(&c32.q, &c32.k, &c32.v, &groups(&c32), &p32, &c32.grad)
+            .unwrap();
+    let g16 =
+        ops::grouped_attention_backward(&c16.q, &c16.k, &c16.v, &groups(&c16), &p16, &c16.grad)
+            .unwrap();
+    let rel = |a: &Tensor, b: &Tensor| {
+        let b = b.to_dtype(DType::F32).unwrap();
+        let scale = a
+            .abs()
+            .unwrap()
+            .max_keepdim(D::Minus1)
+            .unwrap()
+            .max_all()
+            .unwrap();
+        max_abs_diff(a, &b) / scale.to_scalar::<f32>().unwrap()
+    };
+    for (name, a, b) in [
+        ("output", &o32, &o16),
+        ("dq", &g32.0, &g16.0),
+        ("dk", &g32.1, &g16.1),
+        ("dv", &g32.2, &g16.2),
+    ] {
+        let r = rel(a, b);
+        assert!(r < 3e-2, "{name}: max difference {r} of the largest value");
+    }
+}
+
+#[test]
+fn groups_must_tile_the_sequence() {
+    let c = case(DType::F32);
+    let mut gs = groups(&c);
+    gs[1].start = 8;
+    let err = ops::grouped_attention_forward(&c.q, &c.k, &c.v, &gs, DType::F32).unwrap_err();
+    assert!(err.to_string().contains("tile"), "{err}");
+}
