@@ -198,21 +198,4 @@ pub fn module_path(layer: usize, p: usize) -> String {
     format!("model.layers.{layer}.{block}.{}", PROJECTIONS[p])
 }
 
-/// Dropout on the LoRA input: probability `p`, mask drawn from a generator seeded with `seed`,
-/// so a training step is reproducible (candle's CPU generator cannot be seeded).
-#[derive(Debug, Clone, Copy)]
-pub struct Dropout {
-    pub p: f64,
-    pub seed: u64,
-}
-
-/// The dropout mask `[shape]` (f32: 0 or 1/(1-p)) that `d` draws.
-pub fn dropout_mask(shape: &[usize], d: Dropout, device: &Device) -> Result<Tensor> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(d.seed);
-    let keep = 1.0 / (1.0 - d.p) as f32;
-    let n: usize = shape.iter().product();
-    let mask: Vec<f32> = (0..n)
-        .map(|_| if rng.random::<f64>() < d.p { 0.0 } else { keep })
-        .collect();
-    Ok(Tensor::from_vec(mask, shape, device)?)
-}
+pub use super::dropout::{add_dropped, apply_dropout, dropout_mask, Dropout};

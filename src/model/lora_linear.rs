@@ -11,7 +11,7 @@ use candle_core::{DType, Tensor, Var};
 use std::sync::Arc;
 
 use super::frozen::FrozenWeight;
-use super::lora::{dropout_mask, Dropout, LoraPair};
+use super::lora::{add_dropped, apply_dropout, Dropout, LoraPair};
 use crate::ops::{attach_gradient3, matmul_sum};
 
 /// One LoRA branch of a projection.
@@ -33,7 +33,8 @@ struct BranchSaved {
     a: Tensor,
     b: Tensor,
     scale: f64,
-    mask: Option<Tensor>,
+    /// Drawn again in the backward: the mask is a function of the seed.
+    dropout: Option<Dropout>,
     /// The trained factors `(A, B)` and `dropout(x) @ Aᵀ` (`[n, r]` f32).
     trained: Option<(Var, Var, Tensor)>,
 }
@@ -79,14 +80,11 @@ pub fn lora_forward(
     // (xa, Bᵀ, scale) of each branch: the products added to the frozen one.
     let mut deltas = Vec::with_capacity(branches.len());
     for branch in branches {
-        let mut h = flat.to_dtype(DType::F32)?;
-        let mask = match branch.dropout.filter(|d| d.p > 0.0) {
-            Some(d) => Some(dropout_mask(&[n, in_features], d, x.device())?),
-            None => None,
+        let dropout = branch.dropout.filter(|d| d.p > 0.0);
+        let h = match dropout {
+            Some(d) => apply_dropout(&flat, d)?,
+            None => flat.to_dtype(DType::F32)?,
         };
-        if let Some(m) = &mask {
-            h = (h * m)?;
-        }
         let (a, b) = (
             branch.pair.a.as_tensor().detach(),
             branch.pair.b.as_tensor().detach(),
@@ -97,7 +95,7 @@ pub fn lora_forward(
             a,
             b,
             scale: branch.scale,
-            mask,
+            dropout,
             trained: branch
                 .trained
                 .then(|| (branch.pair.a.clone(), branch.pair.b.clone(), xa)),
@@ -185,7 +183,7 @@ pub fn lora_backward_shared(
                 .collect();
             terms.extend(
                 branches()
-                    .filter(|(s, _)| s.mask.is_none())
+                    .filter(|(s, _)| s.dropout.is_none())
                     .map(|(s, gb)| (gb, &s.a, 1.0)),
             );
             matmul_sum(&terms)?
@@ -200,23 +198,23 @@ pub fn lora_backward_shared(
                 });
             }
             let mut dx = dx.ok_or_else(|| anyhow::anyhow!("a backward over no projection"))?;
-            for (s, gb) in branches().filter(|(s, _)| s.mask.is_none()) {
+            for (s, gb) in branches().filter(|(s, _)| s.dropout.is_none()) {
                 dx = (dx + matmul_sum(&[(gb, &s.a, 1.0)])?)?;
             }
             dx
         }
     };
     for (s, gb) in branches() {
-        if let Some(mask) = &s.mask {
-            dx = (dx + (matmul_sum(&[(gb, &s.a, 1.0)])? * mask)?)?;
+        if let Some(d) = s.dropout {
+            dx = add_dropped(&dx, &matmul_sum(&[(gb, &s.a, 1.0)])?, d)?;
         }
     }
     let flat = x.reshape((n, in_features))?.to_dtype(DType::F32)?;
     for (saved, _, g32, gbs) in &prepared {
         for (s, gb) in saved.branches.iter().zip(gbs) {
             if let Some((a, b, xa)) = &s.trained {
-                let h = match &s.mask {
-                    Some(m) => (&flat * m)?,
+                let h = match s.dropout {
+                    Some(d) => apply_dropout(&flat, d)?,
                     None => flat.clone(),
                 };
                 let da = matmul_sum(&[(&gb.t()?, &h, 1.0)])?;
