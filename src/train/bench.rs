@@ -185,7 +185,7 @@ impl MatmulWork {
 
 /// This machine's f32 matmul rate on a projection-shaped product (2048 tokens × hidden ×
 /// intermediate), the best of 10 (a shared machine only ever slows it down): the yardstick of
-/// the forward/backward rates.
+/// the forward/backward rates, taken before and after the steps.
 fn matmul_peak_gflops(device: &candle_core::Device, hidden: usize, inter: usize) -> Result<f64> {
     use candle_core::{DType, Tensor};
     let rows = 2048;
