@@ -12,7 +12,8 @@ use std::sync::Arc;
 
 use super::frozen::FrozenWeight;
 use super::lora::{add_dropped, apply_dropout, Dropout, LoraPair};
-use crate::ops::{attach_gradient3, matmul_sum};
+use crate::ops::{attach_gradient3, matmul_sum, matmul_sum_serial};
+use rayon::prelude::*;
 
 /// One LoRA branch of a projection.
 pub struct Branch<'a> {
@@ -151,18 +152,30 @@ pub fn lora_backward_shared(
 ) -> Result<Tensor> {
     let in_features = x.dim(candle_core::D::Minus1)?;
     let n = x.elem_count() / in_features;
-    // Per part: its output gradient [n, out] (as given and in f32) and, per branch, the
-    // gradient reaching A's output [n, r].
-    let mut prepared = Vec::with_capacity(parts.len());
+    // Per part: its output gradient [n, out] (as given and in f32).
+    let mut outputs = Vec::with_capacity(parts.len());
     for (saved, grad) in parts {
         let (out_features, _) = saved.weight.dims2()?;
         let g = grad.reshape((n, out_features))?;
         let g32 = g.to_dtype(DType::F32)?;
-        let gbs = (saved.branches.iter())
-            .map(|s| matmul_sum(&[(&g32, &s.b, s.scale)]))
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        prepared.push((*saved, g, g32, gbs));
+        outputs.push((*saved, g, g32));
     }
+    // Per branch, the gradient reaching A's output [n, r]: small products, run side by side.
+    let jobs: Vec<(usize, &BranchSaved)> = (outputs.iter().enumerate())
+        .flat_map(|(i, (saved, _, _))| saved.branches.iter().map(move |s| (i, s)))
+        .collect();
+    let mut gbs = jobs
+        .par_iter()
+        .map(|(i, s)| matmul_sum_serial(&[(&outputs[*i].2, &s.b, s.scale)]))
+        .collect::<candle_core::Result<Vec<_>>>()?
+        .into_iter();
+    let prepared: Vec<_> = outputs
+        .into_iter()
+        .map(|(saved, g, g32)| {
+            let gbs: Vec<Tensor> = gbs.by_ref().take(saved.branches.len()).collect();
+            (saved, g, g32, gbs)
+        })
+        .collect();
     let dense: Option<Vec<&Tensor>> = prepared
         .iter()
         .map(|(saved, g, _, _)| match &saved.weight {
@@ -209,19 +222,32 @@ pub fn lora_backward_shared(
             dx = add_dropped(&dx, &matmul_sum(&[(gb, &s.a, 1.0)])?, d)?;
         }
     }
+    // dA and dB of the trained branches: small products, run side by side.
     let flat = x.reshape((n, in_features))?.to_dtype(DType::F32)?;
-    for (saved, _, g32, gbs) in &prepared {
-        for (s, gb) in saved.branches.iter().zip(gbs) {
-            if let Some((a, b, xa)) = &s.trained {
-                let h = match s.dropout {
-                    Some(d) => apply_dropout(&flat, d)?,
-                    None => flat.clone(),
-                };
-                let da = matmul_sum(&[(&gb.t()?, &h, 1.0)])?;
-                let db = matmul_sum(&[(&g32.t()?, xa, s.scale)])?;
-                factors((a.clone(), da, b.clone(), db))?;
-            }
-        }
+    let trained: Vec<_> = (prepared.iter())
+        .flat_map(|(saved, _, g32, gbs)| {
+            (saved.branches.iter().zip(gbs)).filter_map(move |(s, gb)| {
+                let (a, b, xa) = s.trained.as_ref()?;
+                Some((s, a, b, xa, g32, gb))
+            })
+        })
+        .collect();
+    let grads = trained
+        .par_iter()
+        .map(|(s, a, b, xa, g32, gb)| -> Result<FactorGrads> {
+            let h = match s.dropout {
+                Some(d) => apply_dropout(&flat, d)?,
+                None => flat.clone(),
+            };
+            let (da, db) = rayon::join(
+                || matmul_sum_serial(&[(&gb.t()?, &h, 1.0)]),
+                || matmul_sum_serial(&[(&g32.t()?, xa, s.scale)]),
+            );
+            Ok(((*a).clone(), da?, (*b).clone(), db?))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    for g in grads {
+        factors(g)?;
     }
     Ok(dx.to_dtype(x.dtype())?.reshape(x.dims())?)
 }

@@ -171,16 +171,20 @@ fn mat<T>(ptr: *const T, layout: &Layout) -> Option<Mat<T>> {
 /// `Σ scale_i · a_i · b_i` (`a_i: [m, k_i]`, `b_i: [k_i, n]`, strided views allowed) into one
 /// freshly written `[m, n]` tensor: the first product writes, the others accumulate. `None`
 /// when the operands are not CPU f32/f64.
-pub fn matmul_sum(terms: &[(&Tensor, &Tensor, f64)]) -> Result<Option<Tensor>> {
+/// `threads` of the rayon pool (1: on the calling thread, for small products run side by side).
+pub fn matmul_sum(terms: &[(&Tensor, &Tensor, f64)], threads: usize) -> Result<Option<Tensor>> {
     let all: Vec<&Tensor> = terms.iter().flat_map(|(a, b, _)| [*a, *b]).collect();
     match fast_dtype(&all) {
-        Some(DType::F32) => matmul_sum_as::<f32>(terms),
-        Some(DType::F64) => matmul_sum_as::<f64>(terms),
+        Some(DType::F32) => matmul_sum_as::<f32>(terms, threads),
+        Some(DType::F64) => matmul_sum_as::<f64>(terms, threads),
         _ => Ok(None),
     }
 }
 
-fn matmul_sum_as<T: Real>(terms: &[(&Tensor, &Tensor, f64)]) -> Result<Option<Tensor>> {
+fn matmul_sum_as<T: Real>(
+    terms: &[(&Tensor, &Tensor, f64)],
+    threads: usize,
+) -> Result<Option<Tensor>> {
     let Some(&(first, first_b, _)) = terms.first() else {
         candle_core::bail!("matmul_sum: no terms");
     };
@@ -211,7 +215,6 @@ fn matmul_sum_as<T: Real>(terms: &[(&Tensor, &Tensor, f64)]) -> Result<Option<Te
     if m * n == 0 {
         return Ok(Some(Tensor::zeros((m, n), T::DTYPE, &Device::Cpu)?));
     }
-    let threads = rayon::current_num_threads();
     let mut out: Vec<T> = Vec::with_capacity(m * n);
     for (i, (a, b, scale)) in operands.into_iter().enumerate() {
         // SAFETY: `out` has room for m·n elements, the first product writes all of them before

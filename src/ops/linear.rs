@@ -41,7 +41,17 @@ pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 /// `Σ scale_i · a_i · b_i` for 2-D `a_i: [m, k_i]` and `b_i: [k_i, n]` (transposed views are
 /// fine). On CPU the products accumulate into one output with no intermediate tensors.
 pub fn matmul_sum(terms: &[(&Tensor, &Tensor, f64)]) -> Result<Tensor> {
-    if let Some(out) = super::cpu::matmul_sum(terms)? {
+    matmul_sum_on(terms, rayon::current_num_threads())
+}
+
+/// [`matmul_sum`] on the calling thread only (on CPU): for small products that run side by
+/// side on the thread pool, where splitting each one would cost more than it gains.
+pub fn matmul_sum_serial(terms: &[(&Tensor, &Tensor, f64)]) -> Result<Tensor> {
+    matmul_sum_on(terms, 1)
+}
+
+fn matmul_sum_on(terms: &[(&Tensor, &Tensor, f64)], threads: usize) -> Result<Tensor> {
+    if let Some(out) = super::cpu::matmul_sum(terms, threads)? {
         return Ok(out);
     }
     let mut sum: Option<Tensor> = None;
