@@ -10,7 +10,9 @@ use anyhow::Result;
 use candle_core::Tensor;
 
 use super::{Attend, DecoderLayer, Model, Pass, Projection};
-use crate::model::lora_linear::{lora_backward_shared, lora_forward, FactorGrads, ProjectionSaved};
+use crate::model::lora_linear::{
+    lora_backward_shared, lora_forward_shared, FactorGrads, ProjectionSaved,
+};
 use crate::ops;
 
 /// The activations of one layer's forward that its backward reads.
@@ -81,26 +83,32 @@ impl Model {
         let (b, t, _) = x.dims3()?;
         let (heads, kv_heads, d) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         let mut proj = Vec::with_capacity(7);
-        let mut project = |p: &Projection, input: &Tensor| -> Result<Tensor> {
-            let (y, saved) = lora_forward(input, &p.weight, &p.branches(pass, trains))?;
-            proj.push(saved);
-            Ok(y)
+        // Projections `ps` of `input`, their small LoRA products side by side.
+        let mut project = |ps: &[&Projection], input: &Tensor| -> Result<Vec<Tensor>> {
+            let branches: Vec<_> = ps.iter().map(|p| p.branches(pass, trains)).collect();
+            let parts: Vec<_> = (ps.iter().zip(&branches))
+                .map(|(p, b)| (&p.weight, b.as_slice()))
+                .collect();
+            let done = lora_forward_shared(input, &parts)?;
+            Ok(done
+                .into_iter()
+                .map(|(y, saved)| {
+                    proj.push(saved);
+                    y
+                })
+                .collect())
         };
         let h1 = ops::rms_norm(x, &layer.input_layernorm, eps)?;
         // q, k, v stay in the projections' layout [b, t, heads, d]; attention reads them as
         // [b, heads, t, d] views.
+        let [q, k, v]: [Tensor; 3] =
+            project(&[&layer.proj[0], &layer.proj[1], &layer.proj[2]], &h1)?
+                .try_into()
+                .expect("three projections");
         let split = |y: Tensor, n: usize| y.reshape((b, t, n, d));
-        let q = ops::rope_thd(
-            &split(project(&layer.proj[0], &h1)?, heads)?,
-            ctx.cos,
-            ctx.sin,
-        )?;
-        let k = ops::rope_thd(
-            &split(project(&layer.proj[1], &h1)?, kv_heads)?,
-            ctx.cos,
-            ctx.sin,
-        )?;
-        let v = split(project(&layer.proj[2], &h1)?, kv_heads)?;
+        let q = ops::rope_thd(&split(q, heads)?, ctx.cos, ctx.sin)?;
+        let k = ops::rope_thd(&split(k, kv_heads)?, ctx.cos, ctx.sin)?;
+        let v = split(v, kv_heads)?;
         let (attn, probs) = ops::grouped_attention_forward(
             &q.transpose(1, 2)?,
             &k.transpose(1, 2)?,
@@ -108,12 +116,15 @@ impl Model {
             &ctx.groups(),
             self.dtype,
         )?;
-        let x2 = (x + project(&layer.proj[3], &attn)?)?;
+        let [o]: [Tensor; 1] = project(&[&layer.proj[3]], &attn)?.try_into().expect("one");
+        let x2 = (x + o)?;
         let h2 = ops::rms_norm(&x2, &layer.post_attention_layernorm, eps)?;
-        let gate = project(&layer.proj[4], &h2)?;
-        let up = project(&layer.proj[5], &h2)?;
+        let [gate, up]: [Tensor; 2] = project(&[&layer.proj[4], &layer.proj[5]], &h2)?
+            .try_into()
+            .expect("two projections");
         let act = ops::swiglu_forward(&gate, &up)?;
-        let y = (&x2 + project(&layer.proj[6], &act)?)?;
+        let [down]: [Tensor; 1] = project(&[&layer.proj[6]], &act)?.try_into().expect("one");
+        let y = (&x2 + down)?;
         let saved = LayerSaved {
             x: x.clone(),
             h1,

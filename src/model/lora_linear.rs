@@ -72,59 +72,85 @@ pub fn lora_forward(
     weight: &FrozenWeight,
     branches: &[Branch],
 ) -> Result<(Tensor, ProjectionSaved)> {
-    let (out_features, in_features) = weight.dims2()?;
+    let mut done = lora_forward_shared(x, &[(weight, branches)])?;
+    Ok(done.remove(0))
+}
+
+/// [`lora_forward`] of several projections of the same input `x` (q, k and v; gate and up):
+/// the branches' small A-products run side by side, then each projection's accumulated product.
+pub fn lora_forward_shared(
+    x: &Tensor,
+    projections: &[(&FrozenWeight, &[Branch])],
+) -> Result<Vec<(Tensor, ProjectionSaved)>> {
     let dtype = x.dtype();
+    let in_features = x.dim(candle_core::D::Minus1)?;
     let lead = x.dims()[..x.rank() - 1].to_vec();
     let n: usize = lead.iter().product();
     let flat = x.reshape((n, in_features))?;
-    let mut saved = Vec::with_capacity(branches.len());
-    // (xa, Bᵀ, scale) of each branch: the products added to the frozen one.
-    let mut deltas = Vec::with_capacity(branches.len());
-    for branch in branches {
-        let dropout = branch.dropout.filter(|d| d.p > 0.0);
-        let h = match dropout {
-            Some(d) => apply_dropout(&flat, d)?,
-            None => flat.to_dtype(DType::F32)?,
-        };
-        let (a, b) = (
-            branch.pair.a.as_tensor().detach(),
-            branch.pair.b.as_tensor().detach(),
-        );
-        let xa = matmul_sum(&[(&h, &a.t()?, 1.0)])?;
-        deltas.push((xa.clone(), b.t()?, branch.scale));
-        saved.push(BranchSaved {
-            a,
-            b,
-            scale: branch.scale,
-            dropout,
-            trained: branch
-                .trained
-                .then(|| (branch.pair.a.clone(), branch.pair.b.clone(), xa)),
-        });
-    }
-    let y = match weight {
-        // One product accumulating every branch: no [n, out] temporaries.
-        FrozenWeight::Dense(w) if w.dtype() == DType::F32 && dtype == DType::F32 => {
-            let wt = w.t()?;
-            let mut terms = vec![(&flat, &wt, 1.0)];
-            terms.extend(deltas.iter().map(|(xa, bt, s)| (xa, bt, *s)));
-            matmul_sum(&terms)?
+    let jobs: Vec<&Branch> = projections.iter().flat_map(|(_, b)| b.iter()).collect();
+    // dropout(x) @ Aᵀ of every branch, [n, r] f32.
+    let mut xas = jobs
+        .par_iter()
+        .map(|branch| -> Result<Tensor> {
+            let h = match branch.dropout.filter(|d| d.p > 0.0) {
+                Some(d) => apply_dropout(&flat, d)?,
+                None => flat.to_dtype(DType::F32)?,
+            };
+            Ok(matmul_sum_serial(&[(
+                &h,
+                &branch.pair.a.as_tensor().t()?,
+                1.0,
+            )])?)
+        })
+        .collect::<Result<Vec<_>>>()?
+        .into_iter();
+    let mut out = Vec::with_capacity(projections.len());
+    for (weight, branches) in projections {
+        let (out_features, _) = weight.dims2()?;
+        let mut saved = Vec::with_capacity(branches.len());
+        // (xa, Bᵀ, scale) of each branch: the products added to the frozen one.
+        let mut deltas = Vec::with_capacity(branches.len());
+        for (branch, xa) in branches.iter().zip(xas.by_ref()) {
+            let (a, b) = (
+                branch.pair.a.as_tensor().detach(),
+                branch.pair.b.as_tensor().detach(),
+            );
+            deltas.push((xa.clone(), b.t()?, branch.scale));
+            saved.push(BranchSaved {
+                a,
+                b,
+                scale: branch.scale,
+                dropout: branch.dropout.filter(|d| d.p > 0.0),
+                trained: branch
+                    .trained
+                    .then(|| (branch.pair.a.clone(), branch.pair.b.clone(), xa)),
+            });
         }
-        _ => {
-            let mut y = weight.forward(&flat)?;
-            for (xa, bt, s) in &deltas {
-                y = (y + matmul_sum(&[(xa, bt, *s)])?.to_dtype(dtype)?)?;
+        let y = match weight {
+            // One product accumulating every branch: no [n, out] temporaries.
+            FrozenWeight::Dense(w) if w.dtype() == DType::F32 && dtype == DType::F32 => {
+                let wt = w.t()?;
+                let mut terms = vec![(&flat, &wt, 1.0)];
+                terms.extend(deltas.iter().map(|(xa, bt, s)| (xa, bt, *s)));
+                matmul_sum(&terms)?
             }
-            y
-        }
-    };
-    let mut shape = lead;
-    shape.push(out_features);
-    let saved = ProjectionSaved {
-        weight: weight.clone(),
-        branches: saved,
-    };
-    Ok((y.reshape(shape)?, saved))
+            _ => {
+                let mut y = weight.forward(&flat)?;
+                for (xa, bt, s) in &deltas {
+                    y = (y + matmul_sum(&[(xa, bt, *s)])?.to_dtype(dtype)?)?;
+                }
+                y
+            }
+        };
+        let mut shape = lead.clone();
+        shape.push(out_features);
+        let saved = ProjectionSaved {
+            weight: (*weight).clone(),
+            branches: saved,
+        };
+        out.push((y.reshape(shape)?, saved));
+    }
+    Ok(out)
 }
 
 /// The input gradient of a projection at input `x` for the output gradient `grad`, and the
