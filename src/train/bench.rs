@@ -53,16 +53,21 @@ pub fn bench(cfg: &LoadedConfig, req: &BenchRequest) -> Result<Value> {
     s.logging_steps = usize::MAX;
     let session = Session::open(&cfg)?;
     let c = &session.model.config;
-    // The yardstick, measured before and after the steps (the best of both): a shared machine's
-    // speed drifts over a run, and the best rate makes the ratio conservative.
-    let peak_before =
-        matmul_peak_gflops(session.model.device(), c.hidden_size, c.intermediate_size)?;
-    let timings = Arc::new(Mutex::new(Vec::<StepTiming>::new()));
+    let device = session.model.device().clone();
+    let (hidden, inter) = (c.hidden_size, c.intermediate_size);
+    // The machine's plain matmul rate is measured after every step (warm-up included), so that
+    // the yardstick samples the same stretch of time as the steps on a machine whose speed
+    // drifts.
+    let timings = Arc::new(Mutex::new(Vec::<(StepTiming, f64)>::new()));
+    let sink = timings.clone();
     let opts = RunOptions {
         resume: false,
         show_progress: false,
         interrupted: Arc::new(Default::default()),
-        timings: Some(timings.clone()),
+        timings: Some(Arc::new(move |t| {
+            let peak = matmul_peak_gflops(&device, hidden, inter, 5).unwrap_or(f64::NAN);
+            sink.lock().expect("timings lock").push((t, peak));
+        })),
     };
     let result = match req.stage {
         Stage::Sft => run_sft(&session, &cfg, &opts).map(|_| ()),
@@ -71,14 +76,14 @@ pub fn bench(cfg: &LoadedConfig, req: &BenchRequest) -> Result<Value> {
     let _ = std::fs::remove_dir_all(&tmp);
     result?;
     let all = timings.lock().expect("timings lock").clone();
-    let kept: Vec<StepTiming> = all.into_iter().skip(req.warmup).collect();
+    let (kept, peaks): (Vec<StepTiming>, Vec<f64>) = all.into_iter().skip(req.warmup).unzip();
     let col = |f: fn(&StepTiming) -> f64| median(kept.iter().map(f).collect());
     let sec = col(|t| t.total);
     let tokens_per_sec = median(kept.iter().map(|t| t.tokens / t.total).collect());
     let work = MatmulWork::of(&session.model.config, &cfg.run.lora.lora, checkpointing);
     let gflops = |flops: f64, secs: f64| flops / secs.max(1e-9) / 1e9;
-    let peak = matmul_peak_gflops(session.model.device(), c.hidden_size, c.intermediate_size)?
-        .max(peak_before);
+    // The best yardstick of the run: a slow moment of the machine never inflates the ratios.
+    let peak = peaks.iter().copied().fold(f64::NAN, f64::max);
     let fwd_rate = median(
         kept.iter()
             .map(|t| gflops(work.forward(t), t.forward))
@@ -184,17 +189,23 @@ impl MatmulWork {
 }
 
 /// This machine's f32 matmul rate on a projection-shaped product (2048 tokens × hidden ×
-/// intermediate), the best of 10 (a shared machine only ever slows it down): the yardstick of
-/// the forward/backward rates, taken before and after the steps.
-fn matmul_peak_gflops(device: &candle_core::Device, hidden: usize, inter: usize) -> Result<f64> {
+/// intermediate), the best of `tries` (a shared machine only ever slows it down): the yardstick
+/// of the forward/backward rates.
+fn matmul_peak_gflops(
+    device: &candle_core::Device,
+    hidden: usize,
+    inter: usize,
+    tries: usize,
+) -> Result<f64> {
     use candle_core::{DType, Tensor};
     let rows = 2048;
     let a = Tensor::ones((rows, hidden), DType::F32, device)?;
     let b = Tensor::ones((hidden, inter), DType::F32, device)?;
     let mut rates = Vec::new();
-    for _ in 0..10 {
+    for _ in 0..tries {
         let t0 = std::time::Instant::now();
-        let c = a.matmul(&b)?;
+        // The same gemm as the training products (no zero-filled output on CPU).
+        let c = crate::ops::matmul_sum(&[(&a, &b, 1.0)])?;
         device.synchronize()?;
         drop(c);
         rates.push(2.0 * (rows * hidden * inter) as f64 / t0.elapsed().as_secs_f64() / 1e9);

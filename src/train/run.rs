@@ -24,8 +24,8 @@ pub struct RunOptions {
     pub resume: bool,
     pub show_progress: bool,
     pub interrupted: Arc<AtomicBool>,
-    /// Collects per-step timings (the `bench` command).
-    pub timings: Option<Arc<std::sync::Mutex<Vec<trainer::StepTiming>>>>,
+    /// Called with every step's timings (the `bench` command).
+    pub timings: Option<trainer::StepSink>,
 }
 
 /// The base model loaded once, with its tokenizer.

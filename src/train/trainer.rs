@@ -177,9 +177,12 @@ pub struct TrainOptions {
     pub show_progress: bool,
     /// Set by Ctrl-C: the loop saves a checkpoint and stops.
     pub interrupted: Arc<AtomicBool>,
-    /// When set, every step's timings are pushed here (the `bench` command).
-    pub timings: Option<Arc<std::sync::Mutex<Vec<StepTiming>>>>,
+    /// When set, called with every step's timings after the step (the `bench` command).
+    pub timings: Option<StepSink>,
 }
+
+/// Receives each step's timings, between steps.
+pub type StepSink = Arc<dyn Fn(StepTiming) + Send + Sync>;
 
 /// Where one optimizer step's wall time went, in seconds.
 #[derive(Debug, Clone, Default)]
@@ -363,7 +366,7 @@ pub fn train(
         if let Some(sink) = &opts.timings {
             let sum = |k: &str| step_metrics.mean(k).unwrap_or(0.0) * ga as f64;
             let (data, reference) = (sum("time/data"), sum("time/reference"));
-            sink.lock().expect("timings lock").push(StepTiming {
+            sink(StepTiming {
                 total: step_start.elapsed().as_secs_f64(),
                 data,
                 reference,
