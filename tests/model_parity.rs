@@ -60,16 +60,29 @@ fn check_logits(name: &str) {
     }
 }
 
-fn check_gradients(name: &str) {
-    let (model, adapter) = load(name);
-    let exp = expected(name);
-    let (ids, mask) = inputs(&exp);
+/// The fixtures' loss (mean NLL of the real next tokens) and the LoRA gradients, through the
+/// layer tape the trainer uses.
+fn nll_gradients(
+    model: &Model,
+    adapter: &Adapter,
+    exp: &std::collections::HashMap<String, Tensor>,
+) -> (
+    Tensor,
+    std::collections::HashMap<candle_core::TensorId, Tensor>,
+) {
+    let (ids, mask) = inputs(exp);
     let target_mask = mask.narrow(1, 1, mask.dim(1).unwrap() - 1).unwrap();
-    let (loss, grads) = tape_gradients(&model, &ids, Some(&mask), &[&adapter], false, |h| {
+    tape_gradients(model, &ids, Some(&mask), &[adapter], false, |h| {
         let logits = model.logits(h).unwrap();
         let logps = next_token_logprobs(&logits, &ids).unwrap();
         masked_mean_nll(&logps, &target_mask).unwrap()
-    });
+    })
+}
+
+fn check_gradients(name: &str) {
+    let (model, adapter) = load(name);
+    let exp = expected(name);
+    let (loss, grads) = nll_gradients(&model, &adapter, &exp);
     let loss_ref = exp["loss"].to_vec1::<f32>().unwrap()[0];
     let loss_ours = loss.to_scalar::<f32>().unwrap();
     assert!(
@@ -164,13 +177,7 @@ fn bf16_training_is_within_its_tolerance_of_f32() {
     for name in ["tiny-mistral", "tiny-llama"] {
         let (model, adapter) = load_as(name, DType::BF16);
         let exp = expected(name);
-        let (ids, mask) = inputs(&exp);
-        let target_mask = mask.narrow(1, 1, mask.dim(1).unwrap() - 1).unwrap();
-        let (loss, grads) = tape_gradients(&model, &ids, Some(&mask), &[&adapter], false, |h| {
-            let logits = model.logits(h).unwrap();
-            let logps = next_token_logprobs(&logits, &ids).unwrap();
-            masked_mean_nll(&logps, &target_mask).unwrap()
-        });
+        let (loss, grads) = nll_gradients(&model, &adapter, &exp);
         let loss_ref = exp["loss"].to_vec1::<f32>().unwrap()[0];
         let loss_ours = loss
             .to_dtype(DType::F32)
