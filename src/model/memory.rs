@@ -151,7 +151,7 @@ mod tests {
     #[test]
     fn the_dpo_estimate_bounds_the_packed_bench_step() {
         // configs/bench.toml DPO: 4 pairs of ~250 tokens sharing ~163-token prompts, no
-        // dropout: 2282 MiB measured, 1038 MiB with gradient checkpointing. The estimate
+        // dropout: 2296 MiB measured, 1038 MiB with gradient checkpointing. The estimate
         // counts 8 unshared rows, so it is above, but not far.
         let lora = LoraConfig {
             r: 16,
@@ -159,7 +159,7 @@ mod tests {
             ..Default::default()
         };
         let e = estimate(&smollm2(), &lora, DType::F32, None, 8, 250);
-        for (estimate, measured) in [(e.total(), 2282.0), (e.total_checkpointed(), 1038.0)] {
+        for (estimate, measured) in [(e.total(), 2296.0), (e.total_checkpointed(), 1038.0)] {
             let ratio = mib(estimate) / measured;
             assert!(
                 (1.0..2.0).contains(&ratio),
