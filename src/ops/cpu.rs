@@ -38,17 +38,7 @@ unsafe impl<T> Send for Mat<T> {}
 unsafe impl<T> Sync for Mat<T> {}
 
 impl<T> Mat<T> {
-    /// The `rows × cols` block starting at element `offset`, rows `row_stride` apart.
-    pub fn block(&self, offset: usize, rows: usize, cols: usize) -> Self {
-        Self {
-            // SAFETY: callers stay inside the matrix they index.
-            ptr: unsafe { self.ptr.add(offset) },
-            rows,
-            cols,
-            ..*self
-        }
-    }
-
+    /// The transpose (a view: strides swapped).
     pub fn t(&self) -> Self {
         Self {
             rows: self.cols,
