@@ -111,11 +111,9 @@ pub enum Attend {
 /// A batch ready for the decoder layers.
 pub struct Inputs {
     /// Embeddings `[batch, seq, hidden]`.
-    pub x: Tensor,
-    pub attend: Attend,
-    /// Rotary tables of each position `[seq, head_dim / 2]`.
-    pub cos: Tensor,
-    pub sin: Tensor,
+    x: Tensor,
+    /// How its tokens attend and their rotary tables, shared by every layer.
+    context: LayerContext,
 }
 
 /// The frozen base model.
@@ -229,19 +227,9 @@ impl Model {
     /// Final hidden states (after the last norm) of prepared inputs: `[batch, seq, hidden]`,
     /// or `[1, tokens, hidden]` for a packed batch.
     pub fn hidden_states_of(&self, inputs: Inputs, pass: Pass) -> Result<Tensor> {
-        let Inputs {
-            mut x,
-            attend,
-            cos,
-            sin,
-        } = inputs;
-        let ctx = LayerContext {
-            attend: &attend,
-            cos: &cos,
-            sin: &sin,
-        };
+        let Inputs { mut x, context } = inputs;
         for layer in &self.layers {
-            x = self.layer_forward(layer, &x, &ctx, pass, false)?.0;
+            x = self.layer_forward(layer, &x, &context, pass, false)?.0;
         }
         Ok(ops::rms_norm(&x, &self.norm, self.config.rms_norm_eps)?)
     }
@@ -255,9 +243,11 @@ impl Model {
         let (cos, sin) = self.rotary.tables(seq)?;
         Ok(Inputs {
             x,
-            attend: Attend::Bias(mask),
-            cos,
-            sin,
+            context: LayerContext {
+                attend: Attend::Bias(mask),
+                cos,
+                sin,
+            },
         })
     }
 
@@ -277,9 +267,11 @@ impl Model {
             .collect::<Result<Vec<_>>>()?;
         Ok(Inputs {
             x: self.embed(&ids)?,
-            attend: Attend::Groups(groups),
-            cos,
-            sin,
+            context: LayerContext {
+                attend: Attend::Groups(groups),
+                cos,
+                sin,
+            },
         })
     }
 

@@ -38,17 +38,18 @@ pub struct LayerSaved {
 }
 
 /// The attention layout and rotary tables every layer of a pass shares.
-pub struct LayerContext<'a> {
-    pub attend: &'a Attend,
-    pub cos: &'a Tensor,
-    pub sin: &'a Tensor,
+pub struct LayerContext {
+    pub attend: Attend,
+    /// Rotary tables of each position `[seq, head_dim / 2]`.
+    pub cos: Tensor,
+    pub sin: Tensor,
 }
 
-impl LayerContext<'_> {
+impl LayerContext {
     /// The attention groups: one over the whole row for a padded batch, the packed groups
     /// otherwise.
     fn groups(&self) -> Vec<ops::Group<'_>> {
-        match self.attend {
+        match &self.attend {
             Attend::Bias(mask) => vec![ops::Group {
                 start: 0,
                 // [b, 1, t, t]
@@ -106,8 +107,8 @@ impl Model {
                 .try_into()
                 .expect("three projections");
         let split = |y: Tensor, n: usize| y.reshape((b, t, n, d));
-        let q = ops::rope_thd(&split(q, heads)?, ctx.cos, ctx.sin)?;
-        let k = ops::rope_thd(&split(k, kv_heads)?, ctx.cos, ctx.sin)?;
+        let q = ops::rope_thd(&split(q, heads)?, &ctx.cos, &ctx.sin)?;
+        let k = ops::rope_thd(&split(k, kv_heads)?, &ctx.cos, &ctx.sin)?;
         let v = split(v, kv_heads)?;
         let (attn, probs) = ops::grouped_attention_forward(
             &q.transpose(1, 2)?,
@@ -182,7 +183,7 @@ impl Model {
             let (n, d) = (g.dim(2)?, g.dim(3)?);
             Ok(g.contiguous()?.reshape((b, t, n * d))?)
         };
-        let unrotate = |g: &Tensor| ops::rope_thd_backward(&g.transpose(1, 2)?, ctx.cos, ctx.sin);
+        let unrotate = |g: &Tensor| ops::rope_thd_backward(&g.transpose(1, 2)?, &ctx.cos, &ctx.sin);
         let dq = merge(unrotate(&dq)?)?;
         let dk = merge(unrotate(&dk)?)?;
         let dv = merge(dv.transpose(1, 2)?)?;

@@ -12,7 +12,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 
 use super::layer::{LayerContext, LayerSaved};
-use super::{Attend, Inputs, Model, Pass};
+use super::{Inputs, Model, Pass};
 use crate::model::lora_linear::FactorGrads;
 use crate::model::Adapter;
 
@@ -21,9 +21,7 @@ pub struct LayerTape<'a> {
     model: &'a Model,
     adapters: Vec<&'a Adapter>,
     dropout_seed: u64,
-    attend: Attend,
-    cos: Tensor,
-    sin: Tensor,
+    context: LayerContext,
     /// With checkpointing: each layer's input, to recompute the layer from.
     inputs: Vec<Tensor>,
     /// Without checkpointing: each layer's saved activations.
@@ -42,24 +40,14 @@ impl Model {
         dropout_seed: u64,
         checkpointing: bool,
     ) -> Result<(Tensor, LayerTape<'a>)> {
-        let Inputs {
-            mut x,
-            attend,
-            cos,
-            sin,
-        } = inputs;
+        let Inputs { mut x, context } = inputs;
         let pass = Pass::train(adapters, dropout_seed);
-        let ctx = LayerContext {
-            attend: &attend,
-            cos: &cos,
-            sin: &sin,
-        };
         let (mut inputs, mut kept) = (Vec::new(), Vec::new());
         for layer in &self.layers {
             if checkpointing {
                 inputs.push(x.clone());
             }
-            let (y, saved) = self.layer_forward(layer, &x, &ctx, pass, !checkpointing)?;
+            let (y, saved) = self.layer_forward(layer, &x, &context, pass, !checkpointing)?;
             if !checkpointing {
                 kept.push(saved);
             }
@@ -71,9 +59,7 @@ impl Model {
             model: self,
             adapters: adapters.to_vec(),
             dropout_seed,
-            attend,
-            cos,
-            sin,
+            context,
             inputs,
             kept,
             top,
@@ -95,21 +81,17 @@ impl LayerTape<'_> {
         };
         let pass = Pass::train(&self.adapters, self.dropout_seed);
         let model = self.model;
-        let ctx = LayerContext {
-            attend: &self.attend,
-            cos: &self.cos,
-            sin: &self.sin,
-        };
+        let ctx = &self.context;
         for (index, layer) in model.layers.iter().enumerate().rev() {
             let saved = match self.kept.pop() {
                 Some(saved) => saved,
                 None => {
                     model
-                        .layer_forward(layer, &self.inputs[index], &ctx, pass, true)?
+                        .layer_forward(layer, &self.inputs[index], ctx, pass, true)?
                         .1
                 }
             };
-            grad = model.layer_backward(layer, &saved, &ctx, &grad, factors)?;
+            grad = model.layer_backward(layer, &saved, ctx, &grad, factors)?;
         }
         Ok(())
     }
