@@ -49,19 +49,18 @@ pub fn dropout_mask(shape: &[usize], d: Dropout, device: &Device) -> Result<Tens
 /// parallel pass without the mask ever existing.
 pub fn apply_dropout(x: &Tensor, d: Dropout) -> Result<Tensor> {
     let x = x.to_dtype(DType::F32)?;
-    if x.device().is_cpu() {
-        let (storage, layout) = x.storage_and_layout();
-        if let Some(xs) = cpu::contiguous_slice::<f32>(&storage, layout) {
-            let out = cpu::par_fill::<f32>(xs.len(), cpu::ELEMENTWISE_CHUNK, |c, chunk| {
-                let start = c * cpu::ELEMENTWISE_CHUNK;
-                for (i, o) in chunk.iter_mut().enumerate() {
-                    o.write(xs[start + i] * d.mask_at((start + i) as u64));
-                }
-            });
-            return Ok(cpu::tensor_of(out, x.dims())?);
-        }
+    let fused = cpu::with_contiguous::<f32, _, 1>([&x], |[xs]| {
+        cpu::par_fill::<f32>(xs.len(), cpu::ELEMENTWISE_CHUNK, |c, chunk| {
+            let start = c * cpu::ELEMENTWISE_CHUNK;
+            for (i, o) in chunk.iter_mut().enumerate() {
+                o.write(xs[start + i] * d.mask_at((start + i) as u64));
+            }
+        })
+    });
+    match fused {
+        Some(out) => Ok(cpu::tensor_of(out, x.dims())?),
+        None => Ok((&x * dropout_mask(x.dims(), d, x.device())?)?),
     }
-    Ok((&x * dropout_mask(x.dims(), d, x.device())?)?)
 }
 
 /// `acc + x ⊙ mask` in f32 (the masked input gradient of a LoRA branch added to the rest), one
@@ -71,24 +70,19 @@ pub fn add_dropped(acc: &Tensor, x: &Tensor, d: Dropout) -> Result<Tensor> {
     if acc.dims() != x.dims() {
         anyhow::bail!("dropout: adding {:?} to {:?}", x.dims(), acc.dims());
     }
-    if x.device().is_cpu() {
-        let (sa, la) = acc.storage_and_layout();
-        let (sx, lx) = x.storage_and_layout();
-        if let (Some(a), Some(xs)) = (
-            cpu::contiguous_slice::<f32>(&sa, la),
-            cpu::contiguous_slice::<f32>(&sx, lx),
-        ) {
-            let out = cpu::par_fill::<f32>(xs.len(), cpu::ELEMENTWISE_CHUNK, |c, chunk| {
-                let start = c * cpu::ELEMENTWISE_CHUNK;
-                for (i, o) in chunk.iter_mut().enumerate() {
-                    let at = start + i;
-                    o.write(a[at] + xs[at] * d.mask_at(at as u64));
-                }
-            });
-            return Ok(cpu::tensor_of(out, x.dims())?);
-        }
+    let fused = cpu::with_contiguous::<f32, _, 2>([&acc, &x], |[a, xs]| {
+        cpu::par_fill::<f32>(xs.len(), cpu::ELEMENTWISE_CHUNK, |c, chunk| {
+            let start = c * cpu::ELEMENTWISE_CHUNK;
+            for (i, o) in chunk.iter_mut().enumerate() {
+                let at = start + i;
+                o.write(a[at] + xs[at] * d.mask_at(at as u64));
+            }
+        })
+    });
+    match fused {
+        Some(out) => Ok(cpu::tensor_of(out, x.dims())?),
+        None => Ok((&acc + apply_dropout(&x, d)?)?),
     }
-    Ok((&acc + apply_dropout(&x, d)?)?)
 }
 
 #[cfg(test)]

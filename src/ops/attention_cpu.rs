@@ -122,7 +122,7 @@ pub fn forward<T: RowOps>(
                     let sum = T::exp_shifted(scores, max);
                     T::scale(scores, T::one() / sum);
                 }
-                let pm = square(p, len);
+                let pm = Mat::row_major(p, len, len);
                 let o = out_ptr.get().add((row * t + start) * h * d + head * d);
                 gemm_strided(o, (h * d) as isize, pm, vh, false, T::one(), 1);
             }
@@ -139,17 +139,6 @@ pub fn forward<T: RowOps>(
         .map(|(p, g)| cpu::tensor_of(p, &[b, kvh, n_rep * g.len, g.len]))
         .collect::<Result<Vec<_>>>()?;
     Ok(Some((cpu::tensor_of(out, &[b, t, h * d])?, probs)))
-}
-
-/// A row-major `[len, len]` matrix at `p`.
-fn square<T>(p: *const T, len: usize) -> Mat<T> {
-    Mat {
-        ptr: p,
-        rows: len,
-        cols: len,
-        row_stride: len as isize,
-        col_stride: 1,
-    }
 }
 
 /// `(dq, dk, dv)` shaped `[b, heads, t, d]` (views of `[b, t, heads, d]` storage, the
@@ -214,7 +203,7 @@ pub fn backward<T: RowOps>(
             let kh = head_mat(ks.as_ptr(), lk, row, head / n_rep, start, len);
             let vh = head_mat(vs.as_ptr(), lv, row, head / n_rep, start, len);
             let p = &prob_slices[g][(row * h + head) * len * len..][..len * len];
-            let pm = square(p.as_ptr(), len);
+            let pm = Mat::row_major(p.as_ptr(), len, len);
             // This task's block in the [b, t, h, d] buffers (and in grad, laid out the same).
             let at = (row * t + start) * h * d + head * d;
             let go = Mat {
@@ -235,7 +224,7 @@ pub fn backward<T: RowOps>(
                 for (dp, p) in ds.chunks_mut(len).zip(p.chunks(len)) {
                     T::softmax_grad(dp, p, scale);
                 }
-                let dsm = square(ds.as_ptr(), len);
+                let dsm = Mat::row_major(ds.as_ptr(), len, len);
                 gemm_strided(
                     dq_ptr.get().add(at),
                     row_stride,

@@ -38,6 +38,30 @@ unsafe impl<T> Send for Mat<T> {}
 unsafe impl<T> Sync for Mat<T> {}
 
 impl<T> Mat<T> {
+    /// A row-major `rows × cols` matrix at `ptr`.
+    pub fn row_major(ptr: *const T, rows: usize, cols: usize) -> Self {
+        Self {
+            ptr,
+            rows,
+            cols,
+            row_stride: cols as isize,
+            col_stride: 1,
+        }
+    }
+
+    /// The 2-D view a rank-2 tensor's layout describes, its first element at `ptr`.
+    pub fn of_layout(ptr: *const T, layout: &Layout) -> Option<Self> {
+        let (rows, cols) = layout.shape().dims2().ok()?;
+        let stride = layout.stride();
+        Some(Self {
+            ptr,
+            rows,
+            cols,
+            row_stride: stride[0] as isize,
+            col_stride: stride[1] as isize,
+        })
+    }
+
     /// The transpose (a view: strides swapped).
     pub fn t(&self) -> Self {
         Self {
@@ -145,19 +169,6 @@ impl<T> SharedMut<T> {
     }
 }
 
-/// The 2-D view of a rank-2 tensor's layout.
-fn mat<T>(ptr: *const T, layout: &Layout) -> Option<Mat<T>> {
-    let (rows, cols) = layout.shape().dims2().ok()?;
-    let stride = layout.stride();
-    Some(Mat {
-        ptr,
-        rows,
-        cols,
-        row_stride: stride[0] as isize,
-        col_stride: stride[1] as isize,
-    })
-}
-
 /// `Σ scale_i · a_i · b_i` (`a_i: [m, k_i]`, `b_i: [k_i, n]`, strided views allowed) into one
 /// freshly written `[m, n]` tensor: the first product writes, the others accumulate. `None`
 /// when the operands are not CPU f32/f64.
@@ -188,7 +199,10 @@ fn matmul_sum_as<T: Real>(
         let (Some(sa), Some(sb)) = (slice_of::<T>(ga, la), slice_of::<T>(gb, lb)) else {
             return Ok(None);
         };
-        let (Some(a), Some(b)) = (mat(sa.as_ptr(), la), mat(sb.as_ptr(), lb)) else {
+        let (Some(a), Some(b)) = (
+            Mat::of_layout(sa.as_ptr(), la),
+            Mat::of_layout(sb.as_ptr(), lb),
+        ) else {
             return Ok(None);
         };
         if a.rows != m || b.cols != n || a.cols != b.rows {
@@ -267,6 +281,20 @@ pub fn contiguous_slice<'a, T: Real>(storage: &'a Storage, layout: &Layout) -> O
     }
     let s = slice_of::<T>(storage, layout)?;
     Some(&s[..layout.shape().elem_count()])
+}
+
+/// `f` over the elements of `tensors` when every one is a contiguous CPU tensor of `T`;
+/// `None` (nothing run) otherwise. The storages stay read-locked while `f` runs.
+pub fn with_contiguous<T: Real, R, const N: usize>(
+    tensors: [&Tensor; N],
+    f: impl FnOnce([&[T]; N]) -> R,
+) -> Option<R> {
+    let guards = tensors.map(|t| t.storage_and_layout());
+    let mut slices: [&[T]; N] = [&[]; N];
+    for (slot, (storage, layout)) in slices.iter_mut().zip(&guards) {
+        *slot = contiguous_slice::<T>(storage, layout)?;
+    }
+    Some(f(slices))
 }
 
 /// A CPU tensor from computed elements.

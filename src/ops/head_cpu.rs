@@ -39,21 +39,10 @@ pub fn chunk<T: RowOps>(
     ) else {
         return Ok(None);
     };
-    let st = ls.stride();
-    let states_mat = Mat {
-        ptr: s.as_ptr(),
-        rows: len,
-        cols: hidden,
-        row_stride: st[0] as isize,
-        col_stride: st[1] as isize,
+    let Some(states_mat) = Mat::of_layout(s.as_ptr(), ls) else {
+        return Ok(None);
     };
-    let w_mat = Mat {
-        ptr: w.as_ptr(),
-        rows: vocab,
-        cols: hidden,
-        row_stride: hidden as isize,
-        col_stride: 1,
-    };
+    let w_mat = Mat::row_major(w.as_ptr(), vocab, hidden);
     let threads = rayon::current_num_threads();
     let mut logits: Vec<T> = Vec::with_capacity(len * vocab);
     // SAFETY: `logits` has room for len·vocab elements, all written by the product.
@@ -89,13 +78,7 @@ pub fn chunk<T: RowOps>(
         for &t in targets {
             rows.extend_from_slice(&w[t as usize * hidden..][..hidden]);
         }
-        let probs = Mat {
-            ptr: logits.as_ptr(),
-            rows: len,
-            cols: vocab,
-            row_stride: vocab as isize,
-            col_stride: 1,
-        };
+        let probs = Mat::row_major(logits.as_ptr(), len, vocab);
         let minus_one = -T::one();
         // SAFETY: `rows` holds len·hidden initialised elements; the operands are alive.
         unsafe { gemm_into(rows.as_mut_ptr(), probs, w_mat, true, minus_one, threads) };

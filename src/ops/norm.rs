@@ -22,7 +22,7 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
 }
 
 /// The input gradient of [`rms_norm`] at `x` for the output gradient `grad`, plus `residual`
-/// (the gradient reaching `x` by the skip connection) when given.
+/// (the gradient reaching `x` by the skip connection).
 pub fn rms_norm_backward_add(
     x: &Tensor,
     weight: &Tensor,
@@ -54,39 +54,35 @@ fn cpu_backward<T: Real>(
     if grad.elem_count() != n || residual.elem_count() != n || weight.elem_count() != hidden {
         candle_core::bail!("rms_norm backward: x, grad, residual and weight sizes differ");
     }
-    let storages = [x, weight, grad, residual].map(|t| t.storage_and_layout());
-    let slices: Vec<Option<&[T]>> = storages
-        .iter()
-        .map(|(s, l)| cpu::contiguous_slice::<T>(s, l))
-        .collect();
-    let [Some(xs), Some(w), Some(g), Some(res)] = slices[..] else {
-        return Ok(None);
-    };
     let eps = T::from(eps).expect("finite eps");
     let inv_h = T::one() / T::from(hidden).expect("hidden fits");
     let rows_per_chunk = (cpu::ELEMENTWISE_CHUNK / hidden).max(1);
-    let out = cpu::par_fill::<T>(n, rows_per_chunk * hidden, |c, chunk| {
-        let start = c * rows_per_chunk * hidden;
-        for (r, out) in chunk.chunks_mut(hidden).enumerate() {
-            let at = start + r * hidden;
-            let (x, g, res) = (
-                &xs[at..at + hidden],
-                &g[at..at + hidden],
-                &res[at..at + hidden],
-            );
-            let (mut sq, mut proj) = (T::zero(), T::zero());
-            for i in 0..hidden {
-                sq += x[i] * x[i];
-                proj += g[i] * w[i] * x[i];
+    let out = cpu::with_contiguous::<T, _, 4>([x, weight, grad, residual], |[xs, w, g, res]| {
+        cpu::par_fill::<T>(n, rows_per_chunk * hidden, |c, chunk| {
+            let start = c * rows_per_chunk * hidden;
+            for (r, out) in chunk.chunks_mut(hidden).enumerate() {
+                let at = start + r * hidden;
+                let (x, g, res) = (
+                    &xs[at..at + hidden],
+                    &g[at..at + hidden],
+                    &res[at..at + hidden],
+                );
+                let (mut sq, mut proj) = (T::zero(), T::zero());
+                for i in 0..hidden {
+                    sq += x[i] * x[i];
+                    proj += g[i] * w[i] * x[i];
+                }
+                let rs = T::one() / (sq * inv_h + eps).sqrt();
+                let coef = proj * inv_h * rs * rs * rs;
+                for i in 0..hidden {
+                    out[i].write(rs * g[i] * w[i] - x[i] * coef + res[i]);
+                }
             }
-            let rs = T::one() / (sq * inv_h + eps).sqrt();
-            let coef = proj * inv_h * rs * rs * rs;
-            for i in 0..hidden {
-                out[i].write(rs * g[i] * w[i] - x[i] * coef + res[i]);
-            }
-        }
+        })
     });
-    drop(storages);
+    let Some(out) = out else {
+        return Ok(None);
+    };
     Ok(Some(cpu::tensor_of(out, x.dims())?))
 }
 

@@ -62,19 +62,13 @@ fn cpu_forward<T: RowOps>(gate: &Tensor, up: &Tensor) -> Result<Option<Tensor>> 
             up.dims()
         );
     }
-    let (sg, lg) = gate.storage_and_layout();
-    let (su, lu) = up.storage_and_layout();
-    let (Some(g), Some(u)) = (
-        cpu::contiguous_slice::<T>(&sg, lg),
-        cpu::contiguous_slice::<T>(&su, lu),
-    ) else {
-        return Ok(None);
-    };
-    let out = cpu::par_fill(g.len(), ELEMENTWISE_CHUNK, |i, chunk| {
-        let range = i * ELEMENTWISE_CHUNK..i * ELEMENTWISE_CHUNK + chunk.len();
-        T::swiglu(chunk, &g[range.clone()], &u[range]);
+    let out = cpu::with_contiguous::<T, _, 2>([gate, up], |[g, u]| {
+        cpu::par_fill(g.len(), ELEMENTWISE_CHUNK, |i, chunk| {
+            let range = i * ELEMENTWISE_CHUNK..i * ELEMENTWISE_CHUNK + chunk.len();
+            T::swiglu(chunk, &g[range.clone()], &u[range]);
+        })
     });
-    Ok(Some(cpu::tensor_of(out, gate.dims())?))
+    out.map(|out| cpu::tensor_of(out, gate.dims())).transpose()
 }
 
 fn cpu_backward<T: RowOps>(
@@ -82,23 +76,18 @@ fn cpu_backward<T: RowOps>(
     up: &Tensor,
     grad: &Tensor,
 ) -> Result<Option<(Tensor, Tensor)>> {
-    let (sg, lg) = gate.storage_and_layout();
-    let (su, lu) = up.storage_and_layout();
-    let (sd, ld) = grad.storage_and_layout();
-    let (Some(g), Some(u), Some(d)) = (
-        cpu::contiguous_slice::<T>(&sg, lg),
-        cpu::contiguous_slice::<T>(&su, lu),
-        cpu::contiguous_slice::<T>(&sd, ld),
-    ) else {
+    let grads = cpu::with_contiguous::<T, _, 3>([gate, up, grad], |[g, u, d]| {
+        if g.len() != u.len() || g.len() != d.len() {
+            candle_core::bail!("swiglu backward: gate, up and grad sizes differ");
+        }
+        Ok(cpu::par_fill2(g.len(), ELEMENTWISE_CHUNK, |i, cg, cu| {
+            let range = i * ELEMENTWISE_CHUNK..i * ELEMENTWISE_CHUNK + cg.len();
+            T::swiglu_grad(cg, cu, &g[range.clone()], &u[range.clone()], &d[range]);
+        }))
+    });
+    let Some((dgate, dup)) = grads.transpose()? else {
         return Ok(None);
     };
-    if g.len() != u.len() || g.len() != d.len() {
-        candle_core::bail!("swiglu backward: gate, up and grad sizes differ");
-    }
-    let (dgate, dup) = cpu::par_fill2(g.len(), ELEMENTWISE_CHUNK, |i, cg, cu| {
-        let range = i * ELEMENTWISE_CHUNK..i * ELEMENTWISE_CHUNK + cg.len();
-        T::swiglu_grad(cg, cu, &g[range.clone()], &u[range.clone()], &d[range]);
-    });
     Ok(Some((
         cpu::tensor_of(dgate, gate.dims())?,
         cpu::tensor_of(dup, gate.dims())?,
