@@ -66,6 +66,15 @@ pub fn lora_projection(x: &Tensor, weight: &FrozenWeight, branches: &[Branch]) -
     )?)
 }
 
+/// The weight when it and the activations are f32 and dense: the case where the frozen product
+/// and the LoRA products (f32) accumulate into one output.
+fn dense_f32(weight: &FrozenWeight, activations: DType) -> Option<&Tensor> {
+    match weight {
+        FrozenWeight::Dense(w) if w.dtype() == DType::F32 && activations == DType::F32 => Some(w),
+        _ => None,
+    }
+}
+
 /// [`lora_projection`] on an untracked `x`: the output and what [`lora_backward`] needs.
 pub fn lora_forward(
     x: &Tensor,
@@ -126,15 +135,15 @@ pub fn lora_forward_shared(
                     .then(|| (branch.pair.a.clone(), branch.pair.b.clone(), xa)),
             });
         }
-        let y = match weight {
+        let y = match dense_f32(weight, dtype) {
             // One product accumulating every branch: no [n, out] temporaries.
-            FrozenWeight::Dense(w) if w.dtype() == DType::F32 && dtype == DType::F32 => {
+            Some(w) => {
                 let wt = w.t()?;
                 let mut terms = vec![(&flat, &wt, 1.0)];
                 terms.extend(deltas.iter().map(|(xa, bt, s)| (xa, bt, *s)));
                 matmul_sum(&terms)?
             }
-            _ => {
+            None => {
                 let mut y = weight.forward(&flat)?;
                 for (xa, bt, s) in &deltas {
                     y = (y + matmul_sum(&[(xa, bt, *s)])?.to_dtype(dtype)?)?;
@@ -204,10 +213,7 @@ pub fn lora_backward_shared(
         .collect();
     let dense: Option<Vec<&Tensor>> = prepared
         .iter()
-        .map(|(saved, g, _, _)| match &saved.weight {
-            FrozenWeight::Dense(w) if w.dtype() == DType::F32 && g.dtype() == DType::F32 => Some(w),
-            _ => None,
-        })
+        .map(|(saved, g, _, _)| dense_f32(&saved.weight, g.dtype()))
         .collect();
     // Branches without dropout accumulate into the frozen products; masked ones are added after.
     let branches = || {

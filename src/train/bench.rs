@@ -53,8 +53,7 @@ pub fn bench(cfg: &LoadedConfig, req: &BenchRequest) -> Result<Value> {
     s.logging_steps = usize::MAX;
     let session = Session::open(&cfg)?;
     let c = &session.model.config;
-    let device = session.model.device().clone();
-    let (hidden, inter) = (c.hidden_size, c.intermediate_size);
+    let yardstick = Yardstick::new(session.model.device(), c.hidden_size, c.intermediate_size)?;
     // The machine's plain matmul rate is measured after every step (warm-up included), so that
     // the yardstick samples the same stretch of time as the steps on a machine whose speed
     // drifts.
@@ -65,7 +64,7 @@ pub fn bench(cfg: &LoadedConfig, req: &BenchRequest) -> Result<Value> {
         show_progress: false,
         interrupted: Arc::new(Default::default()),
         timings: Some(Arc::new(move |t| {
-            let peak = matmul_peak_gflops(&device, hidden, inter, 5).unwrap_or(f64::NAN);
+            let peak = yardstick.best_of(5).unwrap_or(f64::NAN);
             sink.lock().expect("timings lock").push((t, peak));
         })),
     };
@@ -80,7 +79,7 @@ pub fn bench(cfg: &LoadedConfig, req: &BenchRequest) -> Result<Value> {
     let col = |f: fn(&StepTiming) -> f64| median(kept.iter().map(f).collect());
     let sec = col(|t| t.total);
     let tokens_per_sec = median(kept.iter().map(|t| t.tokens / t.total).collect());
-    let work = MatmulWork::of(&session.model.config, &cfg.run.lora.lora, checkpointing);
+    let work = MatmulWork::of(c, &cfg.run.lora.lora, checkpointing);
     let gflops = |flops: f64, secs: f64| flops / secs.max(1e-9) / 1e9;
     // The best yardstick of the run: a slow moment of the machine never inflates the ratios.
     let peak = peaks.iter().copied().fold(f64::NAN, f64::max);
@@ -189,26 +188,38 @@ impl MatmulWork {
 }
 
 /// This machine's f32 matmul rate on a projection-shaped product (2048 tokens × hidden ×
-/// intermediate), the best of `tries` (a shared machine only ever slows it down): the yardstick
-/// of the forward/backward rates.
-fn matmul_peak_gflops(
-    device: &candle_core::Device,
-    hidden: usize,
-    inter: usize,
-    tries: usize,
-) -> Result<f64> {
-    use candle_core::{DType, Tensor};
-    let rows = 2048;
-    let a = Tensor::ones((rows, hidden), DType::F32, device)?;
-    let b = Tensor::ones((hidden, inter), DType::F32, device)?;
-    let mut rates = Vec::new();
-    for _ in 0..tries {
-        let t0 = std::time::Instant::now();
-        // The same gemm as the training products (no zero-filled output on CPU).
-        let c = crate::ops::matmul_sum(&[(&a, &b, 1.0)])?;
-        device.synchronize()?;
-        drop(c);
-        rates.push(2.0 * (rows * hidden * inter) as f64 / t0.elapsed().as_secs_f64() / 1e9);
+/// intermediate): the yardstick of the forward/backward rates. The operands are made once.
+struct Yardstick {
+    a: candle_core::Tensor,
+    b: candle_core::Tensor,
+    device: candle_core::Device,
+}
+
+impl Yardstick {
+    const ROWS: usize = 2048;
+
+    fn new(device: &candle_core::Device, hidden: usize, inter: usize) -> Result<Self> {
+        use candle_core::{DType, Tensor};
+        Ok(Self {
+            a: Tensor::ones((Self::ROWS, hidden), DType::F32, device)?,
+            b: Tensor::ones((hidden, inter), DType::F32, device)?,
+            device: device.clone(),
+        })
     }
-    Ok(rates.into_iter().fold(0.0, f64::max))
+
+    /// GFLOP/s, the best of `tries` (a shared machine only ever slows it down).
+    fn best_of(&self, tries: usize) -> Result<f64> {
+        let (hidden, inter) = self.b.dims2()?;
+        let flops = 2.0 * (Self::ROWS * hidden * inter) as f64;
+        let mut best = 0f64;
+        for _ in 0..tries {
+            let t0 = std::time::Instant::now();
+            // The same gemm as the training products (no zero-filled output on CPU).
+            let c = crate::ops::matmul_sum(&[(&self.a, &self.b, 1.0)])?;
+            self.device.synchronize()?;
+            drop(c);
+            best = best.max(flops / t0.elapsed().as_secs_f64() / 1e9);
+        }
+        Ok(best)
+    }
 }
