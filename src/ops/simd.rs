@@ -4,29 +4,44 @@
 //! and the chained sums of a plain loop run at one add per four cycles.
 //!
 //! The f32 exp is Cephes' `expf` polynomial (within 2 ulp of libm on the range used, and 0 below
-//! e^-87), branch-free so that it vectorises; f64 (gradient checks only) uses the std exp.
+//! e^-87), branch-free so that it vectorises. The bodies are generic: f64 (the gradient checks)
+//! runs the same code with the std exp.
 
 use super::cpu::Real;
+use num_traits::Float;
 use std::mem::MaybeUninit;
 
 const LANES: usize = 16;
 
-/// The element operations the kernels need, per type.
+/// The element operations the kernels need. The provided methods are the portable bodies;
+/// f32 overrides them with the versions compiled for the CPU's vector width.
 pub trait RowOps: Real {
+    /// `e^x`.
+    fn exp_lane(x: Self) -> Self;
     /// `(max, sum)` of `xs`.
-    fn max_sum(xs: &[Self]) -> (Self, Self);
+    fn max_sum(xs: &[Self]) -> (Self, Self) {
+        max_sum_body(xs)
+    }
     /// Adds `bias` to `xs` in place and returns the new max.
-    fn add_max(xs: &mut [Self], bias: &[Self]) -> Self;
+    fn add_max(xs: &mut [Self], bias: &[Self]) -> Self {
+        add_max_body(xs, bias)
+    }
     /// `xs[i] = exp(xs[i] − shift)` in place; returns the sum.
-    fn exp_shifted(xs: &mut [Self], shift: Self) -> Self;
+    fn exp_shifted(xs: &mut [Self], shift: Self) -> Self {
+        exp_shifted_body(xs, shift)
+    }
     /// `xs[i] *= s`.
-    fn scale(xs: &mut [Self], s: Self);
-    /// `Σ a[i]·b[i]`.
-    fn dot(a: &[Self], b: &[Self]) -> Self;
+    fn scale(xs: &mut [Self], s: Self) {
+        scale_body(xs, s)
+    }
     /// The softmax backward of a row: `dp[i] = p[i]·(dp[i] − Σ dp·p)·scale`.
-    fn softmax_grad(dp: &mut [Self], p: &[Self], scale: Self);
+    fn softmax_grad(dp: &mut [Self], p: &[Self], scale: Self) {
+        softmax_grad_body(dp, p, scale)
+    }
     /// `out[i] = silu(g[i])·u[i]`.
-    fn swiglu(out: &mut [MaybeUninit<Self>], g: &[Self], u: &[Self]);
+    fn swiglu(out: &mut [MaybeUninit<Self>], g: &[Self], u: &[Self]) {
+        swiglu_body(out, g, u)
+    }
     /// SwiGLU's backward: `dg[i]`, `du[i]` for the output gradient `d[i]`.
     fn swiglu_grad(
         dg: &mut [MaybeUninit<Self>],
@@ -34,23 +49,25 @@ pub trait RowOps: Real {
         g: &[Self],
         u: &[Self],
         d: &[Self],
-    );
+    ) {
+        swiglu_grad_body(dg, du, g, u, d)
+    }
 }
 
-/// Generates a function that runs `$body` (an `#[inline(always)]` function) compiled for
+/// Generates a function that runs `$body` (an `#[inline(always)]` function of f32) compiled for
 /// AVX-512, AVX2+FMA or the build's baseline, whichever the CPU has.
 macro_rules! dispatch {
-    ($name:ident, $body:ident, ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
+    ($name:ident, $body:expr, ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
         fn $name($($arg: $ty),*) -> $ret {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx2,fma")]
                 fn wide($($arg: $ty),*) -> $ret {
-                    $body($($arg),*)
+                    ($body)($($arg),*)
                 }
                 #[target_feature(enable = "avx2,fma")]
                 fn narrow($($arg: $ty),*) -> $ret {
-                    $body($($arg),*)
+                    ($body)($($arg),*)
                 }
                 if std::arch::is_x86_feature_detected!("avx512f") {
                     // SAFETY: the CPU has the features the function was compiled for.
@@ -63,7 +80,7 @@ macro_rules! dispatch {
                     return unsafe { narrow($($arg),*) };
                 }
             }
-            $body($($arg),*)
+            ($body)($($arg),*)
         }
     };
 }
@@ -97,8 +114,8 @@ fn exp_f32(x: f32) -> f32 {
 }
 
 #[inline(always)]
-fn max_sum_body(xs: &[f32]) -> (f32, f32) {
-    let (mut max, mut sum) = ([f32::NEG_INFINITY; LANES], [0f32; LANES]);
+fn max_sum_body<T: RowOps>(xs: &[T]) -> (T, T) {
+    let (mut max, mut sum) = ([T::neg_infinity(); LANES], [T::zero(); LANES]);
     let chunks = xs.chunks_exact(LANES);
     let rest = chunks.remainder();
     for c in chunks {
@@ -107,21 +124,21 @@ fn max_sum_body(xs: &[f32]) -> (f32, f32) {
             sum[i] += c[i];
         }
     }
-    let (mut m, mut s) = (f32::NEG_INFINITY, 0f32);
+    let (mut m, mut s) = (T::neg_infinity(), T::zero());
     for i in 0..LANES {
-        m = m.max(max[i]);
+        m = Float::max(m, max[i]);
         s += sum[i];
     }
     for &x in rest {
-        m = m.max(x);
+        m = Float::max(m, x);
         s += x;
     }
     (m, s)
 }
 
 #[inline(always)]
-fn add_max_body(xs: &mut [f32], bias: &[f32]) -> f32 {
-    let mut max = [f32::NEG_INFINITY; LANES];
+fn add_max_body<T: RowOps>(xs: &mut [T], bias: &[T]) -> T {
+    let mut max = [T::neg_infinity(); LANES];
     let n = xs.len().min(bias.len());
     let (xs, bias) = (&mut xs[..n], &bias[..n]);
     let split = n - n % LANES;
@@ -134,44 +151,45 @@ fn add_max_body(xs: &mut [f32], bias: &[f32]) -> f32 {
             max[i] = if c[i] > max[i] { c[i] } else { max[i] };
         }
     }
-    let mut m = max.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    for (x, b) in xs[split..].iter_mut().zip(&bias[split..]) {
+    let mut m = max.iter().fold(T::neg_infinity(), |a, &b| Float::max(a, b));
+    for (x, &b) in xs[split..].iter_mut().zip(&bias[split..]) {
         *x += b;
-        m = m.max(*x);
+        m = Float::max(m, *x);
     }
     m
 }
 
 #[inline(always)]
-fn exp_shifted_body(xs: &mut [f32], shift: f32) -> f32 {
-    let mut sum = [0f32; LANES];
+fn exp_shifted_body<T: RowOps>(xs: &mut [T], shift: T) -> T {
+    let mut sum = [T::zero(); LANES];
     let split = xs.len() - xs.len() % LANES;
     for c in xs[..split].chunks_exact_mut(LANES) {
         for i in 0..LANES {
-            c[i] = exp_f32(c[i] - shift);
+            c[i] = T::exp_lane(c[i] - shift);
             sum[i] += c[i];
         }
     }
-    let mut s: f32 = sum.iter().sum();
+    let mut s = sum.iter().fold(T::zero(), |a, &b| a + b);
     for x in &mut xs[split..] {
-        *x = exp_f32(*x - shift);
+        *x = T::exp_lane(*x - shift);
         s += *x;
     }
     s
 }
 
 #[inline(always)]
-fn scale_body(xs: &mut [f32], s: f32) {
+fn scale_body<T: RowOps>(xs: &mut [T], s: T) {
     for x in xs.iter_mut() {
         *x *= s;
     }
 }
 
+/// `Σ a[i]·b[i]`.
 #[inline(always)]
-fn dot_body(a: &[f32], b: &[f32]) -> f32 {
+fn dot_body<T: RowOps>(a: &[T], b: &[T]) -> T {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
-    let mut acc = [0f32; LANES];
+    let mut acc = [T::zero(); LANES];
     let split = n - n % LANES;
     for (x, y) in a[..split]
         .chunks_exact(LANES)
@@ -181,58 +199,65 @@ fn dot_body(a: &[f32], b: &[f32]) -> f32 {
             acc[i] += x[i] * y[i];
         }
     }
-    let mut s: f32 = acc.iter().sum();
-    for (x, y) in a[split..].iter().zip(&b[split..]) {
+    let mut s = acc.iter().fold(T::zero(), |a, &b| a + b);
+    for (&x, &y) in a[split..].iter().zip(&b[split..]) {
         s += x * y;
     }
     s
 }
 
 #[inline(always)]
-fn softmax_grad_body(dp: &mut [f32], p: &[f32], scale: f32) {
+fn softmax_grad_body<T: RowOps>(dp: &mut [T], p: &[T], scale: T) {
     let dot = dot_body(dp, p);
-    for (x, p) in dp.iter_mut().zip(p) {
+    for (x, &p) in dp.iter_mut().zip(p) {
         *x = p * (*x - dot) * scale;
     }
 }
 
 #[inline(always)]
-fn sigmoid_f32(g: f32) -> f32 {
-    1.0 / (1.0 + exp_f32(-g))
+fn sigmoid<T: RowOps>(g: T) -> T {
+    T::one() / (T::one() + T::exp_lane(-g))
 }
 
 #[inline(always)]
-fn swiglu_body(out: &mut [MaybeUninit<f32>], g: &[f32], u: &[f32]) {
+fn swiglu_body<T: RowOps>(out: &mut [MaybeUninit<T>], g: &[T], u: &[T]) {
     for ((o, &g), &u) in out.iter_mut().zip(g).zip(u) {
-        o.write(g * sigmoid_f32(g) * u);
+        o.write(g * sigmoid(g) * u);
     }
 }
 
 #[inline(always)]
-fn swiglu_grad_body(
-    dg: &mut [MaybeUninit<f32>],
-    du: &mut [MaybeUninit<f32>],
-    g: &[f32],
-    u: &[f32],
-    d: &[f32],
+fn swiglu_grad_body<T: RowOps>(
+    dg: &mut [MaybeUninit<T>],
+    du: &mut [MaybeUninit<T>],
+    g: &[T],
+    u: &[T],
+    d: &[T],
 ) {
     for ((((dg, du), &g), &u), &d) in dg.iter_mut().zip(du.iter_mut()).zip(g).zip(u).zip(d) {
-        let s = sigmoid_f32(g);
-        dg.write(d * u * s * (1.0 + g * (1.0 - s)));
+        let s = sigmoid(g);
+        dg.write(d * u * s * (T::one() + g * (T::one() - s)));
         du.write(d * g * s);
     }
 }
 
-dispatch!(max_sum_f32, max_sum_body, (xs: &[f32]) -> (f32, f32));
-dispatch!(add_max_f32, add_max_body, (xs: &mut [f32], bias: &[f32]) -> f32);
-dispatch!(exp_shifted_f32, exp_shifted_body, (xs: &mut [f32], shift: f32) -> f32);
-dispatch!(scale_f32, scale_body, (xs: &mut [f32], s: f32) -> ());
-dispatch!(dot_f32, dot_body, (a: &[f32], b: &[f32]) -> f32);
-dispatch!(softmax_grad_f32, softmax_grad_body, (dp: &mut [f32], p: &[f32], scale: f32) -> ());
-dispatch!(swiglu_f32, swiglu_body, (out: &mut [MaybeUninit<f32>], g: &[f32], u: &[f32]) -> ());
+dispatch!(max_sum_f32, max_sum_body::<f32>, (xs: &[f32]) -> (f32, f32));
+dispatch!(add_max_f32, add_max_body::<f32>, (xs: &mut [f32], bias: &[f32]) -> f32);
+dispatch!(exp_shifted_f32, exp_shifted_body::<f32>, (xs: &mut [f32], shift: f32) -> f32);
+dispatch!(scale_f32, scale_body::<f32>, (xs: &mut [f32], s: f32) -> ());
+dispatch!(
+    softmax_grad_f32,
+    softmax_grad_body::<f32>,
+    (dp: &mut [f32], p: &[f32], scale: f32) -> ()
+);
+dispatch!(
+    swiglu_f32,
+    swiglu_body::<f32>,
+    (out: &mut [MaybeUninit<f32>], g: &[f32], u: &[f32]) -> ()
+);
 dispatch!(
     swiglu_grad_f32,
-    swiglu_grad_body,
+    swiglu_grad_body::<f32>,
     (
         dg: &mut [MaybeUninit<f32>],
         du: &mut [MaybeUninit<f32>],
@@ -243,6 +268,9 @@ dispatch!(
 );
 
 impl RowOps for f32 {
+    fn exp_lane(x: f32) -> f32 {
+        exp_f32(x)
+    }
     fn max_sum(xs: &[f32]) -> (f32, f32) {
         max_sum_f32(xs)
     }
@@ -254,9 +282,6 @@ impl RowOps for f32 {
     }
     fn scale(xs: &mut [f32], s: f32) {
         scale_f32(xs, s)
-    }
-    fn dot(a: &[f32], b: &[f32]) -> f32 {
-        dot_f32(a, b)
     }
     fn softmax_grad(dp: &mut [f32], p: &[f32], scale: f32) {
         softmax_grad_f32(dp, p, scale)
@@ -275,57 +300,10 @@ impl RowOps for f32 {
     }
 }
 
-/// Plain loops with the std exp: the f64 path of the gradient checks.
+/// The portable bodies with the std exp: the path of the f64 gradient checks.
 impl RowOps for f64 {
-    fn max_sum(xs: &[f64]) -> (f64, f64) {
-        xs.iter()
-            .fold((f64::NEG_INFINITY, 0.0), |(m, s), &x| (m.max(x), s + x))
-    }
-    fn add_max(xs: &mut [f64], bias: &[f64]) -> f64 {
-        let mut m = f64::NEG_INFINITY;
-        for (x, b) in xs.iter_mut().zip(bias) {
-            *x += b;
-            m = m.max(*x);
-        }
-        m
-    }
-    fn exp_shifted(xs: &mut [f64], shift: f64) -> f64 {
-        let mut s = 0.0;
-        for x in xs.iter_mut() {
-            *x = (*x - shift).exp();
-            s += *x;
-        }
-        s
-    }
-    fn scale(xs: &mut [f64], s: f64) {
-        xs.iter_mut().for_each(|x| *x *= s);
-    }
-    fn dot(a: &[f64], b: &[f64]) -> f64 {
-        a.iter().zip(b).map(|(x, y)| x * y).sum()
-    }
-    fn softmax_grad(dp: &mut [f64], p: &[f64], scale: f64) {
-        let dot = Self::dot(dp, p);
-        for (x, p) in dp.iter_mut().zip(p) {
-            *x = p * (*x - dot) * scale;
-        }
-    }
-    fn swiglu(out: &mut [MaybeUninit<f64>], g: &[f64], u: &[f64]) {
-        for ((o, &g), &u) in out.iter_mut().zip(g).zip(u) {
-            o.write(g / (1.0 + (-g).exp()) * u);
-        }
-    }
-    fn swiglu_grad(
-        dg: &mut [MaybeUninit<f64>],
-        du: &mut [MaybeUninit<f64>],
-        g: &[f64],
-        u: &[f64],
-        d: &[f64],
-    ) {
-        for ((((dg, du), &g), &u), &d) in dg.iter_mut().zip(du.iter_mut()).zip(g).zip(u).zip(d) {
-            let s = 1.0 / (1.0 + (-g).exp());
-            dg.write(d * u * s * (1.0 + g * (1.0 - s)));
-            du.write(d * g * s);
-        }
+    fn exp_lane(x: f64) -> f64 {
+        x.exp()
     }
 }
 
@@ -361,7 +339,7 @@ mod tests {
             f64::exp_shifted(&mut e64, 1.5)
         ));
         assert!(e32.iter().zip(&e64).all(|(a, b)| close(*a, *b)));
-        assert!(close(f32::dot(&xs, &e32), f64::dot(&wide, &e64)));
+        assert!(close(dot_body(&xs, &e32), dot_body(&wide, &e64)));
         let mut o32 = vec![MaybeUninit::<f32>::uninit(); xs.len()];
         let mut o64 = vec![MaybeUninit::<f64>::uninit(); xs.len()];
         f32::swiglu(&mut o32, &xs, &e32);
