@@ -2,7 +2,6 @@
 //! AdamW, the schedule, logging, held-out evaluation, checkpoints, resume, Ctrl-C and NaN guards.
 
 use anyhow::{bail, Result};
-use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -106,8 +105,9 @@ pub struct MicroLoss<'a> {
 impl MicroLoss<'_> {
     /// Backpropagates the loss and adds the trainable gradients to `grads`.
     pub fn backward(self, grads: &mut Gradients) -> Result<()> {
+        // The loss's own graph reaches no trainable var (the final norm and the head are frozen):
+        // the LoRA factors' gradients all come from the layer tape.
         let store = self.loss.backward()?;
-        grads.absorb(&store)?;
         self.tape.backward(&store, &mut |(a, da, b, db)| {
             grads.add(&a, da)?;
             grads.add(&b, db)
@@ -115,8 +115,8 @@ impl MicroLoss<'_> {
     }
 }
 
-/// The trainable vars' gradients, summed over the gradient stores handed to it (the layers of a
-/// backward pass, the micro-batches of a step).
+/// The trainable vars' gradients, summed over what is added to them (the layers of a backward
+/// pass, the micro-batches of a step).
 pub struct Gradients {
     vars: Vec<Var>,
     sums: Vec<Option<Tensor>>,
@@ -126,18 +126,6 @@ impl Gradients {
     pub fn new(vars: Vec<Var>) -> Self {
         let sums = vec![None; vars.len()];
         Self { vars, sums }
-    }
-
-    pub fn absorb(&mut self, store: &GradStore) -> Result<()> {
-        for (var, sum) in self.vars.iter().zip(self.sums.iter_mut()) {
-            if let Some(g) = store.get(var.as_tensor()) {
-                *sum = Some(match sum.take() {
-                    None => g.clone(),
-                    Some(acc) => (acc + g)?,
-                });
-            }
-        }
-        Ok(())
     }
 
     /// Adds `grad` to the gradient of `var` (ignored when `var` is not trainable here).
