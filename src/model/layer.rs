@@ -118,14 +118,16 @@ impl Model {
             self.dtype,
         )?;
         let [o]: [Tensor; 1] = project(&[&layer.proj[3]], &attn)?.try_into().expect("one");
-        let x2 = (x + o)?;
-        let h2 = ops::rms_norm(&x2, &layer.post_attention_layernorm, eps)?;
+        let (x2, h2) = ops::add_rms_norm(x, &o, &layer.post_attention_layernorm, eps)?;
         let [gate, up]: [Tensor; 2] = project(&[&layer.proj[4], &layer.proj[5]], &h2)?
             .try_into()
             .expect("two projections");
         let act = ops::swiglu_forward(&gate, &up)?;
         let [down]: [Tensor; 1] = project(&[&layer.proj[6]], &act)?.try_into().expect("one");
-        let y = (&x2 + down)?;
+        let y = match ops::cpu::add(&x2, &down)? {
+            Some(y) => y,
+            None => (&x2 + down)?,
+        };
         let saved = LayerSaved {
             x: x.clone(),
             h1,

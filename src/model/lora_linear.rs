@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use super::frozen::FrozenWeight;
 use super::lora::{add_dropped, apply_dropout, Dropout, LoraPair};
-use crate::ops::{attach_gradient3, matmul_sum, matmul_sum_serial};
+use crate::ops::{attach_gradient3, matmul_sum, matmul_sum_on, matmul_sum_serial};
 use rayon::prelude::*;
 
 /// One LoRA branch of a projection.
@@ -98,21 +98,15 @@ pub fn lora_forward_shared(
     let flat = x.reshape((n, in_features))?;
     let jobs: Vec<&Branch> = projections.iter().flat_map(|(_, b)| b.iter()).collect();
     // dropout(x) @ Aᵀ of every branch, [n, r] f32.
-    let mut xas = jobs
-        .par_iter()
-        .map(|branch| -> Result<Tensor> {
-            let h = match branch.dropout.filter(|d| d.p > 0.0) {
-                Some(d) => apply_dropout(&flat, d)?,
-                None => flat.to_dtype(DType::F32)?,
-            };
-            Ok(matmul_sum_serial(&[(
-                &h,
-                &branch.pair.a.as_tensor().t()?,
-                1.0,
-            )])?)
-        })
-        .collect::<Result<Vec<_>>>()?
-        .into_iter();
+    let mut xas = side_by_side(&jobs, |branch, threads| {
+        let h = match branch.dropout.filter(|d| d.p > 0.0) {
+            Some(d) => apply_dropout(&flat, d)?,
+            None => flat.to_dtype(DType::F32)?,
+        };
+        let a = branch.pair.a.as_tensor().t()?;
+        Ok(matmul_sum_on(&[(&h, &a, 1.0)], threads)?)
+    })?
+    .into_iter();
     let mut out = Vec::with_capacity(projections.len());
     for (weight, branches) in projections {
         let (out_features, _) = weight.dims2()?;
@@ -162,6 +156,21 @@ pub fn lora_forward_shared(
     Ok(out)
 }
 
+/// `product(job, threads)` of every job: side by side on one thread each, or one after the other
+/// over all threads when there are fewer jobs than threads (a lone job would leave the other
+/// threads idle).
+fn side_by_side<J: Sync, R: Send>(
+    jobs: &[J],
+    product: impl Fn(&J, usize) -> Result<R> + Sync,
+) -> Result<Vec<R>> {
+    let threads = rayon::current_num_threads();
+    if jobs.len() < threads {
+        jobs.iter().map(|j| product(j, threads)).collect()
+    } else {
+        jobs.par_iter().map(|j| product(j, 1)).collect()
+    }
+}
+
 /// The input gradient of a projection at input `x` for the output gradient `grad`, and the
 /// gradients of its trained factors.
 pub fn lora_backward(
@@ -199,11 +208,10 @@ pub fn lora_backward_shared(
     let jobs: Vec<(usize, &BranchSaved)> = (outputs.iter().enumerate())
         .flat_map(|(i, (saved, _, _))| saved.branches.iter().map(move |s| (i, s)))
         .collect();
-    let mut gbs = jobs
-        .par_iter()
-        .map(|(i, s)| matmul_sum_serial(&[(&outputs[*i].2, &s.b, s.scale)]))
-        .collect::<candle_core::Result<Vec<_>>>()?
-        .into_iter();
+    let mut gbs = side_by_side(&jobs, |(i, s), threads| {
+        Ok(matmul_sum_on(&[(&outputs[*i].2, &s.b, s.scale)], threads)?)
+    })?
+    .into_iter();
     let prepared: Vec<_> = outputs
         .into_iter()
         .map(|(saved, g, g32)| {

@@ -23,6 +23,9 @@ impl Real for f64 {}
 /// Below this many multiply-adds a product runs on the calling thread.
 const PARALLEL_MIN_WORK: usize = 1 << 16;
 
+/// Rows per thread below which a product is not split by rows.
+const ROW_SPLIT_MIN_ROWS: usize = 128;
+
 /// A 2-D operand of a product: a pointer to its first element and its strides in elements.
 #[derive(Clone, Copy)]
 pub struct Mat<T> {
@@ -60,6 +63,15 @@ impl<T> Mat<T> {
             row_stride: stride[0] as isize,
             col_stride: stride[1] as isize,
         })
+    }
+
+    /// Rows `start..start + rows` (a view).
+    pub fn row_block(&self, start: usize, rows: usize) -> Self {
+        Self {
+            ptr: self.ptr.wrapping_offset(start as isize * self.row_stride),
+            rows,
+            ..*self
+        }
     }
 
     /// The transpose (a view: strides swapped).
@@ -128,6 +140,29 @@ pub unsafe fn gemm_strided<T: Real>(
 ) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     debug_assert_eq!(b.rows, k);
+    // gemm packs the whole left operand on the calling thread before its parallel part when it
+    // is short enough (≤ 2 row blocks, e.g. 2048 tokens): split by rows, each thread packs its
+    // own rows (and all of `b`, hence only when `b` is no bigger than `a`).
+    if threads > 1 && m >= threads * ROW_SPLIT_MIN_ROWS && m >= n && m * n * k >= PARALLEL_MIN_WORK
+    {
+        let (dst, a) = (SharedMut(dst), a);
+        let per = m.div_ceil(threads);
+        rayon::scope(|scope| {
+            for t in 0..threads {
+                let start = t * per;
+                if start >= m {
+                    break;
+                }
+                let rows = per.min(m - start);
+                scope.spawn(move |_| {
+                    let part = a.row_block(start, rows);
+                    let dst = dst.get().wrapping_offset(start as isize * dst_row_stride);
+                    gemm_strided(dst, dst_row_stride, part, b, read_dst, beta, 1);
+                });
+            }
+        });
+        return;
+    }
     let parallelism = if threads > 1 && m * n * k >= PARALLEL_MIN_WORK {
         Parallelism::Rayon(threads)
     } else {
@@ -295,6 +330,30 @@ pub fn with_contiguous<T: Real, R, const N: usize>(
         *slot = contiguous_slice::<T>(storage, layout)?;
     }
     Some(f(slices))
+}
+
+/// `a + b` of same-shaped tensors in one parallel pass; `None` when they are not contiguous CPU
+/// tensors of one fast dtype (candle's element-wise ops split a packed batch over few threads).
+pub fn add(a: &Tensor, b: &Tensor) -> Result<Option<Tensor>> {
+    if a.dims() != b.dims() {
+        return Ok(None);
+    }
+    fn add_as<T: Real>(a: &Tensor, b: &Tensor) -> Option<Vec<T>> {
+        with_contiguous::<T, _, 2>([a, b], |[xs, ys]| {
+            par_fill::<T>(xs.len(), ELEMENTWISE_CHUNK, |c, out| {
+                let at = c * ELEMENTWISE_CHUNK;
+                for ((o, &x), &y) in out.iter_mut().zip(&xs[at..]).zip(&ys[at..]) {
+                    o.write(x + y);
+                }
+            })
+        })
+    }
+    let sum = match fast_dtype(&[a, b]) {
+        Some(DType::F32) => add_as::<f32>(a, b).map(|v| tensor_of(v, a.dims())),
+        Some(DType::F64) => add_as::<f64>(a, b).map(|v| tensor_of(v, a.dims())),
+        _ => None,
+    };
+    sum.transpose()
 }
 
 /// A CPU tensor from computed elements.

@@ -50,7 +50,8 @@ pub fn matmul_sum_serial(terms: &[(&Tensor, &Tensor, f64)]) -> Result<Tensor> {
     matmul_sum_on(terms, 1)
 }
 
-fn matmul_sum_on(terms: &[(&Tensor, &Tensor, f64)], threads: usize) -> Result<Tensor> {
+/// [`matmul_sum`] over `threads` threads of the rayon pool (on CPU).
+pub fn matmul_sum_on(terms: &[(&Tensor, &Tensor, f64)], threads: usize) -> Result<Tensor> {
     if let Some(out) = super::cpu::matmul_sum(terms, threads)? {
         return Ok(out);
     }

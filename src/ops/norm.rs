@@ -8,10 +8,18 @@ use std::sync::Arc;
 /// `weight * x / sqrt(mean(x²) + eps)` over the last dimension, as Llama/Mistral compute it.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     let detached = x.detach().contiguous()?;
-    let y = match x.dtype() {
-        // The fused kernel has no f64 path; f64 is used by gradient checks.
-        DType::F64 => candle_nn::ops::rms_norm_slow(&detached, weight, eps as f32)?,
-        _ => candle_nn::ops::rms_norm(&detached, weight, eps as f32)?,
+    let fast = match cpu::fast_dtype(&[&detached, weight]) {
+        Some(DType::F32) => cpu_forward::<f32>(&detached, None, weight, eps)?,
+        Some(DType::F64) => cpu_forward::<f64>(&detached, None, weight, eps)?,
+        _ => None,
+    };
+    let y = match fast {
+        Some((_, y)) => y,
+        // candle's fused kernel has no f64 path.
+        None if x.dtype() == DType::F64 => {
+            candle_nn::ops::rms_norm_slow(&detached, weight, eps as f32)?
+        }
+        None => candle_nn::ops::rms_norm(&detached, weight, eps as f32)?,
     };
     let weight = weight.clone();
     attach_gradient(
@@ -19,6 +27,96 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
         y,
         Arc::new(move |x, _, grad| rms_norm_backward(x, &weight, eps, grad)),
     )
+}
+
+/// `(s, rms_norm(s))` for the residual sum `s = x + delta` of untracked tensors, in one pass on
+/// CPU.
+pub fn add_rms_norm(
+    x: &Tensor,
+    delta: &Tensor,
+    weight: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, Tensor)> {
+    let fast = match cpu::fast_dtype(&[x, delta, weight]) {
+        Some(DType::F32) => cpu_forward::<f32>(x, Some(delta), weight, eps)?,
+        Some(DType::F64) => cpu_forward::<f64>(x, Some(delta), weight, eps)?,
+        _ => None,
+    };
+    match fast {
+        Some(both) => Ok(both),
+        None => {
+            let sum = (x + delta)?;
+            let normed = rms_norm(&sum, weight, eps)?;
+            Ok((sum, normed))
+        }
+    }
+}
+
+/// One parallel pass over rows: the sum `x + delta` (when given) and its norm. The sum is
+/// `x` itself when there is no `delta`.
+fn cpu_forward<T: Real>(
+    x: &Tensor,
+    delta: Option<&Tensor>,
+    weight: &Tensor,
+    eps: f64,
+) -> Result<Option<(Tensor, Tensor)>> {
+    let hidden = x.dim(D::Minus1)?;
+    let n = x.elem_count();
+    if delta.is_some_and(|d| d.dims() != x.dims()) || weight.elem_count() != hidden {
+        candle_core::bail!("rms_norm: x, residual and weight sizes differ");
+    }
+    let eps = T::from(eps).expect("finite eps");
+    let inv_h = T::one() / T::from(hidden).expect("hidden fits");
+    let rows_per_chunk = (cpu::ELEMENTWISE_CHUNK / hidden).max(1);
+    let chunk = rows_per_chunk * hidden;
+    // The norm of one row `s` into `out`.
+    let norm_row = |s: &[T], w: &[T], out: &mut [std::mem::MaybeUninit<T>]| {
+        let sq = s.iter().fold(T::zero(), |acc, &v| acc + v * v);
+        let rs = T::one() / (sq * inv_h + eps).sqrt();
+        for ((o, &v), &w) in out.iter_mut().zip(s).zip(w) {
+            o.write(v * rs * w);
+        }
+    };
+    let Some(delta) = delta else {
+        let normed = cpu::with_contiguous::<T, _, 2>([x, weight], |[xs, w]| {
+            cpu::par_fill::<T>(n, chunk, |c, out| {
+                let at = c * chunk;
+                for (r, out) in out.chunks_mut(hidden).enumerate() {
+                    let row = at + r * hidden;
+                    norm_row(&xs[row..row + hidden], w, out);
+                }
+            })
+        });
+        let Some(normed) = normed else {
+            return Ok(None);
+        };
+        return Ok(Some((x.clone(), cpu::tensor_of(normed, x.dims())?)));
+    };
+    let both = cpu::with_contiguous::<T, _, 3>([x, delta, weight], |[xs, ds, w]| {
+        cpu::par_fill2::<T>(n, chunk, |c, sums, out| {
+            let at = c * chunk;
+            for (r, (sum, out)) in sums
+                .chunks_mut(hidden)
+                .zip(out.chunks_mut(hidden))
+                .enumerate()
+            {
+                let row = at + r * hidden;
+                for ((s, &a), &b) in sum.iter_mut().zip(&xs[row..]).zip(&ds[row..row + hidden]) {
+                    s.write(a + b);
+                }
+                // SAFETY: every element of `sum` was written just above.
+                let sum = unsafe { &*(sum as *const [std::mem::MaybeUninit<T>] as *const [T]) };
+                norm_row(sum, w, out);
+            }
+        })
+    });
+    let Some((sum, normed)) = both else {
+        return Ok(None);
+    };
+    Ok(Some((
+        cpu::tensor_of(sum, x.dims())?,
+        cpu::tensor_of(normed, x.dims())?,
+    )))
 }
 
 /// The input gradient of [`rms_norm`] at `x` for the output gradient `grad`, plus `residual`
@@ -98,4 +196,37 @@ pub fn rms_norm_backward(x: &Tensor, weight: &Tensor, eps: f64, grad: &Tensor) -
     let proj = (&gw * &x)?.mean_keepdim(D::Minus1)?;
     let dx = (gw.broadcast_mul(&r)? - x.broadcast_mul(&(proj * r.powf(3.0)?)?)?)?;
     dx.to_dtype(dtype)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+        d.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
+    }
+
+    #[test]
+    fn cpu_norm_and_fused_residual_match_candles_composite() {
+        let dev = Device::Cpu;
+        for dtype in [DType::F32, DType::F64] {
+            let r = |s: (usize, usize, usize)| {
+                let t = Tensor::randn(0f32, 1.0, s, &dev).unwrap();
+                t.to_dtype(dtype).unwrap()
+            };
+            let (x, delta) = (r((2, 7, 24)), r((2, 7, 24)));
+            let w = r((1, 1, 24)).flatten_all().unwrap();
+            let want = candle_nn::ops::rms_norm_slow(&x, &w, 1e-5).unwrap();
+            // Tolerance: a few roundings of unit-size values in the dtype.
+            let tol = if dtype == DType::F32 { 1e-5 } else { 1e-12 };
+            assert!(max_diff(&rms_norm(&x, &w, 1e-5).unwrap(), &want) < tol);
+            let (sum, normed) = add_rms_norm(&x, &delta, &w, 1e-5).unwrap();
+            let want_sum = (&x + &delta).unwrap();
+            assert_eq!(max_diff(&sum, &want_sum), 0.0);
+            let want = candle_nn::ops::rms_norm_slow(&want_sum, &w, 1e-5).unwrap();
+            assert!(max_diff(&normed, &want) < tol, "{dtype:?}");
+        }
+    }
 }
