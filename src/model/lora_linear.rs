@@ -98,14 +98,29 @@ pub fn lora_forward_shared(
     let flat = x.reshape((n, in_features))?;
     let jobs: Vec<&Branch> = projections.iter().flat_map(|(_, b)| b.iter()).collect();
     // dropout(x) @ Aᵀ of every branch, [n, r] f32.
-    let mut xas = side_by_side(&jobs, |branch, threads| {
-        let h = match branch.dropout.filter(|d| d.p > 0.0) {
-            Some(d) => apply_dropout(&flat, d)?,
-            None => flat.to_dtype(DType::F32)?,
-        };
-        let a = branch.pair.a.as_tensor().t()?;
-        Ok(matmul_sum_on(&[(&h, &a, 1.0)], threads)?)
-    })?
+    let mut xas = if jobs.iter().all(|b| b.dropout.is_none_or(|d| d.p <= 0.0)) && jobs.len() > 1 {
+        // One input for all: one product with the branches' A stacked, then a view per branch.
+        let stacked: Vec<Tensor> = jobs.iter().map(|b| b.pair.a.as_tensor().detach()).collect();
+        let stacked = Tensor::cat(&stacked, 0)?;
+        let all = matmul_sum(&[(&flat.to_dtype(DType::F32)?, &stacked.t()?, 1.0)])?;
+        let mut at = 0;
+        jobs.iter()
+            .map(|b| {
+                let r = b.pair.a.as_tensor().dim(0)?;
+                at += r;
+                Ok(all.narrow(1, at - r, r)?)
+            })
+            .collect::<Result<Vec<_>>>()?
+    } else {
+        side_by_side(&jobs, |branch, threads| {
+            let h = match branch.dropout.filter(|d| d.p > 0.0) {
+                Some(d) => apply_dropout(&flat, d)?,
+                None => flat.to_dtype(DType::F32)?,
+            };
+            let a = branch.pair.a.as_tensor().t()?;
+            Ok(matmul_sum_on(&[(&h, &a, 1.0)], threads)?)
+        })?
+    }
     .into_iter();
     let mut out = Vec::with_capacity(projections.len());
     for (weight, branches) in projections {
@@ -156,15 +171,15 @@ pub fn lora_forward_shared(
     Ok(out)
 }
 
-/// `product(job, threads)` of every job: side by side on one thread each, or one after the other
-/// over all threads when there are fewer jobs than threads (a lone job would leave the other
-/// threads idle).
+/// `product(job, threads)` of every job: side by side on one thread each when they share the
+/// threads evenly, else one after the other over all threads (3 jobs on 2 threads side by side
+/// would leave one thread idle for a third of the time).
 fn side_by_side<J: Sync, R: Send>(
     jobs: &[J],
     product: impl Fn(&J, usize) -> Result<R> + Sync,
 ) -> Result<Vec<R>> {
     let threads = rayon::current_num_threads();
-    if jobs.len() < threads {
+    if !jobs.len().is_multiple_of(threads) {
         jobs.iter().map(|j| product(j, threads)).collect()
     } else {
         jobs.par_iter().map(|j| product(j, 1)).collect()

@@ -23,8 +23,8 @@ impl Real for f64 {}
 /// Below this many multiply-adds a product runs on the calling thread.
 const PARALLEL_MIN_WORK: usize = 1 << 16;
 
-/// Rows per thread below which a product is not split by rows.
-const ROW_SPLIT_MIN_ROWS: usize = 128;
+/// Rows (or columns) per thread below which a product is not split between threads by hand.
+const SPLIT_MIN: usize = 128;
 
 /// A 2-D operand of a product: a pointer to its first element and its strides in elements.
 #[derive(Clone, Copy)]
@@ -141,23 +141,29 @@ pub unsafe fn gemm_strided<T: Real>(
     let (m, k, n) = (a.rows, a.cols, b.cols);
     debug_assert_eq!(b.rows, k);
     // gemm packs the whole left operand on the calling thread before its parallel part when it
-    // is short enough (≤ 2 row blocks, e.g. 2048 tokens): split by rows, each thread packs its
-    // own rows (and all of `b`, hence only when `b` is no bigger than `a`).
-    if threads > 1 && m >= threads * ROW_SPLIT_MIN_ROWS && m >= n && m * n * k >= PARALLEL_MIN_WORK
-    {
-        let (dst, a) = (SharedMut(dst), a);
-        let per = m.div_ceil(threads);
+    // is short enough (≤ 2 row blocks, e.g. 2048 tokens), leaving the other threads idle. Split
+    // the product instead along its longer side: each thread packs its share of that operand
+    // and all of the other.
+    if threads > 1 && m.max(n) >= threads * SPLIT_MIN && m * n * k >= PARALLEL_MIN_WORK {
+        let by_rows = m >= n;
+        let (dst, a, b) = (SharedMut(dst), a, b);
+        let long = if by_rows { m } else { n };
+        let per = long.div_ceil(threads);
         rayon::scope(|scope| {
             for t in 0..threads {
                 let start = t * per;
-                if start >= m {
+                if start >= long {
                     break;
                 }
-                let rows = per.min(m - start);
+                let len = per.min(long - start);
                 scope.spawn(move |_| {
-                    let part = a.row_block(start, rows);
-                    let dst = dst.get().wrapping_offset(start as isize * dst_row_stride);
-                    gemm_strided(dst, dst_row_stride, part, b, read_dst, beta, 1);
+                    let (a, b, offset) = if by_rows {
+                        (a.row_block(start, len), b, start as isize * dst_row_stride)
+                    } else {
+                        (a, b.t().row_block(start, len).t(), start as isize)
+                    };
+                    let dst = dst.get().wrapping_offset(offset);
+                    gemm_strided(dst, dst_row_stride, a, b, read_dst, beta, 1);
                 });
             }
         });

@@ -79,9 +79,7 @@ pub fn chunk<T: RowOps>(
             rows.extend_from_slice(&w[t as usize * hidden..][..hidden]);
         }
         let probs = Mat::row_major(logits.as_ptr(), len, vocab);
-        let minus_one = -T::one();
-        // SAFETY: `rows` holds len·hidden initialised elements; the operands are alive.
-        unsafe { gemm_into(rows.as_mut_ptr(), probs, w_mat, true, minus_one, threads) };
+        subtract_split_over_vocab(&mut rows, probs, w_mat, threads);
         Some(cpu::tensor_of(rows, &[len, hidden])?)
     } else {
         None
@@ -93,4 +91,44 @@ pub fn chunk<T: RowOps>(
         means: cpu::tensor_of(means, &[len])?,
         jacobian,
     }))
+}
+
+/// `rows -= probs·w` (`probs: [len, vocab]`, `w: [vocab, hidden]`) with the vocabulary split
+/// between the threads, each summing its share into its own buffer: a split by rows or columns
+/// would have every thread pack all of one ~100 MB operand, and gemm's own split packs `probs`
+/// on one thread.
+fn subtract_split_over_vocab<T: RowOps>(rows: &mut [T], probs: Mat<T>, w: Mat<T>, threads: usize) {
+    let (len, vocab, hidden) = (probs.rows, probs.cols, w.cols);
+    let per = vocab.div_ceil(threads.max(1));
+    let shares: Vec<(usize, usize)> = (0..vocab)
+        .step_by(per.max(1))
+        .map(|start| (start, per.min(vocab - start)))
+        .collect();
+    let dst = cpu::SharedMut(rows.as_mut_ptr());
+    let partials: Vec<Vec<T>> = shares
+        .par_iter()
+        .enumerate()
+        .map(|(i, &(start, n))| {
+            let p = probs.t().row_block(start, n).t();
+            let w = w.row_block(start, n);
+            // SAFETY: `rows` (the first share's destination) holds len·hidden initialised
+            // elements and only this task writes it; the other shares write their own buffers.
+            unsafe {
+                if i == 0 {
+                    gemm_into(dst.get(), p, w, true, -T::one(), 1);
+                    Vec::new()
+                } else {
+                    let mut part: Vec<T> = Vec::with_capacity(len * hidden);
+                    gemm_into(part.as_mut_ptr(), p, w, false, T::one(), 1);
+                    part.set_len(len * hidden);
+                    part
+                }
+            }
+        })
+        .collect();
+    for part in partials.iter().skip(1) {
+        rows.par_chunks_mut(cpu::ELEMENTWISE_CHUNK)
+            .zip(part.par_chunks(cpu::ELEMENTWISE_CHUNK))
+            .for_each(|(r, p)| r.iter_mut().zip(p).for_each(|(r, &p)| *r -= p));
+    }
 }
