@@ -58,12 +58,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let f = |k: &str| out[k].as_f64().unwrap_or(f64::NAN);
     println!(
         "  matmul rate: forward {:.1} GFLOP/s ({:.0}%), backward {:.1} GFLOP/s ({:.0}%) of a plain \
-         f32 matmul's {:.1} GFLOP/s on this machine",
+         f32 matmul measured around each step (median {:.1} GFLOP/s); against the run's best \
+         ({:.1} GFLOP/s): forward {:.0}%, backward {:.0}%",
         f("forward_gflops"),
         100.0 * f("forward_matmul_efficiency"),
         f("backward_gflops"),
         100.0 * f("backward_matmul_efficiency"),
+        f("matmul_gflops_median"),
         f("matmul_gflops_peak"),
+        100.0 * f("forward_matmul_efficiency_vs_best"),
+        100.0 * f("backward_matmul_efficiency_vs_best"),
     );
     Ok(())
 }
