@@ -98,8 +98,10 @@ pub fn lora_forward_shared(
     let flat = x.reshape((n, in_features))?;
     let jobs: Vec<&Branch> = projections.iter().flat_map(|(_, b)| b.iter()).collect();
     // dropout(x) @ Aᵀ of every branch, [n, r] f32.
-    let mut xas = if jobs.iter().all(|b| b.dropout.is_none_or(|d| d.p <= 0.0)) && jobs.len() > 1 {
-        // One input for all: one product with the branches' A stacked, then a view per branch.
+    let undropped = jobs.iter().all(|b| b.dropout.is_none_or(|d| d.p <= 0.0));
+    let mut xas = if undropped && jobs.len() > 1 && x.device().is_cpu() {
+        // One input for all: one product with the branches' A stacked, then a strided view per
+        // branch (the CPU products take any strides).
         let stacked: Vec<Tensor> = jobs.iter().map(|b| b.pair.a.as_tensor().detach()).collect();
         let stacked = Tensor::cat(&stacked, 0)?;
         let all = matmul_sum(&[(&flat.to_dtype(DType::F32)?, &stacked.t()?, 1.0)])?;
