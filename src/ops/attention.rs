@@ -2,7 +2,7 @@
 //! forward and a written-out backward that keeps only the attention probabilities (one
 //! score-sized tensor instead of the five a composite of candle ops records).
 
-use super::{attach_gradient3, attention_cpu, cpu};
+use super::{attach_gradient3, attention_cpu, cpu, work_dtype};
 pub use attention_cpu::Group;
 use candle_core::{DType, Result, Tensor, D};
 use std::sync::Arc;
@@ -214,14 +214,5 @@ fn cpu_backward(
         Some(DType::F32) => attention_cpu::backward::<f32>(q, k, v, spans, probs, grad),
         Some(DType::F64) => attention_cpu::backward::<f64>(q, k, v, spans, probs, grad),
         _ => Ok(None),
-    }
-}
-
-/// f64 stays f64 (gradient checks); everything else runs the softmax in f32.
-fn work_dtype(dtype: DType) -> DType {
-    if dtype == DType::F64 {
-        DType::F64
-    } else {
-        DType::F32
     }
 }

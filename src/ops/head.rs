@@ -4,7 +4,7 @@
 //! with respect to its hidden state (`[positions, hidden]`), so the backward is a scaling.
 
 use super::linear::matmul_t;
-use super::{attach_gradient, cpu, head_cpu};
+use super::{attach_gradient, cpu, head_cpu, work_dtype};
 use candle_core::{DType, Result, Tensor, D};
 use std::sync::Arc;
 
@@ -116,15 +116,6 @@ pub fn position_logprobs(
         token_logps,
         mean_logits,
     })
-}
-
-/// f32 at least (bf16 logits would lose the log-probs); f64 stays f64 for gradient checks.
-fn work_dtype(dtype: DType) -> DType {
-    if dtype == DType::F64 {
-        DType::F64
-    } else {
-        DType::F32
-    }
 }
 
 /// `log Σ exp(x)` over the last dimension, stable.

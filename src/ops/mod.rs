@@ -32,3 +32,12 @@ pub use qlinear::quantized_linear;
 pub use rope::{rope, rope_backward, rope_thd, rope_thd_backward};
 pub use softmax::softmax_last_dim;
 pub use swiglu::{swiglu, swiglu_backward, swiglu_forward};
+
+/// The dtype softmaxes, log-sum-exps and log-probs run in: f32 at least (bf16 would lose them);
+/// f64 stays f64 for the gradient checks.
+pub fn work_dtype(dtype: candle_core::DType) -> candle_core::DType {
+    match dtype {
+        candle_core::DType::F64 => candle_core::DType::F64,
+        _ => candle_core::DType::F32,
+    }
+}

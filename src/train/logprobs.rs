@@ -3,8 +3,8 @@
 use candle_core::{DType, Result, Tensor, D};
 use std::sync::Arc;
 
-use crate::ops::attach_gradient;
 pub use crate::ops::log_sum_exp;
+use crate::ops::{attach_gradient, work_dtype};
 
 /// `log p(ids[:, t+1] | ids[:, ..=t])` for every position: logits `[b, t, v]`, ids `[b, t]`
 /// → `[b, t-1]` in f32.
@@ -19,12 +19,7 @@ pub fn next_token_logprobs(logits: &Tensor, ids: &Tensor) -> Result<Tensor> {
         .to_dtype(DType::U32)?
         .unsqueeze(D::Minus1)?
         .contiguous()?;
-    // f32 at least (bf16 logits would lose the log-probs); f64 stays f64 for gradient checks.
-    let work = if logits.dtype() == DType::F64 {
-        DType::F64
-    } else {
-        DType::F32
-    };
+    let work = work_dtype(logits.dtype());
     let x = logits.detach().to_dtype(work)?.contiguous()?;
     let lse = log_sum_exp(&x)?;
     let picked = x.gather(&targets, D::Minus1)?.squeeze(D::Minus1)?;
