@@ -9,12 +9,12 @@ use std::sync::Arc;
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     let detached = x.detach().contiguous()?;
     let fast = match cpu::fast_dtype(&[&detached, weight]) {
-        Some(DType::F32) => cpu_forward::<f32>(&detached, None, weight, eps)?,
-        Some(DType::F64) => cpu_forward::<f64>(&detached, None, weight, eps)?,
+        Some(DType::F32) => cpu_forward::<f32>(&detached, weight, eps)?,
+        Some(DType::F64) => cpu_forward::<f64>(&detached, weight, eps)?,
         _ => None,
     };
     let y = match fast {
-        Some((_, y)) => y,
+        Some(y) => y,
         // candle's fused kernel has no f64 path.
         None if x.dtype() == DType::F64 => {
             candle_nn::ops::rms_norm_slow(&detached, weight, eps as f32)?
@@ -38,8 +38,8 @@ pub fn add_rms_norm(
     eps: f64,
 ) -> Result<(Tensor, Tensor)> {
     let fast = match cpu::fast_dtype(&[x, delta, weight]) {
-        Some(DType::F32) => cpu_forward::<f32>(x, Some(delta), weight, eps)?,
-        Some(DType::F64) => cpu_forward::<f64>(x, Some(delta), weight, eps)?,
+        Some(DType::F32) => cpu_add_forward::<f32>(x, delta, weight, eps)?,
+        Some(DType::F64) => cpu_add_forward::<f64>(x, delta, weight, eps)?,
         _ => None,
     };
     match fast {
@@ -52,61 +52,77 @@ pub fn add_rms_norm(
     }
 }
 
-/// One parallel pass over rows: the sum `x + delta` (when given) and its norm. The sum is
-/// `x` itself when there is no `delta`.
-fn cpu_forward<T: Real>(
+/// The row layout of the CPU norms: elements per row, and rows per parallel chunk.
+fn row_chunks(x: &Tensor, weight: &Tensor) -> Result<(usize, usize)> {
+    let hidden = x.dim(D::Minus1)?;
+    if weight.elem_count() != hidden {
+        candle_core::bail!(
+            "rms_norm: weight has {} elements for rows of {hidden}",
+            weight.elem_count()
+        );
+    }
+    Ok((hidden, (cpu::ELEMENTWISE_CHUNK / hidden).max(1) * hidden))
+}
+
+/// `out = w · v / sqrt(mean(v²) + eps)` for the values `v` of one row.
+fn norm_row<T: Real>(
+    values: impl Iterator<Item = T> + Clone,
+    w: &[T],
+    eps: f64,
+    out: &mut [std::mem::MaybeUninit<T>],
+) {
+    let sq = values.clone().fold(T::zero(), |acc, v| acc + v * v);
+    let mean = sq * (T::one() / T::from(w.len()).expect("hidden fits"));
+    let rs = T::one() / (mean + T::from(eps).expect("finite eps")).sqrt();
+    for ((o, v), &w) in out.iter_mut().zip(values).zip(w) {
+        o.write(v * rs * w);
+    }
+}
+
+/// [`rms_norm`] as one parallel pass over rows.
+fn cpu_forward<T: Real>(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Option<Tensor>> {
+    let (hidden, chunk) = row_chunks(x, weight)?;
+    let normed = cpu::with_contiguous::<T, _, 2>([x, weight], |[xs, w]| {
+        cpu::par_fill::<T>(xs.len(), chunk, |c, out| {
+            let rows = xs[c * chunk..].chunks(hidden);
+            for (out, x) in out.chunks_mut(hidden).zip(rows) {
+                norm_row(x.iter().copied(), w, eps, out);
+            }
+        })
+    });
+    normed.map(|v| cpu::tensor_of(v, x.dims())).transpose()
+}
+
+/// [`add_rms_norm`] as one parallel pass over rows.
+fn cpu_add_forward<T: Real>(
     x: &Tensor,
-    delta: Option<&Tensor>,
+    delta: &Tensor,
     weight: &Tensor,
     eps: f64,
 ) -> Result<Option<(Tensor, Tensor)>> {
-    let hidden = x.dim(D::Minus1)?;
-    let n = x.elem_count();
-    if delta.is_some_and(|d| d.dims() != x.dims()) || weight.elem_count() != hidden {
-        candle_core::bail!("rms_norm: x, residual and weight sizes differ");
+    if delta.dims() != x.dims() {
+        candle_core::bail!(
+            "rms_norm: x {:?} and residual {:?} differ",
+            x.dims(),
+            delta.dims()
+        );
     }
-    let eps = T::from(eps).expect("finite eps");
-    let inv_h = T::one() / T::from(hidden).expect("hidden fits");
-    let rows_per_chunk = (cpu::ELEMENTWISE_CHUNK / hidden).max(1);
-    let chunk = rows_per_chunk * hidden;
-    // The norm of one row `s` into `out`.
-    let norm_row = |s: &[T], w: &[T], out: &mut [std::mem::MaybeUninit<T>]| {
-        let sq = s.iter().fold(T::zero(), |acc, &v| acc + v * v);
-        let rs = T::one() / (sq * inv_h + eps).sqrt();
-        for ((o, &v), &w) in out.iter_mut().zip(s).zip(w) {
-            o.write(v * rs * w);
-        }
-    };
-    let Some(delta) = delta else {
-        let normed = cpu::with_contiguous::<T, _, 2>([x, weight], |[xs, w]| {
-            cpu::par_fill::<T>(n, chunk, |c, out| {
-                let at = c * chunk;
-                for (r, out) in out.chunks_mut(hidden).enumerate() {
-                    let row = at + r * hidden;
-                    norm_row(&xs[row..row + hidden], w, out);
-                }
-            })
-        });
-        let Some(normed) = normed else {
-            return Ok(None);
-        };
-        return Ok(Some((x.clone(), cpu::tensor_of(normed, x.dims())?)));
-    };
+    let (hidden, chunk) = row_chunks(x, weight)?;
     let both = cpu::with_contiguous::<T, _, 3>([x, delta, weight], |[xs, ds, w]| {
-        cpu::par_fill2::<T>(n, chunk, |c, sums, out| {
-            let at = c * chunk;
-            for (r, (sum, out)) in sums
+        cpu::par_fill2::<T>(xs.len(), chunk, |c, sums, out| {
+            let rows = xs[c * chunk..]
+                .chunks(hidden)
+                .zip(ds[c * chunk..].chunks(hidden));
+            for ((sum, out), (x, d)) in sums
                 .chunks_mut(hidden)
                 .zip(out.chunks_mut(hidden))
-                .enumerate()
+                .zip(rows)
             {
-                let row = at + r * hidden;
-                for ((s, &a), &b) in sum.iter_mut().zip(&xs[row..]).zip(&ds[row..row + hidden]) {
-                    s.write(a + b);
+                let values = x.iter().zip(d).map(|(&a, &b)| a + b);
+                for (s, v) in sum.iter_mut().zip(values.clone()) {
+                    s.write(v);
                 }
-                // SAFETY: every element of `sum` was written just above.
-                let sum = unsafe { &*(sum as *const [std::mem::MaybeUninit<T>] as *const [T]) };
-                norm_row(sum, w, out);
+                norm_row(values, w, eps, out);
             }
         })
     });
