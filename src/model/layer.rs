@@ -124,10 +124,7 @@ impl Model {
             .expect("two projections");
         let act = ops::swiglu_forward(&gate, &up)?;
         let [down]: [Tensor; 1] = project(&[&layer.proj[6]], &act)?.try_into().expect("one");
-        let y = match ops::cpu::add(&x2, &down)? {
-            Some(y) => y,
-            None => (&x2 + down)?,
-        };
+        let y = ops::residual_add(&x2, &down)?;
         let saved = LayerSaved {
             x: x.clone(),
             h1,

@@ -339,7 +339,7 @@ pub fn with_contiguous<T: Real, R, const N: usize>(
 }
 
 /// `a + b` of same-shaped tensors in one parallel pass; `None` when they are not contiguous CPU
-/// tensors of one fast dtype (candle's element-wise ops split a packed batch over few threads).
+/// tensors of one fast dtype.
 pub fn add(a: &Tensor, b: &Tensor) -> Result<Option<Tensor>> {
     if a.dims() != b.dims() {
         return Ok(None);

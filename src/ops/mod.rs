@@ -27,7 +27,7 @@ pub use head::{
     head_logprobs, log_sum_exp, position_logprobs, HeadLogprobs, DEFAULT_CHUNK_POSITIONS,
 };
 pub use linear::{frozen_linear, matmul_sum, matmul_sum_on, matmul_sum_serial, matmul_t};
-pub use norm::{add_rms_norm, rms_norm, rms_norm_backward, rms_norm_backward_add};
+pub use norm::{add_rms_norm, residual_add, rms_norm, rms_norm_backward, rms_norm_backward_add};
 pub use qlinear::quantized_linear;
 pub use rope::{rope, rope_backward, rope_thd, rope_thd_backward};
 pub use softmax::softmax_last_dim;

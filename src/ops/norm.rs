@@ -29,6 +29,15 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     )
 }
 
+/// `x + delta` of the residual stream, in one parallel pass on CPU (candle's element-wise ops
+/// split a packed batch over few threads).
+pub fn residual_add(x: &Tensor, delta: &Tensor) -> Result<Tensor> {
+    match cpu::add(x, delta)? {
+        Some(sum) => Ok(sum),
+        None => x + delta,
+    }
+}
+
 /// `(s, rms_norm(s))` for the residual sum `s = x + delta` of untracked tensors, in one pass on
 /// CPU.
 pub fn add_rms_norm(
