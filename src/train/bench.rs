@@ -65,8 +65,8 @@ pub fn bench(cfg: &LoadedConfig, req: &BenchRequest) -> Result<Value> {
         show_progress: false,
         interrupted: Arc::new(Default::default()),
         timings: Some(Arc::new(move |t| {
-            let peak = yardstick.best_of(5).unwrap_or(f64::NAN);
-            sink.lock().expect("timings lock").push((t, peak));
+            let after = yardstick.best_of(5).unwrap_or(f64::NAN);
+            sink.lock().expect("timings lock").push((t, after));
         })),
     };
     let result = match req.stage {
