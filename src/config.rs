@@ -35,6 +35,10 @@ pub struct ModelSection {
     /// cpu, cuda, or auto (cuda when built with it and a GPU is present).
     #[serde(default = "default_device")]
     pub device: String,
+    /// auto (the fastest ops for the device and dtype) or generic (candle tensor ops everywhere,
+    /// as on a GPU).
+    #[serde(default = "default_kernels")]
+    pub kernels: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -145,8 +149,11 @@ fn default_quantize() -> String {
 fn default_device() -> String {
     "auto".into()
 }
+fn default_kernels() -> String {
+    "auto".into()
+}
 
-const MODEL_KEYS: &[&str] = &["name_or_path", "dtype", "quantize", "device"];
+const MODEL_KEYS: &[&str] = &["name_or_path", "dtype", "quantize", "device", "kernels"];
 const LORA_KEYS: &[&str] = &[
     "r",
     "lora_alpha",
@@ -260,6 +267,7 @@ impl RunConfig {
             &self.model.quantize,
         )
         .context("[model] quantize")?;
+        crate::ops::Kernels::parse(&self.model.kernels).context("[model] kernels")?;
         self.lora.lora.validate().context("[lora]")?;
         for (name, stage) in [("sft", &self.sft), ("dpo", &self.dpo)] {
             if let Some(s) = stage {
@@ -421,6 +429,7 @@ mod tests {
             ("dpo.lr_scheduler_type=\"zigzag\"", "lr_scheduler_type"),
             ("lora.target_modules=[\"qproj\"]", "target_modules"),
             ("model.dtype=\"f8\"", "dtype"),
+            ("model.kernels=\"fast\"", "kernels"),
         ] {
             let err = LoadedConfig::from_str(MIN, &[set.into()]).unwrap_err();
             assert!(format!("{err:#}").contains(key), "{set}: {err:#}");

@@ -1,19 +1,22 @@
-//! Every op used in training, its backward against central finite differences in f64.
-//! Loss L = Σ op(x) ⊙ R for a fixed random R; tolerance 1e-6 absolute on each dL/dx_i
-//! (the f64 central difference with h = 1e-5 is accurate to ~1e-9 here).
+//! Every op used in training, its backward against central finite differences in f64, on both
+//! paths (the CPU kernels and the device-generic one). Loss L = Σ op(x) ⊙ R for a fixed random
+//! R; tolerance 1e-6 absolute on each dL/dx_i (the f64 central difference with h = 1e-5 is
+//! accurate to ~1e-9 here).
 
 mod common;
 
 use candle_core::{DType, Device, Tensor, Var};
 use common::{max_abs_diff, randn};
-use lora_dpo::ops;
+use lora_dpo::ops::{self, Kernels};
+
+const PATHS: [Kernels; 2] = [Kernels::Auto, Kernels::Generic];
 
 const H: f64 = 1e-5;
 const TOL: f64 = 1e-6;
 
 /// Compares the autograd gradient of `Σ f(x) ⊙ r` with central differences at every element.
-fn check(name: &str, x: Tensor, f: impl Fn(&Tensor) -> Tensor) {
-    let var = Var::from_tensor(&x).unwrap();
+fn check_one(name: &str, x: &Tensor, f: impl Fn(&Tensor) -> Tensor) {
+    let var = Var::from_tensor(x).unwrap();
     let y = f(var.as_tensor());
     let r = randn(y.dims(), 99);
     let loss = (&y * &r).unwrap().sum_all().unwrap();
@@ -45,11 +48,18 @@ fn check(name: &str, x: Tensor, f: impl Fn(&Tensor) -> Tensor) {
     }
 }
 
+/// [`check_one`] on each path.
+fn check(name: &str, x: Tensor, f: impl Fn(Kernels, &Tensor) -> Tensor) {
+    for k in PATHS {
+        check_one(&format!("{name} ({k})"), &x, |x| f(k, x));
+    }
+}
+
 #[test]
 fn rms_norm_backward() {
     let w = randn(&[6], 1).affine(0.3, 1.0).unwrap();
-    check("rms_norm", randn(&[2, 3, 6], 2), |x| {
-        ops::rms_norm(x, &w, 1e-5).unwrap()
+    check("rms_norm", randn(&[2, 3, 6], 2), |k, x| {
+        ops::rms_norm(k, x, &w, 1e-5).unwrap()
     });
 }
 
@@ -64,13 +74,15 @@ fn rms_norm_backward_with_the_residual_is_one_pass_of_the_same_gradient() {
             t(&[3, 4, 40], 7),
             t(&[3, 4, 40], 8),
         );
-        let fused = ops::rms_norm_backward_add(&x, &w, 1e-5, &g, &res).unwrap();
         let composite = (ops::rms_norm_backward(&x, &w, 1e-5, &g).unwrap() + &res).unwrap();
-        let d = max_abs_diff(
-            &fused.to_dtype(DType::F32).unwrap(),
-            &composite.to_dtype(DType::F32).unwrap(),
-        );
-        assert!(d < 1e-5, "{dtype:?}: max |diff| {d}");
+        for k in PATHS {
+            let fused = ops::rms_norm_backward_add(k, &x, &w, 1e-5, &g, &res).unwrap();
+            let d = max_abs_diff(
+                &fused.to_dtype(DType::F32).unwrap(),
+                &composite.to_dtype(DType::F32).unwrap(),
+            );
+            assert!(d < 1e-5, "{dtype:?} {k}: max |diff| {d}");
+        }
     }
 }
 
@@ -78,7 +90,7 @@ fn rms_norm_backward_with_the_residual_is_one_pass_of_the_same_gradient() {
 fn rope_backward() {
     let angles = (randn(&[5, 4], 3) * 3.0).unwrap();
     let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
-    check("rope", randn(&[2, 3, 5, 8], 4), |x| {
+    check("rope", randn(&[2, 3, 5, 8], 4), |_, x| {
         ops::rope(x, &cos, &sin).unwrap()
     });
 }
@@ -87,14 +99,14 @@ fn rope_backward() {
 fn rope_backward_through_a_transposed_input() {
     let angles = randn(&[5, 4], 5);
     let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
-    check("rope(transposed)", randn(&[2, 5, 3, 8], 6), |x| {
+    check("rope(transposed)", randn(&[2, 5, 3, 8], 6), |_, x| {
         ops::rope(&x.transpose(1, 2).unwrap(), &cos, &sin).unwrap()
     });
 }
 
 #[test]
 fn softmax_backward() {
-    check("softmax", randn(&[3, 4, 7], 7), |x| {
+    check("softmax", randn(&[3, 4, 7], 7), |_, x| {
         ops::softmax_last_dim(x).unwrap()
     });
 }
@@ -102,7 +114,7 @@ fn softmax_backward() {
 #[test]
 fn frozen_linear_backward() {
     let w = randn(&[5, 6], 8);
-    check("frozen_linear", randn(&[2, 3, 6], 9), |x| {
+    check("frozen_linear", randn(&[2, 3, 6], 9), |_, x| {
         ops::frozen_linear(x, &w).unwrap()
     });
 }
@@ -140,7 +152,7 @@ fn untracked_inputs_build_no_graph() {
 #[test]
 fn next_token_logprobs_backward() {
     let ids = Tensor::new(&[[1u32, 4, 0, 2], [3, 3, 1, 0]], &Device::Cpu).unwrap();
-    check("next_token_logprobs", randn(&[2, 4, 5], 14), |x| {
+    check("next_token_logprobs", randn(&[2, 4, 5], 14), |_, x| {
         lora_dpo::train::logprobs::next_token_logprobs(x, &ids)
             .unwrap()
             .to_dtype(DType::F64)
@@ -178,8 +190,10 @@ fn head_logprobs_backward_in_chunks() {
     // 2 rows × 3 target positions = 6 positions in chunks of 4: one full chunk, one partial.
     let ids = Tensor::new(&[[1u32, 6, 0, 2], [3, 3, 1, 5]], &Device::Cpu).unwrap();
     let head = randn(&[7, 5], 16);
-    check("head_logprobs", randn(&[2, 4, 5], 17), |x| {
-        ops::head_logprobs(x, &head, &ids, 4).unwrap().token_logps
+    check("head_logprobs", randn(&[2, 4, 5], 17), |k, x| {
+        ops::head_logprobs(k, x, &head, &ids, 4)
+            .unwrap()
+            .token_logps
     });
 }
 
@@ -195,8 +209,8 @@ fn head_logprobs_equal_the_unchunked_log_softmax() {
         .unwrap()
         .mean(candle_core::D::Minus1)
         .unwrap();
-    for chunk in [1, 4, 100] {
-        let got = ops::head_logprobs(&x, &head, &ids, chunk).unwrap();
+    for (chunk, k) in [1, 4, 100].into_iter().flat_map(|c| PATHS.map(|k| (c, k))) {
+        let got = ops::head_logprobs(k, &x, &head, &ids, chunk).unwrap();
         assert!(
             max_abs_diff(&got.token_logps, &want) < 1e-5,
             "chunk {chunk}"
@@ -234,14 +248,14 @@ fn attention_backward_grouped_heads() {
         randn(&[2, 2, 3, 3], 22),
     );
     let mask = attention_mask();
-    check("attention dq", q.clone(), |x| {
-        ops::attention(x, &k, &v, &mask, DType::F64).unwrap()
+    check("attention dq", q.clone(), |kn, x| {
+        ops::attention(kn, x, &k, &v, &mask, DType::F64).unwrap()
     });
-    check("attention dk", k.clone(), |x| {
-        ops::attention(&q, x, &v, &mask, DType::F64).unwrap()
+    check("attention dk", k.clone(), |kn, x| {
+        ops::attention(kn, &q, x, &v, &mask, DType::F64).unwrap()
     });
-    check("attention dv", v.clone(), |x| {
-        ops::attention(&q, &k, x, &mask, DType::F64).unwrap()
+    check("attention dv", v.clone(), |kn, x| {
+        ops::attention(kn, &q, &k, x, &mask, DType::F64).unwrap()
     });
 }
 
@@ -249,17 +263,21 @@ fn attention_backward_grouped_heads() {
 fn swiglu_backward() {
     let up = randn(&[2, 3, 4], 23);
     let gate = randn(&[2, 3, 4], 24);
-    check("swiglu dgate", gate.clone(), |x| {
-        ops::swiglu(x, &up).unwrap()
+    check("swiglu dgate", gate.clone(), |k, x| {
+        ops::swiglu(k, x, &up).unwrap()
     });
-    check("swiglu dup", up.clone(), |x| ops::swiglu(&gate, x).unwrap());
+    check("swiglu dup", up.clone(), |k, x| {
+        ops::swiglu(k, &gate, x).unwrap()
+    });
 }
 
 #[test]
 fn swiglu_equals_silu_times_up() {
     let (gate, up) = (randn(&[5, 7], 25), randn(&[5, 7], 26));
     let want = (gate.silu().unwrap() * &up).unwrap();
-    let got = ops::swiglu(&gate, &up).unwrap();
-    let diff = max_abs_diff(&got, &want);
-    assert!(diff < 1e-6, "{diff}");
+    for k in PATHS {
+        let got = ops::swiglu(k, &gate, &up).unwrap();
+        let diff = max_abs_diff(&got, &want);
+        assert!(diff < 1e-6, "{k}: {diff}");
+    }
 }

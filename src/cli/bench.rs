@@ -25,10 +25,12 @@ pub struct Args {
     /// One JSON object instead of text.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    model: super::common::ModelArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let cfg = LoadedConfig::load(&args.config, &args.overrides)?;
+    let cfg = LoadedConfig::load(&args.config, &args.model.overrides(&args.overrides))?;
     let request = BenchRequest {
         stage: args.stage,
         steps: args.steps,

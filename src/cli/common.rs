@@ -21,11 +21,35 @@ pub struct RunArgs {
     /// No progress bar (logs and metrics.jsonl are still written).
     #[arg(long)]
     pub no_progress: bool,
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+/// `--dtype` and `--kernels`: shorthands for `--set model.dtype=…` and `--set model.kernels=…`.
+#[derive(clap::Args, Debug, Default)]
+pub struct ModelArgs {
+    /// Frozen weights and activations: f32, bf16 or f16 (overrides [model] dtype).
+    #[arg(long)]
+    pub dtype: Option<String>,
+    /// Ops: auto (the fastest for the device and dtype) or generic (overrides [model] kernels).
+    #[arg(long)]
+    pub kernels: Option<String>,
+}
+
+impl ModelArgs {
+    /// `overrides` followed by the `model.*` overrides these flags stand for.
+    pub fn overrides(&self, overrides: &[String]) -> Vec<String> {
+        let mut all = overrides.to_vec();
+        let quoted = |key: &str, v: &String| format!("model.{key}=\"{}\"", v.replace('"', ""));
+        all.extend(self.dtype.iter().map(|v| quoted("dtype", v)));
+        all.extend(self.kernels.iter().map(|v| quoted("kernels", v)));
+        all
+    }
 }
 
 impl RunArgs {
     pub fn load(&self) -> anyhow::Result<(LoadedConfig, RunOptions)> {
-        let cfg = LoadedConfig::load(&self.config, &self.overrides)?;
+        let cfg = LoadedConfig::load(&self.config, &self.model.overrides(&self.overrides))?;
         let interrupted = Arc::new(AtomicBool::new(false));
         let flag = interrupted.clone();
         // First Ctrl-C: finish the step, save a checkpoint, exit cleanly. Second: exit now.

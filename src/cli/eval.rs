@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use lora_dpo::config::LoadedConfig;
 use lora_dpo::data::{load_chat_tokenizer, read_dataset, DataConfig, Stage};
+use lora_dpo::ops::Kernels;
 use lora_dpo::train::dpo::{DpoLoss, LossType};
 use lora_dpo::train::evaluate::{evaluate, is_preference_data, EvalRequest};
 use lora_dpo::train::run::{select_device, tokenizer_path};
@@ -41,6 +42,9 @@ pub struct Args {
     /// cpu, cuda or auto.
     #[arg(long, default_value = "auto")]
     device: String,
+    /// Ops: auto (the fastest for the device and dtype) or generic.
+    #[arg(long, default_value = "auto")]
+    kernels: String,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -76,7 +80,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let device = select_device(&args.device)?;
     let options =
-        model::LoadOptions::from_config(model::parse_dtype(&args.dtype)?, &args.quantize)?;
+        model::LoadOptions::from_config(model::parse_dtype(&args.dtype)?, &args.quantize)?
+            .with_kernels(Kernels::parse(&args.kernels).context("--kernels")?);
     let model = model::load_model_with(&args.model, &options, &device)?;
     let tokenizer = load_chat_tokenizer(&tokenizer_path(&Source::parse(&args.model)?)?)?;
     let adapter = args

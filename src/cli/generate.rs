@@ -41,11 +41,17 @@ pub struct Args {
     /// Frozen projections: none, dense (dequantize a GGUF), or a GGML type (q8_0, q4k, ...).
     #[arg(long, default_value = "none")]
     quantize: String,
+    /// Ops: auto (the fastest for the device and dtype) or generic.
+    #[arg(long, default_value = "auto")]
+    kernels: String,
+    /// cpu, cuda or auto.
+    #[arg(long, default_value = "auto")]
+    device: String,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let dtype = parse_dtype(&args.dtype)?;
-    let device = candle_core::Device::cuda_if_available(0)?;
+    let device = lora_dpo::train::run::select_device(&args.device)?;
     let source = Source::parse(&args.model)?;
     let tokenizer = match &source {
         // A GGUF file carries its tokenizer in its metadata.
@@ -59,7 +65,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             load_chat_tokenizer(tokenizer_json.parent().unwrap_or(Path::new(".")))?
         }
     };
-    let options = model::LoadOptions::from_config(dtype, &args.quantize)?;
+    let kernels = lora_dpo::ops::Kernels::parse(&args.kernels).context("--kernels")?;
+    let options = model::LoadOptions::from_config(dtype, &args.quantize)?.with_kernels(kernels);
     let model = model::load_model_with(&args.model, &options, &device)?;
     let adapters = args
         .adapter

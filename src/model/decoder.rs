@@ -63,12 +63,12 @@ struct Projection {
 
 impl Projection {
     /// The projection with the pass's adapters, differentiable when an adapter is trained.
-    fn forward(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
+    fn forward(&self, kernels: ops::Kernels, x: &Tensor, pass: Pass) -> Result<Tensor> {
         let branches = self.branches(pass, pass.training);
         if branches.is_empty() {
             return Ok(self.weight.forward(x)?);
         }
-        lora_projection(x, &self.weight, &branches)
+        lora_projection(kernels, x, &self.weight, &branches)
     }
 
     /// The LoRA branches `pass` puts on this projection; `trains` marks the unfrozen adapter's
@@ -125,6 +125,7 @@ pub struct Model {
     lm_head: Tensor,
     rotary: Rotary,
     dtype: DType,
+    kernels: ops::Kernels,
     device: Device,
 }
 
@@ -198,12 +199,18 @@ impl Model {
             lm_head,
             rotary,
             dtype,
+            kernels: options.kernels,
             device: device.clone(),
         })
     }
 
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    /// Which implementation of the ops this model's passes run.
+    pub fn kernels(&self) -> ops::Kernels {
+        self.kernels
     }
 
     pub fn device(&self) -> &Device {
@@ -231,7 +238,12 @@ impl Model {
         for layer in &self.layers {
             x = self.layer_forward(layer, &x, &context, pass, false)?.0;
         }
-        Ok(ops::rms_norm(&x, &self.norm, self.config.rms_norm_eps)?)
+        Ok(ops::rms_norm(
+            self.kernels,
+            &x,
+            &self.norm,
+            self.config.rms_norm_eps,
+        )?)
     }
 
     /// A right-padded batch: the embeddings, the attention bias and the rotary tables.
@@ -308,6 +320,7 @@ impl Model {
     /// [`Model::hidden_states`], through the LM head in chunks of positions.
     pub fn head_logprobs(&self, hidden: &Tensor, input_ids: &Tensor) -> Result<ops::HeadLogprobs> {
         Ok(ops::head_logprobs(
+            self.kernels,
             hidden,
             &self.lm_head,
             input_ids,
@@ -322,6 +335,7 @@ impl Model {
         targets: &Tensor,
     ) -> Result<ops::HeadLogprobs> {
         Ok(ops::position_logprobs(
+            self.kernels,
             states,
             &self.lm_head,
             targets,

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use super::config::ModelConfig;
 use super::weights::WeightFiles;
-use crate::ops;
+use crate::ops::{self, Kernels};
 
 /// How the frozen base is loaded.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -29,6 +29,8 @@ pub struct LoadOptions {
     /// more memory, but fast multi-threaded GEMMs on CPU, where some GGML types (Q4_1, Q5_x)
     /// only have scalar kernels.
     pub dequantize_gguf: bool,
+    /// Which implementation of the ops the model's passes run.
+    pub kernels: Kernels,
 }
 
 impl LoadOptions {
@@ -37,15 +39,20 @@ impl LoadOptions {
             dtype,
             quantize: None,
             dequantize_gguf: false,
+            kernels: Kernels::Auto,
         }
     }
 
     pub fn quantized(dtype: DType, quantize: Option<GgmlDType>) -> Self {
         Self {
-            dtype,
             quantize,
-            dequantize_gguf: false,
+            ..Self::new(dtype)
         }
+    }
+
+    /// The same options with the ops run by `kernels`.
+    pub fn with_kernels(self, kernels: Kernels) -> Self {
+        Self { kernels, ..self }
     }
 
     /// From the config's `quantize` value: `none`, `dense`, or a GGML type name.

@@ -86,14 +86,16 @@ impl Model {
             &self.device,
         )?;
         let eps = self.config.rms_norm_eps;
+        let k = self.kernels;
         for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            let h = ops::rms_norm(&x, &layer.input_layernorm, eps)?;
+            let h = ops::rms_norm(k, &x, &layer.input_layernorm, eps)?;
             let attn = self.cached_attention(layer, &h, slot, &mask, &cos, &sin, pass)?;
             x = (x + attn)?;
-            let h = ops::rms_norm(&x, &layer.post_attention_layernorm, eps)?;
-            let gate = layer.proj[4].forward(&h, pass)?;
-            let up = layer.proj[5].forward(&h, pass)?;
-            x = (&x + layer.proj[6].forward(&crate::ops::swiglu(&gate, &up)?, pass)?)?;
+            let h = ops::rms_norm(k, &x, &layer.post_attention_layernorm, eps)?;
+            let gate = layer.proj[4].forward(k, &h, pass)?;
+            let up = layer.proj[5].forward(k, &h, pass)?;
+            let act = ops::swiglu(k, &gate, &up)?;
+            x = (&x + layer.proj[6].forward(k, &act, pass)?)?;
         }
         cache.len = total;
         if let Some(w) = self.config.sliding_window {
@@ -109,7 +111,7 @@ impl Model {
                 cache.start = keep_from;
             }
         }
-        let h = ops::rms_norm(&x, &self.norm, eps)?;
+        let h = ops::rms_norm(k, &x, &self.norm, eps)?;
         Ok(self.logits(&h)?)
     }
 
@@ -130,18 +132,19 @@ impl Model {
         let heads = |y: Tensor, n: usize| -> Result<Tensor> {
             Ok(y.reshape((b, t, n, d))?.transpose(1, 2)?)
         };
-        let q = heads(layer.proj[0].forward(x, pass)?, h)?;
-        let k = heads(layer.proj[1].forward(x, pass)?, kvh)?;
-        let v = heads(layer.proj[2].forward(x, pass)?, kvh)?.contiguous()?;
+        let kernels = self.kernels;
+        let q = heads(layer.proj[0].forward(kernels, x, pass)?, h)?;
+        let k = heads(layer.proj[1].forward(kernels, x, pass)?, kvh)?;
+        let v = heads(layer.proj[2].forward(kernels, x, pass)?, kvh)?.contiguous()?;
         let q = ops::rope(&q, cos, sin)?.contiguous()?;
         let k = ops::rope(&k, cos, sin)?.contiguous()?;
         let (k, v) = match slot.take() {
             Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
             None => (k, v),
         };
-        let out = crate::ops::attention(&q, &k, &v, mask, self.dtype)?;
+        let out = ops::attention(kernels, &q, &k, &v, mask, self.dtype)?;
         *slot = Some((k, v));
-        layer.proj[3].forward(&out, pass)
+        layer.proj[3].forward(kernels, &out, pass)
     }
 }
 

@@ -90,7 +90,7 @@ impl Model {
             let parts: Vec<_> = (ps.iter().zip(&branches))
                 .map(|(p, b)| (&p.weight, b.as_slice()))
                 .collect();
-            let done = lora_forward_shared(input, &parts)?;
+            let done = lora_forward_shared(self.kernels, input, &parts)?;
             Ok(done
                 .into_iter()
                 .map(|(y, saved)| {
@@ -99,38 +99,40 @@ impl Model {
                 })
                 .collect())
         };
-        let h1 = ops::rms_norm(x, &layer.input_layernorm, eps)?;
+        let k = self.kernels;
+        let h1 = ops::rms_norm(k, x, &layer.input_layernorm, eps)?;
         // q, k, v stay in the projections' layout [b, t, heads, d]; attention reads them as
         // [b, heads, t, d] views.
-        let [q, k, v]: [Tensor; 3] =
+        let [q, key, v]: [Tensor; 3] =
             project(&[&layer.proj[0], &layer.proj[1], &layer.proj[2]], &h1)?
                 .try_into()
                 .expect("three projections");
         let split = |y: Tensor, n: usize| y.reshape((b, t, n, d));
-        let q = ops::rope_thd(&split(q, heads)?, &ctx.cos, &ctx.sin)?;
-        let k = ops::rope_thd(&split(k, kv_heads)?, &ctx.cos, &ctx.sin)?;
+        let q = ops::rope_thd(k, &split(q, heads)?, &ctx.cos, &ctx.sin)?;
+        let key = ops::rope_thd(k, &split(key, kv_heads)?, &ctx.cos, &ctx.sin)?;
         let v = split(v, kv_heads)?;
         let (attn, probs) = ops::grouped_attention_forward(
+            k,
             &q.transpose(1, 2)?,
-            &k.transpose(1, 2)?,
+            &key.transpose(1, 2)?,
             &v.transpose(1, 2)?,
             &ctx.groups(),
             self.dtype,
         )?;
         let [o]: [Tensor; 1] = project(&[&layer.proj[3]], &attn)?.try_into().expect("one");
-        let (x2, h2) = ops::add_rms_norm(x, &o, &layer.post_attention_layernorm, eps)?;
+        let (x2, h2) = ops::add_rms_norm(k, x, &o, &layer.post_attention_layernorm, eps)?;
         let [gate, up]: [Tensor; 2] = project(&[&layer.proj[4], &layer.proj[5]], &h2)?
             .try_into()
             .expect("two projections");
-        let act = ops::swiglu_forward(&gate, &up)?;
+        let act = ops::swiglu_forward(k, &gate, &up)?;
         let [down]: [Tensor; 1] = project(&[&layer.proj[6]], &act)?.try_into().expect("one");
-        let y = ops::residual_add(&x2, &down)?;
+        let y = ops::residual_add(k, &x2, &down)?;
         let saved = LayerSaved {
             x: x.clone(),
             h1,
             attn,
             q,
-            k,
+            k: key,
             v,
             probs,
             x2,
@@ -154,22 +156,24 @@ impl Model {
         factors: &mut dyn FnMut(FactorGrads) -> Result<()>,
     ) -> Result<Tensor> {
         let s = saved;
+        let k = self.kernels;
         let eps = self.config.rms_norm_eps;
         let (b, t, hidden) = s.x.dims3()?;
         // The summed input gradient of the projections `ps` of `input`.
         let mut back = |ps: &[(usize, &Tensor)], input: &Tensor| -> Result<Tensor> {
             let parts: Vec<_> = ps.iter().map(|(p, g)| (&s.proj[*p], *g)).collect();
-            lora_backward_shared(input, &parts, factors)
+            lora_backward_shared(k, input, &parts, factors)
         };
         // MLP: y = x2 + down(swiglu(gate(h2), up(h2))).
         let d_act = back(&[(6, dy)], &s.act)?;
-        let (d_gate, d_up) = ops::swiglu_backward(&s.gate, &s.up, &d_act)?;
+        let (d_gate, d_up) = ops::swiglu_backward(k, &s.gate, &s.up, &d_act)?;
         let dh2 = back(&[(4, &d_gate), (5, &d_up)], &s.h2)?;
-        let dx2 =
-            ops::rms_norm_backward_add(&s.x2, &layer.post_attention_layernorm, eps, &dh2, dy)?;
+        let post_norm = &layer.post_attention_layernorm;
+        let dx2 = ops::rms_norm_backward_add(k, &s.x2, post_norm, eps, &dh2, dy)?;
         // Attention: x2 = x + o(attention(rope(q(h1)), rope(k(h1)), v(h1))).
         let d_attn = back(&[(3, &dx2)], &s.attn)?;
         let (dq, dk, dv) = ops::grouped_attention_backward(
+            k,
             &s.q.transpose(1, 2)?,
             &s.k.transpose(1, 2)?,
             &s.v.transpose(1, 2)?,
@@ -182,12 +186,13 @@ impl Model {
             let (n, d) = (g.dim(2)?, g.dim(3)?);
             Ok(g.contiguous()?.reshape((b, t, n * d))?)
         };
-        let unrotate = |g: &Tensor| ops::rope_thd_backward(&g.transpose(1, 2)?, &ctx.cos, &ctx.sin);
+        let unrotate =
+            |g: &Tensor| ops::rope_thd_backward(k, &g.transpose(1, 2)?, &ctx.cos, &ctx.sin);
         let dq = merge(unrotate(&dq)?)?;
         let dk = merge(unrotate(&dk)?)?;
         let dv = merge(dv.transpose(1, 2)?)?;
         let dh1 = back(&[(0, &dq), (1, &dk), (2, &dv)], &s.h1)?;
-        let dx = ops::rms_norm_backward_add(&s.x, &layer.input_layernorm, eps, &dh1, &dx2)?;
+        let dx = ops::rms_norm_backward_add(k, &s.x, &layer.input_layernorm, eps, &dh1, &dx2)?;
         debug_assert_eq!(dx.dims(), &[b, t, hidden]);
         Ok(dx)
     }

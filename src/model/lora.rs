@@ -198,4 +198,4 @@ pub fn module_path(layer: usize, p: usize) -> String {
     format!("model.layers.{layer}.{block}.{}", PROJECTIONS[p])
 }
 
-pub use super::dropout::{add_dropped, apply_dropout, dropout_mask, Dropout};
+pub use crate::ops::{add_dropped, apply_dropout, dropout_mask, Dropout};

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use super::frozen::FrozenWeight;
 use super::lora::{add_dropped, apply_dropout, Dropout, LoraPair};
-use crate::ops::{attach_gradient3, matmul_sum, matmul_sum_on, matmul_sum_serial};
+use crate::ops::{attach_gradient3, matmul_sum, matmul_sum_on, matmul_sum_serial, Kernels};
 use rayon::prelude::*;
 
 /// One LoRA branch of a projection.
@@ -44,8 +44,13 @@ struct BranchSaved {
 pub type FactorGrads = (Var, Tensor, Var, Tensor);
 
 /// `x: [.., in]` → `[.., out]` in `x`'s dtype. At most one branch may be `trained`.
-pub fn lora_projection(x: &Tensor, weight: &FrozenWeight, branches: &[Branch]) -> Result<Tensor> {
-    let (y, saved) = lora_forward(&x.detach(), weight, branches)?;
+pub fn lora_projection(
+    kernels: Kernels,
+    x: &Tensor,
+    weight: &FrozenWeight,
+    branches: &[Branch],
+) -> Result<Tensor> {
+    let (y, saved) = lora_forward(kernels, &x.detach(), weight, branches)?;
     let trained = branches.iter().find(|b| b.trained).map(|b| b.pair);
     // Untracked stand-ins keep the op's arity when nothing is trained here.
     let (a_in, b_in) = match trained {
@@ -59,7 +64,8 @@ pub fn lora_projection(x: &Tensor, weight: &FrozenWeight, branches: &[Branch]) -
         [x, &a_in, &b_in],
         y,
         Arc::new(move |[x, _, _], grad| {
-            let (dx, trained) = lora_backward(&saved, x, grad).map_err(candle_core::Error::wrap)?;
+            let (dx, trained) =
+                lora_backward(kernels, &saved, x, grad).map_err(candle_core::Error::wrap)?;
             let (da, db) = trained.map_or((None, None), |(_, da, _, db)| (Some(da), Some(db)));
             Ok([Some(dx), da, db])
         }),
@@ -77,17 +83,19 @@ fn dense_f32(weight: &FrozenWeight, activations: DType) -> Option<&Tensor> {
 
 /// [`lora_projection`] on an untracked `x`: the output and what [`lora_backward`] needs.
 pub fn lora_forward(
+    kernels: Kernels,
     x: &Tensor,
     weight: &FrozenWeight,
     branches: &[Branch],
 ) -> Result<(Tensor, ProjectionSaved)> {
-    let mut done = lora_forward_shared(x, &[(weight, branches)])?;
+    let mut done = lora_forward_shared(kernels, x, &[(weight, branches)])?;
     Ok(done.remove(0))
 }
 
 /// [`lora_forward`] of several projections of the same input `x` (q, k and v; gate and up):
 /// the branches' small A-products run side by side, then each projection's accumulated product.
 pub fn lora_forward_shared(
+    kernels: Kernels,
     x: &Tensor,
     projections: &[(&FrozenWeight, &[Branch])],
 ) -> Result<Vec<(Tensor, ProjectionSaved)>> {
@@ -99,12 +107,14 @@ pub fn lora_forward_shared(
     let jobs: Vec<&Branch> = projections.iter().flat_map(|(_, b)| b.iter()).collect();
     // dropout(x) @ Aᵀ of every branch, [n, r] f32.
     let undropped = jobs.iter().all(|b| b.dropout.is_none_or(|d| d.p <= 0.0));
-    let mut xas = if undropped && jobs.len() > 1 && x.device().is_cpu() {
+    let flat32 = flat.to_dtype(DType::F32)?;
+    let stack = undropped && jobs.len() > 1 && kernels.cpu_dtype(&[&flat32]).is_some();
+    let mut xas = if stack {
         // One input for all: one product with the branches' A stacked, then a strided view per
         // branch (the CPU products take any strides).
         let stacked: Vec<Tensor> = jobs.iter().map(|b| b.pair.a.as_tensor().detach()).collect();
         let stacked = Tensor::cat(&stacked, 0)?;
-        let all = matmul_sum(&[(&flat.to_dtype(DType::F32)?, &stacked.t()?, 1.0)])?;
+        let all = matmul_sum(kernels, &[(&flat32, &stacked.t()?, 1.0)])?;
         let mut at = 0;
         jobs.iter()
             .map(|b| {
@@ -116,11 +126,11 @@ pub fn lora_forward_shared(
     } else {
         side_by_side(&jobs, |branch, threads| {
             let h = match branch.dropout.filter(|d| d.p > 0.0) {
-                Some(d) => apply_dropout(&flat, d)?,
-                None => flat.to_dtype(DType::F32)?,
+                Some(d) => apply_dropout(kernels, &flat32, d)?,
+                None => flat32.clone(),
             };
             let a = branch.pair.a.as_tensor().t()?;
-            Ok(matmul_sum_on(&[(&h, &a, 1.0)], threads)?)
+            Ok(matmul_sum_on(kernels, &[(&h, &a, 1.0)], threads)?)
         })?
     }
     .into_iter();
@@ -152,12 +162,12 @@ pub fn lora_forward_shared(
                 let wt = w.t()?;
                 let mut terms = vec![(&flat, &wt, 1.0)];
                 terms.extend(deltas.iter().map(|(xa, bt, s)| (xa, bt, *s)));
-                matmul_sum(&terms)?
+                matmul_sum(kernels, &terms)?
             }
             None => {
                 let mut y = weight.forward(&flat)?;
                 for (xa, bt, s) in &deltas {
-                    y = (y + matmul_sum(&[(xa, bt, *s)])?.to_dtype(dtype)?)?;
+                    y = (y + matmul_sum(kernels, &[(xa, bt, *s)])?.to_dtype(dtype)?)?;
                 }
                 y
             }
@@ -191,12 +201,13 @@ fn side_by_side<J: Sync, R: Send>(
 /// The input gradient of a projection at input `x` for the output gradient `grad`, and the
 /// gradients of its trained factors.
 pub fn lora_backward(
+    kernels: Kernels,
     saved: &ProjectionSaved,
     x: &Tensor,
     grad: &Tensor,
 ) -> Result<(Tensor, Option<FactorGrads>)> {
     let mut factors = None;
-    let dx = lora_backward_shared(x, &[(saved, grad)], &mut |f| {
+    let dx = lora_backward_shared(kernels, x, &[(saved, grad)], &mut |f| {
         factors = Some(f);
         Ok(())
     })?;
@@ -207,6 +218,7 @@ pub fn lora_backward(
 /// and up), each with its output gradient, as one product on CPU; the trained factors'
 /// gradients go to `factors`.
 pub fn lora_backward_shared(
+    kernels: Kernels,
     x: &Tensor,
     parts: &[(&ProjectionSaved, &Tensor)],
     factors: &mut dyn FnMut(FactorGrads) -> Result<()>,
@@ -226,7 +238,11 @@ pub fn lora_backward_shared(
         .flat_map(|(i, (saved, _, _))| saved.branches.iter().map(move |s| (i, s)))
         .collect();
     let mut gbs = side_by_side(&jobs, |(i, s), threads| {
-        Ok(matmul_sum_on(&[(&outputs[*i].2, &s.b, s.scale)], threads)?)
+        Ok(matmul_sum_on(
+            kernels,
+            &[(&outputs[*i].2, &s.b, s.scale)],
+            threads,
+        )?)
     })?
     .into_iter();
     let prepared: Vec<_> = outputs
@@ -256,7 +272,7 @@ pub fn lora_backward_shared(
                     .filter(|(s, _)| s.dropout.is_none())
                     .map(|(s, gb)| (gb, &s.a, 1.0)),
             );
-            matmul_sum(&terms)?
+            matmul_sum(kernels, &terms)?
         }
         None => {
             let mut dx: Option<Tensor> = None;
@@ -269,14 +285,15 @@ pub fn lora_backward_shared(
             }
             let mut dx = dx.ok_or_else(|| anyhow::anyhow!("a backward over no projection"))?;
             for (s, gb) in branches().filter(|(s, _)| s.dropout.is_none()) {
-                dx = (dx + matmul_sum(&[(gb, &s.a, 1.0)])?)?;
+                dx = (dx + matmul_sum(kernels, &[(gb, &s.a, 1.0)])?)?;
             }
             dx
         }
     };
     for (s, gb) in branches() {
         if let Some(d) = s.dropout {
-            dx = add_dropped(&dx, &matmul_sum(&[(gb, &s.a, 1.0)])?, d)?;
+            let through = matmul_sum(kernels, &[(gb, &s.a, 1.0)])?;
+            dx = add_dropped(kernels, &dx, &through, d)?;
         }
     }
     // dA and dB of the trained branches: small products, run side by side.
@@ -293,12 +310,12 @@ pub fn lora_backward_shared(
         .par_iter()
         .map(|(s, a, b, xa, g32, gb)| -> Result<FactorGrads> {
             let h = match s.dropout {
-                Some(d) => apply_dropout(&flat, d)?,
+                Some(d) => apply_dropout(kernels, &flat, d)?,
                 None => flat.clone(),
             };
             let (da, db) = rayon::join(
-                || matmul_sum_serial(&[(&gb.t()?, &h, 1.0)]),
-                || matmul_sum_serial(&[(&g32.t()?, xa, s.scale)]),
+                || matmul_sum_serial(kernels, &[(&gb.t()?, &h, 1.0)]),
+                || matmul_sum_serial(kernels, &[(&g32.t()?, xa, s.scale)]),
             );
             Ok(((*a).clone(), da?, (*b).clone(), db?))
         })

@@ -2,7 +2,6 @@
 
 pub mod config;
 pub mod decoder;
-pub mod dropout;
 pub mod frozen;
 pub mod gguf;
 pub mod lora;

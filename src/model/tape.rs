@@ -54,7 +54,8 @@ impl Model {
             x = y;
         }
         let top = Var::from_tensor(&x)?;
-        let hidden = crate::ops::rms_norm(top.as_tensor(), &self.norm, self.config.rms_norm_eps)?;
+        let eps = self.config.rms_norm_eps;
+        let hidden = crate::ops::rms_norm(self.kernels, top.as_tensor(), &self.norm, eps)?;
         let tape = LayerTape {
             model: self,
             adapters: adapters.to_vec(),

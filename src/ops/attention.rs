@@ -1,29 +1,39 @@
-//! Scaled dot-product attention with grouped-query heads as one op: candle's fused softmax
-//! forward and a written-out backward that keeps only the attention probabilities (one
-//! score-sized tensor instead of the five a composite of candle ops records).
+//! Scaled dot-product attention with grouped-query heads as one op, keeping only the attention
+//! probabilities for its written-out backward (one score-sized tensor instead of the five a
+//! composite of candle ops records). Generic path: batched products, candle's fused softmax in
+//! f32, the backward in tensor ops.
 
-use super::{attach_gradient3, attention_cpu, cpu, work_dtype};
-pub use attention_cpu::Group;
+use super::{attach_gradient3, cpu, work_dtype, Kernels};
 use candle_core::{DType, Result, Tensor, D};
 use std::sync::Arc;
+
+/// Positions `start..start + len` attend among themselves through the additive `bias`
+/// (`[b or 1, 1, len, len]` or `[len, len]`).
+pub struct Group<'a> {
+    pub start: usize,
+    pub len: usize,
+    pub bias: &'a Tensor,
+}
 
 /// `softmax(q·kᵀ/√d + mask)·v` for `q: [b, h, t, d]` and `k, v: [b, kvh, s, d]`, returned as
 /// `[b, t, h·d]`. The `h / kvh` query heads that share a kv head are stacked along the
 /// sequence axis (no copies of k/v). Scores and softmax are f32; `mask` is an additive
 /// `[b, 1, t, s]` f32 bias.
 pub fn attention(
+    kernels: Kernels,
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     mask: &Tensor,
     dtype: DType,
 ) -> Result<Tensor> {
-    let (out, probs) = attention_forward(&q.detach(), &k.detach(), &v.detach(), mask, dtype)?;
+    let (out, probs) =
+        attention_forward(kernels, &q.detach(), &k.detach(), &v.detach(), mask, dtype)?;
     attach_gradient3(
         [q, k, v],
         out,
         Arc::new(move |[q, k, v], grad| {
-            let (dq, dk, dv) = attention_backward(q, k, v, &probs, grad)?;
+            let (dq, dk, dv) = attention_backward(kernels, q, k, v, &probs, grad)?;
             Ok([Some(dq), Some(dk), Some(dv)])
         }),
     )
@@ -32,6 +42,7 @@ pub fn attention(
 /// [`attention`] on untracked tensors: the output and the probabilities its backward needs
 /// (`[b, kvh, h/kvh · t, s]`, the query heads of a kv head stacked).
 pub fn attention_forward(
+    kernels: Kernels,
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
@@ -45,7 +56,7 @@ pub fn attention_forward(
         bias: mask,
     }];
     if k.dim(2)? == t {
-        if let Some((out, mut probs)) = cpu_forward(q, k, v, &whole, dtype)? {
+        if let Some((out, mut probs)) = cpu_forward(kernels, q, k, v, &whole, dtype)? {
             return Ok((out, probs.remove(0)));
         }
     }
@@ -73,6 +84,7 @@ pub fn attention_forward(
 /// The gradients of [`attention`] with respect to `q`, `k` and `v` for the output gradient
 /// `grad: [b, t, h·d]`, from the probabilities [`attention_forward`] returned.
 pub fn attention_backward(
+    kernels: Kernels,
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
@@ -81,7 +93,8 @@ pub fn attention_backward(
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let t = q.dim(2)?;
     if k.dim(2)? == t {
-        if let Some(grads) = cpu_backward(q, k, v, &[(0, t)], std::slice::from_ref(probs), grad)? {
+        let probs1 = std::slice::from_ref(probs);
+        if let Some(grads) = cpu_backward(kernels, q, k, v, &[(0, t)], probs1, grad)? {
             return Ok(grads);
         }
     }
@@ -112,6 +125,7 @@ pub fn attention_backward(
 /// CPU kernel reads the projections' `[b, t, heads, d]` layout in place). Returns `[b, t, h·d]`
 /// and each group's probabilities.
 pub fn grouped_attention_forward(
+    kernels: Kernels,
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
@@ -119,13 +133,13 @@ pub fn grouped_attention_forward(
     dtype: DType,
 ) -> Result<(Tensor, Vec<Tensor>)> {
     check_tiling(groups, q.dim(2)?)?;
-    if let Some(done) = cpu_forward(q, k, v, groups, dtype)? {
+    if let Some(done) = cpu_forward(kernels, q, k, v, groups, dtype)? {
         return Ok(done);
     }
     let (mut outs, mut probs) = (Vec::new(), Vec::new());
     for g in groups {
         let part = |t: &Tensor| t.narrow(2, g.start, g.len)?.contiguous();
-        let (out, p) = attention_forward(&part(q)?, &part(k)?, &part(v)?, g.bias, dtype)?;
+        let (out, p) = attention_forward(kernels, &part(q)?, &part(k)?, &part(v)?, g.bias, dtype)?;
         outs.push(out);
         probs.push(p);
     }
@@ -135,6 +149,7 @@ pub fn grouped_attention_forward(
 /// The gradients of [`grouped_attention_forward`] with respect to `q`, `k` and `v` (shaped like
 /// them) for the output gradient `grad: [b, t, h·d]`.
 pub fn grouped_attention_backward(
+    kernels: Kernels,
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
@@ -144,13 +159,14 @@ pub fn grouped_attention_backward(
 ) -> Result<(Tensor, Tensor, Tensor)> {
     check_tiling(groups, q.dim(2)?)?;
     let spans: Vec<_> = groups.iter().map(|g| (g.start, g.len)).collect();
-    if let Some(done) = cpu_backward(q, k, v, &spans, probs, grad)? {
+    if let Some(done) = cpu_backward(kernels, q, k, v, &spans, probs, grad)? {
         return Ok(done);
     }
     let (mut dq, mut dk, mut dv) = (Vec::new(), Vec::new(), Vec::new());
     for (g, p) in groups.iter().zip(probs) {
         let part = |t: &Tensor| t.narrow(2, g.start, g.len);
         let (gq, gk, gv) = attention_backward(
+            kernels,
             &part(q)?.contiguous()?,
             &part(k)?.contiguous()?,
             &part(v)?.contiguous()?,
@@ -187,20 +203,22 @@ fn check_tiling(groups: &[Group], t: usize) -> Result<()> {
 }
 
 fn cpu_forward(
+    kernels: Kernels,
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     groups: &[Group],
     dtype: DType,
 ) -> Result<Option<(Tensor, Vec<Tensor>)>> {
-    match cpu::fast_dtype(&[q, k, v]) {
-        Some(DType::F32) if dtype == DType::F32 => attention_cpu::forward::<f32>(q, k, v, groups),
-        Some(DType::F64) if dtype == DType::F64 => attention_cpu::forward::<f64>(q, k, v, groups),
+    match kernels.cpu_dtype(&[q, k, v]) {
+        Some(DType::F32) if dtype == DType::F32 => cpu::attention::forward::<f32>(q, k, v, groups),
+        Some(DType::F64) if dtype == DType::F64 => cpu::attention::forward::<f64>(q, k, v, groups),
         _ => Ok(None),
     }
 }
 
 fn cpu_backward(
+    kernels: Kernels,
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
@@ -210,9 +228,9 @@ fn cpu_backward(
 ) -> Result<Option<(Tensor, Tensor, Tensor)>> {
     let mut all = vec![q, k, v, grad];
     all.extend(probs);
-    match cpu::fast_dtype(&all) {
-        Some(DType::F32) => attention_cpu::backward::<f32>(q, k, v, spans, probs, grad),
-        Some(DType::F64) => attention_cpu::backward::<f64>(q, k, v, spans, probs, grad),
+    match kernels.cpu_dtype(&all) {
+        Some(DType::F32) => cpu::attention::backward::<f32>(q, k, v, spans, probs, grad),
+        Some(DType::F64) => cpu::attention::backward::<f64>(q, k, v, spans, probs, grad),
         _ => Ok(None),
     }
 }

@@ -4,7 +4,7 @@
 //! with respect to its hidden state (`[positions, hidden]`), so the backward is a scaling.
 
 use super::linear::matmul_t;
-use super::{attach_gradient, cpu, head_cpu, work_dtype};
+use super::{attach_gradient, cpu, work_dtype, Kernels};
 use candle_core::{DType, Result, Tensor, D};
 use std::sync::Arc;
 
@@ -23,6 +23,7 @@ pub struct HeadLogprobs {
 
 /// `hidden: [b, seq, h]` (after the final norm), `lm_head: [vocab, h]` (frozen), `ids: [b, seq]`.
 pub fn head_logprobs(
+    kernels: Kernels,
     hidden: &Tensor,
     lm_head: &Tensor,
     ids: &Tensor,
@@ -31,7 +32,7 @@ pub fn head_logprobs(
     let (b, t, h) = hidden.dims3()?;
     let states = hidden.narrow(1, 0, t - 1)?.reshape((b * (t - 1), h))?;
     let targets = ids.narrow(1, 1, t - 1)?.flatten_all()?;
-    let out = position_logprobs(&states, lm_head, &targets, chunk_positions)?;
+    let out = position_logprobs(kernels, &states, lm_head, &targets, chunk_positions)?;
     Ok(HeadLogprobs {
         token_logps: out.token_logps.reshape((b, t - 1))?,
         mean_logits: out.mean_logits.reshape((b, t - 1))?,
@@ -41,6 +42,7 @@ pub fn head_logprobs(
 /// The log-prob of `targets[i]` (`[m]` u32) after the hidden state `states[i]` (`[m, h]`), and
 /// the mean logit there: `[m]` each.
 pub fn position_logprobs(
+    kernels: Kernels,
     states: &Tensor,
     lm_head: &Tensor,
     targets: &Tensor,
@@ -54,7 +56,7 @@ pub fn position_logprobs(
     let tracked = states.track_op();
     let (mut logps, mut means, mut jacobians) = (Vec::new(), Vec::new(), Vec::new());
     // f32 or f64 on CPU.
-    let fast = cpu::fast_dtype(&[states, lm_head]);
+    let fast = kernels.cpu_dtype(&[states, lm_head]);
     let target_ids = match fast {
         Some(_) => targets.flatten_all()?.to_vec1::<u32>()?,
         None => Vec::new(),
@@ -65,8 +67,8 @@ pub fn position_logprobs(
             let rows = detached.narrow(0, start, len)?;
             let ids = &target_ids[start..start + len];
             let done = match dtype {
-                DType::F32 => head_cpu::chunk::<f32>(&rows, lm_head, ids, tracked)?,
-                _ => head_cpu::chunk::<f64>(&rows, lm_head, ids, tracked)?,
+                DType::F32 => cpu::head::chunk::<f32>(&rows, lm_head, ids, tracked)?,
+                _ => cpu::head::chunk::<f64>(&rows, lm_head, ids, tracked)?,
             };
             if let Some(done) = done {
                 logps.push(done.logps);

@@ -1,6 +1,6 @@
 //! A linear layer whose weight is frozen: the backward pass computes the input gradient only.
 
-use super::attach_gradient;
+use super::{attach_gradient, cpu, Kernels};
 use candle_core::{Result, Tensor, D};
 use std::sync::Arc;
 
@@ -39,21 +39,28 @@ pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 }
 
 /// `Σ scale_i · a_i · b_i` for 2-D `a_i: [m, k_i]` and `b_i: [k_i, n]` (transposed views are
-/// fine). On CPU the products accumulate into one output with no intermediate tensors.
-pub fn matmul_sum(terms: &[(&Tensor, &Tensor, f64)]) -> Result<Tensor> {
-    matmul_sum_on(terms, rayon::current_num_threads())
+/// fine). The CPU kernel accumulates the products into one output with no intermediate tensors.
+pub fn matmul_sum(kernels: Kernels, terms: &[(&Tensor, &Tensor, f64)]) -> Result<Tensor> {
+    matmul_sum_on(kernels, terms, rayon::current_num_threads())
 }
 
 /// [`matmul_sum`] on the calling thread only (on CPU): for small products that run side by
 /// side on the thread pool, where splitting each one would cost more than it gains.
-pub fn matmul_sum_serial(terms: &[(&Tensor, &Tensor, f64)]) -> Result<Tensor> {
-    matmul_sum_on(terms, 1)
+pub fn matmul_sum_serial(kernels: Kernels, terms: &[(&Tensor, &Tensor, f64)]) -> Result<Tensor> {
+    matmul_sum_on(kernels, terms, 1)
 }
 
 /// [`matmul_sum`] over `threads` threads of the rayon pool (on CPU).
-pub fn matmul_sum_on(terms: &[(&Tensor, &Tensor, f64)], threads: usize) -> Result<Tensor> {
-    if let Some(out) = super::cpu::matmul_sum(terms, threads)? {
-        return Ok(out);
+pub fn matmul_sum_on(
+    kernels: Kernels,
+    terms: &[(&Tensor, &Tensor, f64)],
+    threads: usize,
+) -> Result<Tensor> {
+    let all: Vec<&Tensor> = terms.iter().flat_map(|(a, b, _)| [*a, *b]).collect();
+    if kernels.cpu_dtype(&all).is_some() {
+        if let Some(out) = cpu::matmul_sum(terms, threads)? {
+            return Ok(out);
+        }
     }
     let mut sum: Option<Tensor> = None;
     for (a, b, scale) in terms {

@@ -1,20 +1,25 @@
-//! Differentiable fused ops with their backward passes.
+//! Differentiable ops with written-out backward passes, laid out by backend.
 //!
 //! candle's fused kernels (`softmax_last_dim`, `rms_norm`, `rope`, quantized matmul) record no
 //! backward, and its matmul backward also computes a gradient for frozen weights. Each op here
-//! runs the fast forward and attaches an analytic gradient for its input only.
+//! computes its forward untracked and attaches (or exposes) an analytic gradient for its inputs
+//! only.
+//!
+//! `<op>.rs` holds the op's device-generic implementation (candle tensor ops: forward and
+//! backward for any device and dtype, the path GPUs take) and its dispatch; `cpu/` holds the
+//! CPU kernels (f32/f64), optional fast paths. [`Kernels`] alone decides which runs. A CUDA
+//! kernel of an op would sit in `cuda/` and be chosen in the same place.
 
 mod attention;
-mod attention_cpu;
-pub mod cpu;
+pub(crate) mod cpu;
+mod dropout;
 mod grad_attach;
 mod head;
-mod head_cpu;
+mod kernels;
 mod linear;
 mod norm;
 mod qlinear;
 mod rope;
-mod simd;
 mod softmax;
 mod swiglu;
 
@@ -22,10 +27,12 @@ pub use attention::{
     attention, attention_backward, attention_forward, grouped_attention_backward,
     grouped_attention_forward, Group,
 };
+pub use dropout::{add_dropped, apply_dropout, dropout_mask, Dropout};
 pub use grad_attach::{attach_gradient, attach_gradient3, Backward3};
 pub use head::{
     head_logprobs, log_sum_exp, position_logprobs, HeadLogprobs, DEFAULT_CHUNK_POSITIONS,
 };
+pub use kernels::Kernels;
 pub use linear::{frozen_linear, matmul_sum, matmul_sum_on, matmul_sum_serial, matmul_t};
 pub use norm::{add_rms_norm, residual_add, rms_norm, rms_norm_backward, rms_norm_backward_add};
 pub use qlinear::quantized_linear;

@@ -1,32 +1,32 @@
 //! SwiGLU's gate, `silu(gate) · up`, as one op: it keeps its two inputs only (candle's
-//! composite also keeps `silu(gate)` and the product for its backward).
+//! composite also keeps `silu(gate)` and the product for its backward). Generic path: candle's
+//! silu and products, the backward in the activations' dtype.
 
 use super::attach_gradient3;
-use super::cpu::{self, ELEMENTWISE_CHUNK};
-use super::simd::RowOps;
+use super::{cpu, Kernels};
 use candle_core::{DType, Result, Tensor};
 use std::sync::Arc;
 
 /// `silu(gate) · up`, element-wise; `gate` and `up` of the same shape.
-pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-    let out = swiglu_forward(&gate.detach(), &up.detach())?;
+pub fn swiglu(kernels: Kernels, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    let out = swiglu_forward(kernels, &gate.detach(), &up.detach())?;
     // The op's third input is unused: a scalar stand-in.
     let unused = Tensor::zeros((), gate.dtype(), gate.device())?;
     attach_gradient3(
         [gate, up, &unused],
         out,
-        Arc::new(|[gate, up, _], grad| {
-            let (dgate, dup) = swiglu_backward(gate, up, grad)?;
+        Arc::new(move |[gate, up, _], grad| {
+            let (dgate, dup) = swiglu_backward(kernels, gate, up, grad)?;
             Ok([Some(dgate), Some(dup), None])
         }),
     )
 }
 
 /// [`swiglu`] on untracked tensors.
-pub fn swiglu_forward(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-    let fast = match cpu::fast_dtype(&[gate, up]) {
-        Some(DType::F32) => cpu_forward::<f32>(gate, up)?,
-        Some(DType::F64) => cpu_forward::<f64>(gate, up)?,
+pub fn swiglu_forward(kernels: Kernels, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    let fast = match kernels.cpu_dtype(&[gate, up]) {
+        Some(DType::F32) => cpu::swiglu::forward::<f32>(gate, up)?,
+        Some(DType::F64) => cpu::swiglu::forward::<f64>(gate, up)?,
         _ => None,
     };
     match fast {
@@ -36,10 +36,15 @@ pub fn swiglu_forward(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
 }
 
 /// The gradients of [`swiglu`] with respect to `gate` and `up` for the output gradient `grad`.
-pub fn swiglu_backward(gate: &Tensor, up: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor)> {
-    let fast = match cpu::fast_dtype(&[gate, up, grad]) {
-        Some(DType::F32) => cpu_backward::<f32>(gate, up, grad)?,
-        Some(DType::F64) => cpu_backward::<f64>(gate, up, grad)?,
+pub fn swiglu_backward(
+    kernels: Kernels,
+    gate: &Tensor,
+    up: &Tensor,
+    grad: &Tensor,
+) -> Result<(Tensor, Tensor)> {
+    let fast = match kernels.cpu_dtype(&[gate, up, grad]) {
+        Some(DType::F32) => cpu::swiglu::backward::<f32>(gate, up, grad)?,
+        Some(DType::F64) => cpu::swiglu::backward::<f64>(gate, up, grad)?,
         _ => None,
     };
     if let Some(grads) = fast {
@@ -52,44 +57,4 @@ pub fn swiglu_backward(gate: &Tensor, up: &Tensor, grad: &Tensor) -> Result<(Ten
     let dgate = ((grad * up)? * dsilu)?;
     let dup = (grad * silu)?;
     Ok((dgate, dup))
-}
-
-fn cpu_forward<T: RowOps>(gate: &Tensor, up: &Tensor) -> Result<Option<Tensor>> {
-    if gate.dims() != up.dims() {
-        candle_core::bail!(
-            "swiglu: gate {:?} and up {:?} differ",
-            gate.dims(),
-            up.dims()
-        );
-    }
-    let out = cpu::with_contiguous::<T, _, 2>([gate, up], |[g, u]| {
-        cpu::par_fill(g.len(), ELEMENTWISE_CHUNK, |i, chunk| {
-            let range = i * ELEMENTWISE_CHUNK..i * ELEMENTWISE_CHUNK + chunk.len();
-            T::swiglu(chunk, &g[range.clone()], &u[range]);
-        })
-    });
-    out.map(|out| cpu::tensor_of(out, gate.dims())).transpose()
-}
-
-fn cpu_backward<T: RowOps>(
-    gate: &Tensor,
-    up: &Tensor,
-    grad: &Tensor,
-) -> Result<Option<(Tensor, Tensor)>> {
-    let grads = cpu::with_contiguous::<T, _, 3>([gate, up, grad], |[g, u, d]| {
-        if g.len() != u.len() || g.len() != d.len() {
-            candle_core::bail!("swiglu backward: gate, up and grad sizes differ");
-        }
-        Ok(cpu::par_fill2(g.len(), ELEMENTWISE_CHUNK, |i, cg, cu| {
-            let range = i * ELEMENTWISE_CHUNK..i * ELEMENTWISE_CHUNK + cg.len();
-            T::swiglu_grad(cg, cu, &g[range.clone()], &u[range.clone()], &d[range]);
-        }))
-    });
-    let Some((dgate, dup)) = grads.transpose()? else {
-        return Ok(None);
-    };
-    Ok(Some((
-        cpu::tensor_of(dgate, gate.dims())?,
-        cpu::tensor_of(dup, gate.dims())?,
-    )))
 }

@@ -50,8 +50,10 @@ impl Session {
         let m = &cfg.run.model;
         let device = select_device(&m.device)?;
         let dtype = model::parse_dtype(&m.dtype)?;
-        let options =
-            model::LoadOptions::from_config(dtype, &m.quantize).context("[model] quantize")?;
+        let kernels = crate::ops::Kernels::parse(&m.kernels).context("[model] kernels")?;
+        let options = model::LoadOptions::from_config(dtype, &m.quantize)
+            .context("[model] quantize")?
+            .with_kernels(kernels);
         let model = model::load_model_with(&m.name_or_path, &options, &device)
             .with_context(|| format!("loading model {}", m.name_or_path))?;
         let source = Source::parse(&m.name_or_path)?;

@@ -1,10 +1,10 @@
-//! The CPU kernel of one chunk of [`super::position_logprobs`]: the logits by one product, then
+//! The CPU kernel of one chunk of [`crate::ops::position_logprobs`]: the logits by one product, then
 //! one parallel sweep per row for the log-sum-exp, the picked log-prob, the mean logit and (when
 //! a gradient is needed) the probabilities in place, and `W[target] − probs·W` accumulated into
 //! the copied target rows.
 
-use super::cpu::{self, gemm_into, Mat};
 use super::simd::RowOps;
+use super::{contiguous_slice, gemm_into, slice_of, tensor_of, Mat, SharedMut, ELEMENTWISE_CHUNK};
 use candle_core::{Result, Tensor};
 use rayon::prelude::*;
 
@@ -33,10 +33,7 @@ pub fn chunk<T: RowOps>(
     }
     let (ss, ls) = states.storage_and_layout();
     let (sw, lw) = lm_head.storage_and_layout();
-    let (Some(s), Some(w)) = (
-        cpu::slice_of::<T>(&ss, ls),
-        cpu::contiguous_slice::<T>(&sw, lw),
-    ) else {
+    let (Some(s), Some(w)) = (slice_of::<T>(&ss, ls), contiguous_slice::<T>(&sw, lw)) else {
         return Ok(None);
     };
     let Some(states_mat) = Mat::of_layout(s.as_ptr(), ls) else {
@@ -80,15 +77,15 @@ pub fn chunk<T: RowOps>(
         }
         let probs = Mat::row_major(logits.as_ptr(), len, vocab);
         subtract_split_over_vocab(&mut rows, probs, w_mat, threads);
-        Some(cpu::tensor_of(rows, &[len, hidden])?)
+        Some(tensor_of(rows, &[len, hidden])?)
     } else {
         None
     };
     drop((ss, sw));
     let (logps, means): (Vec<T>, Vec<T>) = stats.into_iter().unzip();
     Ok(Some(Chunk {
-        logps: cpu::tensor_of(logps, &[len])?,
-        means: cpu::tensor_of(means, &[len])?,
+        logps: tensor_of(logps, &[len])?,
+        means: tensor_of(means, &[len])?,
         jacobian,
     }))
 }
@@ -104,7 +101,7 @@ fn subtract_split_over_vocab<T: RowOps>(rows: &mut [T], probs: Mat<T>, w: Mat<T>
         .step_by(per.max(1))
         .map(|start| (start, per.min(vocab - start)))
         .collect();
-    let dst = cpu::SharedMut(rows.as_mut_ptr());
+    let dst = SharedMut(rows.as_mut_ptr());
     let partials: Vec<Vec<T>> = shares
         .par_iter()
         .enumerate()
@@ -127,8 +124,8 @@ fn subtract_split_over_vocab<T: RowOps>(rows: &mut [T], probs: Mat<T>, w: Mat<T>
         })
         .collect();
     for part in partials.iter().skip(1) {
-        rows.par_chunks_mut(cpu::ELEMENTWISE_CHUNK)
-            .zip(part.par_chunks(cpu::ELEMENTWISE_CHUNK))
+        rows.par_chunks_mut(ELEMENTWISE_CHUNK)
+            .zip(part.par_chunks(ELEMENTWISE_CHUNK))
             .for_each(|(r, p)| r.iter_mut().zip(p).for_each(|(r, &p)| *r -= p));
     }
 }

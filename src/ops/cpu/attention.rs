@@ -1,21 +1,15 @@
-//! The CPU kernels of [`super::attention`]: one task per (group, batch row, query head), each
+//! The CPU kernels of [`crate::ops::grouped_attention_forward`] and its backward: one task per (group, batch row, query head), each
 //! doing its products on one core with the scale, mask and softmax (or its backward) applied in
 //! place between them, so the scores are written once and read once per pass. Inputs may be any
 //! strided views (the projections' `[b, t, heads, d]` layout seen as `[b, heads, t, d]`), and the
 //! results are written straight into whole-sequence buffers: no per-group copies or concatenation.
 
-use super::cpu::{self, gemm_into, gemm_strided, Mat, Real, SharedMut};
 use super::simd::RowOps;
+use super::{contiguous_slice, gemm_into, gemm_strided, par_fill, slice_of, tensor_of};
+use super::{Mat, Real, SharedMut};
+use crate::ops::Group;
 use candle_core::{Layout, Result, Tensor};
 use rayon::prelude::*;
-
-/// Positions `start..start + len` attend among themselves through the additive `bias`
-/// (`[b or 1, 1, len, len]` or `[len, len]`).
-pub struct Group<'a> {
-    pub start: usize,
-    pub len: usize,
-    pub bias: &'a Tensor,
-}
 
 /// The `[len, d]` matrix of positions `start..start + len` of head `head` of batch row `row` in a
 /// `[b, heads, t, d]`-shaped (strided) tensor.
@@ -79,16 +73,16 @@ pub fn forward<T: RowOps>(
     let (sk, lk) = k.storage_and_layout();
     let (sv, lv) = v.storage_and_layout();
     let (Some(qs), Some(ks), Some(vs)) = (
-        cpu::slice_of::<T>(&sq, lq),
-        cpu::slice_of::<T>(&sk, lk),
-        cpu::slice_of::<T>(&sv, lv),
+        slice_of::<T>(&sq, lq),
+        slice_of::<T>(&sk, lk),
+        slice_of::<T>(&sv, lv),
     ) else {
         return Ok(None);
     };
     let bias_guards: Vec<_> = biases.iter().map(|(t, _)| t.storage_and_layout()).collect();
     let bias_slices = bias_guards
         .iter()
-        .map(|(s, l)| cpu::contiguous_slice::<T>(s, l))
+        .map(|(s, l)| contiguous_slice::<T>(s, l))
         .collect::<Option<Vec<_>>>()
         .expect("biases are contiguous CPU tensors of T");
     let mut out: Vec<T> = Vec::with_capacity(b * t * h * d);
@@ -136,9 +130,9 @@ pub fn forward<T: RowOps>(
     }
     drop((sq, sk, sv, bias_guards));
     let probs = (probs.into_iter().zip(groups))
-        .map(|(p, g)| cpu::tensor_of(p, &[b, kvh, n_rep * g.len, g.len]))
+        .map(|(p, g)| tensor_of(p, &[b, kvh, n_rep * g.len, g.len]))
         .collect::<Result<Vec<_>>>()?;
-    Ok(Some((cpu::tensor_of(out, &[b, t, h * d])?, probs)))
+    Ok(Some((tensor_of(out, &[b, t, h * d])?, probs)))
 }
 
 /// `(dq, dk, dv)` shaped `[b, heads, t, d]` (views of `[b, t, heads, d]` storage, the
@@ -166,17 +160,17 @@ pub fn backward<T: RowOps>(
     let (sv, lv) = v.storage_and_layout();
     let (sg, lg) = grad.storage_and_layout();
     let (Some(qs), Some(ks), Some(vs), Some(gs)) = (
-        cpu::slice_of::<T>(&sq, lq),
-        cpu::slice_of::<T>(&sk, lk),
-        cpu::slice_of::<T>(&sv, lv),
-        cpu::slice_of::<T>(&sg, lg),
+        slice_of::<T>(&sq, lq),
+        slice_of::<T>(&sk, lk),
+        slice_of::<T>(&sv, lv),
+        slice_of::<T>(&sg, lg),
     ) else {
         return Ok(None);
     };
     let prob_guards: Vec<_> = probs.iter().map(|p| p.storage_and_layout()).collect();
     let Some(prob_slices) = prob_guards
         .iter()
-        .map(|(s, l)| cpu::contiguous_slice::<T>(s, l))
+        .map(|(s, l)| contiguous_slice::<T>(s, l))
         .collect::<Option<Vec<_>>>()
     else {
         return Ok(None);
@@ -263,7 +257,7 @@ pub fn backward<T: RowOps>(
     drop((sq, sk, sv, sg, prob_guards));
     // [b, t, h, d] → [b, t, kvh, d]: the query heads of a kv head are adjacent.
     let sum_heads = |parts: Vec<T>| -> Result<Tensor> {
-        let summed = cpu::par_fill::<T>(b * t * kvh * d, kvh * d, |pos, chunk| {
+        let summed = par_fill::<T>(b * t * kvh * d, kvh * d, |pos, chunk| {
             let src = &parts[pos * h * d..][..h * d];
             for (kv, out) in chunk.chunks_mut(d).enumerate() {
                 for (i, o) in out.iter_mut().enumerate() {
@@ -275,10 +269,10 @@ pub fn backward<T: RowOps>(
                 }
             }
         });
-        cpu::tensor_of(summed, &[b, t, kvh, d])?.transpose(1, 2)
+        tensor_of(summed, &[b, t, kvh, d])?.transpose(1, 2)
     };
     Ok(Some((
-        cpu::tensor_of(dq, &[b, t, h, d])?.transpose(1, 2)?,
+        tensor_of(dq, &[b, t, h, d])?.transpose(1, 2)?,
         sum_heads(dk_parts)?,
         sum_heads(dv_parts)?,
     )))

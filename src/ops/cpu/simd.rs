@@ -7,7 +7,7 @@
 //! e^-87), branch-free so that it vectorises. The bodies are generic: f64 (the gradient checks)
 //! runs the same code with the std exp.
 
-use super::cpu::Real;
+use super::Real;
 use num_traits::Float;
 use std::mem::MaybeUninit;
 

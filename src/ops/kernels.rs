@@ -1,0 +1,59 @@
+//! Which implementation of the ops runs. Every op asks [`Kernels::cpu_dtype`]; nothing else
+//! chooses between a backend kernel and the device-generic path.
+
+use candle_core::{DType, Device, Tensor};
+
+/// `[model] kernels` (also `--kernels`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Kernels {
+    /// The fastest path for the device and dtype: the CPU kernels for f32/f64 tensors on CPU,
+    /// the generic path for everything else (bf16/f16, GPUs).
+    #[default]
+    Auto,
+    /// The device-generic path (candle tensor ops: forward and backward for any device and
+    /// dtype) everywhere, CPU included: what a GPU runs, checked on CPU.
+    Generic,
+}
+
+impl Kernels {
+    pub const NAMES: [&'static str; 2] = ["auto", "generic"];
+
+    pub fn parse(name: &str) -> anyhow::Result<Self> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(Self::Auto),
+            "generic" => Ok(Self::Generic),
+            other => anyhow::bail!("kernels `{other}` is not one of auto, generic"),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Generic => "generic",
+        }
+    }
+
+    /// The element type of the CPU kernel that takes `tensors` (all on the CPU, all f32 or all
+    /// f64), or `None`: the generic path runs.
+    pub(crate) fn cpu_dtype(self, tensors: &[&Tensor]) -> Option<DType> {
+        match self {
+            Self::Auto => super::cpu::fast_dtype(tensors),
+            Self::Generic => None,
+        }
+    }
+
+    /// What runs for activations of `dtype` on `device`, for reports.
+    pub fn describe(self, device: &Device, dtype: DType) -> &'static str {
+        let cpu_kernels = device.is_cpu() && matches!(dtype, DType::F32 | DType::F64);
+        match self {
+            Self::Auto if cpu_kernels => "cpu kernels",
+            _ => "generic",
+        }
+    }
+}
+
+impl std::fmt::Display for Kernels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
