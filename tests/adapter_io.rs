@@ -10,7 +10,7 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use common::{expected, fixture, fixture_str, max_abs_diff};
+use common::{expected, fixture, fixture_str, load_on, max_abs_diff, PATHS};
 use lora_dpo::adapter::{load_adapter, save_adapter};
 use lora_dpo::model::{load_model, Adapter, LoraConfig, Model, Pass};
 use rand::{Rng, SeedableRng};
@@ -99,8 +99,8 @@ fn rust_written_adapter_fixture_is_what_save_adapter_writes() {
 
 #[test]
 fn our_adapter_gives_peft_logits() {
-    for name in MODELS {
-        let model = model(name);
+    for (name, kernels) in MODELS.iter().flat_map(|&n| PATHS.map(|k| (n, k))) {
+        let model = load_on(&fixture_str(&format!("models/{name}")), DType::F32, kernels);
         let adapter = load_adapter(
             &rust_adapter_dir(name).display().to_string(),
             &model.config,
@@ -120,7 +120,7 @@ fn our_adapter_gives_peft_logits() {
             let a = logits.get(row).unwrap().narrow(0, 0, len).unwrap();
             let b = theirs.get(row).unwrap().narrow(0, 0, len).unwrap();
             let d = max_abs_diff(&a, &b);
-            assert!(d < LOGIT_ATOL, "{name}: max |diff| {d}");
+            assert!(d < LOGIT_ATOL, "{name} ({kernels}): max |diff| {d}");
         }
         // and the adapter round-trips: config and factors survive load(save(x)).
         let original = seeded_adapter(name, &model);

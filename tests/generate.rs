@@ -1,11 +1,11 @@
 //! Generation: the KV-cached forward equals the full forward (sliding window and GQA
 //! included), greedy tokens equal transformers' `generate` (fixture from
-//! scripts/make_io_fixtures.py), sampling is seeded, and the CLI streams text.
+//! scripts/make_io_fixtures.py) on both paths, sampling is seeded, and the CLI streams text.
 
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use common::{fixture, fixture_str, max_abs_diff};
+use common::{fixture, fixture_str, load_on, max_abs_diff, PATHS};
 use lora_dpo::adapter::load_adapter;
 use lora_dpo::generate::{generate, GenerateOptions};
 use lora_dpo::model::{load_model, Adapter, KvCache, Model, Pass};
@@ -53,8 +53,8 @@ fn greedy(n: usize) -> GenerateOptions {
 
 #[test]
 fn greedy_tokens_match_transformers() {
-    for name in MODELS {
-        let m = model(name);
+    for (name, kernels) in MODELS.iter().flat_map(|&n| PATHS.map(|k| (n, k))) {
+        let m = load_on(&fixture_str(&format!("models/{name}")), DType::F32, kernels);
         let a = adapter(name, &m);
         let io = expected_io(name);
         let prompt = ids(&io["gen_prompt"]);
@@ -66,8 +66,8 @@ fn greedy_tokens_match_transformers() {
                 Ok(())
             })
             .unwrap();
-            assert_eq!(got, want, "{name} {key}");
-            assert_eq!(streamed, want, "{name} {key}: streamed tokens");
+            assert_eq!(got, want, "{name} {key} ({kernels})");
+            assert_eq!(streamed, want, "{name} {key} ({kernels}): streamed tokens");
         }
     }
 }
@@ -75,8 +75,8 @@ fn greedy_tokens_match_transformers() {
 #[test]
 fn every_greedy_step_has_transformers_logits() {
     // Teacher-forced through the cache: prompt, then each of transformers' tokens.
-    for name in MODELS {
-        let m = model(name);
+    for (name, kernels) in MODELS.iter().flat_map(|&n| PATHS.map(|k| (n, k))) {
+        let m = load_on(&fixture_str(&format!("models/{name}")), DType::F32, kernels);
         let io = expected_io(name);
         let prompt = ids(&io["gen_prompt"]);
         let tokens = ids(&io["gen_base"]);
@@ -93,7 +93,7 @@ fn every_greedy_step_has_transformers_logits() {
                 .unwrap();
             let last = logits.get(0).unwrap().get(input.len() - 1).unwrap();
             let d = max_abs_diff(&last, &want.get(step).unwrap());
-            assert!(d < 1e-4, "{name} step {step}: max |diff| {d}");
+            assert!(d < 1e-4, "{name} ({kernels}) step {step}: max |diff| {d}");
             input = vec![tok];
         }
         if let Some(w) = m.config.sliding_window {

@@ -1,24 +1,25 @@
-//! The decoder against transformers + PEFT (fixtures from scripts/make_fixtures.py):
-//! logits within 1e-4 absolute in f32, with and without the adapter; LoRA gradients within
-//! 1e-3 relative (‖g − g_ref‖ / ‖g_ref‖ per tensor) of PyTorch's.
+//! The decoder against transformers + PEFT (fixtures from scripts/make_fixtures.py), on both
+//! paths (CPU kernels and generic): logits within 1e-4 absolute in f32, with and without the
+//! adapter; LoRA gradients within 1e-3 relative (‖g − g_ref‖ / ‖g_ref‖ per tensor) of PyTorch's.
 
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use common::{expected, fixture_str, max_abs_diff, rel_l2, tape_gradients};
+use common::{expected, fixture_str, load_on, max_abs_diff, rel_l2, tape_gradients, PATHS};
 use lora_dpo::adapter::load_adapter;
 use lora_dpo::model::{load_model, Adapter, Model, Pass};
+use lora_dpo::ops::Kernels;
 use lora_dpo::train::logprobs::{masked_mean_nll, next_token_logprobs};
 
 const LOGIT_ATOL: f32 = 1e-4;
 const GRAD_RTOL: f32 = 1e-3;
 
-fn load(name: &str) -> (Model, Adapter) {
-    load_as(name, DType::F32)
+fn load(name: &str, kernels: Kernels) -> (Model, Adapter) {
+    load_as(name, DType::F32, kernels)
 }
 
-fn load_as(name: &str, dtype: DType) -> (Model, Adapter) {
-    let model = load_model(&fixture_str(&format!("models/{name}")), dtype, &Device::Cpu).unwrap();
+fn load_as(name: &str, dtype: DType, kernels: Kernels) -> (Model, Adapter) {
+    let model = load_on(&fixture_str(&format!("models/{name}")), dtype, kernels);
     let adapter = load_adapter(
         &fixture_str(&format!("models/{name}/adapter")),
         &model.config,
@@ -43,7 +44,13 @@ fn real_positions(logits: &Tensor) -> Vec<Tensor> {
 }
 
 fn check_logits(name: &str) {
-    let (model, adapter) = load(name);
+    for kernels in PATHS {
+        check_logits_on(name, kernels);
+    }
+}
+
+fn check_logits_on(name: &str, kernels: Kernels) {
+    let (model, adapter) = load(name, kernels);
     let exp = expected(name);
     let (ids, mask) = inputs(&exp);
     for (adapters, key) in [(vec![], "logits_base"), (vec![&adapter], "logits_adapter")] {
@@ -55,7 +62,7 @@ fn check_logits(name: &str) {
             .zip(real_positions(&exp[key]))
         {
             let d = max_abs_diff(ours, &theirs);
-            assert!(d < LOGIT_ATOL, "{name} {key}: max |diff| {d}");
+            assert!(d < LOGIT_ATOL, "{name} {key} ({kernels}): max |diff| {d}");
         }
     }
 }
@@ -80,14 +87,20 @@ fn nll_gradients(
 }
 
 fn check_gradients(name: &str) {
-    let (model, adapter) = load(name);
+    for kernels in PATHS {
+        check_gradients_on(name, kernels);
+    }
+}
+
+fn check_gradients_on(name: &str, kernels: Kernels) {
+    let (model, adapter) = load(name, kernels);
     let exp = expected(name);
     let (loss, grads) = nll_gradients(&model, &adapter, &exp);
     let loss_ref = exp["loss"].to_vec1::<f32>().unwrap()[0];
     let loss_ours = loss.to_scalar::<f32>().unwrap();
     assert!(
         (loss_ours - loss_ref).abs() < 1e-5,
-        "{name} loss {loss_ours} vs {loss_ref}"
+        "{name} ({kernels}) loss {loss_ours} vs {loss_ref}"
     );
     let named = adapter.named_vars();
     assert_eq!(named.len(), 2 * 7 * 2);
@@ -95,10 +108,13 @@ fn check_gradients(name: &str) {
         let key = format!("grad.base_model.model.{module}.weight");
         let ours = grads
             .get(&var.id())
-            .unwrap_or_else(|| panic!("{name}: no gradient for {module}"));
+            .unwrap_or_else(|| panic!("{name} ({kernels}): no gradient for {module}"));
         let theirs = &exp[&key];
         let r = rel_l2(ours, theirs);
-        assert!(r < GRAD_RTOL, "{name} {module}: relative error {r}");
+        assert!(
+            r < GRAD_RTOL,
+            "{name} {module} ({kernels}): relative error {r}"
+        );
     }
 }
 
@@ -145,7 +161,7 @@ fn sharded_weights_give_the_same_logits() {
 
 #[test]
 fn every_lora_factor_gets_a_finite_nonzero_gradient() {
-    let (model, adapter) = load("tiny-mistral");
+    let (model, adapter) = load("tiny-mistral", Kernels::Auto);
     let exp = expected("tiny-mistral");
     let (ids, mask) = inputs(&exp);
     let (_, grads) = tape_gradients(&model, &ids, Some(&mask), &[&adapter], false, |h| {
@@ -175,7 +191,7 @@ fn every_lora_factor_gets_a_finite_nonzero_gradient() {
 #[test]
 fn bf16_training_is_within_its_tolerance_of_f32() {
     for name in ["tiny-mistral", "tiny-llama"] {
-        let (model, adapter) = load_as(name, DType::BF16);
+        let (model, adapter) = load_as(name, DType::BF16, Kernels::Auto);
         let exp = expected(name);
         let (loss, grads) = nll_gradients(&model, &adapter, &exp);
         let loss_ref = exp["loss"].to_vec1::<f32>().unwrap()[0];

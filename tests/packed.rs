@@ -1,19 +1,26 @@
 //! Packed batches (`model::PackedBatch`: a shared trunk and branches in one row, attended group
 //! by group) give the hidden states of the same sequences run one by one, padded: on the tiny
 //! Mistral whose sliding window is shorter than the sequences, with its LoRA adapter applied.
-//! Tolerance 1e-4 absolute (f32).
+//! Both paths; tolerance 1e-4 absolute (f32).
 
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use common::{fixture_str, max_abs_diff};
+use common::{fixture_str, load_on, max_abs_diff, PATHS};
 use lora_dpo::adapter::load_adapter;
-use lora_dpo::model::{load_model, PackedBatch, Pass};
+use lora_dpo::model::{PackedBatch, Pass};
+use lora_dpo::ops::Kernels;
 
 #[test]
 fn packed_trunk_and_branches_equal_the_sequences_run_alone() {
+    for kernels in PATHS {
+        packed_equals_alone_on(kernels);
+    }
+}
+
+fn packed_equals_alone_on(kernels: Kernels) {
     let dir = fixture_str("models/tiny-mistral");
-    let model = load_model(&dir, DType::F32, &Device::Cpu).unwrap();
+    let model = load_on(&dir, DType::F32, kernels);
     let adapter = load_adapter(&format!("{dir}/adapter"), &model.config, &Device::Cpu).unwrap();
     let adapters = [&adapter];
     let window = model.config.sliding_window.unwrap_or(0);

@@ -1,17 +1,19 @@
 //! SFT and DPO losses, TRL metrics and LoRA gradients on a tiny Llama (tied embeddings)
 //! against scripts/make_train_fixtures.py (transformers + PEFT, TRL's definitions), from the
-//! JSONL rows through our tokenization. Tolerances: token ids exact; losses and metrics 1e-4
-//! relative (absolute below 1e-3 in size); gradients 1e-3 relative in L2 per tensor.
+//! JSONL rows through our tokenization, on both paths (CPU kernels and generic). Tolerances:
+//! token ids exact; losses and metrics 1e-4 relative (absolute below 1e-3 in size); gradients
+//! 1e-3 relative in L2 per tensor; the two paths' per-row log-probs 1e-4 relative.
 
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use common::{fixture, fixture_str, rel_l2};
+use common::{fixture, fixture_str, load_on, rel_l2, PATHS};
 use lora_dpo::adapter::load_adapter;
 use lora_dpo::data::{
     collate, collate_dpo, load_chat_tokenizer, load_dpo, load_sft, read_dataset, DataConfig,
 };
-use lora_dpo::model::{load_model, Adapter, Model};
+use lora_dpo::model::{Adapter, Model};
+use lora_dpo::ops::Kernels;
 use lora_dpo::train::dpo::{DpoLoss, LossType};
 use lora_dpo::train::evaluate::{evaluate, EvalRequest};
 use lora_dpo::train::preference::DpoObjective;
@@ -19,14 +21,16 @@ use lora_dpo::train::sft::SftObjective;
 use lora_dpo::train::trainer::{AdapterStack, Gradients, MetricSums, Objective};
 use std::collections::HashMap;
 
-fn setup() -> (
+fn setup(
+    kernels: Kernels,
+) -> (
     Model,
     Adapter,
     lora_dpo::data::ChatTokenizer,
     HashMap<String, Tensor>,
 ) {
     let dir = fixture_str("models/tiny-llama");
-    let model = load_model(&dir, DType::F32, &Device::Cpu).unwrap();
+    let model = load_on(&dir, DType::F32, kernels);
     let adapter = load_adapter(&format!("{dir}/adapter"), &model.config, &Device::Cpu).unwrap();
     let tok = load_chat_tokenizer(&fixture("models/tiny-llama")).unwrap();
     let mut exp =
@@ -78,7 +82,13 @@ const CHECKPOINTING: [bool; 2] = [false, true];
 
 #[test]
 fn dpo_losses_metrics_and_gradients_match_trl_definitions() {
-    let (model, adapter, tok, exp) = setup();
+    for kernels in PATHS {
+        dpo_losses_match_on(kernels);
+    }
+}
+
+fn dpo_losses_match_on(kernels: Kernels) {
+    let (model, adapter, tok, exp) = setup(kernels);
     let data = load_dpo(
         &fixture("train/prefs.jsonl"),
         None,
@@ -105,7 +115,7 @@ fn dpo_losses_metrics_and_gradients_match_trl_definitions() {
             rpo_alpha: c.get("rpo_alpha").and_then(|v| v.as_f64()),
         };
         for gradient_checkpointing in CHECKPOINTING {
-            let name = &format!("{name} (checkpointing {gradient_checkpointing})");
+            let name = &format!("{name} ({kernels}, checkpointing {gradient_checkpointing})");
             let mut objective = DpoObjective {
                 train: data.clone(),
                 eval: None,
@@ -148,7 +158,13 @@ fn dpo_losses_metrics_and_gradients_match_trl_definitions() {
 
 #[test]
 fn sft_loss_and_gradients_match() {
-    let (model, adapter, tok, exp) = setup();
+    for kernels in PATHS {
+        sft_loss_and_gradients_match_on(kernels);
+    }
+}
+
+fn sft_loss_and_gradients_match_on(kernels: Kernels) {
+    let (model, adapter, tok, exp) = setup(kernels);
     let data = load_sft(
         &fixture("train/sft.jsonl"),
         None,
@@ -198,7 +214,20 @@ fn sft_loss_and_gradients_match() {
 
 #[test]
 fn eval_per_row_logps_match_transformers_and_peft() {
-    let (model, adapter, tok, exp) = setup();
+    let per_path: Vec<Vec<serde_json::Value>> = PATHS.iter().map(|&k| eval_per_row_on(k)).collect();
+    // The generic path against the CPU kernels, row by row.
+    for (fused, generic) in per_path[0].iter().zip(&per_path[1]) {
+        for key in ["chosen_logps", "rejected_logps"] {
+            let (a, b) = (fused[key].as_f64().unwrap(), generic[key].as_f64().unwrap());
+            let rel = (a - b).abs() / a.abs().max(1e-6);
+            assert!(rel < 1e-4, "{key}: fused {a} vs generic {b}");
+        }
+    }
+}
+
+/// The per-row results of `eval`, after checking them against the fixtures.
+fn eval_per_row_on(kernels: Kernels) -> Vec<serde_json::Value> {
+    let (model, adapter, tok, exp) = setup(kernels);
     let request = EvalRequest {
         model: &model,
         adapter: Some(&adapter),
@@ -229,7 +258,7 @@ fn eval_per_row_logps_match_transformers_and_peft() {
         assert_eq!(rows.len(), theirs.len());
         for (i, row) in rows.iter().enumerate() {
             close(
-                &format!("row {i} {key}"),
+                &format!("row {i} {key} ({kernels})"),
                 row[key].as_f64().unwrap(),
                 theirs[i] as f64,
             );
@@ -248,4 +277,5 @@ fn eval_per_row_logps_match_transformers_and_peft() {
     ] {
         close(k, out[k].as_f64().unwrap(), sig[k].as_f64().unwrap());
     }
+    rows.clone()
 }

@@ -1,22 +1,25 @@
 //! A run interrupted and resumed ends with bit-identical adapter weights to an uninterrupted one
-//! (CPU, LoRA dropout on); checkpoints, Ctrl-C and the NaN guard.
+//! (CPU, LoRA dropout on, gradient checkpointing on, both paths); checkpoints, Ctrl-C and the NaN
+//! guard.
 
 mod common;
 
-use common::fixture_str;
+use common::{fixture_str, PATHS};
 use lora_dpo::config::LoadedConfig;
+use lora_dpo::ops::Kernels;
 use lora_dpo::train::run::{run_sft, RunOptions, Session};
 use lora_dpo::train::trainer::Finish;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-fn config(out: &Path) -> LoadedConfig {
+fn config(out: &Path, kernels: Kernels) -> LoadedConfig {
     let text = format!(
         r#"
 [model]
 name_or_path = "{model}"
 device = "cpu"
+kernels = "{kernels}"
 [lora]
 r = 4
 lora_alpha = 8
@@ -32,6 +35,7 @@ warmup_steps = 1
 weight_decay = 0.01
 save_steps = 2
 logging_steps = 1
+gradient_checkpointing = true
 [output]
 dir = "{out}"
 seed = 7
@@ -58,6 +62,12 @@ fn adapter_bytes(out: &Path) -> Vec<u8> {
 
 #[test]
 fn interrupted_and_resumed_runs_end_bit_identical() {
+    for kernels in PATHS {
+        interrupted_and_resumed_runs_end_bit_identical_on(kernels);
+    }
+}
+
+fn interrupted_and_resumed_runs_end_bit_identical_on(kernels: Kernels) {
     let tmp = tempfile::tempdir().unwrap();
     let (a, b, c) = (
         tmp.path().join("a"),
@@ -65,14 +75,14 @@ fn interrupted_and_resumed_runs_end_bit_identical() {
         tmp.path().join("c"),
     );
 
-    let cfg = config(&a);
+    let cfg = config(&a, kernels);
     let session = Session::open(&cfg).unwrap();
     let (_, result) = run_sft(&session, &cfg, &options(false, false)).unwrap();
     assert_eq!(result.finish, Finish::Completed { steps: 4 });
     assert!(a.join("sft/checkpoint-2/optimizer.safetensors").is_file());
 
     // Ctrl-C before the first step: the loop finishes step 1, saves, and stops.
-    let cfg_b = config(&b);
+    let cfg_b = config(&b, kernels);
     let (_, result) = run_sft(&session, &cfg_b, &options(false, true)).unwrap();
     assert!(
         matches!(result.finish, Finish::Interrupted { step: 1, .. }),
@@ -88,7 +98,7 @@ fn interrupted_and_resumed_runs_end_bit_identical() {
     );
 
     // Resume from a periodic checkpoint of another run.
-    let cfg_c = config(&c);
+    let cfg_c = config(&c, kernels);
     std::fs::create_dir_all(c.join("sft")).unwrap();
     copy_dir(&a.join("sft/checkpoint-2"), &c.join("sft/checkpoint-2"));
     let (_, result) = run_sft(&session, &cfg_c, &options(true, false)).unwrap();
@@ -101,7 +111,7 @@ fn interrupted_and_resumed_runs_end_bit_identical() {
 
     // The check can fail: a different seed gives different weights.
     let d = tmp.path().join("d");
-    let mut cfg_d = config(&d);
+    let mut cfg_d = config(&d, kernels);
     cfg_d.run.output.seed = 8;
     run_sft(&session, &cfg_d, &options(false, false)).unwrap();
     assert_ne!(adapter_bytes(&a), adapter_bytes(&d));
@@ -123,7 +133,7 @@ fn interrupted_and_resumed_runs_end_bit_identical() {
 #[test]
 fn a_diverging_loss_stops_with_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut cfg = config(tmp.path());
+    let mut cfg = config(tmp.path(), Kernels::Auto);
     let session = Session::open(&cfg).unwrap();
     // A huge learning rate blows the weights up within a few steps.
     let sft = cfg.run.sft.as_mut().unwrap();

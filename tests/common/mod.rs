@@ -1,9 +1,24 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
+use lora_dpo::model::{load_model_with, LoadOptions, Model};
+use lora_dpo::ops::Kernels;
 use std::collections::HashMap;
 use std::path::PathBuf;
+
+/// Both implementations of the ops: the numerics tests run on each.
+pub const PATHS: [Kernels; 2] = [Kernels::Auto, Kernels::Generic];
+
+/// A model whose passes run `kernels`.
+pub fn load_on(spec: &str, dtype: DType, kernels: Kernels) -> Model {
+    load_model_with(
+        spec,
+        &LoadOptions::new(dtype).with_kernels(kernels),
+        &Device::Cpu,
+    )
+    .unwrap()
+}
 
 pub fn fixture(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
