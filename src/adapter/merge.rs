@@ -13,7 +13,7 @@
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use crate::model::config::RopeScaling;
 use crate::model::gguf::{self, GgufFile};
 use crate::model::lora::module_path;
-use crate::model::weights::WeightFiles;
+use crate::model::weights::{parse_st_dtype, WeightFiles};
 use crate::model::{Adapter, Architecture, ModelConfig, WeightSource, PROJECTIONS};
 use crate::source::Source;
 use candle_core::quantized::GgmlDType;
@@ -139,9 +139,8 @@ pub fn merge(
         _ => {
             let config_path = source.require("config.json")?;
             let config = ModelConfig::from_file(&config_path)?;
-            let weights = WeightFiles::open(&source)?;
-            weights.check_against(&config)?;
-            let reader = TensorReader::open(weights.paths())?;
+            let reader = WeightFiles::open(&source)?;
+            reader.check_against(&config)?;
             (
                 config,
                 Base::Safetensors {
@@ -383,7 +382,7 @@ fn plan_shards(tensors: &[(String, Vec<usize>)], dtype: DType, max: u64) -> Vec<
 enum Base {
     /// Safetensors files (a folder or hub snapshot), read block by block.
     Safetensors {
-        reader: TensorReader,
+        reader: WeightFiles,
         config_path: PathBuf,
     },
     /// A GGUF file: each tensor is dequantized whole (and llama.cpp's q/k row order undone).
@@ -410,23 +409,20 @@ impl Base {
     fn tensors(&self, config: &ModelConfig) -> Result<Vec<(String, Vec<usize>)>> {
         let mut out = config.expected_tensors();
         if let Base::Safetensors { reader, .. } = self {
-            let mut rest: Vec<&String> = reader
-                .entries
-                .keys()
-                .filter(|n| !out.iter().any(|(m, _)| m == *n))
+            let rest: Vec<String> = (reader.names().into_iter())
+                .filter(|n| !out.iter().any(|(m, _)| m == n))
                 .collect();
-            rest.sort();
-            for name in rest {
+            for name in &rest {
                 let entry = reader.entry(name)?;
                 parse_st_dtype(&entry.dtype).with_context(|| {
-                    format!("{}: tensor `{name}`", reader.files[entry.file].0.display())
+                    format!("{}: tensor `{name}`", reader.path_of(entry).display())
                 })?;
                 out.push((name.clone(), entry.shape.clone()));
             }
             for (name, _) in &config.expected_tensors() {
                 let entry = reader.entry(name)?;
                 parse_st_dtype(&entry.dtype).with_context(|| {
-                    format!("{}: tensor `{name}`", reader.files[entry.file].0.display())
+                    format!("{}: tensor `{name}`", reader.path_of(entry).display())
                 })?;
             }
         }
@@ -668,130 +664,6 @@ fn st_dtype_name(dtype: DType) -> Result<&'static str> {
     })
 }
 
-/// The candle dtype and element size of a safetensors dtype name.
-fn parse_st_dtype(name: &str) -> Result<(DType, usize)> {
-    Ok(match name {
-        "F32" => (DType::F32, 4),
-        "BF16" => (DType::BF16, 2),
-        "F16" => (DType::F16, 2),
-        "F64" => (DType::F64, 8),
-        other => bail!("tensors stored as {other} are not supported (only F32, BF16, F16, F64)"),
-    })
-}
-
-/// Where a tensor lies in its safetensors file.
-struct Entry {
-    file: usize,
-    dtype: String,
-    shape: Vec<usize>,
-    /// Absolute byte range in the file.
-    start: u64,
-    end: u64,
-}
-
-/// Reads tensors from safetensors files by positioned reads, one at a time.
-struct TensorReader {
-    files: Vec<(PathBuf, File)>,
-    entries: HashMap<String, Entry>,
-}
-
-impl TensorReader {
-    fn open<'a>(paths: impl Iterator<Item = &'a Path>) -> Result<Self> {
-        let mut files = Vec::new();
-        let mut entries = HashMap::new();
-        for path in paths {
-            let file =
-                File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
-            let bad = || format!("{}: not a valid safetensors file", path.display());
-            let mut len = [0u8; 8];
-            read_exact_at(&file, &mut len, 0).with_context(bad)?;
-            let n = u64::from_le_bytes(len);
-            let file_len = file.metadata()?.len();
-            if n > file_len.saturating_sub(8) || n > 100_000_000 {
-                bail!("{}: header size {n} is impossible", path.display());
-            }
-            let mut header = vec![0u8; n as usize];
-            read_exact_at(&file, &mut header, 8).with_context(bad)?;
-            let json: serde_json::Map<String, Value> =
-                serde_json::from_slice(&header).with_context(bad)?;
-            let data_start = 8 + n;
-            for (name, info) in json {
-                if name == "__metadata__" {
-                    continue;
-                }
-                let dtype = info
-                    .get("dtype")
-                    .and_then(Value::as_str)
-                    .with_context(|| format!("{}: tensor `{name}` has no dtype", path.display()))?
-                    .to_string();
-                let shape: Vec<usize> =
-                    serde_json::from_value(info.get("shape").cloned().unwrap_or(Value::Null))
-                        .with_context(|| {
-                            format!("{}: tensor `{name}`: bad shape", path.display())
-                        })?;
-                let offs: [u64; 2] = serde_json::from_value(
-                    info.get("data_offsets").cloned().unwrap_or(Value::Null),
-                )
-                .with_context(|| {
-                    format!("{}: tensor `{name}`: bad data_offsets", path.display())
-                })?;
-                let (start, end) = (data_start + offs[0], data_start + offs[1]);
-                if offs[0] > offs[1] || end > file_len {
-                    bail!(
-                        "{}: tensor `{name}` lies outside the file (truncated?)",
-                        path.display()
-                    );
-                }
-                if let Ok((_, size)) = parse_st_dtype(&dtype) {
-                    let want = shape.iter().product::<usize>() as u64 * size as u64;
-                    if end - start != want {
-                        bail!(
-                            "{}: tensor `{name}` has {} bytes, its shape {shape:?} in {dtype} needs {want}",
-                            path.display(),
-                            end - start
-                        );
-                    }
-                }
-                entries.insert(
-                    name,
-                    Entry {
-                        file: files.len(),
-                        dtype,
-                        shape,
-                        start,
-                        end,
-                    },
-                );
-            }
-            files.push((path.to_path_buf(), file));
-        }
-        Ok(Self { files, entries })
-    }
-
-    fn entry(&self, name: &str) -> Result<&Entry> {
-        self.entries
-            .get(name)
-            .with_context(|| format!("tensor `{name}` not found in the model's safetensors files"))
-    }
-
-    /// `len` bytes of tensor `name`, starting `offset` bytes into its data.
-    fn read_range(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
-        let e = self.entry(name)?;
-        let (path, file) = &self.files[e.file];
-        if e.start + offset + len as u64 > e.end {
-            bail!(
-                "{}: tensor `{name}` is shorter than its shape {:?} says",
-                path.display(),
-                e.shape
-            );
-        }
-        let mut buf = vec![0u8; len];
-        read_exact_at(file, &mut buf, e.start + offset)
-            .with_context(|| format!("{}: reading tensor `{name}`", path.display()))?;
-        Ok(buf)
-    }
-}
-
 /// Little-endian values of a safetensors dtype, widened to f32.
 fn decode_f32(bytes: &[u8], dtype: &str) -> Result<Vec<f32>> {
     Ok(match dtype {
@@ -813,19 +685,6 @@ fn decode_f32(bytes: &[u8], dtype: &str) -> Result<Vec<f32>> {
             .collect(),
         other => bail!("dtype {other} is not supported"),
     })
-}
-
-#[cfg(unix)]
-fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
-}
-
-#[cfg(not(unix))]
-fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut f = file;
-    f.seek(SeekFrom::Start(offset))?;
-    f.read_exact(buf)
 }
 
 #[cfg(test)]

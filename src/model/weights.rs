@@ -1,17 +1,35 @@
-//! Reading Hugging Face safetensors weights (one file or shards with an index), with errors
-//! that name the file and the tensor.
+//! Reading Hugging Face safetensors weights (one file or shards with an index) by positioned
+//! reads, with errors that name the file and the tensor.
+//!
+//! Not memory-mapped: the pages of a mapped shard count as the process's memory until it is
+//! unmapped, so loading (and quantizing) a 7B model through mmap peaked at the size of the
+//! shards on top of the model. A positioned read copies one tensor out of the page cache and
+//! leaves nothing behind.
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
+use serde_json::Value;
 use std::collections::HashMap;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use crate::source::Source;
 
-/// Memory-mapped safetensors files and which file holds each tensor.
+/// Where a tensor lies in its safetensors file.
+pub struct Entry {
+    file: usize,
+    /// The safetensors dtype name (F32, BF16, ...).
+    pub dtype: String,
+    pub shape: Vec<usize>,
+    /// Absolute byte range in the file.
+    start: u64,
+    end: u64,
+}
+
+/// Safetensors files, their headers parsed, and which file holds each tensor.
 pub struct WeightFiles {
-    files: Vec<(PathBuf, candle_core::safetensors::MmapedSafetensors)>,
-    location: HashMap<String, usize>,
+    files: Vec<(PathBuf, File)>,
+    entries: HashMap<String, Entry>,
 }
 
 impl WeightFiles {
@@ -32,33 +50,37 @@ impl WeightFiles {
 
     pub fn open_files(paths: &[PathBuf]) -> Result<Self> {
         let mut files = Vec::with_capacity(paths.len());
-        let mut location = HashMap::new();
-        for (i, path) in paths.iter().enumerate() {
-            // SAFETY: the file is mapped read-only; as with every mmap-based loader, it must not
-            // be truncated while we run.
-            let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }
-                .map_err(|e| anyhow::anyhow!("{e}"))
-                .with_context(|| {
-                    format!(
-                        "{}: not a valid safetensors file (truncated or corrupt?)",
-                        path.display()
-                    )
-                })?;
-            for (name, _) in st.tensors() {
-                location.insert(name, i);
+        let mut entries = HashMap::new();
+        for path in paths {
+            let file =
+                File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+            let header = read_header(&file).with_context(|| {
+                format!(
+                    "{}: not a valid safetensors file (truncated or corrupt?)",
+                    path.display()
+                )
+            })?;
+            for (name, entry) in header {
+                entries.insert(
+                    name,
+                    Entry {
+                        file: files.len(),
+                        ..entry
+                    },
+                );
             }
-            files.push((path.clone(), st));
+            files.push((path.clone(), file));
         }
-        Ok(Self { files, location })
+        Ok(Self { files, entries })
     }
 
     pub fn contains(&self, name: &str) -> bool {
-        self.location.contains_key(name)
+        self.entries.contains_key(name)
     }
 
     /// Names of all tensors, sorted.
     pub fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.location.keys().cloned().collect();
+        let mut names: Vec<String> = self.entries.keys().cloned().collect();
         names.sort();
         names
     }
@@ -67,45 +89,65 @@ impl WeightFiles {
         self.files.iter().map(|(p, _)| p.as_path())
     }
 
-    fn file_of(
-        &self,
-        name: &str,
-    ) -> Result<&(PathBuf, candle_core::safetensors::MmapedSafetensors)> {
-        let idx = self.location.get(name).with_context(|| {
+    /// Where tensor `name` lies.
+    pub fn entry(&self, name: &str) -> Result<&Entry> {
+        self.entries.get(name).with_context(|| {
             let files: Vec<String> = self.paths().map(|p| p.display().to_string()).collect();
             format!("tensor `{name}` not found in {}", files.join(", "))
-        })?;
-        Ok(&self.files[*idx])
+        })
+    }
+
+    /// The file that holds `entry`.
+    pub fn path_of(&self, entry: &Entry) -> &Path {
+        &self.files[entry.file].0
     }
 
     /// The stored shape of `name`.
     pub fn shape(&self, name: &str) -> Result<Vec<usize>> {
-        let (_, st) = self.file_of(name)?;
-        let view = st.get(name).map_err(|e| anyhow::anyhow!("{e}"))?;
-        Ok(view.shape().to_vec())
+        Ok(self.entry(name)?.shape.clone())
     }
 
     /// Checks that every tensor the config calls for is present with the right shape,
     /// reading headers only.
     pub fn check_against(&self, config: &super::ModelConfig) -> Result<()> {
         for (name, shape) in config.expected_tensors() {
-            let stored = self.shape(&name)?;
-            if stored != shape {
-                let (path, _) = self.file_of(&name)?;
-                bail!(
-                    "{}: tensor `{name}` has shape {stored:?}, expected {shape:?} from config.json",
-                    path.display()
-                );
-            }
+            self.check_shape(&name, &shape)?;
+        }
+        Ok(())
+    }
+
+    fn check_shape(&self, name: &str, shape: &[usize]) -> Result<()> {
+        let entry = self.entry(name)?;
+        if entry.shape != shape {
+            bail!(
+                "{}: tensor `{name}` has shape {:?}, expected {shape:?} from config.json",
+                self.path_of(entry).display(),
+                entry.shape
+            );
         }
         Ok(())
     }
 
     /// The dtype `name` is stored in, as safetensors names it (F32, BF16, ...).
     pub fn stored_dtype(&self, name: &str) -> Result<String> {
-        let (_, st) = self.file_of(name)?;
-        let view = st.get(name).map_err(|e| anyhow::anyhow!("{e}"))?;
-        Ok(format!("{:?}", view.dtype()))
+        Ok(self.entry(name)?.dtype.clone())
+    }
+
+    /// `len` bytes of tensor `name`, starting `offset` bytes into its data.
+    pub fn read_range(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let e = self.entry(name)?;
+        let (path, file) = &self.files[e.file];
+        if e.start + offset + len as u64 > e.end {
+            bail!(
+                "{}: tensor `{name}` is shorter than its shape {:?} says",
+                path.display(),
+                e.shape
+            );
+        }
+        let mut buf = vec![0u8; len];
+        read_exact_at(file, &mut buf, e.start + offset)
+            .with_context(|| format!("{}: reading tensor `{name}`", path.display()))?;
+        Ok(buf)
     }
 
     /// Loads `name`, checks its shape and converts it to `dtype` on `device`.
@@ -116,20 +158,85 @@ impl WeightFiles {
         dtype: DType,
         device: &Device,
     ) -> Result<Tensor> {
-        let (path, st) = self.file_of(name)?;
-        let stored = self.shape(name)?;
-        if stored != shape {
-            bail!(
-                "{}: tensor `{name}` has shape {stored:?}, expected {shape:?} from config.json",
-                path.display()
-            );
-        }
-        let t = st
-            .load(name, device)
-            .map_err(|e| anyhow::anyhow!("{e}"))
+        self.check_shape(name, shape)?;
+        let entry = self.entry(name)?;
+        let path = self.path_of(entry);
+        let (stored, _) = parse_st_dtype(&entry.dtype)
+            .with_context(|| format!("{}: tensor `{name}`", path.display()))?;
+        let bytes = self.read_range(name, 0, (entry.end - entry.start) as usize)?;
+        let t = Tensor::from_raw_buffer(&bytes, stored, shape, &Device::Cpu)
             .with_context(|| format!("{}: reading tensor `{name}`", path.display()))?;
-        t.to_dtype(dtype).map_err(Into::into)
+        drop(bytes);
+        Ok(t.to_dtype(dtype)?.to_device(device)?)
     }
+}
+
+/// The tensors a safetensors file's header lists (file index left 0).
+fn read_header(file: &File) -> Result<Vec<(String, Entry)>> {
+    let mut len = [0u8; 8];
+    read_exact_at(file, &mut len, 0).context("no header")?;
+    let n = u64::from_le_bytes(len);
+    let file_len = file.metadata()?.len();
+    if n > file_len.saturating_sub(8) || n > 100_000_000 {
+        bail!("header size {n} is impossible");
+    }
+    let mut header = vec![0u8; n as usize];
+    read_exact_at(file, &mut header, 8)?;
+    let json: serde_json::Map<String, Value> =
+        serde_json::from_slice(&header).context("the header is not JSON")?;
+    let data_start = 8 + n;
+    let mut out = Vec::with_capacity(json.len());
+    for (name, info) in json {
+        if name == "__metadata__" {
+            continue;
+        }
+        let dtype = info
+            .get("dtype")
+            .and_then(Value::as_str)
+            .with_context(|| format!("tensor `{name}` has no dtype"))?
+            .to_string();
+        let shape: Vec<usize> =
+            serde_json::from_value(info.get("shape").cloned().unwrap_or(Value::Null))
+                .with_context(|| format!("tensor `{name}`: bad shape"))?;
+        let offs: [u64; 2] =
+            serde_json::from_value(info.get("data_offsets").cloned().unwrap_or(Value::Null))
+                .with_context(|| format!("tensor `{name}`: bad data_offsets"))?;
+        let (start, end) = (data_start + offs[0], data_start + offs[1]);
+        if offs[0] > offs[1] || end > file_len {
+            bail!("tensor `{name}` lies outside the file");
+        }
+        if let Ok((_, size)) = parse_st_dtype(&dtype) {
+            let want = shape.iter().product::<usize>() as u64 * size as u64;
+            if end - start != want {
+                bail!(
+                    "tensor `{name}` has {} bytes, its shape {shape:?} in {dtype} needs {want}",
+                    end - start
+                );
+            }
+        }
+        out.push((
+            name,
+            Entry {
+                file: 0,
+                dtype,
+                shape,
+                start,
+                end,
+            },
+        ));
+    }
+    Ok(out)
+}
+
+/// The candle dtype and element size of a safetensors dtype name.
+pub fn parse_st_dtype(name: &str) -> Result<(DType, usize)> {
+    Ok(match name {
+        "F32" => (DType::F32, 4),
+        "BF16" => (DType::BF16, 2),
+        "F16" => (DType::F16, 2),
+        "F64" => (DType::F64, 8),
+        other => bail!("tensors stored as {other} are not supported (only F32, BF16, F16, F64)"),
+    })
 }
 
 fn shard_paths(index: &Path, source: &Source) -> Result<Vec<PathBuf>> {
@@ -152,4 +259,17 @@ fn shard_paths(index: &Path, source: &Source) -> Result<Vec<PathBuf>> {
         paths.push(p);
     }
     Ok(paths)
+}
+
+#[cfg(unix)]
+fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+}
+
+#[cfg(not(unix))]
+fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = file;
+    f.seek(SeekFrom::Start(offset))?;
+    f.read_exact(buf)
 }
