@@ -66,7 +66,7 @@ impl Projection {
     fn forward(&self, kernels: ops::Kernels, x: &Tensor, pass: Pass) -> Result<Tensor> {
         let branches = self.branches(pass, pass.training);
         if branches.is_empty() {
-            return Ok(self.weight.forward(x)?);
+            return Ok(self.weight.forward(kernels, x)?);
         }
         lora_projection(kernels, x, &self.weight, &branches)
     }

@@ -1,19 +1,18 @@
 //! Frozen projection weights, dense or quantized (GGML block types), and the options that
 //! choose between them at load time.
 //!
-//! A quantized weight stays quantized in memory and in the forward pass (candle's quantized
-//! matmul kernels); the backward reaches the input through the weight dequantized on the fly
+//! A quantized weight stays quantized in memory; its products dequantize it a tile at a time
 //! (see [`crate::ops::quantized_linear`]). Embeddings, norms and the LM head are never
 //! quantized here: they stay in the load dtype, as QLoRA does.
 
 use anyhow::{bail, Context, Result};
-use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
 use std::sync::Arc;
 
 use super::config::ModelConfig;
 use super::weights::WeightFiles;
-use crate::ops::{self, Kernels};
+use crate::ops::{self, Kernels, QuantizedWeight};
 
 /// How the frozen base is loaded.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -120,17 +119,15 @@ pub fn quantization_name(t: GgmlDType) -> String {
 pub enum FrozenWeight {
     /// A plain tensor in the load dtype.
     Dense(Tensor),
-    /// GGML blocks; dequantized only inside the backward pass.
-    Quantized(Arc<QTensor>),
+    /// GGML blocks in row tiles, dequantized a tile at a time by the products.
+    Quantized(Arc<QuantizedWeight>),
 }
 
 impl std::fmt::Debug for FrozenWeight {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             FrozenWeight::Dense(t) => write!(f, "Dense({:?}, {:?})", t.dims(), t.dtype()),
-            FrozenWeight::Quantized(q) => {
-                write!(f, "Quantized({:?}, {:?})", q.shape().dims(), q.dtype())
-            }
+            FrozenWeight::Quantized(q) => write!(f, "{q:?}"),
         }
     }
 }
@@ -162,44 +159,41 @@ impl FrozenWeight {
                 }
             );
         }
-        let cpu = weight.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
-        let q = QTensor::quantize_onto(&cpu, dtype, device)
+        let q = QuantizedWeight::quantize(weight, dtype, device)
             .with_context(|| format!("quantizing `{name}` to {}", quantization_name(dtype)))?;
         Ok(FrozenWeight::Quantized(Arc::new(q)))
     }
 
     /// `x @ W.T` over any leading dimensions, in `x`'s dtype; the backward computes the input
     /// gradient only.
-    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    pub fn forward(&self, kernels: Kernels, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             FrozenWeight::Dense(w) => ops::frozen_linear(x, w),
-            FrozenWeight::Quantized(q) => ops::quantized_linear(x, q),
+            FrozenWeight::Quantized(q) => ops::quantized_linear(kernels, x, q),
         }
     }
 
-    /// `grad @ W` for `grad: [n, out]`: the input gradient of [`FrozenWeight::forward`] (a
-    /// quantized weight is dequantized for it).
-    pub fn input_grad(&self, grad: &Tensor) -> candle_core::Result<Tensor> {
-        let w = match self {
-            FrozenWeight::Dense(w) => w.to_dtype(grad.dtype())?,
-            FrozenWeight::Quantized(q) => q.dequantize(grad.device())?.to_dtype(grad.dtype())?,
-        };
-        grad.contiguous()?.matmul(&w)
+    /// `grad @ W` for `grad: [n, out]`: the input gradient of [`FrozenWeight::forward`].
+    pub fn input_grad(&self, kernels: Kernels, grad: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            FrozenWeight::Dense(w) => grad.contiguous()?.matmul(&w.to_dtype(grad.dtype())?),
+            FrozenWeight::Quantized(q) => ops::quantized_input_grad(kernels, q, grad),
+        }
     }
 
     /// `(out_features, in_features)`.
     pub fn dims2(&self) -> candle_core::Result<(usize, usize)> {
         match self {
             FrozenWeight::Dense(w) => w.dims2(),
-            FrozenWeight::Quantized(q) => q.shape().dims2(),
+            FrozenWeight::Quantized(q) => Ok(q.dims2()),
         }
     }
 
-    /// The weight as a dense tensor in `dtype` (a copy when quantized).
-    pub fn to_dense(&self, dtype: DType) -> candle_core::Result<Tensor> {
+    /// The weight as a dense tensor in `dtype` on `device` (a copy when quantized).
+    pub fn to_dense(&self, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
         match self {
-            FrozenWeight::Dense(w) => w.to_dtype(dtype),
-            FrozenWeight::Quantized(q) => q.dequantize(&q.device())?.to_dtype(dtype),
+            FrozenWeight::Dense(w) => w.to_dtype(dtype)?.to_device(device),
+            FrozenWeight::Quantized(q) => q.dequantize(device)?.to_dtype(dtype),
         }
     }
 
@@ -219,7 +213,7 @@ impl FrozenWeight {
     pub fn storage_bytes(&self) -> usize {
         match self {
             FrozenWeight::Dense(w) => w.elem_count() * w.dtype().size_in_bytes(),
-            FrozenWeight::Quantized(q) => q.storage_size_in_bytes(),
+            FrozenWeight::Quantized(q) => q.storage_bytes(),
         }
     }
 

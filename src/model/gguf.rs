@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use super::config::{Architecture, ModelConfig, RopeScaling};
 use super::frozen::{FrozenWeight, LoadOptions, WeightSource};
+use crate::ops::QuantizedWeight;
 
 /// Is `path` a GGUF file (by extension or magic bytes)?
 pub fn is_gguf(path: &Path) -> bool {
@@ -443,14 +444,6 @@ fn is_float(t: GgmlDType) -> bool {
     matches!(t, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16)
 }
 
-fn to_device(q: QTensor, device: &Device) -> Result<QTensor> {
-    if device.is_cpu() {
-        return Ok(q);
-    }
-    let storage = QStorage::from_data(q.data()?, device, q.dtype())?;
-    Ok(QTensor::new(storage, q.shape().clone())?)
-}
-
 impl WeightSource for GgufFile {
     fn check_against(&self, config: &ModelConfig) -> Result<()> {
         let p = self.path.display();
@@ -499,7 +492,8 @@ impl WeightSource for GgufFile {
     ) -> Result<FrozenWeight> {
         let q = self.read(name, shape)?;
         if !is_float(q.dtype()) && !options.dequantize_gguf {
-            return Ok(FrozenWeight::Quantized(Arc::new(to_device(q, device)?)));
+            let tiled = QuantizedWeight::from_qtensor(&q, device)?;
+            return Ok(FrozenWeight::Quantized(Arc::new(tiled)));
         }
         let dense = q.dequantize(&Device::Cpu)?;
         match options.quantize {

@@ -165,7 +165,7 @@ pub fn lora_forward_shared(
                 matmul_sum(kernels, &terms)?
             }
             None => {
-                let mut y = weight.forward(&flat)?;
+                let mut y = weight.forward(kernels, &flat)?;
                 for (xa, bt, s) in &deltas {
                     y = (y + matmul_sum(kernels, &[(xa, bt, *s)])?.to_dtype(dtype)?)?;
                 }
@@ -277,7 +277,7 @@ pub fn lora_backward_shared(
         None => {
             let mut dx: Option<Tensor> = None;
             for (saved, g, _, _) in &prepared {
-                let part = saved.weight.input_grad(g)?.to_dtype(DType::F32)?;
+                let part = saved.weight.input_grad(kernels, g)?.to_dtype(DType::F32)?;
                 dx = Some(match dx {
                     None => part,
                     Some(acc) => (acc + part)?,

@@ -35,7 +35,7 @@ pub use head::{
 pub use kernels::Kernels;
 pub use linear::{frozen_linear, matmul_sum, matmul_sum_on, matmul_sum_serial, matmul_t};
 pub use norm::{add_rms_norm, residual_add, rms_norm, rms_norm_backward, rms_norm_backward_add};
-pub use qlinear::quantized_linear;
+pub use qlinear::{quantized_forward, quantized_input_grad, quantized_linear, QuantizedWeight};
 pub use rope::{rope, rope_backward, rope_thd, rope_thd_backward};
 pub use softmax::softmax_last_dim;
 pub use swiglu::{swiglu, swiglu_backward, swiglu_forward};

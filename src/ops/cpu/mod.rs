@@ -13,6 +13,7 @@ pub(crate) mod dropout;
 mod gemm;
 pub(crate) mod head;
 pub(crate) mod norm;
+pub(crate) mod qlinear;
 pub(crate) mod rope;
 pub(crate) mod simd;
 pub(crate) mod swiglu;
