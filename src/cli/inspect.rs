@@ -27,13 +27,42 @@ pub struct Args {
         default_value = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
     )]
     target_modules: Vec<String>,
+    /// Override a config key, e.g. --set dpo.max_length=2048 (repeatable).
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    overrides: Vec<String>,
+    /// Estimate for this device (cpu or cuda) instead of the config's; nothing is opened.
+    #[arg(long)]
+    device: Option<String>,
+    #[command(flatten)]
+    model_args: super::common::ModelArgs,
+}
+
+/// Where the estimate's memory lives: the device named (or the config's), `auto` resolving to
+/// a GPU only when this build has CUDA and one is present.
+fn target(device: &str) -> anyhow::Result<memory::Target> {
+    let cpu = memory::Target::Cpu {
+        threads: rayon::current_num_threads(),
+    };
+    Ok(match device {
+        "cpu" => cpu,
+        "cuda" => memory::Target::Gpu,
+        "auto" if candle_core::utils::cuda_is_available() => {
+            match candle_core::Device::new_cuda(0) {
+                Ok(_) => memory::Target::Gpu,
+                Err(_) => cpu,
+            }
+        }
+        "auto" => cpu,
+        other => anyhow::bail!("--device: `{other}` is not one of cpu, cuda, auto"),
+    })
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    let overrides = args.model_args.overrides(&args.overrides);
     let cfg = args
         .config
         .as_ref()
-        .map(|p| LoadedConfig::load(p, &[]))
+        .map(|p| LoadedConfig::load(p, &overrides))
         .transpose()?;
     let spec = match (&args.model, &cfg) {
         (Some(m), _) => m.clone(),
@@ -56,24 +85,36 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let load_dtype = model::parse_dtype(&c.run.model.dtype)?;
         let options = model::LoadOptions::from_config(load_dtype, &c.run.model.quantize)
             .context("[model] quantize")?;
+        let device = args.device.as_deref().unwrap_or(&c.run.model.device);
+        let target = target(device)?;
+        let place = match target {
+            memory::Target::Gpu => "GPU memory".to_string(),
+            memory::Target::Cpu { threads } => format!("host memory, {threads} threads"),
+        };
         println!(
-            "\nmemory estimate (one micro-batch at max_length; SFT rows are padded only to the \
-             longest, DPO pairs share their prompt: both use less)"
+            "\nmemory estimate ({place}; {} weights and activations; one micro-batch at \
+             max_length; SFT rows are padded only to the longest, DPO pairs share their prompt: \
+             both use less)",
+            c.run.model.dtype
         );
         for (stage, section) in [(Stage::Sft, &c.run.sft), (Stage::Dpo, &c.run.dpo)] {
             let Some(s) = section else { continue };
             let seq = c.data_config(stage)?.max_length.unwrap_or(1024);
             // DPO runs chosen and rejected of every pair in one pass (counted unshared).
             let rows = s.per_device_train_batch_size * if stage == Stage::Dpo { 2 } else { 1 };
-            let e = memory::estimate(&config, &lora, load_dtype, options.quantize, rows, seq);
+            let q = options.quantize;
+            let e = memory::estimate(&config, &lora, load_dtype, q, rows, seq, target);
             let b = memory::human_bytes;
             println!(
                 "  [{stage}] {rows} x {seq} tokens: frozen weights {}, LoRA + grads + AdamW {}, \
-                 activations {}, logits {} -> total {} ({} with gradient checkpointing)",
+                 activations {}, LM head {}, temporaries {}, runtime {} -> total {} ({} with \
+                 gradient checkpointing)",
                 b(e.frozen_weights),
                 b(e.lora_state),
                 b(e.activations),
                 b(e.logits),
+                b(e.transient),
+                b(e.runtime),
                 b(e.total()),
                 b(e.total_checkpointed())
             );

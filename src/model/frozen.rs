@@ -176,7 +176,7 @@ impl FrozenWeight {
     /// `grad @ W` for `grad: [n, out]`: the input gradient of [`FrozenWeight::forward`].
     pub fn input_grad(&self, kernels: Kernels, grad: &Tensor) -> candle_core::Result<Tensor> {
         match self {
-            FrozenWeight::Dense(w) => grad.contiguous()?.matmul(&w.to_dtype(grad.dtype())?),
+            FrozenWeight::Dense(w) => ops::frozen_matmul(grad, w)?.to_dtype(grad.dtype()),
             FrozenWeight::Quantized(q) => ops::quantized_input_grad(kernels, q, grad),
         }
     }

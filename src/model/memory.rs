@@ -1,22 +1,44 @@
 //! An estimate of a training run's memory, from the config alone: frozen weights, LoRA
-//! weights + gradients + AdamW state, and the activations this implementation keeps for the
-//! backward pass of one micro-batch.
+//! weights + gradients + AdamW state, the activations this implementation keeps for the
+//! backward pass of one micro-batch, the LM head's buffers, the temporaries of one product, and
+//! what the runtime itself holds (a GPU's CUDA context).
 //!
 //! The activation count follows what each decoder layer saves for its written-out backward
 //! ([`crate::model::decoder`]'s layer module), per token: the layer input, both norms' outputs,
 //! the mid-layer residual, q and k after RoPE, v, the attention output, the MLP's gate, up and
-//! SwiGLU outputs, the r-wide A projection of each trained LoRA branch, and one score row per
-//! head (the attention probabilities). Dropout masks are drawn again in backward, not kept.
-//! The backward runs layer by layer ([`crate::model::LayerTape`]), so gradients exist for one
-//! layer at a time; with gradient checkpointing only each layer's input is kept and one layer
-//! is recomputed at a time. The LM head works on chunks of positions: the chunk's f32 logits
-//! (turned into probabilities in place) and one more `[chunk, vocab]` tensor at most.
+//! SwiGLU outputs (all in the activations' dtype), the r-wide A projection of each trained LoRA
+//! branch (f32), and one score row per head (the attention probabilities). Dropout masks are
+//! drawn again in backward, not kept. The backward runs layer by layer
+//! ([`crate::model::LayerTape`]), so gradients exist for one layer at a time; with gradient
+//! checkpointing only each layer's input is kept and one layer is recomputed at a time. The LM
+//! head works on chunks of positions: the chunk's f32 logits and probabilities, and each scored
+//! position's f32 gradient row. Products with quantized (or, on CPU, bf16) weights convert one
+//! weight tile at a time (a tile per thread on CPU).
 
 use candle_core::quantized::GgmlDType;
 use candle_core::DType;
 
 use super::config::ModelConfig;
 use super::lora::LoraConfig;
+
+/// Where the run's memory lives.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Target {
+    /// Host memory, with this many threads converting weight tiles at once.
+    Cpu { threads: usize },
+    /// GPU memory (the CUDA context counted in).
+    Gpu,
+}
+
+/// What the CUDA context, cuBLAS's workspace and candle's kernel modules take on a GPU: a
+/// measured figure for the check kit to confirm (`scripts/gpu_check.sh`).
+pub const GPU_RUNTIME_BYTES: f64 = 600.0 * 1024.0 * 1024.0;
+
+/// What the process holds besides the model on CPU: code, tokenizer, data, allocator slack.
+pub const CPU_RUNTIME_BYTES: f64 = 60.0 * 1024.0 * 1024.0;
+
+/// Bytes of one weight tile converted to f32 (see `crate::ops`).
+const TILE_F32_BYTES: f64 = 8.0 * 1024.0 * 1024.0;
 
 /// Bytes, by part.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -28,17 +50,26 @@ pub struct MemoryEstimate {
     pub activations: f64,
     /// The same with each decoder layer recomputed in backward (layer inputs kept only).
     pub activations_checkpointed: f64,
-    /// Logits and log-prob tensors over the vocabulary.
+    /// The LM head's logits and probabilities over the vocabulary for a chunk of positions, and
+    /// the gradient row kept per scored position.
     pub logits: f64,
+    /// Alive during one product at a time: converted weight tiles, a widened input and output.
+    pub transient: f64,
+    /// The runtime's own memory (see [`CPU_RUNTIME_BYTES`], [`GPU_RUNTIME_BYTES`]).
+    pub runtime: f64,
 }
 
 impl MemoryEstimate {
+    fn fixed(&self) -> f64 {
+        self.frozen_weights + self.lora_state + self.logits + self.transient + self.runtime
+    }
+
     pub fn total(&self) -> f64 {
-        self.frozen_weights + self.lora_state + self.activations + self.logits
+        self.fixed() + self.activations
     }
 
     pub fn total_checkpointed(&self) -> f64 {
-        self.frozen_weights + self.lora_state + self.activations_checkpointed + self.logits
+        self.fixed() + self.activations_checkpointed
     }
 }
 
@@ -50,20 +81,23 @@ pub fn projection_bytes_per_element(dtype: DType, quantize: Option<GgmlDType>) -
     }
 }
 
-/// Elements one token keeps per decoder layer for the backward pass.
-fn layer_elements_per_token(cfg: &ModelConfig, lora: &LoraConfig, seq_len: usize) -> f64 {
+/// Bytes one token keeps per decoder layer for the backward pass, activations in `act` bytes.
+fn layer_bytes_per_token(cfg: &ModelConfig, lora: &LoraConfig, seq_len: usize, act: f64) -> f64 {
     let (h, q, kv, i) = (
         cfg.hidden_size as f64,
         cfg.q_dim() as f64,
         cfg.kv_dim() as f64,
         cfg.intermediate_size as f64,
     );
-    // x, h1, x2, h2; attention output and q; k and v; gate, up and SwiGLU; A projections.
-    let saved = 4.0 * h + 2.0 * q + 2.0 * kv + 3.0 * i + 7.0 * lora.r as f64;
-    saved + cfg.num_attention_heads as f64 * seq_len as f64
+    // x, h1, x2, h2; attention output and q; k and v; gate, up and SwiGLU; the scores.
+    let dense = 4.0 * h + 2.0 * q + 2.0 * kv + 3.0 * i;
+    let scores = cfg.num_attention_heads as f64 * seq_len as f64;
+    // The A projections of the trained branches, f32.
+    (dense + scores) * act + 7.0 * lora.r as f64 * 4.0
 }
 
-/// Estimate for micro-batches of `rows` sequences of `seq_len` tokens (DPO: 2 × pairs).
+/// Estimate for micro-batches of `rows` sequences of `seq_len` tokens (DPO: 2 × pairs) with
+/// frozen weights and activations in `dtype`, on `target`.
 pub fn estimate(
     cfg: &ModelConfig,
     lora: &LoraConfig,
@@ -71,26 +105,47 @@ pub fn estimate(
     quantize: Option<GgmlDType>,
     rows: usize,
     seq_len: usize,
+    target: Target,
 ) -> MemoryEstimate {
-    let act = dtype.size_in_bytes().max(4) as f64; // LoRA branches and scores are f32
+    let act = dtype.size_in_bytes() as f64;
     let tokens = (rows * seq_len) as f64;
+    let (h, i) = (cfg.hidden_size as f64, cfg.intermediate_size as f64);
     let projection_elements =
         (cfg.layer_parameters() - 2 * cfg.hidden_size) * cfg.num_hidden_layers;
     let other_elements = cfg.total_parameters() - projection_elements;
     let frozen = projection_elements as f64 * projection_bytes_per_element(dtype, quantize)
         + other_elements as f64 * dtype.size_in_bytes() as f64;
     let lora_state = lora.trainable_parameters(cfg) as f64 * 4.0 * 5.0;
-    let per_layer = tokens * layer_elements_per_token(cfg, lora, seq_len) * act;
+    let per_layer = tokens * layer_bytes_per_token(cfg, lora, seq_len, act);
     let layers = cfg.num_hidden_layers as f64;
     let chunk = (crate::ops::DEFAULT_CHUNK_POSITIONS as f64).min(tokens);
+    let (cpu, threads) = match target {
+        Target::Cpu { threads } => (true, threads.max(1) as f64),
+        Target::Gpu => (false, 1.0),
+    };
+    // Weight tiles converted at once (quantized, or bf16 on CPU), and on CPU the bf16 product's
+    // input and output widened to f32.
+    let tiled = quantize.is_some() || (cpu && dtype == DType::BF16);
+    let tiles = if tiled { threads * TILE_F32_BYTES } else { 0.0 };
+    let widened = if cpu && dtype == DType::BF16 {
+        tokens * (h + i) * 4.0
+    } else {
+        0.0
+    };
     MemoryEstimate {
         frozen_weights: frozen,
         lora_state,
-        // Every layer's graph, and the gradients of the layer being backpropagated.
+        // Every layer's saved activations, and the gradients of the layer being backpropagated.
         activations: per_layer * (layers + 1.0),
         // Every layer's input, one recomputed layer and its gradients.
-        activations_checkpointed: 2.0 * per_layer + layers * tokens * cfg.hidden_size as f64 * act,
-        logits: 2.0 * chunk * cfg.vocab_size as f64 * 4.0,
+        activations_checkpointed: 2.0 * per_layer + layers * tokens * h * act,
+        logits: 2.0 * chunk * cfg.vocab_size as f64 * 4.0 + tokens * h * 4.0,
+        transient: tiles + widened,
+        runtime: if cpu {
+            CPU_RUNTIME_BYTES
+        } else {
+            GPU_RUNTIME_BYTES
+        },
     }
 }
 
@@ -107,6 +162,9 @@ pub fn human_bytes(b: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The machine the peaks below were measured on.
+    const CPU: Target = Target::Cpu { threads: 2 };
 
     fn smollm2() -> ModelConfig {
         ModelConfig::from_json(
@@ -143,7 +201,7 @@ mod tests {
             lora_dropout: 0.05,
             ..Default::default()
         };
-        let e = estimate(&smollm2(), &lora, DType::F32, None, 8, 54);
+        let e = estimate(&smollm2(), &lora, DType::F32, None, 8, 54, CPU);
         near(e.total(), 1416.0);
         near(e.total_checkpointed(), 803.0);
     }
@@ -158,7 +216,7 @@ mod tests {
             lora_alpha: 32.0,
             ..Default::default()
         };
-        let e = estimate(&smollm2(), &lora, DType::F32, None, 8, 250);
+        let e = estimate(&smollm2(), &lora, DType::F32, None, 8, 250, CPU);
         for (estimate, measured) in [(e.total(), 2296.0), (e.total_checkpointed(), 1038.0)] {
             let ratio = mib(estimate) / measured;
             assert!(
@@ -173,8 +231,9 @@ mod tests {
     fn quantized_projections_shrink_the_frozen_part() {
         let cfg = smollm2();
         let lora = LoraConfig::default();
-        let dense = estimate(&cfg, &lora, DType::BF16, None, 1, 128).frozen_weights;
-        let q8 = estimate(&cfg, &lora, DType::BF16, Some(GgmlDType::Q8_0), 1, 128).frozen_weights;
+        let dense = estimate(&cfg, &lora, DType::BF16, None, 1, 128, CPU).frozen_weights;
+        let q8 = estimate(&cfg, &lora, DType::BF16, Some(GgmlDType::Q8_0), 1, 128, CPU);
+        let q8 = q8.frozen_weights;
         assert!(q8 < dense && q8 > dense / 2.0, "{q8} vs {dense}");
     }
 }

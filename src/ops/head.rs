@@ -3,7 +3,7 @@
 //! hidden states are tracked, the forward also keeps each position's gradient of its log-prob
 //! with respect to its hidden state (`[positions, hidden]`), so the backward is a scaling.
 
-use super::linear::matmul_t;
+use super::linear::{frozen_matmul, frozen_matmul_t};
 use super::{attach_gradient, cpu, work_dtype, Kernels};
 use candle_core::{DType, Result, Tensor, D};
 use std::sync::Arc;
@@ -78,7 +78,8 @@ pub fn position_logprobs(
             }
         }
         let chunk_targets = targets.narrow(0, start, len)?;
-        let logits = matmul_t(&detached.narrow(0, start, len)?, lm_head)?.to_dtype(work)?;
+        let rows = detached.narrow(0, start, len)?.contiguous()?;
+        let logits = frozen_matmul_t(&rows, lm_head)?.to_dtype(work)?;
         let max = logits.max_keepdim(D::Minus1)?;
         let exp = logits.broadcast_sub(&max)?.exp()?;
         let sum = exp.sum_keepdim(D::Minus1)?;
@@ -91,10 +92,11 @@ pub fn position_logprobs(
         if tracked {
             // d logp / d h = W[target] − softmax(logits)·W: one [chunk, h] row per position,
             // so the backward needs neither the logits nor a second pass over the vocabulary.
-            let probs = exp.broadcast_div(&sum)?.to_dtype(lm_head.dtype())?;
-            let expected = probs.matmul(lm_head)?;
+            let probs = exp.broadcast_div(&sum)?;
+            let pd = super::product_dtype(lm_head.device(), lm_head.dtype());
+            let expected = frozen_matmul(&probs.to_dtype(pd)?, lm_head)?.to_dtype(work)?;
             let target_rows = lm_head.index_select(&chunk_targets.squeeze(1)?, 0)?;
-            jacobians.push((target_rows - expected)?.to_dtype(work)?);
+            jacobians.push((target_rows.to_dtype(work)? - expected)?);
         }
     }
     let token_logps = Tensor::cat(&logps, 0)?;

@@ -33,7 +33,10 @@ pub use head::{
     head_logprobs, log_sum_exp, position_logprobs, HeadLogprobs, DEFAULT_CHUNK_POSITIONS,
 };
 pub use kernels::Kernels;
-pub use linear::{frozen_linear, matmul_sum, matmul_sum_on, matmul_sum_serial, matmul_t};
+pub use linear::{
+    frozen_linear, frozen_matmul, frozen_matmul_t, matmul_sum, matmul_sum_on, matmul_sum_serial,
+    matmul_t, product_dtype,
+};
 pub use norm::{add_rms_norm, residual_add, rms_norm, rms_norm_backward, rms_norm_backward_add};
 pub use qlinear::{quantized_forward, quantized_input_grad, quantized_linear, QuantizedWeight};
 pub use rope::{rope, rope_backward, rope_thd, rope_thd_backward};

@@ -56,23 +56,26 @@ impl QuantizedWeight {
     /// of the type's block size.
     pub fn quantize(weight: &Tensor, dtype: GgmlDType, device: &Device) -> Result<Self> {
         let (out_features, in_features) = weight.dims2()?;
-        let values: Vec<f32> = weight
+        let weight = weight
             .to_device(&Device::Cpu)?
             .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1()?;
+            .contiguous()?;
         let rows = tile_rows(out_features, in_features);
         let starts: Vec<usize> = (0..out_features).step_by(rows).collect();
-        let tiles = starts
-            .par_iter()
-            .map(|&r0| {
-                let n = rows.min(out_features - r0);
-                let slice = &values[r0 * in_features..(r0 + n) * in_features];
-                let tile = Tensor::from_slice(slice, (n, in_features), &Device::Cpu)?;
-                Ok((r0, QTensor::quantize(&tile, dtype)?))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        drop(values);
+        // The tiles read the weight's own buffer (no copy of the whole weight).
+        let tiles = cpu::with_contiguous::<f32, _, 1>([&weight], |[values]| {
+            starts
+                .par_iter()
+                .map(|&r0| {
+                    let n = rows.min(out_features - r0);
+                    let slice = &values[r0 * in_features..(r0 + n) * in_features];
+                    let tile = Tensor::from_slice(slice, (n, in_features), &Device::Cpu)?;
+                    Ok((r0, QTensor::quantize(&tile, dtype)?))
+                })
+                .collect::<Result<Vec<_>>>()
+        })
+        .ok_or_else(|| candle_core::Error::Msg("quantize: weight not on the CPU".into()))??;
+        drop(weight);
         Self::placed(tiles, out_features, in_features, dtype, device)
     }
 
@@ -199,13 +202,15 @@ pub fn quantized_forward(kernels: Kernels, x: &Tensor, weight: &QuantizedWeight)
             return y.reshape(shape);
         }
     }
+    let pd = super::product_dtype(x.device(), x.dtype());
+    let flat = flat.to_dtype(pd)?;
     let parts = (weight.tiles.iter())
         .map(|(_, t)| {
-            let w = t.dequantize(x.device())?.to_dtype(x.dtype())?;
+            let w = t.dequantize(x.device())?.to_dtype(pd)?;
             flat.matmul(&w.t()?)
         })
         .collect::<Result<Vec<_>>>()?;
-    Tensor::cat(&parts, 1)?.reshape(shape)
+    Tensor::cat(&parts, 1)?.to_dtype(x.dtype())?.reshape(shape)
 }
 
 /// `grad @ W` for `grad: [.., out]`: the input gradient of [`quantized_linear`], in `grad`'s
@@ -231,10 +236,12 @@ pub fn quantized_input_grad(
             return dx.reshape(shape);
         }
     }
+    let pd = super::product_dtype(grad.device(), grad.dtype());
+    let flat = flat.to_dtype(pd)?;
     let mut dx: Option<Tensor> = None;
     for (r0, t) in &weight.tiles {
         let rows = t.shape().dims2()?.0;
-        let w = t.dequantize(grad.device())?.to_dtype(grad.dtype())?;
+        let w = t.dequantize(grad.device())?.to_dtype(pd)?;
         let part = flat
             .narrow(1, *r0, rows)?
             .matmul(&w)?

@@ -54,8 +54,19 @@ impl Session {
         let options = model::LoadOptions::from_config(dtype, &m.quantize)
             .context("[model] quantize")?
             .with_kernels(kernels);
+        let started = std::time::Instant::now();
         let model = model::load_model_with(&m.name_or_path, &options, &device)
             .with_context(|| format!("loading model {}", m.name_or_path))?;
+        eprintln!(
+            "loaded {} in {:.1} s ({}, {}, kernels {}): RSS {:.0} MiB, peak {:.0} MiB",
+            m.name_or_path,
+            started.elapsed().as_secs_f64(),
+            m.dtype,
+            m.quantize,
+            kernels.describe(&device, dtype),
+            super::metrics::rss_mib(),
+            super::metrics::peak_rss_mib(),
+        );
         let source = Source::parse(&m.name_or_path)?;
         let tokenizer = load_chat_tokenizer(&tokenizer_path(&source)?)?;
         Ok(Self {
