@@ -363,7 +363,8 @@ impl Model {
 
 /// Additive attention bias `[batch, 1, seq, seq]`: 0 where query i may see key j, a large
 /// negative number elsewhere. Causal, limited to `sliding_window` (i − j < window, as
-/// transformers does), and blind to padded keys.
+/// transformers does), and blind to padded keys. The causal part is built on the host from the
+/// config alone; the padding comes from `attention_mask` on the device (no read back).
 fn attention_bias(
     cfg: &ModelConfig,
     attention_mask: Option<&Tensor>,
@@ -371,22 +372,26 @@ fn attention_bias(
     seq: usize,
     device: &Device,
 ) -> Result<Tensor> {
-    let keep: Vec<Vec<u8>> = match attention_mask {
-        Some(m) => m.to_dtype(DType::U8)?.to_vec2()?,
-        None => vec![vec![1; seq]; batch],
-    };
-    let mut bias = vec![0f32; batch * seq * seq];
-    for (bi, row) in keep.iter().enumerate() {
-        for i in 0..seq {
-            for j in 0..seq {
-                let visible = j <= i && cfg.sliding_window.is_none_or(|w| i - j < w) && row[j] != 0;
-                if !visible {
-                    bias[(bi * seq + i) * seq + j] = f32::MIN;
-                }
+    let mut causal = vec![0f32; seq * seq];
+    for i in 0..seq {
+        for j in 0..seq {
+            let visible = j <= i && cfg.sliding_window.is_none_or(|w| i - j < w);
+            if !visible {
+                causal[i * seq + j] = f32::MIN;
             }
         }
     }
-    Ok(Tensor::from_vec(bias, (batch, 1, seq, seq), device)?)
+    let causal = Tensor::from_vec(causal, (1, 1, seq, seq), device)?;
+    let Some(mask) = attention_mask else {
+        return Ok(causal.broadcast_as((batch, 1, seq, seq))?.contiguous()?);
+    };
+    // 0 for real keys, f32::MIN for padded ones.
+    let padded = mask
+        .to_dtype(DType::F32)?
+        .affine(-1.0, 1.0)?
+        .affine(f32::MIN as f64, 0.0)?
+        .reshape((batch, 1, 1, seq))?;
+    Ok(causal.broadcast_minimum(&padded)?.contiguous()?)
 }
 
 /// A seed for one projection's dropout mask, from the pass seed and its position (SplitMix64).

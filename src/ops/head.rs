@@ -57,10 +57,12 @@ pub fn position_logprobs(
     let (mut logps, mut means, mut jacobians) = (Vec::new(), Vec::new(), Vec::new());
     // f32 or f64 on CPU.
     let fast = kernels.cpu_dtype(&[states, lm_head]);
+    // The kernels need the ids on the host: a CPU tensor's own elements.
     let target_ids = match fast {
-        Some(_) => targets.flatten_all()?.to_vec1::<u32>()?,
+        Some(_) => cpu::u32_values(&targets.contiguous()?).unwrap_or_default(),
         None => Vec::new(),
     };
+    let fast = fast.filter(|_| target_ids.len() == n);
     for start in (0..n).step_by(chunk) {
         let len = chunk.min(n - start);
         if let Some(dtype) = fast {

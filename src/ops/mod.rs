@@ -15,6 +15,7 @@ pub(crate) mod cpu;
 mod dropout;
 mod grad_attach;
 mod head;
+pub mod host;
 mod kernels;
 mod linear;
 mod norm;

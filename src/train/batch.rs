@@ -12,6 +12,8 @@ pub struct DeviceBatch {
     pub target_mask: Tensor,
     /// Real tokens in the batch.
     pub tokens: usize,
+    /// Loss targets in the batch (counted on the host: the mask came from there).
+    pub targets: usize,
 }
 
 impl DeviceBatch {
@@ -34,6 +36,9 @@ impl DeviceBatch {
             attention_mask: attn,
             target_mask: loss.narrow(1, 1, seq_len - 1)?.to_dtype(DType::F32)?,
             tokens: attention_mask.iter().filter(|&&m| m != 0).count(),
+            targets: (loss_mask.chunks(seq_len.max(1)))
+                .map(|row| row.iter().skip(1).filter(|&&m| m != 0).count())
+                .sum(),
         })
     }
 

@@ -123,7 +123,7 @@ impl AdamW {
             }
         }
         let step = t.remove("step").context("optimizer state has no step")?;
-        self.step = step.to_vec1::<u32>()?[0] as usize;
+        self.step = crate::ops::host::scalar(&step)? as usize;
         Ok(())
     }
 }
@@ -131,15 +131,15 @@ impl AdamW {
 /// Global L2 norm of `grads`; when above `max_norm`, scales them by `max_norm / (norm + 1e-6)`
 /// (torch's `clip_grad_norm_`). Returns the norm before clipping.
 pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> Result<f64> {
-    let mut total = 0f64;
-    for g in grads.iter() {
-        total += g
-            .to_dtype(DType::F32)?
-            .sqr()?
-            .sum_all()?
-            .to_scalar::<f32>()? as f64;
-    }
-    let norm = total.sqrt();
+    // Summed on the device, one value read back.
+    let squares = grads
+        .iter()
+        .map(|g| g.to_dtype(DType::F32)?.sqr()?.sum_all()?.reshape(1))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let norm = match squares.is_empty() {
+        true => 0.0,
+        false => (crate::ops::host::scalar(&Tensor::cat(&squares, 0)?.sum_all()?)? as f64).sqrt(),
+    };
     if max_norm > 0.0 {
         let coef = max_norm / (norm + 1e-6);
         if coef < 1.0 {

@@ -2,13 +2,14 @@
 //! base with the trained adapter disabled (or precomputed), TRL's losses and metrics.
 
 use anyhow::{bail, Result};
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 
 use super::dpo::{DpoLoss, DpoTerms, PairLogps};
 use super::pair_packing::{pack_pairs, PackedPairs};
 use super::trainer::{AdapterStack, MetricSums, MicroLoss, Objective};
 use crate::data::DpoDataset;
 use crate::model::{Adapter, LayerTape, Model, Pass};
+use crate::ops::host;
 
 /// Summed completion log-probs and completion token counts of pairs, on the host.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -60,8 +61,9 @@ pub struct PairForward {
     /// trains) and completion token counts `[2n]`.
     pub sums: Tensor,
     pub counts: Tensor,
-    /// Per sequence: the sum of the mean logit over the vocabulary at its scored positions.
-    logit_sums: Vec<f64>,
+    /// Per sequence: the sum of the mean logit over the vocabulary at its scored positions
+    /// (`[2n]`, on the device until a metric reads it).
+    logit_sums: Tensor,
     /// Tokens of the `prompt + chosen` and `prompt + rejected` sequences (unshared).
     pub tokens: usize,
     /// Token positions the model actually ran (shared prompts once).
@@ -128,11 +130,7 @@ impl PairForward {
         };
         let sums = per_sequence(&head.token_logps)?;
         let counts = member.sum(1)?;
-        let logit_sums = per_sequence(&head.mean_logits)?
-            .to_vec1::<f32>()?
-            .into_iter()
-            .map(f64::from)
-            .collect();
+        let logit_sums = per_sequence(&head.mean_logits)?;
         Ok(Self {
             sums,
             counts,
@@ -158,9 +156,11 @@ impl PairForward {
         })
     }
 
+    /// The sums and counts on the host (evaluation, the reference cache).
     pub fn host_sums(&self) -> Result<PairSums> {
-        let s: Vec<f32> = self.sums.detach().to_dtype(DType::F32)?.to_vec1()?;
-        let c: Vec<f32> = self.counts.to_dtype(DType::F32)?.to_vec1()?;
+        let [s, c]: [Vec<f32>; 2] = host::rows(&[&self.sums.detach(), &self.counts])?
+            .try_into()
+            .expect("two rows");
         let n = self.pairs;
         Ok(PairSums {
             chosen: s[..n].to_vec(),
@@ -170,20 +170,26 @@ impl PairForward {
         })
     }
 
-    /// Mean NLL of the chosen completions' tokens (RPO's term).
+    /// Mean NLL of the chosen completions' tokens (RPO's term), on the device.
     pub fn chosen_nll(&self) -> Result<Tensor> {
         let n = self.pairs;
-        let count = self.counts.narrow(0, 0, n)?.sum_all()?.to_scalar::<f32>()?;
-        Ok((self.sums.narrow(0, 0, n)?.sum_all()?.neg()? / count.max(1.0) as f64)?)
+        let count = self
+            .counts
+            .narrow(0, 0, n)?
+            .sum_all()?
+            .clamp(1f32, f32::MAX)?;
+        Ok(self.sums.narrow(0, 0, n)?.sum_all()?.neg()?.div(&count)?)
     }
 
-    /// TRL's `logits/chosen` and `logits/rejected` as `(sum, count)` pairs.
+    /// TRL's `logits/chosen` and `logits/rejected` as `(sum, count)` pairs (one read).
     pub fn logit_means(&self) -> Result<((f64, f64), (f64, f64))> {
         let n = self.pairs;
-        let counts: Vec<f32> = self.counts.to_vec1()?;
+        let [sums, counts]: [Vec<f32>; 2] = host::rows(&[&self.logit_sums, &self.counts])?
+            .try_into()
+            .expect("two rows");
         let half = |range: std::ops::Range<usize>| -> (f64, f64) {
             (
-                self.logit_sums[range.clone()].iter().sum(),
+                sums[range.clone()].iter().map(|&s| s as f64).sum(),
                 counts[range].iter().map(|&c| c as f64).sum(),
             )
         };
@@ -227,13 +233,16 @@ pub fn add_pair_metrics(
     policy: &PairLogps,
     prefix: &str,
 ) -> Result<()> {
-    let v = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.detach().to_dtype(DType::F32)?.to_vec1()?) };
-    let (losses, cr, rr) = (
-        v(&terms.losses)?,
-        v(&terms.chosen_rewards)?,
-        v(&terms.rejected_rewards)?,
-    );
-    let (cl, rl) = (v(&policy.chosen)?, v(&policy.rejected)?);
+    // One read for all five.
+    let [losses, cr, rr, cl, rl]: [Vec<f32>; 5] = host::rows(&[
+        &terms.losses.detach(),
+        &terms.chosen_rewards.detach(),
+        &terms.rejected_rewards.detach(),
+        &policy.chosen.detach(),
+        &policy.rejected.detach(),
+    ])?
+    .try_into()
+    .expect("five rows");
     let n = losses.len() as f64;
     let sum = |x: &[f32]| x.iter().map(|&a| a as f64).sum::<f64>();
     let acc = cr.iter().zip(&rr).filter(|(c, r)| c > r).count() as f64;
@@ -283,10 +292,9 @@ impl Objective for DpoObjective {
         let t0 = std::time::Instant::now();
         let reference = match &self.train_reference {
             Some(r) => r.select(rows).logps(average, model.device())?,
-            None => {
-                let r = PairForward::run(model, &packed, Pass::eval(&adapters.reference()))?;
-                r.host_sums()?.logps(average, model.device())?
-            }
+            // Computed and kept on the device.
+            None => PairForward::run(model, &packed, Pass::eval(&adapters.reference()))?
+                .pair_logps(average)?,
         };
         metrics.add("time/reference", t0.elapsed().as_secs_f64(), 1.0);
         let (fwd, tape) = PairForward::run_training(
@@ -301,7 +309,7 @@ impl Objective for DpoObjective {
         let mut loss = terms.losses.mean_all()?;
         if let Some(alpha) = self.loss.rpo_alpha {
             let nll = fwd.chosen_nll()?;
-            metrics.add("nll_loss", nll.to_scalar::<f32>()? as f64, 1.0);
+            metrics.add("nll_loss", host::scalar(&nll)? as f64, 1.0);
             loss = (loss + (nll * alpha)?)?;
         }
         add_pair_metrics(metrics, &terms, &policy, "")?;

@@ -96,8 +96,7 @@ impl Objective for SftObjective {
 fn nll_sum(model: &Model, hidden: &Tensor, batch: &DeviceBatch) -> Result<(Tensor, f64)> {
     let logps = model.head_logprobs(hidden, &batch.input_ids)?.token_logps;
     let total = (logps * &batch.target_mask)?.sum_all()?.neg()?;
-    let count = batch.target_mask.sum_all()?.to_scalar::<f32>()? as f64;
-    Ok((total, count))
+    Ok((total, batch.targets as f64))
 }
 
 /// Mean NLL over every target token of `data` (no graph), and the number of those tokens.
@@ -120,7 +119,7 @@ pub fn eval_loss(
             Pass::eval(adapters),
         )?;
         let (s, c) = nll_sum(model, &hidden, &batch)?;
-        sum += s.to_scalar::<f32>()? as f64;
+        sum += crate::ops::host::scalar(&s)? as f64;
         count += c;
     }
     Ok((sum / count.max(1.0), count as usize))

@@ -324,7 +324,7 @@ pub fn train(
             let t0 = Instant::now();
             let micro =
                 objective.loss(model, adapters, rows, normaliser, seed, &mut step_metrics)?;
-            let value = micro.loss.to_scalar::<f32>()?;
+            let value = crate::ops::host::scalar(&micro.loss)?;
             t_loss += t0.elapsed().as_secs_f64();
             if !value.is_finite() {
                 bail!(

@@ -143,6 +143,16 @@ pub fn add(a: &Tensor, b: &Tensor) -> Result<Option<Tensor>> {
     sum.transpose()
 }
 
+/// The elements of a contiguous CPU tensor of u32 (token ids), copied; `None` elsewhere.
+pub fn u32_values(t: &Tensor) -> Option<Vec<u32>> {
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        return None;
+    };
+    let (start, end) = layout.contiguous_offsets()?;
+    Some(cpu.as_slice::<u32>().ok()?[start..end].to_vec())
+}
+
 /// A CPU tensor from computed elements.
 pub fn tensor_of<T: Real>(data: Vec<T>, dims: &[usize]) -> Result<Tensor> {
     Tensor::from_vec(data, dims, &Device::Cpu)
