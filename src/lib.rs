@@ -9,5 +9,6 @@ pub mod data;
 pub mod generate;
 pub mod model;
 pub mod ops;
+pub mod parity;
 pub mod source;
 pub mod train;

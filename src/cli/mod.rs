@@ -10,6 +10,7 @@ mod eval;
 mod generate;
 mod inspect;
 mod merge;
+mod parity;
 mod sft;
 mod train;
 
@@ -44,6 +45,8 @@ pub enum Command {
     Merge(merge::Args),
     /// Generate a completion (chat template applied unless --raw), streaming tokens.
     Generate(generate::Args),
+    /// The reference checks (transformers, PEFT, TRL fixtures) on a device, as JSON.
+    Parity(parity::Args),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -57,5 +60,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(args),
         Command::Merge(args) => merge::run(args),
         Command::Generate(args) => generate::run(args),
+        Command::Parity(args) => parity::run(args),
     }
 }
