@@ -162,8 +162,7 @@ dir = "{out}"
     let last = metrics
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v.get("eval_loss").is_some())
-        .last()
+        .rfind(|v| v.get("eval_loss").is_some())
         .expect("an evaluation at the end");
     (
         last["eval_rewards/accuracies"].as_f64().unwrap(),
