@@ -8,7 +8,10 @@
 #
 #   scripts/build_cuda.sh [COMPUTE_CAP]     # 90 (H100/H200) by default; 89 RTX 40xx, 86 RTX 30xx
 #
-# Output: target-cuda/release/lora-dpo (stripped). CI never runs this.
+# Output: target-cuda/release/lora-dpo (stripped), and the GPU kit's payload in .kit/ (git-ignored:
+# name it in the device tool's `carry`): lora-dpo.xz (the binary, xz-compressed) and tokenizer/
+# (SmolLM2's tokenizer files, for the 7B-shaped model scripts/gpu_check.sh writes there). CI never
+# runs this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CAP="${1:-90}"
@@ -46,3 +49,16 @@ export LIBRARY_PATH=$CUDA/lib:$CUDA/lib/stubs${LIBRARY_PATH:+:$LIBRARY_PATH}
 CARGO_TARGET_DIR=target-cuda cargo build --release --features cuda
 strip target-cuda/release/lora-dpo
 ls -l target-cuda/release/lora-dpo
+
+# The kit's payload.
+mkdir -p .kit/tokenizer
+python3 -c "import lzma, shutil, sys; shutil.copyfileobj(open(sys.argv[1], 'rb'), lzma.open(sys.argv[2], 'wb', preset=6))" \
+    target-cuda/release/lora-dpo .kit/lora-dpo.xz
+TOKENIZER=models/SmolLM2-135M-f32
+if [[ ! -f $TOKENIZER/tokenizer.json ]]; then
+    scripts/fetch_demo_model.sh >/dev/null
+    cargo build --release --quiet
+    target/release/lora-dpo merge --model models/SmolLM2-135M-Instruct.Q4_1.gguf --out "$TOKENIZER" --dtype f32 >/dev/null
+fi
+cp "$TOKENIZER"/tokenizer.json "$TOKENIZER"/tokenizer_config.json .kit/tokenizer/
+du -sh .kit

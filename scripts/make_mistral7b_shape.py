@@ -11,6 +11,8 @@ ones), which is enough for memory and speed; `--random` writes N(0, 0.02) values
 numpy; about 3 minutes and 15 GB of disk here). Python's standard library otherwise.
 
     scripts/make_mistral7b_shape.py OUT --tokenizer DIR [--random] [--layers N]
+    scripts/make_mistral7b_shape.py OUT --tokenizer DIR --layers 2 --hidden 256 --intermediate 768 \
+        --heads 4 --kv-heads 2        # a tiny model of the same family, for dry runs
 
 DIR holds tokenizer.json and tokenizer_config.json (e.g. `lora-dpo merge --model
 models/SmolLM2-135M-Instruct.Q4_1.gguf --out DIR` writes them).
@@ -24,7 +26,6 @@ import struct
 import sys
 
 HIDDEN, INTERMEDIATE, HEADS, KV_HEADS = 4096, 14336, 32, 8
-HEAD_DIM = HIDDEN // HEADS
 LAYERS_PER_SHARD = 4
 
 
@@ -37,7 +38,7 @@ def vocab_size(tokenizer_dir):
 
 def layer_tensors(i):
     p = f"model.layers.{i}."
-    kv = KV_HEADS * HEAD_DIM
+    kv = KV_HEADS * (HIDDEN // HEADS)
     return [
         (p + "input_layernorm.weight", [HIDDEN]),
         (p + "self_attn.q_proj.weight", [HIDDEN, HIDDEN]),
@@ -109,12 +110,18 @@ def write_shard(path, tensors, random, rng):
 
 
 def main():
+    global HIDDEN, INTERMEDIATE, HEADS, KV_HEADS
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("out")
     ap.add_argument("--tokenizer", required=True, help="folder with tokenizer.json, tokenizer_config.json")
     ap.add_argument("--random", action="store_true", help="N(0, 0.02) weights instead of zeros")
     ap.add_argument("--layers", type=int, default=32, help="fewer layers for a quick check")
+    ap.add_argument("--hidden", type=int, default=HIDDEN)
+    ap.add_argument("--intermediate", type=int, default=INTERMEDIATE)
+    ap.add_argument("--heads", type=int, default=HEADS)
+    ap.add_argument("--kv-heads", type=int, default=KV_HEADS)
     args = ap.parse_args()
+    HIDDEN, INTERMEDIATE, HEADS, KV_HEADS = args.hidden, args.intermediate, args.heads, args.kv_heads
 
     rng = None
     if args.random:
@@ -140,7 +147,7 @@ def main():
         "num_hidden_layers": args.layers,
         "num_attention_heads": HEADS,
         "num_key_value_heads": KV_HEADS,
-        "head_dim": HEAD_DIM,
+        "head_dim": HIDDEN // HEADS,
         "hidden_act": "silu",
         "max_position_embeddings": 32768,
         "rms_norm_eps": 1e-5,

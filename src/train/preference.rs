@@ -296,6 +296,8 @@ impl Objective for DpoObjective {
             None => PairForward::run(model, &packed, Pass::eval(&adapters.reference()))?
                 .pair_logps(average)?,
         };
+        // Timed once done, not once launched (on a GPU); a no-op on CPU.
+        model.device().synchronize()?;
         metrics.add("time/reference", t0.elapsed().as_secs_f64(), 1.0);
         let (fwd, tape) = PairForward::run_training(
             model,

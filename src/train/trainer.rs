@@ -338,6 +338,10 @@ pub fn train(
             step_loss += value as f64;
             let t0 = Instant::now();
             micro.backward(&mut grads)?;
+            if opts.timings.is_some() {
+                // A GPU runs ahead of the host: wait, so the phase is timed, not its launch.
+                model.device().synchronize()?;
+            }
             t_backward += t0.elapsed().as_secs_f64();
         }
         let t_optimizer = Instant::now();
@@ -352,6 +356,7 @@ pub fn train(
         let lr = s.learning_rate * lr_factor(schedule, step, warmup, total_steps);
         opt.step(&grads, lr)?;
         if let Some(sink) = &opts.timings {
+            model.device().synchronize()?;
             let sum = |k: &str| step_metrics.mean(k).unwrap_or(0.0) * ga as f64;
             let (data, reference) = (sum("time/data"), sum("time/reference"));
             sink(StepTiming {
