@@ -14,6 +14,8 @@
 #
 #   scripts/gpu_check.sh OUT                  # on the GPU machine (the device tool's `run`)
 #   scripts/gpu_check.sh --device cpu OUT     # dry run here: tiny model, target/release/lora-dpo
+# Dry-run settings: GPU_CHECK_BIN (the binary), GPU_CHECK_TOKENIZER (a folder with tokenizer.json
+# and tokenizer_config.json), GPU_CHECK_MAX_LENGTH (1024).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,7 +32,7 @@ MAX_LENGTH=${GPU_CHECK_MAX_LENGTH:-1024}
 
 # --- the binary, the tokenizer, the model's shape
 if [[ $DEVICE == cpu ]]; then
-    BIN=target/release/lora-dpo
+    BIN=${GPU_CHECK_BIN:-target/release/lora-dpo}
     [[ -x $BIN ]] || cargo build --release --quiet
     TOKENIZER=${GPU_CHECK_TOKENIZER:-models/SmolLM2-135M-f32}
     [[ -f $TOKENIZER/tokenizer.json ]] || {
