@@ -120,6 +120,8 @@ def main():
     ap.add_argument("--intermediate", type=int, default=INTERMEDIATE)
     ap.add_argument("--heads", type=int, default=HEADS)
     ap.add_argument("--kv-heads", type=int, default=KV_HEADS)
+    ap.add_argument("--vocab", type=int, default=None,
+                    help="override the tokenizer's vocabulary size (32000 is Mistral's; for estimates)")
     args = ap.parse_args()
     HIDDEN, INTERMEDIATE, HEADS, KV_HEADS = args.hidden, args.intermediate, args.heads, args.kv_heads
 
@@ -130,7 +132,7 @@ def main():
         except ImportError:
             sys.exit("--random needs numpy (pip install numpy), or leave it out for zero weights")
         rng = np.random.default_rng(0)
-    vocab = vocab_size(args.tokenizer)
+    vocab = args.vocab or vocab_size(args.tokenizer)
     os.makedirs(args.out, exist_ok=True)
     for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]:
         src = os.path.join(args.tokenizer, f)

@@ -132,6 +132,14 @@ pub fn estimate(
     } else {
         0.0
     };
+    // The generic attention's f32 scores and softmax of one layer (the CPU kernels work on one
+    // head's block at a time).
+    let cpu_kernels = cpu && matches!(dtype, DType::F32 | DType::F64);
+    let scores = if cpu_kernels {
+        0.0
+    } else {
+        2.0 * tokens * cfg.num_attention_heads as f64 * seq_len as f64 * 4.0
+    };
     MemoryEstimate {
         frozen_weights: frozen,
         lora_state,
@@ -140,7 +148,7 @@ pub fn estimate(
         // Every layer's input, one recomputed layer and its gradients.
         activations_checkpointed: 2.0 * per_layer + layers * tokens * h * act,
         logits: 2.0 * chunk * cfg.vocab_size as f64 * 4.0 + tokens * h * 4.0,
-        transient: tiles + widened,
+        transient: tiles + widened + scores,
         runtime: if cpu {
             CPU_RUNTIME_BYTES
         } else {
