@@ -127,3 +127,16 @@ fn groups_must_tile_the_sequence() {
         assert!(err.to_string().contains("tile"), "{kn}: {err}");
     }
 }
+
+#[test]
+fn mismatched_shapes_are_refused_before_the_kernels_run() {
+    let c = case(DType::F32);
+    let short = c.k.narrow(2, 0, 10).unwrap();
+    for kn in PATHS {
+        let err = ops::grouped_attention_forward(kn, &c.q, &short, &c.v, &groups(&c), DType::F32);
+        assert!(
+            err.is_err(),
+            "{kn}: k of 10 positions for q of 17 was accepted"
+        );
+    }
+}

@@ -47,6 +47,25 @@ fn biases<T: Real>(groups: &[Group], b: usize) -> Result<Option<Vec<(Tensor, usi
     Ok(Some(out))
 }
 
+/// `q: [b, h, t, d]` and `k, v: [b, kvh, t, d]` with `kvh` dividing `h`, and groups inside `t`:
+/// the kernels' pointer arithmetic relies on it.
+fn check_shapes(q: &Tensor, k: &Tensor, v: &Tensor, spans: &[(usize, usize)]) -> Result<()> {
+    let (b, h, t, d) = q.dims4()?;
+    let (kb, kvh, kt, kd) = k.dims4()?;
+    if (kb, kt, kd) != (b, t, d) || v.dims() != k.dims() || kvh == 0 || h % kvh != 0 {
+        candle_core::bail!(
+            "attention: q {:?}, k {:?} and v {:?} do not fit together",
+            q.dims(),
+            k.dims(),
+            v.dims()
+        );
+    }
+    if spans.iter().any(|&(start, len)| start + len > t) {
+        candle_core::bail!("attention: a group reaches past the {t} positions");
+    }
+    Ok(())
+}
+
 /// Tasks in the order (group, row, head).
 fn tasks(groups: usize, b: usize, h: usize) -> Vec<(usize, usize, usize)> {
     (0..groups)
@@ -62,6 +81,8 @@ pub fn forward<T: RowOps>(
     v: &Tensor,
     groups: &[Group],
 ) -> Result<Option<(Tensor, Vec<Tensor>)>> {
+    let spans: Vec<_> = groups.iter().map(|g| (g.start, g.len)).collect();
+    check_shapes(q, k, v, &spans)?;
     let (b, h, t, d) = q.dims4()?;
     let kvh = k.dim(1)?;
     let n_rep = h / kvh;
@@ -146,7 +167,31 @@ pub fn backward<T: RowOps>(
     probs: &[Tensor],
     grad: &Tensor,
 ) -> Result<Option<(Tensor, Tensor, Tensor)>> {
+    check_shapes(q, k, v, spans)?;
     let (b, h, t, d) = q.dims4()?;
+    if grad.dims() != [b, t, h * d] {
+        candle_core::bail!(
+            "attention backward: gradient {:?} for q {:?}",
+            grad.dims(),
+            q.dims()
+        );
+    }
+    let kvh = k.dim(1)?;
+    for (p, &(_, len)) in probs.iter().zip(spans) {
+        if p.dims() != [b, kvh, h / kvh * len, len] {
+            candle_core::bail!(
+                "attention backward: probabilities {:?} for a group of {len}",
+                p.dims()
+            );
+        }
+    }
+    if probs.len() != spans.len() {
+        candle_core::bail!(
+            "attention backward: {} probabilities for {} groups",
+            probs.len(),
+            spans.len()
+        );
+    }
     let kvh = k.dim(1)?;
     let n_rep = h / kvh;
     let scale = T::from(1.0 / (d as f64).sqrt()).expect("finite");

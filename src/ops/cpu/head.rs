@@ -27,7 +27,13 @@ pub fn chunk<T: RowOps>(
     jacobian: bool,
 ) -> Result<Option<Chunk>> {
     let (len, hidden) = states.dims2()?;
-    let vocab = lm_head.dim(0)?;
+    let (vocab, head_hidden) = lm_head.dims2()?;
+    if head_hidden != hidden || targets.len() != len {
+        candle_core::bail!(
+            "LM head: {len} states of {hidden} for a head of {head_hidden} and {} targets",
+            targets.len()
+        );
+    }
     if let Some(bad) = targets.iter().find(|&&t| t as usize >= vocab) {
         candle_core::bail!("LM head: target token {bad} is outside the vocabulary of {vocab}");
     }
