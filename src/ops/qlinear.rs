@@ -197,13 +197,14 @@ pub fn quantized_forward(kernels: Kernels, x: &Tensor, weight: &QuantizedWeight)
             .collect::<Result<Vec<_>>>()?;
         return Tensor::cat(&parts, 1)?.reshape(shape);
     }
-    if kernels.cpu_dtype(&[&flat]) == Some(DType::F32) {
-        if let Some(y) = cpu::qlinear::forward(&flat, weight)? {
-            return y.reshape(shape);
-        }
-    }
     let pd = super::product_dtype(x.device(), x.dtype());
     let flat = flat.to_dtype(pd)?;
+    // bf16 activations on CPU multiply in f32 too: the kernel takes them widened.
+    if kernels.cpu_dtype(&[&flat]) == Some(DType::F32) {
+        if let Some(y) = cpu::qlinear::forward(&flat, weight)? {
+            return y.to_dtype(x.dtype())?.reshape(shape);
+        }
+    }
     let parts = (weight.tiles.iter())
         .map(|(_, t)| {
             let w = t.dequantize(x.device())?.to_dtype(pd)?;
@@ -231,13 +232,13 @@ pub fn quantized_input_grad(
     let n: usize = shape.iter().product();
     shape.push(in_features);
     let flat = grad.reshape((n, out_features))?.contiguous()?;
-    if kernels.cpu_dtype(&[&flat]) == Some(DType::F32) {
-        if let Some(dx) = cpu::qlinear::input_grad(&flat, weight)? {
-            return dx.reshape(shape);
-        }
-    }
     let pd = super::product_dtype(grad.device(), grad.dtype());
     let flat = flat.to_dtype(pd)?;
+    if kernels.cpu_dtype(&[&flat]) == Some(DType::F32) {
+        if let Some(dx) = cpu::qlinear::input_grad(&flat, weight)? {
+            return dx.to_dtype(grad.dtype())?.reshape(shape);
+        }
+    }
     let mut dx: Option<Tensor> = None;
     for (r0, t) in &weight.tiles {
         let rows = t.shape().dims2()?.0;
