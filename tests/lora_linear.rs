@@ -107,3 +107,28 @@ fn fused_projection_matches_autograd_composite_on(kernels: Kernels) {
     }
     assert!(fused_grads.get(frozen.a.as_tensor()).is_none());
 }
+
+/// Regression: on the generic path the forward multiplied by the trained factor A itself (a
+/// `Var`), so every projection's output recorded a graph holding its input; memory grew 4x over
+/// the CPU kernels' (2.3 -> 10 GiB on the bench job). The untracked forward must record nothing.
+#[test]
+fn the_untracked_forward_records_no_graph_on_either_path() {
+    use lora_dpo::model::lora_linear::lora_forward;
+    let (inp, out, r) = (6, 5, 3);
+    let w = FrozenWeight::Dense(randn(&[out, inp], 1));
+    let trained = LoraPair {
+        a: Var::from_tensor(&randn(&[r, inp], 2)).unwrap(),
+        b: Var::from_tensor(&randn(&[out, r], 3)).unwrap(),
+    };
+    let branch = [Branch {
+        pair: &trained,
+        scale: 2.0,
+        dropout: Some(Dropout { p: 0.2, seed: 4 }),
+        trained: true,
+    }];
+    let x = randn(&[2, 4, inp], 5);
+    for kernels in [Kernels::Auto, Kernels::Generic] {
+        let (y, _) = lora_forward(kernels, &x, &w, &branch).unwrap();
+        assert!(!y.track_op(), "{kernels}: the forward recorded a graph");
+    }
+}

@@ -129,7 +129,8 @@ pub fn lora_forward_shared(
                 Some(d) => apply_dropout(kernels, &flat32, d)?,
                 None => flat32.clone(),
             };
-            let a = branch.pair.a.as_tensor().t()?;
+            // Detached: a product with the Var itself would record a graph holding `h`.
+            let a = branch.pair.a.as_tensor().detach().t()?;
             Ok(matmul_sum_on(kernels, &[(&h, &a, 1.0)], threads)?)
         })?
     }
