@@ -44,9 +44,11 @@ impl Kernels {
 
     /// What runs for activations of `dtype` on `device`, for reports.
     pub fn describe(self, device: &Device, dtype: DType) -> &'static str {
-        let cpu_kernels = device.is_cpu() && matches!(dtype, DType::F32 | DType::F64);
+        let cpu = device.is_cpu();
         match self {
-            Self::Auto if cpu_kernels => "cpu kernels",
+            Self::Auto if cpu && matches!(dtype, DType::F32 | DType::F64) => "cpu kernels",
+            // bf16 products with quantized weights run in f32 on CPU, through the kernel.
+            Self::Auto if cpu => "generic (quantized products through the cpu kernel)",
             _ => "generic",
         }
     }
