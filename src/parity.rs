@@ -74,34 +74,45 @@ fn tolerances(dtype: DType) -> Tolerances {
     }
 }
 
+/// Where and how the checks run.
+struct Setup<'a> {
+    fixtures: &'a Path,
+    device: &'a Device,
+    dtype: DType,
+    kernels: Kernels,
+    tol: Tolerances,
+}
+
 /// Every check on `device` in `dtype` with `kernels`, from the fixtures under `fixtures`.
 pub fn run(fixtures: &Path, device: &Device, dtype: DType, kernels: Kernels) -> Result<Vec<Check>> {
-    let tol = tolerances(dtype);
+    let setup = Setup {
+        fixtures,
+        device,
+        dtype,
+        kernels,
+        tol: tolerances(dtype),
+    };
     let mut checks = Vec::new();
     for name in ["tiny-mistral", "tiny-llama"] {
-        model_checks(fixtures, name, device, dtype, kernels, &tol, &mut checks)
-            .with_context(|| format!("checks of {name}"))?;
+        model_checks(&setup, name, &mut checks).with_context(|| format!("checks of {name}"))?;
     }
-    dpo_checks(fixtures, device, dtype, kernels, &tol, &mut checks).context("DPO checks")?;
+    dpo_checks(&setup, &mut checks).context("DPO checks")?;
     Ok(checks)
 }
 
-fn load(
-    fixtures: &Path,
-    name: &str,
-    device: &Device,
-    dtype: DType,
-    kernels: Kernels,
-) -> Result<(Model, Adapter)> {
-    let dir = fixtures.join("models").join(name);
-    let options = LoadOptions::new(dtype).with_kernels(kernels);
-    let model = load_model_with(&dir.display().to_string(), &options, device)?;
-    let adapter = load_adapter(
-        &dir.join("adapter").display().to_string(),
-        &model.config,
-        device,
-    )?;
-    Ok((model, adapter))
+impl Setup<'_> {
+    /// A fixture model and its PEFT adapter.
+    fn load(&self, name: &str) -> Result<(Model, Adapter)> {
+        let dir = self.fixtures.join("models").join(name);
+        let options = LoadOptions::new(self.dtype).with_kernels(self.kernels);
+        let model = load_model_with(&dir.display().to_string(), &options, self.device)?;
+        let adapter = load_adapter(
+            &dir.join("adapter").display().to_string(),
+            &model.config,
+            self.device,
+        )?;
+        Ok((model, adapter))
+    }
 }
 
 fn cpu_f32(t: &Tensor) -> Result<Tensor> {
@@ -133,16 +144,9 @@ fn worst_of(kind: &str, values: impl Iterator<Item = Result<f64>>) -> Result<f64
     worst.context("nothing to compare")
 }
 
-fn model_checks(
-    fixtures: &Path,
-    name: &str,
-    device: &Device,
-    dtype: DType,
-    kernels: Kernels,
-    tol: &Tolerances,
-    checks: &mut Vec<Check>,
-) -> Result<()> {
-    let (model, adapter) = load(fixtures, name, device, dtype, kernels)?;
+fn model_checks(setup: &Setup, name: &str, checks: &mut Vec<Check>) -> Result<()> {
+    let (fixtures, device, tol) = (setup.fixtures, setup.device, &setup.tol);
+    let (model, adapter) = setup.load(name)?;
     let exp = candle_core::safetensors::load(
         fixtures.join(format!("models/{name}/expected.safetensors")),
         device,
@@ -204,15 +208,9 @@ fn nll_gradients(
     Ok(grads)
 }
 
-fn dpo_checks(
-    fixtures: &Path,
-    device: &Device,
-    dtype: DType,
-    kernels: Kernels,
-    tol: &Tolerances,
-    checks: &mut Vec<Check>,
-) -> Result<()> {
-    let (model, adapter) = load(fixtures, "tiny-llama", device, dtype, kernels)?;
+fn dpo_checks(setup: &Setup, checks: &mut Vec<Check>) -> Result<()> {
+    let (fixtures, device, tol) = (setup.fixtures, setup.device, &setup.tol);
+    let (model, adapter) = setup.load("tiny-llama")?;
     let tok = load_chat_tokenizer(&fixtures.join("models/tiny-llama"))?;
     let data = load_dpo(
         &fixtures.join("train/prefs.jsonl"),

@@ -12,13 +12,11 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use common::{expected, fixture, fixture_str, load_on, tape_gradients};
+use common::{eval_fixture_pairs, expected, fixture, fixture_str, load_on, tape_gradients};
 use lora_dpo::adapter::load_adapter;
 use lora_dpo::config::LoadedConfig;
-use lora_dpo::data::{load_chat_tokenizer, read_dataset, DataConfig};
+use lora_dpo::data::load_chat_tokenizer;
 use lora_dpo::ops::Kernels;
-use lora_dpo::train::dpo::{DpoLoss, LossType};
-use lora_dpo::train::evaluate::{evaluate, EvalRequest};
 use lora_dpo::train::logprobs::{masked_mean_nll, next_token_logprobs};
 use lora_dpo::train::run::{run_dpo, RunOptions, Session};
 use std::sync::Arc;
@@ -31,22 +29,7 @@ fn per_row(dtype: DType) -> Vec<serde_json::Value> {
     let model = load_on(&dir, dtype, Kernels::Auto);
     let adapter = load_adapter(&format!("{dir}/adapter"), &model.config, &Device::Cpu).unwrap();
     let tok = load_chat_tokenizer(&fixture("models/tiny-llama")).unwrap();
-    let request = EvalRequest {
-        model: &model,
-        adapter: Some(&adapter),
-        tokenizer: &tok,
-        data_config: &DataConfig::default(),
-        loss: DpoLoss {
-            beta: 0.1,
-            loss_type: LossType::Sigmoid,
-            label_smoothing: 0.0,
-            rpo_alpha: None,
-        },
-        batch_size: 2,
-        per_row: true,
-    };
-    let data = read_dataset(&fixture("train/prefs.jsonl"), None).unwrap();
-    evaluate(&request, data).unwrap()["per_row"]
+    eval_fixture_pairs(&model, &adapter, &tok)["per_row"]
         .as_array()
         .unwrap()
         .clone()

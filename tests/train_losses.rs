@@ -7,15 +7,12 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use common::{fixture, fixture_str, load_on, rel_l2, PATHS};
+use common::{eval_fixture_pairs, fixture, fixture_str, load_on, rel_l2, PATHS};
 use lora_dpo::adapter::load_adapter;
-use lora_dpo::data::{
-    collate, collate_dpo, load_chat_tokenizer, load_dpo, load_sft, read_dataset, DataConfig,
-};
+use lora_dpo::data::{collate, collate_dpo, load_chat_tokenizer, load_dpo, load_sft, DataConfig};
 use lora_dpo::model::{Adapter, Model};
 use lora_dpo::ops::Kernels;
 use lora_dpo::train::dpo::{DpoLoss, LossType};
-use lora_dpo::train::evaluate::{evaluate, EvalRequest};
 use lora_dpo::train::preference::DpoObjective;
 use lora_dpo::train::sft::SftObjective;
 use lora_dpo::train::trainer::{AdapterStack, Gradients, MetricSums, Objective};
@@ -228,25 +225,7 @@ fn eval_per_row_logps_match_transformers_and_peft() {
 /// The per-row results of `eval`, after checking them against the fixtures.
 fn eval_per_row_on(kernels: Kernels) -> Vec<serde_json::Value> {
     let (model, adapter, tok, exp) = setup(kernels);
-    let request = EvalRequest {
-        model: &model,
-        adapter: Some(&adapter),
-        tokenizer: &tok,
-        data_config: &DataConfig::default(),
-        loss: DpoLoss {
-            beta: 0.1,
-            loss_type: LossType::Sigmoid,
-            label_smoothing: 0.0,
-            rpo_alpha: None,
-        },
-        batch_size: 2,
-        per_row: true,
-    };
-    let out = evaluate(
-        &request,
-        read_dataset(&fixture("train/prefs.jsonl"), None).unwrap(),
-    )
-    .unwrap();
+    let out = eval_fixture_pairs(&model, &adapter, &tok);
     let rows = out["per_row"].as_array().unwrap();
     for key in [
         "chosen_logps",

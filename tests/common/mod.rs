@@ -117,3 +117,30 @@ pub fn tape_gradients(
     .unwrap();
     (loss, grads)
 }
+
+/// `eval` of the fixture pairs (tests/fixtures/train/prefs.jsonl) with TRL's sigmoid loss at beta
+/// 0.1 and per-row log-probs, in batches of 2.
+pub fn eval_fixture_pairs(
+    model: &Model,
+    adapter: &lora_dpo::model::Adapter,
+    tokenizer: &lora_dpo::data::ChatTokenizer,
+) -> serde_json::Value {
+    use lora_dpo::train::dpo::{DpoLoss, LossType};
+    use lora_dpo::train::evaluate::{evaluate, EvalRequest};
+    let request = EvalRequest {
+        model,
+        adapter: Some(adapter),
+        tokenizer,
+        data_config: &lora_dpo::data::DataConfig::default(),
+        loss: DpoLoss {
+            beta: 0.1,
+            loss_type: LossType::Sigmoid,
+            label_smoothing: 0.0,
+            rpo_alpha: None,
+        },
+        batch_size: 2,
+        per_row: true,
+    };
+    let data = lora_dpo::data::read_dataset(&fixture("train/prefs.jsonl"), None).unwrap();
+    evaluate(&request, data).unwrap()
+}
