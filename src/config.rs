@@ -77,6 +77,8 @@ pub struct StageConfig {
     pub eval_steps: usize,
     /// Checkpoint every this many steps; 0 = never.
     pub save_steps: usize,
+    /// Keep only the newest this many checkpoints (Hugging Face's key); unset = keep all.
+    pub save_total_limit: Option<usize>,
     pub gradient_checkpointing: bool,
     /// DPO temperature.
     pub beta: f64,
@@ -112,6 +114,7 @@ impl Default for StageConfig {
             logging_steps: 10,
             eval_steps: 0,
             save_steps: 500,
+            save_total_limit: None,
             gradient_checkpointing: false,
             beta: 0.1,
             loss_type: "sigmoid".into(),
@@ -183,6 +186,7 @@ const STAGE_KEYS: &[&str] = &[
     "logging_steps",
     "eval_steps",
     "save_steps",
+    "save_total_limit",
     "gradient_checkpointing",
     "beta",
     "loss_type",

@@ -4,9 +4,13 @@
 //! Data flows one way: config → weights → data → forward → loss → step → adapter out.
 
 pub mod adapter;
+pub mod atomic_dir;
+pub mod cache;
 pub mod config;
 pub mod data;
+pub mod fault;
 pub mod generate;
+pub mod lock;
 pub mod model;
 pub mod ops;
 pub mod parity;

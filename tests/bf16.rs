@@ -19,7 +19,6 @@ use lora_dpo::data::load_chat_tokenizer;
 use lora_dpo::ops::Kernels;
 use lora_dpo::train::logprobs::{masked_mean_nll, next_token_logprobs};
 use lora_dpo::train::run::{run_dpo, RunOptions, Session};
-use std::sync::Arc;
 
 const LOGP_RTOL: f64 = 1e-2;
 const GRAD_COSINE: f32 = 0.99;
@@ -135,10 +134,8 @@ dir = "{out}"
     let cfg = LoadedConfig::from_str(&text, &[]).unwrap();
     let session = Session::open(&cfg).unwrap();
     let opts = RunOptions {
-        resume: false,
         show_progress: false,
-        interrupted: Arc::new(Default::default()),
-        timings: None,
+        ..RunOptions::default()
     };
     run_dpo(&session, &cfg, &opts, None).unwrap();
     let metrics = std::fs::read_to_string(tmp.path().join("dpo/metrics.jsonl")).unwrap();

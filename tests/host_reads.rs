@@ -15,7 +15,6 @@ use lora_dpo::config::LoadedConfig;
 use lora_dpo::ops::host;
 use lora_dpo::train::run::{run_dpo, run_sft, RunOptions, Session};
 use std::path::Path;
-use std::sync::Arc;
 
 const STEPS: usize = 3;
 
@@ -54,10 +53,8 @@ dir = "{out}"
 
 fn options() -> RunOptions {
     RunOptions {
-        resume: false,
         show_progress: false,
-        interrupted: Arc::new(Default::default()),
-        timings: None,
+        ..RunOptions::default()
     }
 }
 

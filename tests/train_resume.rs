@@ -52,7 +52,7 @@ fn options(resume: bool, interrupted: bool) -> RunOptions {
         resume,
         show_progress: false,
         interrupted: Arc::new(AtomicBool::new(interrupted)),
-        timings: None,
+        ..RunOptions::default()
     }
 }
 

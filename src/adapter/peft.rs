@@ -221,17 +221,7 @@ pub fn save_adapter(adapter: &Adapter, base_model: &str, dir: &Path) -> Result<(
         ));
     }
     write_safetensors(&data, &tmp.join(WEIGHTS_FILE))?;
-    if dir.exists() {
-        let old = parent.join(format!(".{}.old", name.to_string_lossy()));
-        if old.exists() {
-            std::fs::remove_dir_all(&old)?;
-        }
-        std::fs::rename(dir, &old)?;
-        std::fs::rename(&tmp, dir)?;
-        std::fs::remove_dir_all(&old)?;
-    } else {
-        std::fs::rename(&tmp, dir)?;
-    }
+    crate::atomic_dir::replace_dir(&tmp, dir)?;
     Ok(())
 }
 

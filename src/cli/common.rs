@@ -1,7 +1,7 @@
 //! Arguments shared by the training commands.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use lora_dpo::config::LoadedConfig;
@@ -15,9 +15,13 @@ pub struct RunArgs {
     /// Override a config key, e.g. --set dpo.beta=0.05 (repeatable).
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
     pub overrides: Vec<String>,
-    /// Continue from the latest checkpoint in the run folder.
+    /// Continue the run in the output folder: from its latest checkpoint, skipping stages that
+    /// already finished; refused if the checkpoint was written with other settings.
     #[arg(long)]
     pub resume: bool,
+    /// Replace an earlier run in the output folder instead of refusing to write there.
+    #[arg(long)]
+    pub overwrite: bool,
     /// No progress bar (logs and metrics.jsonl are still written).
     #[arg(long)]
     pub no_progress: bool,
@@ -51,18 +55,10 @@ impl RunArgs {
     pub fn load(&self) -> anyhow::Result<(LoadedConfig, RunOptions)> {
         let cfg = LoadedConfig::load(&self.config, &self.model.overrides(&self.overrides))?;
         let interrupted = Arc::new(AtomicBool::new(false));
-        let flag = interrupted.clone();
-        // First Ctrl-C: finish the step, save a checkpoint, exit cleanly. Second: exit now.
-        let _ = ctrlc::set_handler(move || {
-            if flag.swap(true, Ordering::SeqCst) {
-                std::process::exit(130);
-            }
-            eprintln!(
-                "\ninterrupted: saving a checkpoint after this step (Ctrl-C again to quit now)"
-            );
-        });
+        super::signals::watch(interrupted.clone());
         let opts = RunOptions {
             resume: self.resume,
+            overwrite: self.overwrite,
             show_progress: !self.no_progress,
             interrupted,
             timings: None,
@@ -71,15 +67,26 @@ impl RunArgs {
     }
 }
 
-/// Prints where a stage's outputs went.
-pub fn report(stage: &str, result: &lora_dpo::train::run::StageResult) {
-    match &result.finish {
-        lora_dpo::train::trainer::Finish::Completed { .. } => {
-            eprintln!("{stage}: adapter saved to {}", result.adapter_dir.display())
+/// Prints where each stage's outputs went; a run stopped by a signal exits here with
+/// 128 + the signal's number, so a scheduler or a script sees that it did not complete.
+pub fn finish(results: &[(&str, &lora_dpo::train::run::StageResult)]) {
+    use lora_dpo::train::trainer::Finish;
+    let mut interrupted = false;
+    for (stage, result) in results {
+        match &result.finish {
+            Finish::Completed { .. } => {
+                eprintln!("{stage}: adapter saved to {}", result.adapter_dir.display())
+            }
+            Finish::Interrupted { step, checkpoint } => {
+                interrupted = true;
+                eprintln!(
+                    "{stage}: stopped at step {step}; checkpoint {} (continue with the same command and --resume)",
+                    checkpoint.display()
+                )
+            }
         }
-        lora_dpo::train::trainer::Finish::Interrupted { step, checkpoint } => eprintln!(
-            "{stage}: interrupted at step {step}; checkpoint {} (continue with --resume)",
-            checkpoint.display()
-        ),
+    }
+    if interrupted {
+        std::process::exit(super::signals::exit_code());
     }
 }

@@ -12,6 +12,7 @@ mod inspect;
 mod merge;
 mod parity;
 mod sft;
+mod signals;
 mod train;
 
 #[derive(Parser, Debug)]

@@ -61,13 +61,12 @@ pub fn bench(cfg: &LoadedConfig, req: &BenchRequest) -> Result<Value> {
     let timings = Arc::new(Mutex::new(Vec::<(StepTiming, f64)>::new()));
     let sink = timings.clone();
     let opts = RunOptions {
-        resume: false,
         show_progress: false,
-        interrupted: Arc::new(Default::default()),
         timings: Some(Arc::new(move |t| {
             let after = yardstick.best_of(5).unwrap_or(f64::NAN);
             sink.lock().expect("timings lock").push((t, after));
         })),
+        ..RunOptions::default()
     };
     let result = match req.stage {
         Stage::Sft => run_sft(&session, &cfg, &opts).map(|_| ()),

@@ -1,17 +1,23 @@
 //! Checkpoints: the trained adapter (PEFT folder), the optimizer state and the step, written to
 //! a temporary folder and renamed, so an interrupted write never replaces a good checkpoint.
 //! The data position and dropout masks are functions of the step and the seed, so the step
-//! is all the loop needs to continue bit for bit.
+//! is all the loop needs to continue bit for bit. Each checkpoint records the run's
+//! [`RunFingerprint`], and a finished stage records it beside its adapter, so a resumed run
+//! continues only its own work.
 
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use std::path::{Path, PathBuf};
 
+use super::fingerprint::RunFingerprint;
 use super::optim::AdamW;
 use crate::adapter::peft::{save_adapter, KEY_PREFIX};
 use crate::model::Adapter;
 
 const STATE_FILE: &str = "trainer_state.json";
+
+/// A stage's finished state beside its adapter folder.
+const STAGE_FILE: &str = "run_state.json";
 
 pub fn save(
     run_dir: &Path,
@@ -19,24 +25,30 @@ pub fn save(
     adapter: &Adapter,
     opt: &AdamW,
     base_model: &str,
+    fingerprint: &RunFingerprint,
 ) -> Result<PathBuf> {
     let dir = run_dir.join(format!("checkpoint-{step}"));
     let tmp = run_dir.join(format!(".checkpoint-{step}.tmp"));
+    let context = || format!("{}: cannot write", tmp.display());
     if tmp.exists() {
-        std::fs::remove_dir_all(&tmp)?;
+        std::fs::remove_dir_all(&tmp).with_context(context)?;
     }
-    std::fs::create_dir_all(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
+    std::fs::create_dir_all(&tmp).with_context(context)?;
     save_adapter(adapter, base_model, &tmp.join("adapter"))?;
     opt.save(&tmp.join("optimizer.safetensors"))?;
-    let state = serde_json::json!({ "global_step": step });
+    crate::fault::point("checkpoint-before-state");
+    let state = serde_json::json!({
+        "global_step": step,
+        "fingerprint": fingerprint.to_json(),
+    });
     std::fs::write(
         tmp.join(STATE_FILE),
         serde_json::to_string_pretty(&state)? + "\n",
-    )?;
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir)?;
-    }
-    std::fs::rename(&tmp, &dir).with_context(|| format!("{}: cannot write", dir.display()))?;
+    )
+    .with_context(context)?;
+    crate::fault::point("checkpoint-before-rename");
+    crate::atomic_dir::replace_dir(&tmp, &dir)?;
+    crate::fault::point("checkpoint-after-rename");
     Ok(dir)
 }
 
@@ -100,4 +112,73 @@ pub fn restore(dir: &Path, adapter: &Adapter, opt: &mut AdamW) -> Result<usize> 
         .and_then(|v| v.as_u64())
         .with_context(|| format!("{}/{STATE_FILE}: no global_step", dir.display()))?;
     Ok(step as usize)
+}
+
+/// What a checkpoint records of the run that wrote it (None: written before fingerprints were).
+pub fn recorded_fingerprint(dir: &Path) -> Result<Option<RunFingerprint>> {
+    Ok(read_state(&dir.join(STATE_FILE))?
+        .get("fingerprint")
+        .and_then(RunFingerprint::from_json))
+}
+
+fn read_state(path: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))
+}
+
+/// Removes the oldest checkpoints beyond the `keep` newest (Hugging Face's `save_total_limit`).
+pub fn prune(run_dir: &Path, keep: usize) -> Result<()> {
+    let mut steps: Vec<(usize, PathBuf)> = std::fs::read_dir(run_dir)
+        .with_context(|| format!("{}: cannot read", run_dir.display()))?
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            let step = name.strip_prefix("checkpoint-")?.parse::<usize>().ok()?;
+            Some((step, e.path()))
+        })
+        .collect();
+    steps.sort();
+    let excess = steps.len().saturating_sub(keep);
+    for (_, dir) in steps.into_iter().take(excess) {
+        std::fs::remove_dir_all(&dir)
+            .with_context(|| format!("{}: cannot remove", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Records that the stage in `run_dir` finished after `steps` with its adapter saved.
+pub fn mark_complete(run_dir: &Path, steps: usize, fingerprint: &RunFingerprint) -> Result<()> {
+    let path = run_dir.join(STAGE_FILE);
+    let tmp = run_dir.join(format!(".{STAGE_FILE}.tmp"));
+    let state = serde_json::json!({
+        "completed": true,
+        "global_step": steps,
+        "fingerprint": fingerprint.to_json(),
+    });
+    std::fs::write(&tmp, serde_json::to_string_pretty(&state)? + "\n")
+        .with_context(|| format!("{}: cannot write", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("{}: cannot write", path.display()))
+}
+
+/// The fingerprint of the stage finished in `run_dir`, if it finished.
+pub fn completed(run_dir: &Path) -> Result<Option<RunFingerprint>> {
+    let path = run_dir.join(STAGE_FILE);
+    if !path.is_file() || !run_dir.join("adapter").is_dir() {
+        return Ok(None);
+    }
+    let state = read_state(&path)?;
+    if state.get("completed").and_then(|v| v.as_bool()) != Some(true) {
+        return Ok(None);
+    }
+    Ok(state.get("fingerprint").and_then(RunFingerprint::from_json))
+}
+
+/// The step count a finished stage recorded.
+pub fn completed_steps(run_dir: &Path) -> Result<usize> {
+    let state = read_state(&run_dir.join(STAGE_FILE))?;
+    Ok(state
+        .get("global_step")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0) as usize)
 }

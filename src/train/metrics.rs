@@ -1,4 +1,7 @@
-//! `metrics.jsonl`: one JSON object per logging step, with TRL's metric names.
+//! `metrics.jsonl`: one JSON object per logging step, with TRL's metric names. Each record is
+//! one line written by one `write` call on a file opened for appending, so a kill or a full
+//! disk can cut only the last line; a resumed run keeps the complete records up to its
+//! checkpoint and drops the rest, so no step appears twice.
 
 use anyhow::{Context, Result};
 use serde_json::{Map, Value};
@@ -19,12 +22,25 @@ impl MetricsLog {
         })
     }
 
-    /// Drops records after `step` (a resumed run rewrites them).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Keeps the complete records of steps up to `step` (a resumed run rewrites the rest).
     pub fn truncate_after(&self, step: usize) -> Result<()> {
-        let Ok(text) = std::fs::read_to_string(&self.path) else {
-            return Ok(());
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => {
+                return Err(e).with_context(|| format!("{}: cannot read", self.path.display()))
+            }
         };
-        let kept: Vec<&str> = text
+        // A line without its newline was cut by a kill or a full disk, whatever it parses as.
+        let complete = match text.rfind('\n') {
+            Some(end) => &text[..=end],
+            None => "",
+        };
+        let kept: String = complete
             .lines()
             .filter(|l| {
                 serde_json::from_str::<Value>(l)
@@ -32,13 +48,24 @@ impl MetricsLog {
                     .and_then(|v| v.get("step").and_then(Value::as_u64))
                     .is_some_and(|s| s as usize <= step)
             })
+            .map(|l| format!("{l}\n"))
             .collect();
-        let mut out = kept.join("\n");
-        if !out.is_empty() {
-            out.push('\n');
+        self.replace_with(&kept)
+    }
+
+    /// Empties the file: a run starting at step 0.
+    pub fn start_anew(&self) -> Result<()> {
+        if self.path.exists() {
+            self.replace_with("")?;
         }
-        std::fs::write(&self.path, out)?;
         Ok(())
+    }
+
+    fn replace_with(&self, text: &str) -> Result<()> {
+        let tmp = self.path.with_extension("jsonl.tmp");
+        std::fs::write(&tmp, text).with_context(|| format!("{}: cannot write", tmp.display()))?;
+        std::fs::rename(&tmp, &self.path)
+            .with_context(|| format!("{}: cannot write", self.path.display()))
     }
 
     pub fn write(&self, step: usize, values: &[(String, f64)]) -> Result<()> {
@@ -48,13 +75,22 @@ impl MetricsLog {
             let value = serde_json::Number::from_f64(*v).map_or(Value::Null, Value::Number);
             obj.insert(k.clone(), value);
         }
+        let line = format!("{}\n", Value::Object(obj));
+        let context = || format!("{}: cannot write", self.path.display());
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.path)
-            .with_context(|| format!("{}: cannot write", self.path.display()))?;
-        writeln!(f, "{}", Value::Object(obj))?;
-        Ok(())
+            .with_context(context)?;
+        #[cfg(debug_assertions)]
+        if std::env::var("LORA_DPO_FAULT").is_ok_and(|v| v.starts_with("metrics-half-line")) {
+            // What a kill in the middle of a write leaves: half a record, no newline.
+            f.write_all(&line.as_bytes()[..line.len() / 2])
+                .with_context(context)?;
+            crate::fault::point("metrics-half-line");
+        }
+        f.write_all(line.as_bytes()).with_context(context)?;
+        f.flush().with_context(context)
     }
 }
 

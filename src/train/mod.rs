@@ -5,6 +5,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod dpo;
 pub mod evaluate;
+pub mod fingerprint;
 pub mod logprobs;
 pub mod metrics;
 pub mod optim;

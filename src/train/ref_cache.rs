@@ -71,16 +71,9 @@ impl Fingerprint {
     }
 }
 
-/// `$LORA_DPO_CACHE`, else `$XDG_CACHE_HOME/lora-dpo`, else `~/.cache/lora-dpo`.
+/// The cache folder (see [`crate::cache::dir`]).
 pub fn cache_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("LORA_DPO_CACHE") {
-        return PathBuf::from(d);
-    }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from(".cache"));
-    base.join("lora-dpo")
+    crate::cache::dir()
 }
 
 fn path_for(key: &str) -> PathBuf {

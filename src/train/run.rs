@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use super::checkpoint;
 use super::dpo::{DpoLoss, LossType};
+use super::fingerprint::RunFingerprint;
 use super::preference::{reference_sums, DpoObjective};
 use super::ref_cache::{self, Fingerprint};
 use super::sft::SftObjective;
@@ -15,13 +17,17 @@ use super::trainer::{self, AdapterStack, Finish, TrainOptions};
 use crate::adapter::{combine, load_adapter, save_adapter};
 use crate::config::{LoadedConfig, StageConfig};
 use crate::data::{load_chat_tokenizer, ChatTokenizer, Stage};
+use crate::lock::{lock_output, OutputLock};
 use crate::model::{self, Adapter, Model};
 use crate::source::Source;
 
 /// How the command was invoked, beyond the config.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct RunOptions {
+    /// Continue the run in the output folder (its checkpoints, or a finished stage's adapter).
     pub resume: bool,
+    /// Replace a previous run in the output folder (Trainer's `overwrite_output_dir`).
+    pub overwrite: bool,
     pub show_progress: bool,
     pub interrupted: Arc<AtomicBool>,
     /// Called with every step's timings (the `bench` command).
@@ -34,6 +40,8 @@ pub struct Session {
     pub tokenizer: ChatTokenizer,
     pub source: Source,
     pub model_name: String,
+    /// The content hash of the model's files, computed when a run first needs it.
+    model_files: std::sync::OnceLock<String>,
 }
 
 pub fn select_device(name: &str) -> Result<Device> {
@@ -74,7 +82,17 @@ impl Session {
             tokenizer,
             source,
             model_name: m.name_or_path.clone(),
+            model_files: Default::default(),
         })
+    }
+
+    /// One content hash of the model's files (weights, config, tokenizer).
+    pub fn model_files(&self) -> Result<&str> {
+        if let Some(h) = self.model_files.get() {
+            return Ok(h);
+        }
+        let h = super::fingerprint::model_files(&self.source)?;
+        Ok(self.model_files.get_or_init(|| h))
     }
 
     /// Identity of the model files, for the reference-log-prob cache key.
@@ -154,7 +172,12 @@ fn new_adapter(session: &Session, cfg: &LoadedConfig, seed: u64) -> Result<Adapt
     }
 }
 
-fn train_options(cfg: &LoadedConfig, stage: Stage, opts: &RunOptions) -> Result<TrainOptions> {
+fn train_options(
+    cfg: &LoadedConfig,
+    stage: Stage,
+    opts: &RunOptions,
+    fingerprint: RunFingerprint,
+) -> Result<TrainOptions> {
     Ok(TrainOptions {
         stage: stage_config(cfg, stage)?.clone(),
         seed: cfg.run.output.seed,
@@ -164,7 +187,97 @@ fn train_options(cfg: &LoadedConfig, stage: Stage, opts: &RunOptions) -> Result<
         show_progress: opts.show_progress,
         interrupted: opts.interrupted.clone(),
         timings: opts.timings.clone(),
+        fingerprint,
     })
+}
+
+/// Takes the output folder for this process and checks that the stages about to run may write
+/// there: a folder holding an earlier run is refused unless it is resumed or overwritten
+/// (`--overwrite` removes the stages' earlier outputs first).
+pub fn claim_output(cfg: &LoadedConfig, opts: &RunOptions, stages: &[&str]) -> Result<OutputLock> {
+    if opts.resume && opts.overwrite {
+        bail!("--resume and --overwrite: choose one (continue the run, or start it again)");
+    }
+    let out = Path::new(&cfg.run.output.dir);
+    let lock = lock_output(out)?;
+    for stage in stages {
+        let dir = out.join(stage);
+        crate::atomic_dir::recover(&dir)?;
+        let holds_a_run = std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_some());
+        if !holds_a_run || opts.resume {
+            continue;
+        }
+        if opts.overwrite {
+            std::fs::remove_dir_all(&dir)
+                .with_context(|| format!("{}: cannot remove the earlier run", dir.display()))?;
+            eprintln!("--overwrite: removed the earlier run in {}", dir.display());
+        } else {
+            bail!(
+                "{}: holds an earlier run; pass --resume to continue it, or --overwrite to \
+                 replace it (or set [output] dir to another folder)",
+                dir.display()
+            );
+        }
+    }
+    Ok(lock)
+}
+
+/// The fingerprint of a stage about to be trained on top of `frozen` adapters.
+fn stage_fingerprint(
+    session: &Session,
+    cfg: &LoadedConfig,
+    stage: Stage,
+    frozen: &[&Adapter],
+) -> Result<RunFingerprint> {
+    let mut reference = Fingerprint::default();
+    for a in frozen {
+        reference.adapter(a)?;
+    }
+    let reference = if frozen.is_empty() {
+        String::new()
+    } else {
+        reference.hex()
+    };
+    RunFingerprint::of_stage(cfg, stage, session.model_files()?, &reference)
+}
+
+/// With `--resume`, the adapter of a stage that already finished with these settings.
+fn finished_stage(
+    session: &Session,
+    opts: &RunOptions,
+    topts: &TrainOptions,
+) -> Result<Option<(Adapter, StageResult)>> {
+    if !opts.resume {
+        return Ok(None);
+    }
+    let Some(recorded) = checkpoint::completed(&topts.run_dir)? else {
+        return Ok(None);
+    };
+    let diff = topts.fingerprint.differences(&recorded);
+    if !diff.is_empty() {
+        bail!(
+            "{}: finished by a run with other settings:\n  {}\nrestore those settings to resume, \
+             or pass --overwrite to train it again",
+            topts.run_dir.display(),
+            diff.join("\n  ")
+        );
+    }
+    let adapter_dir = topts.run_dir.join("adapter");
+    let spec = adapter_dir.display().to_string();
+    let adapter = load_adapter(&spec, &session.model.config, session.model.device())
+        .with_context(|| format!("{spec}: the finished stage's adapter"))?;
+    eprintln!(
+        "--resume: {} already finished with these settings; using its adapter",
+        topts.run_dir.display()
+    );
+    let steps = checkpoint::completed_steps(&topts.run_dir)?;
+    Ok(Some((
+        adapter,
+        StageResult {
+            adapter_dir,
+            finish: Finish::Completed { steps },
+        },
+    )))
 }
 
 /// What a stage leaves behind.
@@ -184,6 +297,9 @@ fn train_and_save(
     let finish = trainer::train(&session.model, stack, objective, topts, group_by_length)?;
     let adapter_dir = topts.run_dir.join("adapter");
     save_adapter(stack.trainable, &topts.base_model, &adapter_dir)?;
+    if let Finish::Completed { steps } = finish {
+        checkpoint::mark_complete(&topts.run_dir, steps, &topts.fingerprint)?;
+    }
     Ok(StageResult {
         adapter_dir,
         finish,
@@ -196,7 +312,25 @@ pub fn run_sft(
     cfg: &LoadedConfig,
     opts: &RunOptions,
 ) -> Result<(Adapter, StageResult)> {
+    let _lock = claim_output(cfg, opts, &["sft"])?;
+    sft_stage(session, cfg, opts)
+}
+
+fn sft_stage(
+    session: &Session,
+    cfg: &LoadedConfig,
+    opts: &RunOptions,
+) -> Result<(Adapter, StageResult)> {
     let stage = stage_config(cfg, Stage::Sft)?;
+    let topts = train_options(
+        cfg,
+        Stage::Sft,
+        opts,
+        stage_fingerprint(session, cfg, Stage::Sft, &[])?,
+    )?;
+    if let Some(done) = finished_stage(session, opts, &topts)? {
+        return Ok(done);
+    }
     let data_cfg = cfg.data_config(Stage::Sft)?;
     let (train, eval) = load_splits(stage, Stage::Sft, |p| {
         crate::data::load_sft(p, None, &session.tokenizer, &data_cfg)
@@ -208,7 +342,6 @@ pub fn run_sft(
         eval_batch_size: stage.per_device_eval_batch_size,
         gradient_checkpointing: stage.gradient_checkpointing,
     };
-    let topts = train_options(cfg, Stage::Sft, opts)?;
     let stack = AdapterStack {
         frozen: vec![],
         trainable: &adapter,
@@ -225,6 +358,16 @@ pub fn run_sft(
 
 /// DPO of a new adapter on top of `frozen` (the SFT adapter in `train`, `ref_adapter` alone).
 pub fn run_dpo(
+    session: &Session,
+    cfg: &LoadedConfig,
+    opts: &RunOptions,
+    frozen: Option<&Adapter>,
+) -> Result<(Adapter, StageResult)> {
+    let _lock = claim_output(cfg, opts, &["dpo"])?;
+    dpo_stage(session, cfg, opts, frozen)
+}
+
+fn dpo_stage(
     session: &Session,
     cfg: &LoadedConfig,
     opts: &RunOptions,
@@ -252,6 +395,20 @@ pub fn run_dpo(
         }
         (None, None) => None,
     };
+    let topts = train_options(
+        cfg,
+        Stage::Dpo,
+        opts,
+        stage_fingerprint(
+            session,
+            cfg,
+            Stage::Dpo,
+            &frozen.iter().copied().collect::<Vec<_>>(),
+        )?,
+    )?;
+    if let Some(done) = finished_stage(session, opts, &topts)? {
+        return Ok(done);
+    }
     // A different seed from SFT's, so the two adapters do not start from the same A.
     let adapter = new_adapter(session, cfg, cfg.run.output.seed.wrapping_add(1))?;
     let stack = AdapterStack {
@@ -277,7 +434,6 @@ pub fn run_dpo(
         eval_reference: None,
         gradient_checkpointing: stage.gradient_checkpointing,
     };
-    let topts = train_options(cfg, Stage::Dpo, opts)?;
     let result = train_and_save(
         session,
         &stack,
@@ -320,12 +476,13 @@ pub fn run_train(
     cfg: &LoadedConfig,
     opts: &RunOptions,
 ) -> Result<Vec<StageResult>> {
-    let (mut sft, sft_result) = run_sft(session, cfg, opts)?;
+    let _lock = claim_output(cfg, opts, &["sft", "dpo", "combined"])?;
+    let (mut sft, sft_result) = sft_stage(session, cfg, opts)?;
     if matches!(sft_result.finish, Finish::Interrupted { .. }) {
         return Ok(vec![sft_result]);
     }
     sft.frozen = true;
-    let (dpo, dpo_result) = run_dpo(session, cfg, opts, Some(&sft))?;
+    let (dpo, dpo_result) = dpo_stage(session, cfg, opts, Some(&sft))?;
     let mut results = vec![sft_result];
     if matches!(dpo_result.finish, Finish::Completed { .. }) {
         let combined = combine(&[&sft, &dpo], &session.model.config)?;

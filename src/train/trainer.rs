@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::checkpoint;
+use super::fingerprint::RunFingerprint;
 use super::metrics::{peak_rss_mib, MetricsLog};
 use super::optim::{clip_grad_norm, AdamW, AdamWConfig};
 use super::schedule::{lr_factor, warmup_steps, Schedule};
@@ -167,6 +168,8 @@ pub struct TrainOptions {
     pub interrupted: Arc<AtomicBool>,
     /// When set, called with every step's timings after the step (the `bench` command).
     pub timings: Option<StepSink>,
+    /// What determines this stage's result, recorded in its checkpoints.
+    pub fingerprint: RunFingerprint,
 }
 
 /// Receives each step's timings, between steps.
@@ -277,19 +280,30 @@ pub fn train(
     )?;
     let log = MetricsLog::open(&opts.run_dir)?;
     let mut start = 0;
-    if opts.resume {
-        if let Some(ckpt) = checkpoint::latest(&opts.run_dir)? {
+    match opts
+        .resume
+        .then(|| checkpoint::latest(&opts.run_dir))
+        .transpose()?
+        .flatten()
+    {
+        Some(ckpt) => {
+            check_recorded(&ckpt, &opts.fingerprint)?;
             start = checkpoint::restore(&ckpt, adapters.trainable, &mut opt)?;
             log.truncate_after(start)?;
             eprintln!(
                 "resuming from {} (step {start} of {total_steps})",
                 ckpt.display()
             );
-        } else {
-            eprintln!(
-                "--resume: no checkpoint in {}, starting afresh",
-                opts.run_dir.display()
-            );
+        }
+        None => {
+            if opts.resume {
+                eprintln!(
+                    "--resume: no checkpoint in {}, starting afresh",
+                    opts.run_dir.display()
+                );
+            }
+            // Nothing to continue: the metrics of an earlier attempt would repeat steps.
+            log.start_anew()?;
         }
     }
     let mut order = Schedule2 {
@@ -418,7 +432,11 @@ pub fn train(
                 adapters.trainable,
                 &opt,
                 &opts.base_model,
+                &opts.fingerprint,
             )?;
+            if let Some(keep) = s.save_total_limit {
+                checkpoint::prune(&opts.run_dir, keep.max(1))?;
+            }
             if interrupted {
                 bar.abandon();
                 return Ok(Finish::Interrupted {
@@ -430,6 +448,28 @@ pub fn train(
     }
     bar.finish();
     Ok(Finish::Completed { steps: total_steps })
+}
+
+/// Refuses a checkpoint written by a run with other settings, naming what differs.
+fn check_recorded(ckpt: &Path, now: &RunFingerprint) -> Result<()> {
+    let Some(recorded) = checkpoint::recorded_fingerprint(ckpt)? else {
+        bail!(
+            "{}: this checkpoint records no fingerprint of its run (written by an older \
+             lora-dpo), so it cannot be checked against this config; pass --overwrite to start \
+             again",
+            ckpt.display()
+        );
+    };
+    let diff = now.differences(&recorded);
+    if !diff.is_empty() {
+        bail!(
+            "{}: written by a run with other settings, so --resume would mix two runs:\n  {}\n\
+             restore those settings to resume, or pass --overwrite to start again",
+            ckpt.display(),
+            diff.join("\n  ")
+        );
+    }
+    Ok(())
 }
 
 fn brief(values: &[(String, f64)]) -> String {

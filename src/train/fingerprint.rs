@@ -1,0 +1,207 @@
+//! What determines a stage's result, recorded with each of its checkpoints and with its final
+//! adapter, so that `--resume` continues only its own run: the model's files (content hashes:
+//! weights, config, tokenizer), the data file's content, every training, data and LoRA setting,
+//! the seed, and the reference adapters' weights. Bookkeeping keys that do not change the
+//! weights (logging, evaluation, checkpoint frequency, the output folder) are left out.
+
+use anyhow::Result;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::config::LoadedConfig;
+use crate::data::Stage;
+use crate::source::Source;
+
+/// Stage keys that change what is logged or saved, not what is trained.
+const BOOKKEEPING: &[&str] = &[
+    "logging_steps",
+    "eval_steps",
+    "save_steps",
+    "save_total_limit",
+    "eval_file",
+    "per_device_eval_batch_size",
+];
+
+/// Keys and the values they had, flattened (`sft.learning_rate`, `model.files`, …).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RunFingerprint(BTreeMap<String, String>);
+
+impl RunFingerprint {
+    /// The fingerprint of `stage` of `cfg`; `model_files` from [`model_files`], `reference` the
+    /// frozen adapters' identity (empty when there are none).
+    pub fn of_stage(
+        cfg: &LoadedConfig,
+        stage: Stage,
+        model_files: &str,
+        reference: &str,
+    ) -> Result<Self> {
+        let mut keys = BTreeMap::new();
+        keys.insert("model.files".into(), model_files.to_string());
+        let m = &cfg.run.model;
+        for (k, v) in [
+            ("dtype", &m.dtype),
+            ("quantize", &m.quantize),
+            ("kernels", &m.kernels),
+            ("device", &m.device),
+        ] {
+            keys.insert(format!("model.{k}"), v.clone());
+        }
+        flatten("lora", &serde_json::to_value(&cfg.run.lora)?, &mut keys);
+        keys.insert("output.seed".into(), cfg.run.output.seed.to_string());
+        let name = stage.as_str();
+        // The stage's section as written (data keys included), over the defaults of the
+        // training keys, so a default spelled out and a default left out agree.
+        let mut section = match stage {
+            Stage::Sft => cfg.run.sft.as_ref(),
+            Stage::Dpo => cfg.run.dpo.as_ref(),
+        }
+        .map(serde_json::to_value)
+        .transpose()?
+        .unwrap_or(Value::Null);
+        if let (Value::Object(obj), Some(toml::Value::Table(raw))) =
+            (&mut section, cfg.table.get(name))
+        {
+            for (k, v) in raw {
+                if !obj.contains_key(k) {
+                    obj.insert(k.clone(), serde_json::to_value(v)?);
+                }
+            }
+        }
+        if let Value::Object(obj) = &mut section {
+            for k in BOOKKEEPING {
+                obj.remove(*k);
+            }
+            if let Some(Value::String(path)) = obj.remove("train_file") {
+                obj.insert(
+                    "train_file".into(),
+                    Value::String(data_hash(Path::new(&path))?),
+                );
+            }
+        }
+        flatten(name, &section, &mut keys);
+        keys.insert(format!("{name}.reference"), reference.to_string());
+        Ok(Self(keys))
+    }
+
+    pub fn to_json(&self) -> Value {
+        Value::Object(
+            self.0
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                .collect(),
+        )
+    }
+
+    pub fn from_json(value: &Value) -> Option<Self> {
+        let obj = value.as_object()?;
+        let mut keys = BTreeMap::new();
+        for (k, v) in obj {
+            keys.insert(k.clone(), v.as_str()?.to_string());
+        }
+        Some(Self(keys))
+    }
+
+    /// The keys whose values differ, each as `key: recorded → now`.
+    pub fn differences(&self, recorded: &Self) -> Vec<String> {
+        let missing = "(not set)".to_string();
+        let keys: std::collections::BTreeSet<&String> =
+            self.0.keys().chain(recorded.0.keys()).collect();
+        let mut out = Vec::new();
+        for key in keys {
+            let now = self.0.get(key).unwrap_or(&missing);
+            let then = recorded.0.get(key).unwrap_or(&missing);
+            if now != then {
+                out.push(format!("{key}: {then} → {now}"));
+            }
+        }
+        out
+    }
+}
+
+fn flatten(prefix: &str, value: &Value, out: &mut BTreeMap<String, String>) {
+    match value {
+        Value::Object(obj) => {
+            for (k, v) in obj {
+                flatten(&format!("{prefix}.{k}"), v, out);
+            }
+        }
+        Value::Null => {}
+        Value::String(s) => {
+            out.insert(prefix.to_string(), s.clone());
+        }
+        other => {
+            out.insert(prefix.to_string(), other.to_string());
+        }
+    }
+}
+
+/// The content of a data file or folder of files.
+fn data_hash(path: &Path) -> Result<String> {
+    let files: Vec<PathBuf> = if path.is_dir() {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_file())
+            .collect();
+        v.sort();
+        v
+    } else {
+        vec![path.to_path_buf()]
+    };
+    let mut parts = Vec::new();
+    for f in &files {
+        parts.push(format!("xxh3:{}", crate::cache::file_hash(f)?));
+    }
+    Ok(parts.join(","))
+}
+
+/// One content hash over the model's files: the GGUF file, or config.json, the weight files and
+/// the tokenizer files of a folder.
+pub fn model_files(source: &Source) -> Result<String> {
+    let mut files: Vec<PathBuf> = Vec::new();
+    match source {
+        Source::File(p) => files.push(p.clone()),
+        _ => {
+            files.push(source.require("config.json")?);
+            files.extend(
+                crate::model::weights::WeightFiles::open(source)?
+                    .paths()
+                    .map(Path::to_path_buf),
+            );
+            for name in ["tokenizer.json", "tokenizer_config.json"] {
+                files.extend(source.find(name)?);
+            }
+        }
+    }
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    for f in &files {
+        hasher.update(crate::cache::file_hash(f)?.as_bytes());
+    }
+    Ok(format!("xxh3:{:032x}", hasher.digest128()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn differences_name_each_changed_key_once() {
+        let a = RunFingerprint(BTreeMap::from([
+            ("sft.learning_rate".to_string(), "0.01".to_string()),
+            ("output.seed".to_string(), "7".to_string()),
+        ]));
+        let mut b = a.clone();
+        assert!(a.differences(&b).is_empty());
+        b.0.insert("sft.learning_rate".into(), "0.02".into());
+        b.0.insert("sft.beta".into(), "0.1".into());
+        assert_eq!(
+            b.differences(&a),
+            vec![
+                "sft.beta: (not set) → 0.1".to_string(),
+                "sft.learning_rate: 0.01 → 0.02".to_string()
+            ]
+        );
+    }
+}
