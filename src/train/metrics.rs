@@ -82,12 +82,11 @@ impl MetricsLog {
             .append(true)
             .open(&self.path)
             .with_context(context)?;
-        #[cfg(debug_assertions)]
-        if std::env::var("LORA_DPO_FAULT").is_ok_and(|v| v.starts_with("metrics-half-line")) {
+        if crate::fault::fires("metrics-half-line") {
             // What a kill in the middle of a write leaves: half a record, no newline.
             f.write_all(&line.as_bytes()[..line.len() / 2])
                 .with_context(context)?;
-            crate::fault::point("metrics-half-line");
+            crate::fault::stop("metrics-half-line");
         }
         f.write_all(line.as_bytes()).with_context(context)?;
         f.flush().with_context(context)

@@ -426,6 +426,7 @@ pub fn train(
         }
         let interrupted = opts.interrupted.load(Ordering::SeqCst);
         if (s.save_steps > 0 && done % s.save_steps == 0) || (interrupted && !last) {
+            let saving = Instant::now();
             let dir = checkpoint::save(
                 &opts.run_dir,
                 done,
@@ -439,6 +440,11 @@ pub fn train(
             }
             if interrupted {
                 bar.abandon();
+                eprintln!(
+                    "checkpoint {} saved in {:.1} s",
+                    dir.display(),
+                    saving.elapsed().as_secs_f64()
+                );
                 return Ok(Finish::Interrupted {
                     step: done,
                     checkpoint: dir,
