@@ -17,6 +17,11 @@ struct Run {
 impl Run {
     /// A folder with a config for `max_steps` SFT steps (checkpoints every `save_steps`).
     fn new(max_steps: usize, save_steps: usize) -> Self {
+        Self::with_dpo(max_steps, save_steps, "")
+    }
+
+    /// The same, with more sections after `[sft]` (`[dpo]`, for `train`).
+    fn with_dpo(max_steps: usize, save_steps: usize, more: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("sft.jsonl");
         std::fs::copy(common::fixture("train/sft.jsonl"), &data).unwrap();
@@ -37,6 +42,7 @@ per_device_train_batch_size = 1
 lr_scheduler_type = "cosine"
 save_steps = {save_steps}
 logging_steps = 1
+{more}
 [output]
 dir = "{out}"
 seed = 3
@@ -54,8 +60,12 @@ seed = 3
     }
 
     fn command(&self, extra: &[&str]) -> Command {
+        self.stage_command("sft", extra)
+    }
+
+    fn stage_command(&self, stage: &str, extra: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_lora-dpo"));
-        c.arg("sft")
+        c.arg(stage)
             .arg("--config")
             .arg(self.dir.path().join("run.toml"))
             .arg("--no-progress")
@@ -296,4 +306,40 @@ fn a_kill_at_any_write_leaves_complete_files_and_resume_ends_bit_identical() {
             "{fault}"
         );
     }
+}
+
+#[test]
+fn a_resumed_train_reuses_the_finished_sft_stage_and_ends_bit_identical() {
+    let dpo = format!(
+        r#"
+[dpo]
+train_file = "{}"
+learning_rate = 0.01
+max_steps = 4
+per_device_train_batch_size = 2
+save_steps = 2
+logging_steps = 1
+"#,
+        common::fixture_str("train/prefs.jsonl")
+    );
+    let combined =
+        |run: &Run| std::fs::read(run.out().join("combined/adapter_model.safetensors")).unwrap();
+    let reference = Run::with_dpo(STEPS, 2, &dpo);
+    let out = reference.stage_command("train", &[]).output().unwrap();
+    assert_eq!(finished(out).0, 0);
+
+    let run = Run::with_dpo(STEPS, 2, &dpo);
+    // SFT's 3 checkpoints, then DPO's first: stopped inside the DPO stage.
+    let out = run
+        .stage_command("train", &[])
+        .env("LORA_DPO_FAULT", "checkpoint-after-rename:4")
+        .output()
+        .unwrap();
+    assert_eq!(finished(out).0, 99);
+    assert!(run.out().join("dpo/checkpoint-2").is_dir());
+    let (status, err) = finished(run.stage_command("train", &["--resume"]).output().unwrap());
+    assert_eq!(status, 0, "{err}");
+    assert!(err.contains("sft already finished"), "{err}");
+    assert!(err.contains("resuming from"), "{err}");
+    assert_eq!(combined(&run), combined(&reference));
 }

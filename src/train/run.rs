@@ -244,6 +244,7 @@ fn stage_fingerprint(
 /// With `--resume`, the adapter of a stage that already finished with these settings.
 fn finished_stage(
     session: &Session,
+    stage: Stage,
     opts: &RunOptions,
     topts: &TrainOptions,
 ) -> Result<Option<(Adapter, StageResult)>> {
@@ -267,7 +268,7 @@ fn finished_stage(
     let adapter = load_adapter(&spec, &session.model.config, session.model.device())
         .with_context(|| format!("{spec}: the finished stage's adapter"))?;
     eprintln!(
-        "--resume: {} already finished with these settings; using its adapter",
+        "--resume: {stage} already finished with these settings ({}); using its adapter",
         topts.run_dir.display()
     );
     let steps = checkpoint::completed_steps(&topts.run_dir)?;
@@ -328,7 +329,7 @@ fn sft_stage(
         opts,
         stage_fingerprint(session, cfg, Stage::Sft, &[])?,
     )?;
-    if let Some(done) = finished_stage(session, opts, &topts)? {
+    if let Some(done) = finished_stage(session, Stage::Sft, opts, &topts)? {
         return Ok(done);
     }
     let data_cfg = cfg.data_config(Stage::Sft)?;
@@ -406,7 +407,7 @@ fn dpo_stage(
             &frozen.iter().copied().collect::<Vec<_>>(),
         )?,
     )?;
-    if let Some(done) = finished_stage(session, opts, &topts)? {
+    if let Some(done) = finished_stage(session, Stage::Dpo, opts, &topts)? {
         return Ok(done);
     }
     // A different seed from SFT's, so the two adapters do not start from the same A.
