@@ -91,7 +91,10 @@ fn read_memo(path: &Path) -> BTreeMap<String, Stamp> {
 fn write_memo(path: &Path, memo: &BTreeMap<String, Stamp>) -> Result<()> {
     let parent = path.parent().context("cache path has no folder")?;
     std::fs::create_dir_all(parent)?;
-    let tmp = parent.join(format!(".{MEMO_FILE}.{}.tmp", std::process::id()));
+    // Threads of one process may write it at once: each through its own temporary name.
+    static WRITES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = parent.join(format!(".{MEMO_FILE}.{}.{n}.tmp", std::process::id()));
     std::fs::write(&tmp, serde_json::to_string_pretty(memo)? + "\n")?;
     std::fs::rename(&tmp, path)?;
     Ok(())
