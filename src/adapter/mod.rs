@@ -3,6 +3,7 @@
 
 pub mod combine;
 pub mod merge;
+pub mod overlap;
 pub mod peft;
 pub mod targets;
 
