@@ -281,11 +281,33 @@ pub fn config_json(adapter: &Adapter, base_model: &str) -> Value {
         "peft_type": "LORA",
         "r": c.r,
         "rank_pattern": {},
-        "target_modules": c.target_modules,
+        "target_modules": saved_targets(adapter),
         "task_type": "CAUSAL_LM",
         "use_dora": false,
         "use_rslora": c.use_rslora,
     })
+}
+
+/// `target_modules` as PEFT reads it back to exactly the modules `adapter` holds: the projection
+/// names when every layer has the same ones, else each module's full path (an adapter loaded
+/// with missing modules allowed), so that reloading it finds no tensor missing.
+fn saved_targets(adapter: &Adapter) -> Vec<String> {
+    let uniform = adapter
+        .layers
+        .iter()
+        .all(|l| (0..PROJECTIONS.len()).all(|p| l[p].is_some() == adapter.layers[0][p].is_some()));
+    if uniform {
+        return adapter.config.target_modules.clone();
+    }
+    let mut modules = Vec::new();
+    for (layer, slots) in adapter.layers.iter().enumerate() {
+        for (p, slot) in slots.iter().enumerate() {
+            if slot.is_some() {
+                modules.push(module_path(layer, p));
+            }
+        }
+    }
+    modules
 }
 
 /// Writes the adapter as a PEFT folder at `dir`, through a temporary folder renamed at the end.
