@@ -351,3 +351,32 @@ fn a_second_writer_of_the_same_out_is_refused_at_once_naming_the_folder_and_pid(
     );
     assert!(!out.exists(), "nothing written");
 }
+
+#[test]
+fn an_out_inside_a_hub_input_s_cached_repo_is_refused() {
+    // The hub cache layout: refs/main names a snapshot folder holding the files.
+    let cache = tempfile::tempdir().unwrap();
+    let repo = cache.path().join("models--tiny--llama");
+    copy_files(
+        &fixture("models/tiny-llama"),
+        &repo.join("snapshots/0123abcd"),
+    );
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), "0123abcd").unwrap();
+    let before = snapshot(cache.path());
+    for out in [repo.join("merged"), repo.join("snapshots/0123abcd")] {
+        let out = Command::new(env!("CARGO_BIN_EXE_lora-dpo"))
+            .args(["merge", "--model", "tiny/llama", "--overwrite", "--out"])
+            .arg(&out)
+            .env("HF_HUB_CACHE", cache.path())
+            .env("HF_HUB_OFFLINE", "1")
+            .env_remove("LORA_DPO_FAULT")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(0), "{stderr}");
+        let resolved = repo.canonicalize().unwrap();
+        assert!(stderr.contains(s(&resolved)), "{stderr}");
+    }
+    assert!(snapshot(cache.path()) == before, "the cache is unchanged");
+}
