@@ -7,8 +7,9 @@
 //! processed in blocks of rows, so peak memory is a few blocks, whatever the model or shard
 //! size. A GGUF base is dequantized tensor by tensor (q/k rows put back in Hugging Face order)
 //! and gets a config.json (and, where the data module can read its tokenizer, tokenizer files)
-//! made from its metadata. Everything goes into a temporary folder beside the output, renamed
-//! at the end.
+//! made from its metadata. Everything goes into a temporary folder beside the output, swapped in
+//! whole at the end (an old output stays complete under its name until then), under the
+//! output's lock. An output that is, holds or sits inside an input is refused.
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
@@ -24,6 +25,8 @@ use crate::model::lora::module_path;
 use crate::model::weights::{parse_st_dtype, WeightFiles};
 use crate::model::{Adapter, Architecture, ModelConfig, WeightSource, PROJECTIONS};
 use crate::source::Source;
+
+use super::overlap::{check_apart, Input};
 use candle_core::quantized::GgmlDType;
 
 /// transformers' default `max_shard_size`.
@@ -53,6 +56,9 @@ pub struct MergeOptions {
     /// Tensors are read, merged and written in blocks of whole rows of about this many bytes
     /// (as f32, at least one row): the working memory, whatever the tensor size.
     pub block_bytes: usize,
+    /// Where the adapters were loaded from (folders or hub repo ids): the output must be apart
+    /// from each, as from the model.
+    pub adapter_sources: Vec<String>,
 }
 
 impl Default for MergeOptions {
@@ -62,6 +68,7 @@ impl Default for MergeOptions {
             max_shard_size: DEFAULT_MAX_SHARD_SIZE,
             overwrite: false,
             block_bytes: 4 << 20,
+            adapter_sources: vec![],
         }
     }
 }
@@ -150,6 +157,17 @@ pub fn merge(
             )
         }
     };
+    check_apart(out, &inputs(model_spec, &source, &options.adapter_sources)?)?;
+    // Held until the new folder is in place: a second writer fails at once instead of
+    // replacing this one's temporary folder or output.
+    let _lock = crate::lock::lock_output(out)?;
+    if crate::atomic_dir::recover(out)? {
+        eprintln!(
+            "{}: put back the previous output, which an interrupted replacement had left only \
+             under its .old name",
+            out.display()
+        );
+    }
     check_output(out, options.overwrite)?;
     let dtype = match options.dtype {
         Some(d) => d,
@@ -167,7 +185,7 @@ pub fn merge(
     }
     let plan = plan_shards(&base.tensors(&config)?, dtype, options.max_shard_size);
 
-    let (tmp, parent) = temp_dir_for(out)?;
+    let tmp = temp_dir_for(out)?;
     let result = (|| -> Result<MergeReport> {
         let n = plan.len();
         let mut shards = Vec::with_capacity(n);
@@ -258,20 +276,10 @@ pub fn merge(
             return Err(e);
         }
     };
-    if out.exists() {
-        // check_output allowed it: empty, or --overwrite.
-        let old = parent.join(format!(".{}.old", file_name(out)?));
-        if old.exists() {
-            std::fs::remove_dir_all(&old)?;
-        }
-        std::fs::rename(out, &old)
-            .with_context(|| format!("{}: cannot move the old folder away", out.display()))?;
-        std::fs::rename(&tmp, out)?;
-        std::fs::remove_dir_all(&old)?;
-    } else {
-        std::fs::rename(&tmp, out)
-            .with_context(|| format!("{}: cannot rename the finished folder", out.display()))?;
-    }
+    crate::fault::point("merge-before-swap");
+    // check_output allowed an existing folder only when empty or with --overwrite.
+    crate::atomic_dir::replace_dir(&tmp, out)?;
+    crate::fault::point("merge-after-swap");
     Ok(report)
 }
 
@@ -302,8 +310,25 @@ fn check_output(out: &Path, overwrite: bool) -> Result<()> {
     Ok(())
 }
 
-/// A fresh `.NAME.tmp` folder beside `out`, and `out`'s parent.
-fn temp_dir_for(out: &Path) -> Result<(PathBuf, PathBuf)> {
+/// The model and the adapters as inputs the output must stay apart from.
+fn inputs(model_spec: &str, model: &Source, adapters: &[String]) -> Result<Vec<Input>> {
+    let role = match model {
+        Source::File(_) => "the model file",
+        _ => "the model folder",
+    };
+    let mut inputs: Vec<Input> = Input::of(role, model_spec, "config.json")?
+        .into_iter()
+        .collect();
+    for (i, spec) in adapters.iter().enumerate() {
+        let role = format!("the folder of adapter {}", i + 1);
+        inputs.extend(Input::of(&role, spec, "adapter_config.json")?);
+    }
+    Ok(inputs)
+}
+
+/// A fresh `.NAME.tmp` folder beside `out` (a stale one is a killed merge's: the lock says no
+/// merge is writing it now).
+fn temp_dir_for(out: &Path) -> Result<PathBuf> {
     let parent = out
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -318,7 +343,7 @@ fn temp_dir_for(out: &Path) -> Result<(PathBuf, PathBuf)> {
         })?;
     }
     std::fs::create_dir_all(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
-    Ok((tmp, parent))
+    Ok(tmp)
 }
 
 /// Copies config.json with `dtype`/`torch_dtype` set to the output dtype.

@@ -10,12 +10,59 @@ use crate::model::lora::module_path;
 use crate::model::{Adapter, LoraConfig, LoraPair, ModelConfig, PROJECTIONS};
 use crate::source::Source;
 
+use super::targets::targeted_modules;
+
 const CONFIG_FILE: &str = "adapter_config.json";
 const WEIGHTS_FILE: &str = "adapter_model.safetensors";
 pub const KEY_PREFIX: &str = "base_model.model.";
 
-/// Loads a PEFT LoRA adapter (folder or hub repo id) for a model with config `model`.
+/// What a loader does when `adapter_config.json` targets modules whose tensors the weights file
+/// lacks (a truncated or hand-edited file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MissingTensors {
+    /// Refuse the adapter, listing the missing keys.
+    #[default]
+    Refuse,
+    /// Load it with those modules left out, a zero delta (what PEFT leaves in a module whose
+    /// trained B factor it never received), and report the keys.
+    Allow,
+}
+
+/// An adapter and the tensor keys its config implies but its file lacks (empty unless loaded
+/// with [`MissingTensors::Allow`]).
+pub struct LoadedAdapter {
+    pub adapter: Adapter,
+    pub missing: Vec<String>,
+}
+
+/// How many missing keys a message lists before it only counts the rest.
+const LISTED_KEYS: usize = 10;
+
+/// `N tensor(s): k1, k2, ... and M more`, for errors and warnings about missing keys.
+pub fn describe_keys(keys: &[String]) -> String {
+    let listed = keys[..keys.len().min(LISTED_KEYS)].join(", ");
+    let rest = keys.len().saturating_sub(LISTED_KEYS);
+    let more = if rest > 0 {
+        format!(" and {rest} more")
+    } else {
+        String::new()
+    };
+    format!("{} tensor(s): {listed}{more}", keys.len())
+}
+
+/// Loads a PEFT LoRA adapter (folder or hub repo id) for a model with config `model`; refuses
+/// one whose file lacks tensors its config targets.
 pub fn load_adapter(spec: &str, model: &ModelConfig, device: &Device) -> Result<Adapter> {
+    Ok(load_adapter_with(spec, model, device, MissingTensors::Refuse)?.adapter)
+}
+
+/// [`load_adapter`], with the choice of what to do about missing tensors.
+pub fn load_adapter_with(
+    spec: &str,
+    model: &ModelConfig,
+    device: &Device,
+    on_missing: MissingTensors,
+) -> Result<LoadedAdapter> {
     let source = Source::parse(spec)?;
     let config_path = source.require(CONFIG_FILE)?;
     let text = std::fs::read_to_string(&config_path)
@@ -23,6 +70,8 @@ pub fn load_adapter(spec: &str, model: &ModelConfig, device: &Device) -> Result<
     let json: Value = serde_json::from_str(&text)
         .with_context(|| format!("{}: not valid JSON", config_path.display()))?;
     let mut lora = read_config(&json).with_context(|| format!("{}", config_path.display()))?;
+    let targeted = targeted_modules(&json, model.num_hidden_layers)
+        .with_context(|| format!("{}", config_path.display()))?;
     let weights_path = match source.find(WEIGHTS_FILE)? {
         Some(p) => p,
         None if source.find("adapter_model.bin")?.is_some() => bail!(
@@ -35,9 +84,17 @@ pub fn load_adapter(spec: &str, model: &ModelConfig, device: &Device) -> Result<
     let tensors = candle_core::safetensors::load(&weights_path, device)
         .map_err(|e| anyhow::anyhow!("{e}"))
         .with_context(|| format!("{}: not a valid safetensors file", weights_path.display()))?;
-    let adapter = adapter_from_tensors(tensors, &mut lora, model)
-        .with_context(|| format!("{}", weights_path.display()))?;
-    Ok(adapter)
+    let (adapter, missing) =
+        build_adapter(tensors, &mut lora, model, targeted.as_deref(), on_missing).with_context(
+            || {
+                format!(
+                    "{} (targets from {})",
+                    weights_path.display(),
+                    config_path.display()
+                )
+            },
+        )?;
+    Ok(LoadedAdapter { adapter, missing })
 }
 
 /// Reads the fields we can honour and refuses what we cannot represent.
@@ -112,6 +169,18 @@ pub fn adapter_from_tensors(
     lora: &mut LoraConfig,
     model: &ModelConfig,
 ) -> Result<Adapter> {
+    Ok(build_adapter(tensors, lora, model, None, MissingTensors::Refuse)?.0)
+}
+
+/// Builds an adapter from PEFT-named tensors, checking that every module in `targeted` (when
+/// known) has both factors. Returns the adapter and the keys it lacks (allowed ones only).
+fn build_adapter(
+    tensors: HashMap<String, Tensor>,
+    lora: &mut LoraConfig,
+    model: &ModelConfig,
+    targeted: Option<&[(usize, usize)]>,
+    on_missing: MissingTensors,
+) -> Result<(Adapter, Vec<String>)> {
     let mut layers: Vec<[Option<LoraPair>; 7]> = (0..model.num_hidden_layers)
         .map(|_| Default::default())
         .collect();
@@ -123,14 +192,26 @@ pub fn adapter_from_tensors(
             bail!("tensor `{name}` is not a LoRA factor; only lora_A/lora_B weights are supported");
         }
     }
+    let mut recognised = 0;
+    let mut missing = Vec::new();
     for (layer, slots) in layers.iter_mut().enumerate() {
         for (p, proj) in PROJECTIONS.iter().enumerate() {
             let module = module_path(layer, p);
             let key = |ab: &str| format!("{KEY_PREFIX}{module}.{ab}.weight");
             let (ka, kb) = (key("lora_A"), key("lora_B"));
-            let (a, b) = match (tensors.get(&ka), tensors.get(&kb)) {
+            let (a, b) = (tensors.get(&ka), tensors.get(&kb));
+            recognised += usize::from(a.is_some()) + usize::from(b.is_some());
+            let expected = targeted.is_some_and(|t| t.contains(&(layer, p)));
+            let (a, b) = match (a, b) {
                 (Some(a), Some(b)) => (a, b),
-                (None, None) => continue,
+                (None, None) if !expected => continue,
+                (a, b) if expected => {
+                    // A targeted module short of a factor is untrained as far as PEFT goes:
+                    // the factor it lacks stays at its initialisation, B = 0.
+                    missing.extend(a.is_none().then(|| ka.clone()));
+                    missing.extend(b.is_none().then(|| kb.clone()));
+                    continue;
+                }
                 _ => bail!("{module}: lora_A and lora_B must both be present"),
             };
             let (out, inp) = model.projection_shape(proj).expect("known projection");
@@ -149,14 +230,23 @@ pub fn adapter_from_tensors(
             found[p] = true;
         }
     }
-    let expected: usize = 2 * layers.iter().flatten().flatten().count();
-    if expected != tensors.len() {
+    if recognised != tensors.len() {
         bail!(
             "{} of its {} tensors do not name a layer/projection of this model \
              (expected names like {KEY_PREFIX}model.layers.0.self_attn.q_proj.lora_A.weight)",
-            tensors.len() - expected,
+            tensors.len() - recognised,
             tensors.len()
         );
+    }
+    if !missing.is_empty() && on_missing == MissingTensors::Refuse {
+        bail!(
+            "the adapter's target modules need {} that the file lacks (--allow-missing loads \
+             it with those modules untrained)",
+            describe_keys(&missing)
+        );
+    }
+    if !found.iter().any(|f| *f) {
+        bail!("holds no complete lora_A/lora_B pair for any module of this model");
     }
     lora.target_modules = PROJECTIONS
         .iter()
@@ -165,11 +255,14 @@ pub fn adapter_from_tensors(
         .map(|(p, _)| p.to_string())
         .collect();
     lora.validate()?;
-    Ok(Adapter {
-        config: lora.clone(),
-        frozen: false,
-        layers,
-    })
+    Ok((
+        Adapter {
+            config: lora.clone(),
+            frozen: false,
+            layers,
+        },
+        missing,
+    ))
 }
 
 /// PEFT's `adapter_config.json` for `adapter`.
@@ -188,11 +281,33 @@ pub fn config_json(adapter: &Adapter, base_model: &str) -> Value {
         "peft_type": "LORA",
         "r": c.r,
         "rank_pattern": {},
-        "target_modules": c.target_modules,
+        "target_modules": saved_targets(adapter),
         "task_type": "CAUSAL_LM",
         "use_dora": false,
         "use_rslora": c.use_rslora,
     })
+}
+
+/// `target_modules` as PEFT reads it back to exactly the modules `adapter` holds: the projection
+/// names when every layer has the same ones, else each module's full path (an adapter loaded
+/// with missing modules allowed), so that reloading it finds no tensor missing.
+fn saved_targets(adapter: &Adapter) -> Vec<String> {
+    let uniform = adapter
+        .layers
+        .iter()
+        .all(|l| (0..PROJECTIONS.len()).all(|p| l[p].is_some() == adapter.layers[0][p].is_some()));
+    if uniform {
+        return adapter.config.target_modules.clone();
+    }
+    let mut modules = Vec::new();
+    for (layer, slots) in adapter.layers.iter().enumerate() {
+        for (p, slot) in slots.iter().enumerate() {
+            if slot.is_some() {
+                modules.push(module_path(layer, p));
+            }
+        }
+    }
+    modules
 }
 
 /// Writes the adapter as a PEFT folder at `dir`, through a temporary folder renamed at the end.

@@ -9,7 +9,7 @@ use lora_dpo::ops::Kernels;
 use lora_dpo::train::dpo::{DpoLoss, LossType};
 use lora_dpo::train::evaluate::{evaluate, is_preference_data, EvalRequest};
 use lora_dpo::train::run::{select_device, tokenizer_path};
-use lora_dpo::{adapter, model, source::Source};
+use lora_dpo::{model, source::Source};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -19,6 +19,10 @@ pub struct Args {
     /// PEFT adapter folder (or hub repo id); the reference is the model without it.
     #[arg(long)]
     adapter: Option<String>,
+    /// Load an adapter whose file lacks tensors its config targets, leaving those modules
+    /// untrained (a warning lists them); by default such an adapter is refused.
+    #[arg(long)]
+    allow_missing: bool,
     /// Dataset file or folder (preference pairs or SFT rows).
     #[arg(long)]
     data: PathBuf,
@@ -87,9 +91,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let adapter = args
         .adapter
         .as_ref()
-        .map(|a| {
-            adapter::load_adapter(a, &model.config, &device).with_context(|| format!("adapter {a}"))
-        })
+        .map(|a| crate::cli::adapters::load(a, &model.config, &device, args.allow_missing))
         .transpose()?;
     let request = EvalRequest {
         model: &model,

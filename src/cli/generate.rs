@@ -1,7 +1,6 @@
 //! `lora-dpo generate`: stream a completion from a model, optionally with adapters.
 
 use anyhow::Context;
-use lora_dpo::adapter::load_adapter;
 use lora_dpo::data::{load_chat_tokenizer, Message};
 use lora_dpo::generate::{end_of_turn_ids, generate, GenerateOptions, TextStream};
 use lora_dpo::model::{self, parse_dtype};
@@ -17,6 +16,10 @@ pub struct Args {
     /// PEFT LoRA adapter folder or hub repo id; repeat to stack several.
     #[arg(long)]
     adapter: Vec<String>,
+    /// Load an adapter whose file lacks tensors its config targets, leaving those modules
+    /// untrained (a warning lists them); by default such an adapter is refused.
+    #[arg(long)]
+    allow_missing: bool,
     /// The user message (or, with --raw, the text to continue).
     #[arg(long)]
     prompt: String,
@@ -71,10 +74,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let adapters = args
         .adapter
         .iter()
-        .map(|spec| {
-            load_adapter(spec, &model.config, &device)
-                .with_context(|| format!("loading adapter {spec}"))
-        })
+        .map(|spec| crate::cli::adapters::load(spec, &model.config, &device, args.allow_missing))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let adapter_refs: Vec<_> = adapters.iter().collect();
 

@@ -28,6 +28,10 @@ pub struct Args {
     /// Replace the output folder if it exists and is not empty.
     #[arg(long)]
     overwrite: bool,
+    /// Load an adapter whose file lacks tensors its config targets, leaving those modules
+    /// untrained (a warning lists them); by default such an adapter is refused.
+    #[arg(long)]
+    allow_missing: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -35,15 +39,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         dtype: args.dtype.as_deref().map(parse_dtype).transpose()?,
         max_shard_size: parse_size(&args.max_shard_size).context("--max-shard-size")?,
         overwrite: args.overwrite,
+        adapter_sources: args.adapter.clone(),
         ..MergeOptions::default()
     };
     let mut adapters = Vec::with_capacity(args.adapter.len());
     if !args.adapter.is_empty() {
         let config = model::load_config(&Source::parse(&args.model)?)?;
         for spec in &args.adapter {
-            let a = adapter::load_adapter(spec, &config, &Device::Cpu)
-                .with_context(|| format!("loading adapter {spec}"))?;
-            adapters.push(a);
+            adapters.push(crate::cli::adapters::load(
+                spec,
+                &config,
+                &Device::Cpu,
+                args.allow_missing,
+            )?);
         }
     }
     let report = adapter::merge(&args.model, &adapters, &args.out, &options)?;

@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod adapters;
 mod bench;
 mod common;
 mod data;
