@@ -292,6 +292,10 @@ fn a_kill_at_any_write_leaves_complete_files_and_resume_ends_bit_identical() {
         "checkpoint-after-rename:3",
         "metrics-half-line",
         "metrics-half-line:4",
+        // The adapter inside checkpoint-4, then the final one (after checkpoint-6's).
+        "adapter-before-rename:2",
+        "adapter-before-rename:4",
+        "stage-before-state",
     ] {
         let run = Run::new(STEPS, 2);
         let (status, err) = run.run_with_fault(fault, &[]);

@@ -336,6 +336,7 @@ pub fn save_adapter(adapter: &Adapter, base_model: &str, dir: &Path) -> Result<(
         ));
     }
     write_safetensors(&data, &tmp.join(WEIGHTS_FILE))?;
+    crate::fault::point("adapter-before-rename");
     crate::atomic_dir::replace_dir(&tmp, dir)?;
     Ok(())
 }

@@ -158,6 +158,7 @@ pub fn mark_complete(run_dir: &Path, steps: usize, fingerprint: &RunFingerprint)
     });
     std::fs::write(&tmp, serde_json::to_string_pretty(&state)? + "\n")
         .with_context(|| format!("{}: cannot write", tmp.display()))?;
+    crate::fault::point("stage-before-state");
     std::fs::rename(&tmp, &path).with_context(|| format!("{}: cannot write", path.display()))
 }
 
