@@ -222,23 +222,42 @@ impl LoadedConfig {
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("{}: cannot read config file", path.display()))?;
-        let mut cfg =
-            Self::from_str(&text, overrides).with_context(|| format!("{}", path.display()))?;
+        let mut cfg = Self::build(&text, overrides, Some(path))?;
         cfg.path = Some(path.to_path_buf());
         Ok(cfg)
     }
 
     pub fn from_str(text: &str, overrides: &[String]) -> Result<Self> {
+        Self::build(text, overrides, None)
+    }
+
+    /// Errors in the text name `file`; errors of an override name the `--set` argument instead.
+    fn build(text: &str, overrides: &[String], file: Option<&Path>) -> Result<Self> {
+        let in_file = |e: anyhow::Error| match file {
+            Some(p) => e.context(p.display().to_string()),
+            None => e,
+        };
         let mut table: toml::Table = text
             .parse()
-            .map_err(|e: toml::de::Error| anyhow::anyhow!("{e}"))?;
+            .map_err(|e: toml::de::Error| in_file(anyhow::anyhow!("{e}")))?;
+        check_keys(&table).map_err(in_file)?;
+        check_finite(&table).map_err(in_file)?;
+        // Each override is checked alone, so its error names it rather than a line of the file.
         for o in overrides {
-            apply_override(&mut table, o)?;
+            apply_override(&mut table, o).with_context(|| format!("--set {o}"))?;
         }
-        check_keys(&table)?;
-        let run: RunConfig = toml::from_str(&toml::to_string(&table)?)
-            .map_err(|e: toml::de::Error| anyhow::anyhow!("{e}"))?;
-        run.validate()?;
+        if !table.contains_key("model") {
+            return Err(in_file(anyhow::anyhow!(
+                "missing section [model] (with name_or_path)"
+            )));
+        }
+        let run = typed(text, &table).map_err(in_file)?;
+        if let Err(e) = run.validate() {
+            return Err(match blamed_override(text, overrides) {
+                Some(o) => e.context(format!("--set {o}")),
+                None => in_file(e),
+            });
+        }
         Ok(Self {
             run,
             table,
@@ -282,14 +301,59 @@ impl RunConfig {
     }
 }
 
+/// The most epochs a run may ask for: far beyond any real run, and small enough that epochs times
+/// the steps of an epoch stays an exact step count.
+pub const MAX_EPOCHS: f64 = 1e6;
+
 impl StageConfig {
     pub fn validate(&self) -> Result<()> {
+        let floats = [
+            ("learning_rate", self.learning_rate),
+            ("num_train_epochs", self.num_train_epochs),
+            ("warmup_ratio", self.warmup_ratio),
+            ("weight_decay", self.weight_decay),
+            ("adam_beta1", self.adam_beta1),
+            ("adam_beta2", self.adam_beta2),
+            ("adam_epsilon", self.adam_epsilon),
+            ("max_grad_norm", self.max_grad_norm),
+            ("beta", self.beta),
+            ("label_smoothing", self.label_smoothing),
+            ("rpo_alpha", self.rpo_alpha.unwrap_or(0.0)),
+        ];
+        for (key, v) in floats {
+            if !v.is_finite() {
+                bail!("`{key}`: {} is not a finite number", float_text(v));
+            }
+        }
         let positive = |key: &str, v: f64| -> Result<()> {
             if v.is_nan() || v <= 0.0 {
                 bail!("`{key}` must be positive, got {v}");
             }
             Ok(())
         };
+        // torch.optim.AdamW's own checks.
+        let at_least_zero = |key: &str, v: f64| -> Result<()> {
+            if v < 0.0 {
+                bail!("`{key}` must be at least 0, got {v}");
+            }
+            Ok(())
+        };
+        at_least_zero("weight_decay", self.weight_decay)?;
+        at_least_zero("adam_epsilon", self.adam_epsilon)?;
+        for (key, v) in [
+            ("adam_beta1", self.adam_beta1),
+            ("adam_beta2", self.adam_beta2),
+        ] {
+            if !(0.0..1.0).contains(&v) {
+                bail!("`{key}` must be in [0, 1), got {v}");
+            }
+        }
+        if self.max_grad_norm < 0.0 {
+            bail!(
+                "`max_grad_norm` must be at least 0 (0: no clipping), got {}",
+                self.max_grad_norm
+            );
+        }
         positive("learning_rate", self.learning_rate)?;
         positive(
             "per_device_train_batch_size",
@@ -306,6 +370,12 @@ impl StageConfig {
         positive("beta", self.beta)?;
         if self.max_steps <= 0 {
             positive("num_train_epochs", self.num_train_epochs)?;
+            if self.num_train_epochs > MAX_EPOCHS {
+                bail!(
+                    "`num_train_epochs` = {:e} would overflow the step count; at most {MAX_EPOCHS} (or set `max_steps`)",
+                    self.num_train_epochs
+                );
+            }
         }
         if !(0.0..=1.0).contains(&self.warmup_ratio) {
             bail!(
@@ -327,38 +397,107 @@ impl StageConfig {
 }
 
 /// `section.key=value`: the value is read as TOML (`0.05`, `true`, `"text"`, `[1, 2]`), or as a
-/// plain string when it is not valid TOML.
+/// plain string when it is not valid TOML. The key must be known and the value of its type.
 fn apply_override(table: &mut toml::Table, spec: &str) -> Result<()> {
-    let (path, raw) = spec
-        .split_once('=')
-        .with_context(|| format!("--set {spec}: expected section.key=value"))?;
+    let (path, raw) = spec.split_once('=').context("expected section.key=value")?;
     let (section, key) = path
         .trim()
         .split_once('.')
-        .with_context(|| format!("--set {spec}: expected section.key=value, e.g. dpo.beta=0.05"))?;
+        .context("expected section.key=value, e.g. dpo.beta=0.05")?;
+    let (section, key) = (section.trim(), key.trim());
+    let known = known_keys(section)?;
+    if !known.contains(&key) {
+        bail!("[{section}] unknown key `{key}`{}", suggestion(key, known));
+    }
     let value = match format!("v = {raw}").parse::<toml::Table>() {
         Ok(mut t) => t.remove("v").expect("parsed key"),
+        // A number TOML cannot hold (1e400) is not meant as text.
+        Err(_) if raw.trim().parse::<f64>().is_ok_and(|x| !x.is_finite()) => {
+            bail!("[{section}] {key}: {} is not a finite number", raw.trim())
+        }
         Err(_) => toml::Value::String(raw.to_string()),
     };
+    check_finite_value(&format!("[{section}] {key}"), &value)?;
+    check_type(section, key, &value)?;
     let entry = table
         .entry(section.to_string())
         .or_insert_with(|| toml::Value::Table(Default::default()));
     let Some(section_table) = entry.as_table_mut() else {
-        bail!("--set {spec}: `{section}` is not a section");
+        bail!("`{section}` is not a section");
     };
     section_table.insert(key.to_string(), value);
     Ok(())
 }
 
+/// Whether `value` fits `section.key`, on its own (the rest of the config is not needed).
+fn check_type(section: &str, key: &str, value: &toml::Value) -> Result<()> {
+    let fields: toml::Table = [(key.to_string(), value.clone())].into_iter().collect();
+    let mut model: toml::Table = [("name_or_path".to_string(), "m".into())]
+        .into_iter()
+        .collect();
+    let mut alone = toml::Table::new();
+    if section == "model" {
+        model.extend(fields.clone());
+    } else {
+        alone.insert(section.into(), toml::Value::Table(fields.clone()));
+    }
+    alone.insert("model".into(), toml::Value::Table(model));
+    let wrong = |e: toml::de::Error| anyhow::anyhow!("[{section}] {key}: {}", e.message().trim());
+    toml::Value::Table(alone)
+        .try_into::<RunConfig>()
+        .map_err(wrong)?;
+    if matches!(section, "sft" | "dpo") {
+        toml::Value::Table(fields)
+            .try_into::<crate::data::DataConfig>()
+            .map_err(wrong)?;
+    }
+    Ok(())
+}
+
+/// The typed settings; a type error cites the file's own line where the file holds the value.
+fn typed(text: &str, table: &toml::Table) -> Result<RunConfig> {
+    let merged: std::result::Result<RunConfig, _> = toml::Value::Table(table.clone()).try_into();
+    merged.map_err(
+        |merged_err: toml::de::Error| match toml::from_str::<RunConfig>(text) {
+            Err(in_file) => anyhow::anyhow!("{in_file}"),
+            Ok(_) => anyhow::anyhow!("{}", merged_err.to_string().replace('\n', " ")),
+        },
+    )
+}
+
+/// The first override that turns a valid file into an invalid config, if that is what happened.
+fn blamed_override<'a>(text: &str, overrides: &'a [String]) -> Option<&'a String> {
+    let valid = |t: &toml::Table| {
+        toml::Value::Table(t.clone())
+            .try_into::<RunConfig>()
+            .is_ok_and(|r| r.validate().is_ok())
+    };
+    let mut table: toml::Table = text.parse().ok()?;
+    if !valid(&table) {
+        return None;
+    }
+    for o in overrides {
+        apply_override(&mut table, o).ok()?;
+        if !valid(&table) {
+            return Some(o);
+        }
+    }
+    None
+}
+
+fn known_keys(section: &str) -> Result<&'static [&'static str]> {
+    Ok(match section {
+        "model" => MODEL_KEYS,
+        "lora" => LORA_KEYS,
+        "sft" | "dpo" => STAGE_KEYS,
+        "output" => OUTPUT_KEYS,
+        other => bail!("unknown section [{other}]{}", suggestion(other, SECTIONS)),
+    })
+}
+
 fn check_keys(table: &toml::Table) -> Result<()> {
     for (section, value) in table {
-        let known = match section.as_str() {
-            "model" => MODEL_KEYS,
-            "lora" => LORA_KEYS,
-            "sft" | "dpo" => STAGE_KEYS,
-            "output" => OUTPUT_KEYS,
-            other => bail!("unknown section [{other}]{}", suggestion(other, SECTIONS)),
-        };
+        let known = known_keys(section)?;
         let Some(t) = value.as_table() else {
             bail!("`{section}` must be a section ([{section}])");
         };
@@ -368,10 +507,41 @@ fn check_keys(table: &toml::Table) -> Result<()> {
             }
         }
     }
-    if !table.contains_key("model") {
-        bail!("missing section [model] (with name_or_path)");
+    Ok(())
+}
+
+/// TOML allows `inf` and `nan`; no setting means either.
+fn check_finite(table: &toml::Table) -> Result<()> {
+    for (section, value) in table {
+        if let Some(t) = value.as_table() {
+            for (key, v) in t {
+                check_finite_value(&format!("[{section}] {key}"), v)?;
+            }
+        }
     }
     Ok(())
+}
+
+fn check_finite_value(name: &str, value: &toml::Value) -> Result<()> {
+    match value {
+        toml::Value::Float(x) if !x.is_finite() => {
+            bail!("{name}: {} is not a finite number", float_text(*x))
+        }
+        toml::Value::Array(items) => items.iter().try_for_each(|v| check_finite_value(name, v)),
+        toml::Value::Table(t) => t
+            .iter()
+            .try_for_each(|(k, v)| check_finite_value(&format!("{name}.{k}"), v)),
+        _ => Ok(()),
+    }
+}
+
+/// A non-finite number as TOML writes it.
+fn float_text(x: f64) -> &'static str {
+    match x {
+        x if x.is_nan() => "nan",
+        x if x > 0.0 => "inf",
+        _ => "-inf",
+    }
 }
 
 /// `" (did you mean `x`?)"` for the closest known name, when one is close.

@@ -28,14 +28,22 @@ impl PairSums {
         self.rejected_tokens.extend(other.rejected_tokens);
     }
 
-    fn select(&self, rows: &[usize]) -> PairSums {
-        let pick = |v: &Vec<f32>| rows.iter().map(|&r| v[r]).collect();
-        PairSums {
-            chosen: pick(&self.chosen),
-            rejected: pick(&self.rejected),
-            chosen_tokens: pick(&self.chosen_tokens),
-            rejected_tokens: pick(&self.rejected_tokens),
-        }
+    /// The sums of `rows`; an error, not a panic, when precomputed sums lack one of them.
+    fn select(&self, rows: &[usize]) -> Result<PairSums> {
+        let pick = |v: &Vec<f32>| -> Result<Vec<f32>> {
+            rows.iter()
+                .map(|&r| match v.get(r) {
+                    Some(x) => Ok(*x),
+                    None => bail!("reference log-probs of {} pairs have no row {r}", v.len()),
+                })
+                .collect()
+        };
+        Ok(PairSums {
+            chosen: pick(&self.chosen)?,
+            rejected: pick(&self.rejected)?,
+            chosen_tokens: pick(&self.chosen_tokens)?,
+            rejected_tokens: pick(&self.rejected_tokens)?,
+        })
     }
 
     /// As tensors on `device`; means over completion tokens instead of sums when `average`.
@@ -291,7 +299,7 @@ impl Objective for DpoObjective {
         let packed = PairForward::pack(&self.train, rows);
         let t0 = std::time::Instant::now();
         let reference = match &self.train_reference {
-            Some(r) => r.select(rows).logps(average, model.device())?,
+            Some(r) => r.select(rows)?.logps(average, model.device())?,
             // Computed and kept on the device.
             None => PairForward::run(model, &packed, Pass::eval(&adapters.reference()))?
                 .pair_logps(average)?,
@@ -378,7 +386,7 @@ pub fn evaluate_pairs(
         let own = fwd.host_sums()?;
         // No reference given: the policy is its own reference (a model without adapters).
         let reference = match reference {
-            Some(r) => r.select(chunk),
+            Some(r) => r.select(chunk)?,
             None => own.clone(),
         };
         sums.extend(own);

@@ -95,22 +95,17 @@ impl Session {
         Ok(self.model_files.get_or_init(|| h))
     }
 
-    /// Identity of the model files, for the reference-log-prob cache key.
+    /// Identity of the model, for the reference-log-prob cache key: the whole content of its
+    /// files, and how it was loaded.
     fn fingerprint(&self) -> Result<Fingerprint> {
         let mut f = Fingerprint::default();
         f.bytes(self.model_name.as_bytes());
-        match &self.source {
-            Source::File(p) => {
-                f.file_head(p)?;
-            }
-            _ => {
-                f.file_head(&self.source.require("config.json")?)?;
-                for p in crate::model::weights::WeightFiles::open(&self.source)?.paths() {
-                    f.file_head(p)?;
-                }
-            }
-        }
+        f.bytes(self.model_files()?.as_bytes());
         f.bytes(format!("{:?}", self.model.dtype()).as_bytes());
+        // Other kernels or another device round differently, and a resumed or repeated run
+        // must see the reference it would have computed.
+        f.bytes(format!("{:?}", self.model.kernels()).as_bytes());
+        f.bytes(format!("{:?}", self.model.device().location()).as_bytes());
         Ok(f)
     }
 }
@@ -419,6 +414,7 @@ fn dpo_stage(
     let train_reference = if stage.precompute_ref_log_probs {
         Some(cached_reference(
             session,
+            &cfg.run.model.quantize,
             &stack,
             &train,
             stage.per_device_eval_batch_size,
@@ -447,27 +443,40 @@ fn dpo_stage(
 
 fn cached_reference(
     session: &Session,
+    quantize: &str,
     stack: &AdapterStack,
     data: &crate::data::DpoDataset,
     batch_size: usize,
 ) -> Result<super::preference::PairSums> {
     let mut key = session.fingerprint()?;
+    key.bytes(quantize.as_bytes());
     for a in stack.reference() {
         key.adapter(a)?;
     }
     key.pairs(data);
     let key = key.hex();
-    if let Some(sums) = ref_cache::load(&key)? {
-        eprintln!("reference log-probs: reusing the cached ones (key {key})");
-        return Ok(sums);
+    let dir = ref_cache::cache_dir();
+    let rows = ref_cache::Rows::of(data);
+    match ref_cache::load(&dir, &key, &rows) {
+        ref_cache::Lookup::Reused(sums) => {
+            eprintln!("reference log-probs: reusing the cached ones (key {key})");
+            return Ok(sums);
+        }
+        ref_cache::Lookup::Missing => eprintln!(
+            "reference log-probs: computing them for {} pairs (key {key})",
+            data.examples.len()
+        ),
+        ref_cache::Lookup::Rejected(why) => eprintln!(
+            "reference log-probs: {}: corrupt ({why}); recomputing",
+            ref_cache::entry_path(&dir, &key).display()
+        ),
     }
-    eprintln!(
-        "reference log-probs: computing them for {} pairs (key {key})",
-        data.examples.len()
-    );
     let sums = reference_sums(&session.model, &stack.reference(), data, batch_size)?;
-    let path = ref_cache::store(&key, &sums)?;
-    eprintln!("reference log-probs: cached in {}", path.display());
+    // The cache only saves time: a run that cannot write it still trains.
+    match ref_cache::store(&dir, &key, &rows, &sums) {
+        Ok(path) => eprintln!("reference log-probs: cached in {}", path.display()),
+        Err(e) => eprintln!("reference log-probs: not cached: {e:#}"),
+    }
     Ok(sums)
 }
 
