@@ -50,6 +50,13 @@ pub fn file_hash(path: &Path) -> Result<String> {
             return Ok(stamp.xxh3_128.clone());
         }
     }
+    if meta.len() >= 1 << 30 {
+        eprintln!(
+            "hashing {} ({:.1} GB) once, for the run fingerprint; later runs reuse the hash",
+            path.display(),
+            meta.len() as f64 / 1e9
+        );
+    }
     let hash = hash_content(&resolved)?;
     memo.insert(
         key,
