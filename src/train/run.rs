@@ -10,6 +10,7 @@ use std::sync::Arc;
 use super::checkpoint;
 use super::dpo::{DpoLoss, LossType};
 use super::fingerprint::RunFingerprint;
+use super::output_dir;
 use super::preference::{reference_sums, DpoObjective};
 use super::ref_cache::{self, Fingerprint};
 use super::sft::SftObjective;
@@ -17,7 +18,6 @@ use super::trainer::{self, AdapterStack, Finish, TrainOptions};
 use crate::adapter::{combine, load_adapter, save_adapter};
 use crate::config::{LoadedConfig, StageConfig};
 use crate::data::{load_chat_tokenizer, ChatTokenizer, Stage};
-use crate::lock::{lock_output, OutputLock};
 use crate::model::{self, Adapter, Model};
 use crate::source::Source;
 
@@ -186,37 +186,6 @@ fn train_options(
     })
 }
 
-/// Takes the output folder for this process and checks that the stages about to run may write
-/// there: a folder holding an earlier run is refused unless it is resumed or overwritten
-/// (`--overwrite` removes the stages' earlier outputs first).
-pub fn claim_output(cfg: &LoadedConfig, opts: &RunOptions, stages: &[&str]) -> Result<OutputLock> {
-    if opts.resume && opts.overwrite {
-        bail!("--resume and --overwrite: choose one (continue the run, or start it again)");
-    }
-    let out = Path::new(&cfg.run.output.dir);
-    let lock = lock_output(out)?;
-    for stage in stages {
-        let dir = out.join(stage);
-        crate::atomic_dir::recover(&dir)?;
-        let holds_a_run = std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_some());
-        if !holds_a_run || opts.resume {
-            continue;
-        }
-        if opts.overwrite {
-            std::fs::remove_dir_all(&dir)
-                .with_context(|| format!("{}: cannot remove the earlier run", dir.display()))?;
-            eprintln!("--overwrite: removed the earlier run in {}", dir.display());
-        } else {
-            bail!(
-                "{}: holds an earlier run; pass --resume to continue it, or --overwrite to \
-                 replace it (or set [output] dir to another folder)",
-                dir.display()
-            );
-        }
-    }
-    Ok(lock)
-}
-
 /// The fingerprint of a stage about to be trained on top of `frozen` adapters.
 fn stage_fingerprint(
     session: &Session,
@@ -246,18 +215,9 @@ fn finished_stage(
     if !opts.resume {
         return Ok(None);
     }
-    let Some(recorded) = checkpoint::completed(&topts.run_dir)? else {
+    let Some(steps) = output_dir::finished(&topts.run_dir, &topts.fingerprint)? else {
         return Ok(None);
     };
-    let diff = topts.fingerprint.differences(&recorded);
-    if !diff.is_empty() {
-        bail!(
-            "{}: finished by a run with other settings:\n  {}\nrestore those settings to resume, \
-             or pass --overwrite to train it again",
-            topts.run_dir.display(),
-            diff.join("\n  ")
-        );
-    }
     let adapter_dir = topts.run_dir.join("adapter");
     let spec = adapter_dir.display().to_string();
     let adapter = load_adapter(&spec, &session.model.config, session.model.device())
@@ -266,7 +226,6 @@ fn finished_stage(
         "--resume: {stage} already finished with these settings ({}); using its adapter",
         topts.run_dir.display()
     );
-    let steps = checkpoint::completed_steps(&topts.run_dir)?;
     Ok(Some((
         adapter,
         StageResult {
@@ -308,7 +267,7 @@ pub fn run_sft(
     cfg: &LoadedConfig,
     opts: &RunOptions,
 ) -> Result<(Adapter, StageResult)> {
-    let _lock = claim_output(cfg, opts, &["sft"])?;
+    let _lock = output_dir::claim(&cfg.run.output.dir, opts, &["sft"])?;
     sft_stage(session, cfg, opts)
 }
 
@@ -359,7 +318,7 @@ pub fn run_dpo(
     opts: &RunOptions,
     frozen: Option<&Adapter>,
 ) -> Result<(Adapter, StageResult)> {
-    let _lock = claim_output(cfg, opts, &["dpo"])?;
+    let _lock = output_dir::claim(&cfg.run.output.dir, opts, &["dpo"])?;
     dpo_stage(session, cfg, opts, frozen)
 }
 
@@ -486,7 +445,7 @@ pub fn run_train(
     cfg: &LoadedConfig,
     opts: &RunOptions,
 ) -> Result<Vec<StageResult>> {
-    let _lock = claim_output(cfg, opts, &["sft", "dpo", "combined"])?;
+    let _lock = output_dir::claim(&cfg.run.output.dir, opts, &["sft", "dpo", "combined"])?;
     let (mut sft, sft_result) = sft_stage(session, cfg, opts)?;
     if matches!(sft_result.finish, Finish::Interrupted { .. }) {
         return Ok(vec![sft_result]);
