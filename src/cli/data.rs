@@ -2,9 +2,12 @@
 
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use anyhow::Context as _;
 use lora_dpo::data::{self, report, DataConfig, Stage, TruncationMode};
+use lora_dpo::model::load_config;
+use lora_dpo::source::Source;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -37,11 +40,35 @@ pub struct Args {
     pub example: usize,
 }
 
+/// The model's `max_position_embeddings`, from the folder's config.json or the GGUF's metadata; `None` for a
+/// folder that holds only a tokenizer.
+fn model_max_length(model: &Path) -> anyhow::Result<Option<usize>> {
+    let folder = if model.file_name().and_then(|n| n.to_str()) == Some("tokenizer.json") {
+        model.parent().unwrap_or(Path::new("."))
+    } else {
+        model
+    };
+    if folder.is_dir() && !folder.join("config.json").exists() {
+        return Ok(None);
+    }
+    let source = Source::parse(&folder.to_string_lossy())?;
+    let config = load_config(&source).with_context(|| {
+        format!(
+            "{}: cannot read the model config for its max_position_embeddings",
+            folder.display()
+        )
+    })?;
+    Ok(Some(config.max_position_embeddings))
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let raw = data::read_dataset(&args.data, args.split.as_deref())?;
-    let stage = args
-        .stage
-        .unwrap_or_else(|| data::detect_stage(&raw, &DataConfig::default()));
+    let stage = match args.stage {
+        Some(s) => s,
+        None => {
+            let first = data::first_readable_row(&args.data, args.split.as_deref())?;
+            data::stage_of(first.as_ref(), &DataConfig::default())
+        }
+    };
     let mut cfg = match &args.config {
         Some(path) => DataConfig::from_toml_file(path, stage)?,
         None => DataConfig::default(),
@@ -57,9 +84,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     cfg.validate()?;
     let tok = data::load_chat_tokenizer(&args.model)?;
+    cfg.model_max_length = model_max_length(&args.model)?;
+    let split = args.split.as_deref();
     let (stats, shown) = match stage {
         Stage::Sft => {
-            let ds = data::prepare_sft(raw, &tok, &cfg)?;
+            let ds = data::load_sft(&args.data, split, &tok, &cfg)?;
             let i = args.example.min(ds.examples.len() - 1);
             let shown = vec![(
                 format!("example {i} ({})", ds.locs[i]),
@@ -68,7 +97,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             (ds.stats, shown)
         }
         Stage::Dpo => {
-            let ds = data::prepare_dpo(raw, &tok, &cfg)?;
+            let ds = data::load_dpo(&args.data, split, &tok, &cfg)?;
             let i = args.example.min(ds.examples.len() - 1);
             let ex = &ds.examples[i];
             let shown = vec![
@@ -86,6 +115,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let mut out = String::new();
     out.push_str(&report::summary(&stats, &cfg));
+    if cfg.model_max_length.is_none() {
+        out.push_str("model limit: unknown (no config.json next to the tokenizer)\n");
+    }
     let _ = writeln!(
         out,
         "pad id: {}{}",

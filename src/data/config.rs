@@ -99,6 +99,28 @@ pub struct DataConfig {
     pub assistant_only_loss: bool,
     /// Batch rows of similar length together to reduce padding.
     pub group_by_length: bool,
+    /// The model's `max_position_embeddings`: no row may be longer, whatever `max_length` says. Set from the
+    /// model by the commands, never from the TOML.
+    #[serde(skip)]
+    pub model_max_length: Option<usize>,
+}
+
+/// The length limit a row is held to, and where it comes from (for messages).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LengthLimit {
+    pub tokens: usize,
+    /// The model's `max_position_embeddings` is the tighter limit (or the only one).
+    pub from_model: bool,
+}
+
+impl std::fmt::Display for LengthLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.from_model {
+            write!(f, "the model's max_position_embeddings {}", self.tokens)
+        } else {
+            write!(f, "max_length {}", self.tokens)
+        }
+    }
 }
 
 impl Default for DataConfig {
@@ -114,6 +136,7 @@ impl Default for DataConfig {
             completion_only_loss: None,
             assistant_only_loss: true,
             group_by_length: false,
+            model_max_length: None,
         }
     }
 }
@@ -145,6 +168,31 @@ impl DataConfig {
             .map_err(|e: toml::de::Error| anyhow::anyhow!("{}", e.message()))?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// These options with the model's position limit (`max_position_embeddings`) applied to every row.
+    pub fn with_model_max_length(mut self, max_position_embeddings: usize) -> Self {
+        self.model_max_length = Some(max_position_embeddings);
+        self
+    }
+
+    /// The tighter of `max_length` and the model's limit; `None` when neither is set.
+    pub fn length_limit(&self) -> Option<LengthLimit> {
+        match (self.max_length, self.model_max_length) {
+            (Some(l), Some(m)) if m < l => Some(LengthLimit {
+                tokens: m,
+                from_model: true,
+            }),
+            (Some(l), _) => Some(LengthLimit {
+                tokens: l,
+                from_model: false,
+            }),
+            (None, Some(m)) => Some(LengthLimit {
+                tokens: m,
+                from_model: true,
+            }),
+            (None, None) => None,
+        }
     }
 
     /// Checks option combinations.

@@ -39,11 +39,12 @@ pub mod tokenizer;
 pub mod truncate;
 
 pub use batch::{batch_order, collate, collate_dpo, Batch};
-pub use config::{Columns, DataConfig, TruncationMode};
+pub use config::{Columns, DataConfig, LengthLimit, TruncationMode};
 pub use pipeline::{
-    detect_stage, load_dpo, load_sft, prepare_dpo, prepare_sft, DpoDataset, SftDataset, Stats,
+    detect_stage, load_dpo, load_sft, prepare_dpo, prepare_sft, stage_of, DpoDataset, SftDataset,
+    Stats,
 };
-pub use reader::{read_dataset, BadRow, Pos, RawDataset, RowLoc};
+pub use reader::{first_readable_row, read_dataset, BadRow, Pos, RawDataset, RowLoc};
 pub use schema::{DpoRow, Message, Schema, SftRow, Turns};
 pub use template::ChatTemplate;
 pub use tokenize::{DpoTokens, Sequence};

@@ -6,10 +6,14 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 use rayon::prelude::*;
 
+use serde_json::{Map, Value};
+
 use super::config::DataConfig;
-use super::reader::{read_dataset, BadRow, RawDataset, RowLoc};
+use super::reader::{
+    list_files, stream_file, BadRow, PendingRow, RawDataset, RawRow, RowLoc, RowStream,
+};
 use super::schema::{self, Schema};
-use super::tokenize::{tokenize_dpo, tokenize_sft, Notes, Sequence};
+use super::tokenize::{tokenize_dpo, tokenize_sft, DpoTokens, Notes, Sequence};
 use super::tokenizer::ChatTokenizer;
 use super::truncate::{truncate_dpo, truncate_sft, DpoExample, Fit};
 use super::Stage;
@@ -36,6 +40,8 @@ pub struct Stats {
     pub boundary_merges: usize,
     /// Rows whose completion has no EOS token.
     pub no_eos: usize,
+    /// Token length of the longest kept sequence (DPO: of the chosen or rejected sequence), after truncation.
+    pub longest_kept: usize,
     /// Token length of each kept-or-dropped row before truncation (DPO: prompt + longer completion).
     pub lengths: Vec<usize>,
     /// DPO: prompt lengths before truncation.
@@ -85,7 +91,8 @@ fn stop(bad: &BadRow) -> anyhow::Error {
     anyhow::anyhow!("{bad} (the run stops at the first bad row; --skip-bad-rows or skip_bad_rows = true skips them)")
 }
 
-/// Reads a dataset file or folder (see [`read_dataset`]) and prepares it for SFT.
+/// Reads a dataset file or folder (see [`read_dataset`]) and prepares it for SFT, a chunk of rows at a time: the
+/// raw text of a row is dropped once it is tokenized, so only token ids stay in memory.
 pub fn load_sft(
     path: &Path,
     split: Option<&str>,
@@ -93,10 +100,12 @@ pub fn load_sft(
     cfg: &DataConfig,
 ) -> Result<SftDataset> {
     cfg.validate()?;
-    prepare_sft(read_dataset(path, split)?, tok, cfg)
+    let files = list_files(path, split)?;
+    let rows = file_rows(files.clone());
+    sft_from_rows(files, rows, tok, cfg)
 }
 
-/// Reads a dataset file or folder (see [`read_dataset`]) and prepares it for DPO.
+/// Reads a dataset file or folder (see [`read_dataset`]) and prepares it for DPO, a chunk of rows at a time.
 pub fn load_dpo(
     path: &Path,
     split: Option<&str>,
@@ -104,18 +113,22 @@ pub fn load_dpo(
     cfg: &DataConfig,
 ) -> Result<DpoDataset> {
     cfg.validate()?;
-    prepare_dpo(read_dataset(path, split)?, tok, cfg)
+    let files = list_files(path, split)?;
+    let rows = file_rows(files.clone());
+    dpo_from_rows(files, rows, tok, cfg)
 }
 
 /// The stage a dataset suits: DPO when its first readable row has the `chosen` and `rejected` columns, else SFT.
 pub fn detect_stage(raw: &RawDataset, cfg: &DataConfig) -> Stage {
-    let preference = raw
-        .rows
-        .iter()
-        .find_map(|r| r.value.as_ref().ok())
-        .is_some_and(|row| {
-            row.contains_key(cfg.columns.chosen()) && row.contains_key(cfg.columns.rejected())
-        });
+    let first = raw.rows.iter().find_map(|r| r.value.as_ref().ok());
+    stage_of(first, cfg)
+}
+
+/// [`detect_stage`] from the first readable row (see [`super::reader::first_readable_row`]).
+pub fn stage_of(first_row: Option<&Map<String, Value>>, cfg: &DataConfig) -> Stage {
+    let preference = first_row.is_some_and(|row| {
+        row.contains_key(cfg.columns.chosen()) && row.contains_key(cfg.columns.rejected())
+    });
     if preference {
         Stage::Dpo
     } else {
@@ -123,45 +136,134 @@ pub fn detect_stage(raw: &RawDataset, cfg: &DataConfig) -> Stage {
     }
 }
 
-fn detect(raw: &RawDataset, stage: Stage, cfg: &DataConfig) -> Result<Schema> {
-    let Some(first) = raw.rows.iter().find(|r| r.value.is_ok()) else {
-        match raw.rows.first() {
-            Some(r) => match &r.value {
-                Err(bad) if !cfg.skip_bad_rows => return Err(stop(bad)),
-                _ => bail!(
-                    "no readable row in {} ({} bad rows)",
-                    files(raw),
-                    raw.rows.len()
-                ),
-            },
-            None => bail!("{}: no rows", files(raw)),
-        }
-    };
-    let cols = first.value.as_ref().expect("found an Ok row");
-    schema::detect(cols, stage, cfg).map_err(|e| anyhow::anyhow!("{}: {e:#}", first.loc))
+/// Rows per chunk: enough to keep both cores busy, few enough that the chunk's raw text stays small.
+const CHUNK_ROWS: usize = 2048;
+
+/// Files under this size load too fast to need a progress bar.
+const PROGRESS_MIN_BYTES: u64 = 16 << 20;
+
+/// The rows of `files` in order, each file opened when the one before it is done.
+fn file_rows(files: Vec<PathBuf>) -> impl Iterator<Item = Result<PendingRow>> {
+    files.into_iter().flat_map(|f| match stream_file(&f) {
+        Ok(rows) => rows,
+        Err(e) => Box::new(std::iter::once(Err(e))) as RowStream,
+    })
 }
 
-fn files(raw: &RawDataset) -> String {
-    raw.files
+fn files_text(files: &[PathBuf]) -> String {
+    files
         .iter()
         .map(|f| f.display().to_string())
         .collect::<Vec<_>>()
         .join(", ")
 }
 
-fn new_stats(raw: &RawDataset, stage: Stage, schema: Schema) -> Stats {
+fn progress(files: &[PathBuf]) -> indicatif::ProgressBar {
+    let total: u64 = files
+        .iter()
+        .filter_map(|f| std::fs::metadata(f).ok())
+        .map(|m| m.len())
+        .sum();
+    if total < PROGRESS_MIN_BYTES {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "tokenizing {bar:30} {bytes}/{total_bytes} ({bytes_per_sec}, {eta} left)",
+    ) {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// Runs the data flow over `rows` a chunk at a time: `work` parses and tokenizes one row (in parallel), `keep`
+/// takes each result in row order and returns what training keeps of it.
+fn load_rows<W: Send, T>(
+    stage: Stage,
+    files: Vec<PathBuf>,
+    rows: impl Iterator<Item = Result<PendingRow>>,
+    cfg: &DataConfig,
+    work: impl Fn(&Map<String, Value>, &RowLoc, Schema) -> Result<W, BadRow> + Sync,
+    mut keep: impl FnMut(&mut Stats, &RowLoc, W) -> Result<Option<T>>,
+) -> Result<(Vec<T>, Vec<RowLoc>, Stats)> {
+    let bar = progress(&files);
+    let mut stats: Option<Stats> = None;
+    let mut early_bad = Vec::new();
+    let mut read = 0;
+    let (mut examples, mut locs) = (Vec::new(), Vec::new());
+    let mut rows = rows.peekable();
+    while rows.peek().is_some() {
+        let pending = rows.by_ref().take(CHUNK_ROWS).collect::<Result<Vec<_>>>()?;
+        bar.inc(pending.iter().map(PendingRow::text_bytes).sum::<usize>() as u64);
+        read += pending.len();
+        let chunk: Vec<RawRow> = pending.into_par_iter().map(PendingRow::parse).collect();
+        if stats.is_none() {
+            if let Some(first) = chunk.iter().find(|r| r.value.is_ok()) {
+                let cols = first.value.as_ref().expect("found an Ok row");
+                let schema = schema::detect(cols, stage, cfg)
+                    .map_err(|e| anyhow::anyhow!("{}: {e:#}", first.loc))?;
+                let mut s = new_stats(&files, stage, schema);
+                s.bad_rows = std::mem::take(&mut early_bad);
+                stats = Some(s);
+            }
+        }
+        let Some(st) = stats.as_mut() else {
+            // No readable row yet: every row of the chunk is bad.
+            for r in chunk {
+                if let Err(bad) = r.value {
+                    if !cfg.skip_bad_rows {
+                        return Err(stop(&bad));
+                    }
+                    early_bad.push(bad);
+                }
+            }
+            continue;
+        };
+        let schema = st.schema;
+        let results: Vec<Result<W, BadRow>> = chunk
+            .par_iter()
+            .map(|r| work(r.value.as_ref().map_err(Clone::clone)?, &r.loc, schema))
+            .collect();
+        for (r, res) in chunk.into_iter().zip(results) {
+            match res {
+                Err(bad) => handle_bad(st, bad, cfg)?,
+                Ok(w) => {
+                    if let Some(t) = keep(st, &r.loc, w)? {
+                        examples.push(t);
+                        locs.push(r.loc);
+                    }
+                }
+            }
+        }
+    }
+    bar.finish_and_clear();
+    let Some(mut stats) = stats else {
+        bail!(
+            "no readable row in {} ({} bad rows)",
+            files_text(&files),
+            read
+        );
+    };
+    stats.rows = read;
+    stats.examples = examples.len();
+    finish(&stats)?;
+    Ok((examples, locs, stats))
+}
+
+fn new_stats(files: &[PathBuf], stage: Stage, schema: Schema) -> Stats {
     Stats {
         stage,
-        files: raw.files.clone(),
+        files: files.to_vec(),
         schema,
         conversational: false,
-        rows: raw.rows.len(),
+        rows: 0,
         examples: 0,
         bad_rows: Vec::new(),
         truncated: 0,
         dropped: Vec::new(),
         boundary_merges: 0,
         no_eos: 0,
+        longest_kept: 0,
         lengths: Vec::new(),
         prompt_lengths: Vec::new(),
         completion_lengths: Vec::new(),
@@ -203,57 +305,50 @@ fn finish(stats: &Stats) -> Result<()> {
 
 /// Prepares rows that were already read for SFT.
 pub fn prepare_sft(raw: RawDataset, tok: &ChatTokenizer, cfg: &DataConfig) -> Result<SftDataset> {
-    let schema = detect(&raw, Stage::Sft, cfg)?;
-    let mut stats = new_stats(&raw, Stage::Sft, schema);
-    let results: Vec<Result<(Sequence, Notes, bool), BadRow>> = raw
-        .rows
-        .par_iter()
-        .map(|r| {
-            let obj = r.value.as_ref().map_err(Clone::clone)?;
-            let row = schema::parse_sft(obj, &r.loc, schema, cfg)?;
-            let conv = matches!(
-                &row,
-                schema::SftRow::Messages(_)
-                    | schema::SftRow::PromptCompletion {
-                        prompt: schema::Turns::Chat(_),
-                        ..
-                    }
-            );
-            let (seq, notes) = tokenize_sft(&row, tok, cfg, &r.loc)?;
-            Ok((seq, notes, conv))
-        })
-        .collect();
-    let mut examples = Vec::new();
-    let mut locs = Vec::new();
-    for (r, res) in raw.rows.iter().zip(results) {
-        let (seq, notes, conv) = match res {
-            Ok(x) => x,
-            Err(bad) => {
-                handle_bad(&mut stats, bad, cfg)?;
-                continue;
-            }
-        };
+    let rows = raw.rows.into_iter().map(|r| Ok(PendingRow::from(r)));
+    sft_from_rows(raw.files, rows, tok, cfg)
+}
+
+fn sft_from_rows(
+    files: Vec<PathBuf>,
+    rows: impl Iterator<Item = Result<PendingRow>>,
+    tok: &ChatTokenizer,
+    cfg: &DataConfig,
+) -> Result<SftDataset> {
+    let work = |obj: &Map<String, Value>, loc: &RowLoc, schema: Schema| {
+        let row = schema::parse_sft(obj, loc, schema, cfg)?;
+        let conv = matches!(
+            &row,
+            schema::SftRow::Messages(_)
+                | schema::SftRow::PromptCompletion {
+                    prompt: schema::Turns::Chat(_),
+                    ..
+                }
+        );
+        let (seq, notes) = tokenize_sft(&row, tok, cfg, loc)?;
+        Ok((seq, notes, conv))
+    };
+    let keep = |stats: &mut Stats, loc: &RowLoc, (seq, notes, conv): (Sequence, Notes, bool)| {
         stats.conversational |= conv;
         stats.lengths.push(seq.len());
         let (kept, truncated) = match truncate_sft(seq, cfg) {
             Fit::Whole(s) => (s, false),
             Fit::Truncated(s) => (s, true),
             Fit::Dropped(why) => {
-                stats.dropped.push((r.loc.clone(), why));
-                continue;
+                stats.dropped.push((loc.clone(), why));
+                return Ok(None);
             }
             Fit::TooLong(why) => {
-                handle_bad(&mut stats, BadRow::new(&r.loc, None, why), cfg)?;
-                continue;
+                handle_bad(stats, BadRow::new(loc, None, why), cfg)?;
+                return Ok(None);
             }
         };
         stats.truncated += usize::from(truncated);
-        note(&mut stats, notes);
-        examples.push(kept);
-        locs.push(r.loc.clone());
-    }
-    stats.examples = examples.len();
-    finish(&stats)?;
+        note(stats, notes);
+        Ok(Some(kept))
+    };
+    let (examples, locs, mut stats) = load_rows(Stage::Sft, files, rows, cfg, work, keep)?;
+    stats.longest_kept = examples.iter().map(Sequence::len).max().unwrap_or(0);
     Ok(SftDataset {
         examples,
         locs,
@@ -264,29 +359,23 @@ pub fn prepare_sft(raw: RawDataset, tok: &ChatTokenizer, cfg: &DataConfig) -> Re
 
 /// Prepares rows that were already read for DPO.
 pub fn prepare_dpo(raw: RawDataset, tok: &ChatTokenizer, cfg: &DataConfig) -> Result<DpoDataset> {
-    let schema = detect(&raw, Stage::Dpo, cfg)?;
-    let mut stats = new_stats(&raw, Stage::Dpo, schema);
-    let results: Vec<_> = raw
-        .rows
-        .par_iter()
-        .map(|r| {
-            let obj = r.value.as_ref().map_err(Clone::clone)?;
-            let row = schema::parse_dpo(obj, &r.loc, schema, cfg)?;
-            let conv = row.prompt.is_chat();
-            let (t, notes) = tokenize_dpo(&row, tok, cfg, &r.loc)?;
-            Ok((t, notes, conv))
-        })
-        .collect();
-    let mut examples = Vec::new();
-    let mut locs = Vec::new();
-    for (r, res) in raw.rows.iter().zip(results) {
-        let (t, notes, conv) = match res {
-            Ok(x) => x,
-            Err(bad) => {
-                handle_bad(&mut stats, bad, cfg)?;
-                continue;
-            }
-        };
+    let rows = raw.rows.into_iter().map(|r| Ok(PendingRow::from(r)));
+    dpo_from_rows(raw.files, rows, tok, cfg)
+}
+
+fn dpo_from_rows(
+    files: Vec<PathBuf>,
+    rows: impl Iterator<Item = Result<PendingRow>>,
+    tok: &ChatTokenizer,
+    cfg: &DataConfig,
+) -> Result<DpoDataset> {
+    let work = |obj: &Map<String, Value>, loc: &RowLoc, schema: Schema| {
+        let row = schema::parse_dpo(obj, loc, schema, cfg)?;
+        let conv = row.prompt.is_chat();
+        let (t, notes) = tokenize_dpo(&row, tok, cfg, loc)?;
+        Ok((t, notes, conv))
+    };
+    let keep = |stats: &mut Stats, loc: &RowLoc, (t, notes, conv): (DpoTokens, Notes, bool)| {
         stats.conversational |= conv;
         stats.prompt_lengths.push(t.prompt_ids.len());
         stats.completion_lengths.push(t.chosen_ids.len());
@@ -294,24 +383,30 @@ pub fn prepare_dpo(raw: RawDataset, tok: &ChatTokenizer, cfg: &DataConfig) -> Re
         stats
             .lengths
             .push(t.prompt_ids.len() + t.chosen_ids.len().max(t.rejected_ids.len()));
-        match truncate_dpo(t, cfg) {
-            Fit::Whole(ex) => {
-                note(&mut stats, notes);
-                examples.push(ex);
-                locs.push(r.loc.clone());
-            }
+        let ex = match truncate_dpo(t, cfg) {
+            Fit::Whole(ex) => ex,
             Fit::Truncated(ex) => {
                 stats.truncated += 1;
-                note(&mut stats, notes);
-                examples.push(ex);
-                locs.push(r.loc.clone());
+                ex
             }
-            Fit::Dropped(why) => stats.dropped.push((r.loc.clone(), why)),
-            Fit::TooLong(why) => handle_bad(&mut stats, BadRow::new(&r.loc, None, why), cfg)?,
-        }
-    }
-    stats.examples = examples.len();
-    finish(&stats)?;
+            Fit::Dropped(why) => {
+                stats.dropped.push((loc.clone(), why));
+                return Ok(None);
+            }
+            Fit::TooLong(why) => {
+                handle_bad(stats, BadRow::new(loc, None, why), cfg)?;
+                return Ok(None);
+            }
+        };
+        note(stats, notes);
+        Ok(Some(ex))
+    };
+    let (examples, locs, mut stats) = load_rows(Stage::Dpo, files, rows, cfg, work, keep)?;
+    stats.longest_kept = examples
+        .iter()
+        .map(|e| e.chosen.len().max(e.rejected.len()))
+        .max()
+        .unwrap_or(0);
     Ok(DpoDataset {
         examples,
         locs,

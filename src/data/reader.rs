@@ -212,6 +212,164 @@ pub fn describe(v: &Value) -> &'static str {
     json_kind(v)
 }
 
+/// A row read but not yet parsed: JSONL lines are parsed by the caller (in parallel), other formats come parsed.
+#[derive(Debug)]
+pub struct PendingRow {
+    pub loc: RowLoc,
+    body: Body,
+}
+
+#[derive(Debug)]
+enum Body {
+    Line(String),
+    Parsed(std::result::Result<Map<String, Value>, BadRow>),
+}
+
+impl From<RawRow> for PendingRow {
+    fn from(r: RawRow) -> Self {
+        Self {
+            loc: r.loc,
+            body: Body::Parsed(r.value),
+        }
+    }
+}
+
+impl PendingRow {
+    /// Bytes of raw text still held (a JSONL line), for progress.
+    pub fn text_bytes(&self) -> usize {
+        match &self.body {
+            Body::Line(l) => l.len() + 1,
+            Body::Parsed(_) => 0,
+        }
+    }
+
+    /// Parses the row (a JSONL line) into its JSON object, or the reason it is bad.
+    pub fn parse(self) -> RawRow {
+        let value = match self.body {
+            Body::Parsed(v) => v,
+            Body::Line(line) => parse_line(&line, &self.loc),
+        };
+        RawRow {
+            loc: self.loc,
+            value,
+        }
+    }
+}
+
+fn parse_line(line: &str, loc: &RowLoc) -> std::result::Result<Map<String, Value>, BadRow> {
+    match serde_json::from_str::<Value>(line) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(other) => Err(BadRow::new(
+            loc,
+            None,
+            format!("expected a JSON object, got {}", json_kind(&other)),
+        )),
+        Err(e) => Err(BadRow::new(loc, None, format!("not JSON: {e}"))),
+    }
+}
+
+/// The rows of one file, read as they are asked for, so that a big JSONL file is never held whole. JSON arrays
+/// and Parquet files are read whole (a JSON array cannot be split before it is parsed).
+pub type RowStream = Box<dyn Iterator<Item = Result<PendingRow>> + Send>;
+
+/// Opens one data file for [`RowStream`] reading; an empty file is an error when the stream ends without a row.
+pub fn stream_file(path: &Path) -> Result<RowStream> {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    if !matches!(ext, "jsonl" | "ndjson") {
+        let rows = read_file(path)?;
+        return Ok(Box::new(rows.into_iter().map(|r| Ok(PendingRow::from(r)))));
+    }
+    let f = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(Box::new(JsonlLines {
+        file: Arc::new(path.to_path_buf()),
+        reader: std::io::BufReader::with_capacity(1 << 20, f),
+        line: 0,
+        rows: 0,
+        done: false,
+    }))
+}
+
+struct JsonlLines {
+    file: Arc<PathBuf>,
+    reader: std::io::BufReader<std::fs::File>,
+    line: usize,
+    rows: usize,
+    done: bool,
+}
+
+impl Iterator for JsonlLines {
+    type Item = Result<PendingRow>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        use std::io::BufRead;
+        while !self.done {
+            let mut buf = Vec::new();
+            match self.reader.read_until(b'\n', &mut buf) {
+                Ok(0) => {
+                    self.done = true;
+                    if self.rows == 0 {
+                        return Some(Err(anyhow::anyhow!(
+                            "{}: the file is empty (no rows)",
+                            self.file.display()
+                        )));
+                    }
+                    return None;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(anyhow::Error::new(e)
+                        .context(format!("cannot read {}", self.file.display()))));
+                }
+            }
+            self.line += 1;
+            let text = match String::from_utf8(buf) {
+                Ok(t) => t,
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(anyhow::anyhow!(
+                        "{}: not UTF-8 text (line {}: {})",
+                        self.file.display(),
+                        self.line,
+                        e.utf8_error()
+                    )));
+                }
+            };
+            let mut text = text.as_str();
+            // A UTF-8 byte-order mark (some Windows editors write one) is not part of the first row.
+            if self.line == 1 {
+                text = text.strip_prefix('\u{feff}').unwrap_or(text);
+            }
+            let text = text.strip_suffix('\n').unwrap_or(text);
+            let text = text.strip_suffix('\r').unwrap_or(text);
+            if text.trim().is_empty() {
+                continue;
+            }
+            self.rows += 1;
+            return Some(Ok(PendingRow {
+                loc: RowLoc {
+                    file: self.file.clone(),
+                    pos: Pos::Line(self.line),
+                },
+                body: Body::Line(text.to_string()),
+            }));
+        }
+        None
+    }
+}
+
+/// The first row of a dataset that reads as a JSON object, reading no further than it (to choose the stage).
+pub fn first_readable_row(path: &Path, split: Option<&str>) -> Result<Option<Map<String, Value>>> {
+    for file in list_files(path, split)? {
+        for row in stream_file(&file)? {
+            if let Ok(m) = row?.parse().value {
+                return Ok(Some(m));
+            }
+        }
+    }
+    Ok(None)
+}
+
 fn read_jsonl(file: &Arc<PathBuf>) -> Result<Vec<RawRow>> {
     let text =
         std::fs::read(file.as_path()).with_context(|| format!("cannot read {}", file.display()))?;
@@ -228,15 +386,7 @@ fn read_jsonl(file: &Arc<PathBuf>) -> Result<Vec<RawRow>> {
             file: file.clone(),
             pos: Pos::Line(i + 1),
         };
-        let value = match serde_json::from_str::<Value>(line) {
-            Ok(Value::Object(m)) => Ok(m),
-            Ok(other) => Err(BadRow::new(
-                &loc,
-                None,
-                format!("expected a JSON object, got {}", json_kind(&other)),
-            )),
-            Err(e) => Err(BadRow::new(&loc, None, format!("not JSON: {e}"))),
-        };
+        let value = parse_line(line, &loc);
         rows.push(RawRow { loc, value });
     }
     Ok(rows)

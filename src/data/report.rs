@@ -41,6 +41,63 @@ fn length_line(name: &str, values: &[usize]) -> String {
     )
 }
 
+/// The length limits in force, e.g. `max_length 1024, model max_position_embeddings 64 (the tighter),
+/// truncation_mode keep_start`.
+pub fn limits_text(cfg: &DataConfig) -> String {
+    let mut parts = Vec::new();
+    if let Some(l) = cfg.max_length {
+        parts.push(format!("max_length {l}"));
+    }
+    if let Some(m) = cfg.model_max_length {
+        let tighter = cfg.length_limit().is_some_and(|l| l.from_model) && cfg.max_length.is_some();
+        parts.push(format!(
+            "model max_position_embeddings {m}{}",
+            if tighter { " (the tighter)" } else { "" }
+        ));
+    }
+    if let Some(p) = cfg.max_prompt_length {
+        parts.push(format!("max_prompt_length {p}"));
+    }
+    if let Some(c) = cfg.max_completion_length {
+        parts.push(format!("max_completion_length {c}"));
+    }
+    if parts.is_empty() {
+        return "no length limit".to_string();
+    }
+    format!(
+        "{}, truncation_mode {}",
+        parts.join(", "),
+        cfg.truncation_mode
+    )
+}
+
+/// One line of counts for a loaded split, as `sft`, `dpo` and `train` print it: the numbers `lora-dpo data`
+/// prints, with the first dropped rows named.
+pub fn counts_line(stats: &Stats) -> String {
+    let files: Vec<String> = stats
+        .files
+        .iter()
+        .map(|f| f.display().to_string())
+        .collect();
+    let mut s = format!(
+        "data {}: {} rows read, {} kept, {} truncated, {} dropped, {} bad rows skipped; longest kept row {} tokens",
+        files.join(", "),
+        stats.rows,
+        stats.examples,
+        stats.truncated,
+        stats.dropped.len(),
+        stats.bad_rows.len(),
+        stats.longest_kept,
+    );
+    for (loc, why) in stats.dropped.iter().take(3) {
+        let _ = write!(s, "\n  dropped {loc}: {why}");
+    }
+    for b in stats.bad_rows.iter().take(3) {
+        let _ = write!(s, "\n  skipped {b}");
+    }
+    s
+}
+
 /// The summary `lora-dpo data` prints.
 pub fn summary(stats: &Stats, cfg: &DataConfig) -> String {
     let mut s = String::new();
@@ -61,7 +118,11 @@ pub fn summary(stats: &Stats, cfg: &DataConfig) -> String {
             "plain text"
         }
     );
-    let _ = writeln!(s, "rows: {} read, {} kept", stats.rows, stats.examples);
+    let _ = writeln!(
+        s,
+        "rows: {} read, {} kept (longest {} tokens)",
+        stats.rows, stats.examples, stats.longest_kept
+    );
     let _ = writeln!(
         s,
         "bad rows skipped: {}{}",
@@ -78,30 +139,7 @@ pub fn summary(stats: &Stats, cfg: &DataConfig) -> String {
     if stats.bad_rows.len() > 5 {
         let _ = writeln!(s, "  … and {} more", stats.bad_rows.len() - 5);
     }
-    let limits = match (
-        cfg.max_length,
-        cfg.max_prompt_length,
-        cfg.max_completion_length,
-    ) {
-        (None, None, None) => "no length limit".to_string(),
-        (l, p, c) => {
-            let mut parts = Vec::new();
-            if let Some(l) = l {
-                parts.push(format!("max_length {l}"));
-            }
-            if let Some(p) = p {
-                parts.push(format!("max_prompt_length {p}"));
-            }
-            if let Some(c) = c {
-                parts.push(format!("max_completion_length {c}"));
-            }
-            format!(
-                "{}, truncation_mode {}",
-                parts.join(", "),
-                cfg.truncation_mode
-            )
-        }
-    };
+    let limits = limits_text(cfg);
     let _ = writeln!(s, "limits: {limits}");
     let _ = writeln!(s, "truncated: {} rows (kept, cut to fit)", stats.truncated);
     let _ = writeln!(

@@ -34,15 +34,16 @@ fn slice<T: Clone>(v: &[T], max: usize, mode: TruncationMode) -> Vec<T> {
 
 /// Fits an SFT sequence into `max_length`.
 pub fn truncate_sft(seq: Sequence, cfg: &DataConfig) -> Fit<Sequence> {
-    let Some(max) = cfg.max_length else {
+    let Some(limit) = cfg.length_limit() else {
         return Fit::Whole(seq);
     };
+    let max = limit.tokens;
     if seq.len() <= max {
         return Fit::Whole(seq);
     }
     if cfg.truncation_mode == TruncationMode::Off {
         return Fit::TooLong(format!(
-            "{} tokens, longer than max_length {max} (truncation_mode = \"off\")",
+            "{} tokens, longer than {limit} (truncation_mode = \"off\")",
             seq.len()
         ));
     }
@@ -119,19 +120,20 @@ pub fn truncate_dpo(tokens: DpoTokens, cfg: &DataConfig) -> Fit<DpoExample> {
     }
     let mut chosen = concat(&parts.prompt_ids, &parts.chosen_ids);
     let mut rejected = concat(&parts.prompt_ids, &parts.rejected_ids);
-    if let Some(max) = cfg.max_length {
+    if let Some(limit) = cfg.length_limit() {
+        let max = limit.tokens;
         let longest = chosen.len().max(rejected.len());
         if longest > max {
             match cfg.truncation_mode {
                 TruncationMode::Off => {
                     return Fit::TooLong(format!(
-                    "{longest} tokens (prompt + longer completion), longer than max_length {max} \
+                        "{longest} tokens (prompt + longer completion), longer than {limit} \
                          (truncation_mode = \"off\")"
-                ))
+                    ))
                 }
                 TruncationMode::KeepStart if parts.prompt_ids.len() >= max => {
                     return Fit::Dropped(format!(
-                        "the prompt alone ({} tokens) fills max_length {max}",
+                        "the prompt alone ({} tokens) fills {limit}",
                         parts.prompt_ids.len()
                     ))
                 }
@@ -202,6 +204,28 @@ mod tests {
             truncate_sft(s.clone(), &cfg(6, TruncationMode::Off)),
             Fit::Whole(s)
         );
+    }
+
+    #[test]
+    fn model_limit_is_tighter_than_max_length() {
+        let s = seq(6, 0);
+        let c = cfg(1024, TruncationMode::KeepStart).with_model_max_length(4);
+        match truncate_sft(s.clone(), &c) {
+            Fit::Truncated(t) => assert_eq!(t.input_ids, vec![0, 1, 2, 3]),
+            other => panic!("{other:?}"),
+        }
+        let off = cfg(1024, TruncationMode::Off).with_model_max_length(4);
+        match truncate_sft(s.clone(), &off) {
+            Fit::TooLong(why) => assert!(why.contains("max_position_embeddings 4"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        // With no max_length the model's limit still holds.
+        let unset = DataConfig {
+            max_length: None,
+            ..DataConfig::default()
+        }
+        .with_model_max_length(5);
+        assert!(matches!(truncate_sft(s, &unset), Fit::Truncated(t) if t.len() == 5));
     }
 
     #[test]

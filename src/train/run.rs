@@ -95,6 +95,13 @@ impl Session {
         Ok(self.model_files.get_or_init(|| h))
     }
 
+    /// The stage's data options, every row held to the model's `max_position_embeddings`.
+    pub fn data_config(&self, cfg: &LoadedConfig, stage: Stage) -> Result<crate::data::DataConfig> {
+        Ok(cfg
+            .data_config(stage)?
+            .with_model_max_length(self.model.config.max_position_embeddings))
+    }
+
     /// Identity of the model, for the reference-log-prob cache key: the whole content of its
     /// files, and how it was loaded.
     fn fingerprint(&self) -> Result<Fingerprint> {
@@ -286,9 +293,11 @@ fn sft_stage(
     if let Some(done) = finished_stage(session, Stage::Sft, opts, &topts)? {
         return Ok(done);
     }
-    let data_cfg = cfg.data_config(Stage::Sft)?;
+    let data_cfg = session.data_config(cfg, Stage::Sft)?;
     let (train, eval) = load_splits(stage, Stage::Sft, |p| {
-        crate::data::load_sft(p, None, &session.tokenizer, &data_cfg)
+        let ds = crate::data::load_sft(p, None, &session.tokenizer, &data_cfg)?;
+        eprintln!("{}", crate::data::report::counts_line(&ds.stats));
+        Ok(ds)
     })?;
     let adapter = new_adapter(session, cfg, cfg.run.output.seed)?;
     let mut objective = SftObjective {
@@ -329,9 +338,11 @@ fn dpo_stage(
     frozen: Option<&Adapter>,
 ) -> Result<(Adapter, StageResult)> {
     let stage = stage_config(cfg, Stage::Dpo)?;
-    let data_cfg = cfg.data_config(Stage::Dpo)?;
+    let data_cfg = session.data_config(cfg, Stage::Dpo)?;
     let (train, eval) = load_splits(stage, Stage::Dpo, |p| {
-        crate::data::load_dpo(p, None, &session.tokenizer, &data_cfg)
+        let ds = crate::data::load_dpo(p, None, &session.tokenizer, &data_cfg)?;
+        eprintln!("{}", crate::data::report::counts_line(&ds.stats));
+        Ok(ds)
     })?;
     let loss = DpoLoss {
         beta: stage.beta,
