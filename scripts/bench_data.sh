@@ -22,22 +22,24 @@ measure() { # label rows file command… → one table row
   local label=$1 rows=$2 file=$3; shift 3
   local log; log=$(mktemp)
   if ! /usr/bin/time -v "$@" >/dev/null 2>"$log"; then
-    echo "| $label | $rows | failed: $(grep -v '^\s' "$log" | tail -1) | | | |"; rm -f "$log"; return
+    echo "| $label | $rows | failed: $(grep -v '^\s' "$log" | tail -1) | | | | | |"; rm -f "$log"; return
   fi
   local rss_kb wall secs
   rss_kb=$(awk -F: '/Maximum resident set size/ {gsub(/ /,"",$2); print $2}' "$log")
   wall=$(awk '/Elapsed \(wall clock\)/ {print $NF}' "$log")
   secs=$(echo "$wall" | awk -F: '{ if (NF==3) print $1*3600+$2*60+$3; else print $1*60+$2 }')
   local cpu; cpu=$(awk -F: '/Percent of CPU/ {gsub(/ /,"",$2); print $2}' "$log")
+  # CPU seconds (user + system): the work done, whatever else shares the cores.
+  local cpu_s; cpu_s=$(awk -F: '/User time|System time/ {t += $2} END {printf "%.1f", t}' "$log")
   local mib=$((rss_kb / 1024)) size_mib
   size_mib=$(du -m "$file" | cut -f1)
-  echo "| $label | $rows | $size_mib | $mib | $secs | $(awk -v r="$rows" -v s="$secs" 'BEGIN{printf "%.0f", (s>0? r/s : 0)}') | $cpu |"
+  echo "| $label | $rows | $size_mib | $mib | $secs | $(awk -v r="$rows" -v s="$secs" 'BEGIN{printf "%.0f", (s>0? r/s : 0)}') | $cpu | $cpu_s |"
   rm -f "$log"
 }
 echo "binary: $BIN, tokenizer: $TOKENIZER, $(nproc) cores"
 echo
-echo "| file | rows | file MiB | peak RSS MiB | wall s | rows/s | CPU |"
-echo "|---|---:|---:|---:|---:|---:|---:|"
+echo "| file | rows | file MiB | peak RSS MiB | wall s | rows/s | CPU | CPU s |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|"
 for kind in $KINDS; do
   for n in $SIZES; do
     f=target/scale-data/$kind-$n.jsonl

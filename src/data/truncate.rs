@@ -73,9 +73,12 @@ pub struct DpoExample {
 }
 
 fn concat(prompt: &[u32], completion: &[u32]) -> Sequence {
-    let mut input_ids = prompt.to_vec();
+    // Sized exactly: a grown Vec can hold twice its length, and every pair of a big dataset stays in memory.
+    let mut input_ids = Vec::with_capacity(prompt.len() + completion.len());
+    input_ids.extend_from_slice(prompt);
     input_ids.extend_from_slice(completion);
-    let mut loss_mask = vec![false; prompt.len()];
+    let mut loss_mask = Vec::with_capacity(input_ids.len());
+    loss_mask.resize(prompt.len(), false);
     loss_mask.resize(input_ids.len(), true);
     Sequence {
         input_ids,
