@@ -256,7 +256,7 @@ fn too_long_with_truncation_off() {
     assert!(ds
         .examples
         .iter()
-        .all(|e| e.chosen.len() <= 8 && e.rejected.len() <= 8));
+        .all(|e| e.chosen_len() <= 8 && e.rejected_len() <= 8));
 }
 
 #[test]

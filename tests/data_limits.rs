@@ -194,8 +194,8 @@ fn dpo_pairs_are_held_to_the_model_limit() {
     )
     .unwrap();
     assert_eq!(ds.stats.truncated, 1);
-    assert_eq!(ds.examples[1].chosen.len(), 64);
-    assert!(ds.examples[1].rejected.len() <= 64);
+    assert_eq!(ds.examples[1].chosen_len(), 64);
+    assert!(ds.examples[1].rejected_len() <= 64);
     assert_eq!(ds.lengths().into_iter().max(), Some(64));
 
     let err = data::load_dpo(&path, None, &tok, &limited(TruncationMode::Off, false)).unwrap_err();

@@ -166,8 +166,8 @@ fn batches_pad_right_and_grouping_reduces_padding() {
     let b = data::collate_dpo(&refs, d.pad_id, Some(8));
     assert_eq!(b.batch_size, 8);
     assert_eq!(b.seq_len % 8, 0);
-    assert_eq!(b.row_ids(0), d.examples[0].chosen.input_ids);
-    assert_eq!(b.row_ids(4), d.examples[0].rejected.input_ids);
+    assert_eq!(b.row_ids(0), d.examples[0].chosen().input_ids);
+    assert_eq!(b.row_ids(4), d.examples[0].rejected().input_ids);
 }
 
 #[test]

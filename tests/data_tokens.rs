@@ -313,7 +313,7 @@ fn no_doubled_bos() {
     )
     .unwrap();
     let ds = data::load_dpo(&f, None, &tok, &DataConfig::default()).unwrap();
-    let seq = &ds.examples[0].chosen.input_ids;
+    let seq = &ds.examples[0].chosen().input_ids;
     assert_eq!(seq[0], 1);
     assert_eq!(seq.iter().filter(|&&i| i == 1).count(), 1, "{seq:?}");
 }

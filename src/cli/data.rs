@@ -101,13 +101,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let i = args.example.min(ds.examples.len() - 1);
             let ex = &ds.examples[i];
             let shown = vec![
-                (
-                    format!("example {i} ({}), chosen", ds.locs[i]),
-                    ex.chosen.clone(),
-                ),
+                (format!("example {i} ({}), chosen", ds.locs[i]), ex.chosen()),
                 (
                     format!("example {i} ({}), rejected", ds.locs[i]),
-                    ex.rejected.clone(),
+                    ex.rejected(),
                 ),
             ];
             (ds.stats, shown)

@@ -79,12 +79,12 @@ pub fn collate_dpo(
     pad_id: u32,
     pad_to_multiple_of: Option<usize>,
 ) -> Batch {
-    let seqs: Vec<&Sequence> = examples
+    let seqs: Vec<Sequence> = examples
         .iter()
-        .map(|e| &e.chosen)
-        .chain(examples.iter().map(|e| &e.rejected))
+        .map(|e| e.chosen())
+        .chain(examples.iter().map(|e| e.rejected()))
         .collect();
-    collate(&seqs, pad_id, pad_to_multiple_of)
+    collate(&seqs.iter().collect::<Vec<_>>(), pad_id, pad_to_multiple_of)
 }
 
 /// The batches of one epoch, as lists of row indices.

@@ -80,10 +80,7 @@ impl SftDataset {
 impl DpoDataset {
     /// Lengths of the longer sequence of each pair, for [`super::batch_order`].
     pub fn lengths(&self) -> Vec<usize> {
-        self.examples
-            .iter()
-            .map(|e| e.chosen.len().max(e.rejected.len()))
-            .collect()
+        self.examples.iter().map(|e| e.len()).collect()
     }
 }
 
@@ -402,11 +399,7 @@ fn dpo_from_rows(
         Ok(Some(ex))
     };
     let (examples, locs, mut stats) = load_rows(Stage::Dpo, files, rows, cfg, work, keep)?;
-    stats.longest_kept = examples
-        .iter()
-        .map(|e| e.chosen.len().max(e.rejected.len()))
-        .max()
-        .unwrap_or(0);
+    stats.longest_kept = examples.iter().map(|e| e.len()).max().unwrap_or(0);
     Ok(DpoDataset {
         examples,
         locs,

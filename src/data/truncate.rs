@@ -61,28 +61,107 @@ pub fn truncate_sft(seq: Sequence, cfg: &DataConfig) -> Fit<Sequence> {
     Fit::Truncated(out)
 }
 
-/// A preference pair ready for training.
+/// A preference pair ready for training, held as its three token lists only: the two training
+/// sequences share the prompt, and their loss masks follow from where the prompt ends, so they
+/// are built when batched rather than stored (a 200k-pair dataset stays a few tokens per token).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DpoExample {
     /// The prompt, the chosen and the rejected completion (after `max_prompt_length` / `max_completion_length`).
     pub parts: DpoTokens,
-    /// `prompt + chosen` after `max_length`, with the chosen completion's tokens in the loss mask.
-    pub chosen: Sequence,
-    /// `prompt + rejected` after `max_length`, with the rejected completion's tokens in the loss mask.
-    pub rejected: Sequence,
+    /// The tokens of `prompt + chosen` kept by `max_length`, as a range of that concatenation.
+    chosen_kept: Kept,
+    /// The same for `prompt + rejected`.
+    rejected_kept: Kept,
 }
 
-fn concat(prompt: &[u32], completion: &[u32]) -> Sequence {
-    // Sized exactly: a grown Vec can hold twice its length, and every pair of a big dataset stays in memory.
-    let mut input_ids = Vec::with_capacity(prompt.len() + completion.len());
-    input_ids.extend_from_slice(prompt);
-    input_ids.extend_from_slice(completion);
-    let mut loss_mask = Vec::with_capacity(input_ids.len());
-    loss_mask.resize(prompt.len(), false);
-    loss_mask.resize(input_ids.len(), true);
-    Sequence {
-        input_ids,
-        loss_mask,
+/// A range `start..end` of a concatenated `prompt + completion`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Kept {
+    start: u32,
+    end: u32,
+}
+
+impl Kept {
+    fn whole(prompt: &[u32], completion: &[u32]) -> Self {
+        Self {
+            start: 0,
+            end: (prompt.len() + completion.len()) as u32,
+        }
+    }
+
+    /// At most `max` tokens, from the end the mode keeps.
+    fn limited(self, max: usize, mode: TruncationMode) -> Self {
+        let len = (self.end - self.start) as usize;
+        if len <= max {
+            return self;
+        }
+        match mode {
+            TruncationMode::KeepEnd => Self {
+                start: self.end - max as u32,
+                ..self
+            },
+            _ => Self {
+                end: self.start + max as u32,
+                ..self
+            },
+        }
+    }
+
+    fn len(self) -> usize {
+        (self.end - self.start) as usize
+    }
+
+    /// The kept tokens, the completion's in the loss mask.
+    fn sequence(self, prompt: &[u32], completion: &[u32]) -> Sequence {
+        let (start, end) = (self.start as usize, self.end as usize);
+        let mut input_ids = Vec::with_capacity(end - start);
+        let mut loss_mask = Vec::with_capacity(end - start);
+        for i in start..end {
+            let in_prompt = i < prompt.len();
+            input_ids.push(if in_prompt {
+                prompt[i]
+            } else {
+                completion[i - prompt.len()]
+            });
+            loss_mask.push(!in_prompt);
+        }
+        Sequence {
+            input_ids,
+            loss_mask,
+        }
+    }
+}
+
+impl DpoExample {
+    /// `prompt + chosen` after `max_length`, with the chosen completion's tokens in the loss mask.
+    pub fn chosen(&self) -> Sequence {
+        self.chosen_kept
+            .sequence(&self.parts.prompt_ids, &self.parts.chosen_ids)
+    }
+
+    /// `prompt + rejected` after `max_length`, with the rejected completion's tokens in the loss mask.
+    pub fn rejected(&self) -> Sequence {
+        self.rejected_kept
+            .sequence(&self.parts.prompt_ids, &self.parts.rejected_ids)
+    }
+
+    /// Tokens of [`DpoExample::chosen`], without building it.
+    pub fn chosen_len(&self) -> usize {
+        self.chosen_kept.len()
+    }
+
+    /// Tokens of [`DpoExample::rejected`], without building it.
+    pub fn rejected_len(&self) -> usize {
+        self.rejected_kept.len()
+    }
+
+    /// The longer of the two sequences' lengths.
+    pub fn len(&self) -> usize {
+        self.chosen_len().max(self.rejected_len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -121,11 +200,11 @@ pub fn truncate_dpo(tokens: DpoTokens, cfg: &DataConfig) -> Fit<DpoExample> {
             }
         }
     }
-    let mut chosen = concat(&parts.prompt_ids, &parts.chosen_ids);
-    let mut rejected = concat(&parts.prompt_ids, &parts.rejected_ids);
+    let mut chosen_kept = Kept::whole(&parts.prompt_ids, &parts.chosen_ids);
+    let mut rejected_kept = Kept::whole(&parts.prompt_ids, &parts.rejected_ids);
     if let Some(limit) = cfg.length_limit() {
         let max = limit.tokens;
-        let longest = chosen.len().max(rejected.len());
+        let longest = chosen_kept.len().max(rejected_kept.len());
         if longest > max {
             match cfg.truncation_mode {
                 TruncationMode::Off => {
@@ -141,10 +220,8 @@ pub fn truncate_dpo(tokens: DpoTokens, cfg: &DataConfig) -> Fit<DpoExample> {
                     ))
                 }
                 mode => {
-                    for seq in [&mut chosen, &mut rejected] {
-                        seq.input_ids = slice(&seq.input_ids, max, mode);
-                        seq.loss_mask = slice(&seq.loss_mask, max, mode);
-                    }
+                    chosen_kept = chosen_kept.limited(max, mode);
+                    rejected_kept = rejected_kept.limited(max, mode);
                     truncated = true;
                 }
             }
@@ -152,8 +229,8 @@ pub fn truncate_dpo(tokens: DpoTokens, cfg: &DataConfig) -> Fit<DpoExample> {
     }
     let ex = DpoExample {
         parts,
-        chosen,
-        rejected,
+        chosen_kept,
+        rejected_kept,
     };
     if truncated {
         Fit::Truncated(ex)
@@ -240,17 +317,17 @@ mod tests {
         };
         match truncate_dpo(t.clone(), &cfg(4, TruncationMode::KeepStart)) {
             Fit::Truncated(ex) => {
-                assert_eq!(ex.chosen.input_ids, vec![1, 2, 3, 4]);
-                assert_eq!(ex.chosen.loss_mask, vec![false, false, false, true]);
-                assert_eq!(ex.rejected.input_ids, vec![1, 2, 3, 6]);
+                assert_eq!(ex.chosen().input_ids, vec![1, 2, 3, 4]);
+                assert_eq!(ex.chosen().loss_mask, vec![false, false, false, true]);
+                assert_eq!(ex.rejected().input_ids, vec![1, 2, 3, 6]);
             }
             other => panic!("{other:?}"),
         }
         match truncate_dpo(t.clone(), &cfg(3, TruncationMode::KeepEnd)) {
             Fit::Truncated(ex) => {
-                assert_eq!(ex.chosen.input_ids, vec![3, 4, 5]);
-                assert_eq!(ex.rejected.input_ids, vec![2, 3, 6]);
-                assert_eq!(ex.rejected.loss_mask, vec![false, false, true]);
+                assert_eq!(ex.chosen().input_ids, vec![3, 4, 5]);
+                assert_eq!(ex.rejected().input_ids, vec![2, 3, 6]);
+                assert_eq!(ex.rejected().loss_mask, vec![false, false, true]);
             }
             other => panic!("{other:?}"),
         }
@@ -271,7 +348,7 @@ mod tests {
         match truncate_dpo(t, &c) {
             Fit::Truncated(ex) => {
                 assert_eq!(ex.parts.prompt_ids, vec![2, 3]);
-                assert_eq!(ex.chosen.input_ids, vec![2, 3, 4]);
+                assert_eq!(ex.chosen().input_ids, vec![2, 3, 4]);
             }
             other => panic!("{other:?}"),
         }

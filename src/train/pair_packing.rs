@@ -33,7 +33,7 @@ pub fn pack_pairs(examples: &[&DpoExample]) -> PackedPairs {
     };
     let mut scored: Vec<Vec<(u32, u32)>> = vec![Vec::new(); 2 * n];
     for (i, e) in examples.iter().enumerate() {
-        let (c, r) = (&e.chosen, &e.rejected);
+        let (c, r) = (&e.chosen(), &e.rejected());
         let shared = c
             .input_ids
             .iter()

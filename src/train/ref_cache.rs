@@ -51,7 +51,7 @@ impl Fingerprint {
 
     pub fn pairs(&mut self, data: &DpoDataset) -> &mut Self {
         for e in &data.examples {
-            for seq in [&e.chosen, &e.rejected] {
+            for seq in [&e.chosen(), &e.rejected()] {
                 self.u64(seq.input_ids.len() as u64);
                 for (id, m) in seq.input_ids.iter().zip(&seq.loss_mask) {
                     self.u64(((*id as u64) << 1) | u64::from(*m));
@@ -78,7 +78,7 @@ impl Rows {
     pub fn of(data: &DpoDataset) -> Self {
         let mut h = xxhash_rust::xxh3::Xxh3::new();
         for e in &data.examples {
-            for seq in [&e.chosen, &e.rejected] {
+            for seq in [&e.chosen(), &e.rejected()] {
                 h.update(&(seq.input_ids.len() as u64).to_le_bytes());
                 for (id, m) in seq.input_ids.iter().zip(&seq.loss_mask) {
                     h.update(&(((*id as u64) << 1) | u64::from(*m)).to_le_bytes());
