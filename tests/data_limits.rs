@@ -336,3 +336,27 @@ fn sft_prints_the_counts_of_each_split_and_trains_within_the_limit() {
         "train and eval splits: {err}"
     );
 }
+
+#[test]
+fn eval_holds_rows_to_the_model_limit_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_jsonl(
+        dir.path(),
+        "prefs.jsonl",
+        &[
+            dpo_row("1+1=?", "2", "3"),
+            dpo_row("count", &long_text(), "no"),
+        ],
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_lora-dpo"))
+        .args(["eval", "--device", "cpu", "--model"])
+        .arg(common::fixture(TINY))
+        .arg("--data")
+        .arg(&data)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(json.get("rewards/accuracies").is_some(), "{json}");
+}

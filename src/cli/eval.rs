@@ -93,6 +93,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .as_ref()
         .map(|a| crate::cli::adapters::load(a, &model.config, &device, args.allow_missing))
         .transpose()?;
+    // No row may pass the model's position limit, as in training.
+    let data_config = data_config.with_model_max_length(model.config.max_position_embeddings);
     let request = EvalRequest {
         model: &model,
         adapter: adapter.as_ref(),
