@@ -7,7 +7,8 @@
 # The data files are generated once into target/scale-data/ (scripts/make_scale_data.py). The tokenizer is the demo
 # model's folder when present (models/SmolLM2-135M-Instruct), else the SmolLM2 tokenizer in tests/fixtures.
 # Peak RSS and wall time come from /usr/bin/time -v. TRAIN_MODEL, when set to a model folder, adds
-# `lora-dpo sft` runs of 2 steps on the 20k-row short SFT file (its peak RSS includes the model).
+# `lora-dpo sft` and `lora-dpo dpo` runs of 2 steps on the short files of every size (their peak RSS includes
+# the model).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/debug/lora-dpo}
@@ -49,21 +50,27 @@ for kind in $KINDS; do
   done
 done
 if [ -n "${TRAIN_MODEL:-}" ]; then
-  f=target/scale-data/sft-short-20000.jsonl
-  [ -f "$f" ] || python3 scripts/make_scale_data.py --kind sft-short --rows 20000 --out "$f"
-  cfg=$(mktemp --suffix .toml); out=$(mktemp -d)
-  cat >"$cfg" <<TOML
+  for kind in sft-short dpo-short; do
+    stage=sft; [ "$kind" = dpo-short ] && stage=dpo
+    for n in $SIZES; do
+      f=target/scale-data/$kind-$n.jsonl
+      [ -f "$f" ] || python3 scripts/make_scale_data.py --kind "$kind" --rows "$n" --out "$f"
+      cfg=$(mktemp --suffix .toml); out=$(mktemp -d)
+      cat >"$cfg" <<TOML
 [model]
 name_or_path = "$TRAIN_MODEL"
 device = "cpu"
 [output]
 dir = "$out/run"
-[sft]
+[$stage]
 train_file = "$f"
 max_length = 64
 truncation_mode = "keep_end"
 max_steps = 2
+per_device_train_batch_size = 2
 TOML
-  measure "sft-short sft 2 steps" 20000 "$f" "$BIN" sft --config "$cfg"
-  rm -rf "$cfg" "$out"
+      measure "$kind $stage 2 steps" "$n" "$f" "$BIN" "$stage" --config "$cfg" --no-progress
+      rm -rf "$cfg" "$out"
+    done
+  done
 fi

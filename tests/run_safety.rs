@@ -347,3 +347,18 @@ logging_steps = 1
     assert!(err.contains("resuming from"), "{err}");
     assert_eq!(combined(&run), combined(&reference));
 }
+
+#[test]
+fn save_total_limit_keeps_the_newest_checkpoints() {
+    let run = Run::new(STEPS, 1);
+    let (status, err) = run.run(&["--set", "sft.save_total_limit=2"]);
+    assert_eq!(status, 0, "{err}");
+    let mut kept: Vec<String> = std::fs::read_dir(run.out().join("sft"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with("checkpoint-"))
+        .collect();
+    kept.sort();
+    assert_eq!(kept, ["checkpoint-5", "checkpoint-6"]);
+}
