@@ -300,6 +300,31 @@ fn finish(stats: &Stats) -> Result<()> {
     Ok(())
 }
 
+/// What a row becomes after the length limits, counted: kept (cut or whole), dropped with its
+/// reason, or a bad row (`truncation_mode = "off"`).
+fn counted_fit<T>(
+    stats: &mut Stats,
+    loc: &RowLoc,
+    fit: Fit<T>,
+    cfg: &DataConfig,
+) -> Result<Option<T>> {
+    match fit {
+        Fit::Whole(kept) => Ok(Some(kept)),
+        Fit::Truncated(kept) => {
+            stats.truncated += 1;
+            Ok(Some(kept))
+        }
+        Fit::Dropped(why) => {
+            stats.dropped.push((loc.clone(), why));
+            Ok(None)
+        }
+        Fit::TooLong(why) => {
+            handle_bad(stats, BadRow::new(loc, None, why), cfg)?;
+            Ok(None)
+        }
+    }
+}
+
 /// Prepares rows that were already read for SFT.
 pub fn prepare_sft(raw: RawDataset, tok: &ChatTokenizer, cfg: &DataConfig) -> Result<SftDataset> {
     let rows = raw.rows.into_iter().map(|r| Ok(PendingRow::from(r)));
@@ -328,21 +353,11 @@ fn sft_from_rows(
     let keep = |stats: &mut Stats, loc: &RowLoc, (seq, notes, conv): (Sequence, Notes, bool)| {
         stats.conversational |= conv;
         stats.lengths.push(seq.len());
-        let (kept, truncated) = match truncate_sft(seq, cfg) {
-            Fit::Whole(s) => (s, false),
-            Fit::Truncated(s) => (s, true),
-            Fit::Dropped(why) => {
-                stats.dropped.push((loc.clone(), why));
-                return Ok(None);
-            }
-            Fit::TooLong(why) => {
-                handle_bad(stats, BadRow::new(loc, None, why), cfg)?;
-                return Ok(None);
-            }
-        };
-        stats.truncated += usize::from(truncated);
-        note(stats, notes);
-        Ok(Some(kept))
+        let kept = counted_fit(stats, loc, truncate_sft(seq, cfg), cfg)?;
+        if kept.is_some() {
+            note(stats, notes);
+        }
+        Ok(kept)
     };
     let (examples, locs, mut stats) = load_rows(Stage::Sft, files, rows, cfg, work, keep)?;
     stats.longest_kept = examples.iter().map(Sequence::len).max().unwrap_or(0);
@@ -380,23 +395,11 @@ fn dpo_from_rows(
         stats
             .lengths
             .push(t.prompt_ids.len() + t.chosen_ids.len().max(t.rejected_ids.len()));
-        let ex = match truncate_dpo(t, cfg) {
-            Fit::Whole(ex) => ex,
-            Fit::Truncated(ex) => {
-                stats.truncated += 1;
-                ex
-            }
-            Fit::Dropped(why) => {
-                stats.dropped.push((loc.clone(), why));
-                return Ok(None);
-            }
-            Fit::TooLong(why) => {
-                handle_bad(stats, BadRow::new(loc, None, why), cfg)?;
-                return Ok(None);
-            }
-        };
-        note(stats, notes);
-        Ok(Some(ex))
+        let kept = counted_fit(stats, loc, truncate_dpo(t, cfg), cfg)?;
+        if kept.is_some() {
+            note(stats, notes);
+        }
+        Ok(kept)
     };
     let (examples, locs, mut stats) = load_rows(Stage::Dpo, files, rows, cfg, work, keep)?;
     stats.longest_kept = examples.iter().map(|e| e.len()).max().unwrap_or(0);
