@@ -10,7 +10,6 @@ use super::lora::{Adapter, Dropout};
 use super::lora_linear::{lora_projection, Branch};
 use super::packed::PackedBatch;
 use super::rotary::Rotary;
-use super::weights::WeightFiles;
 use crate::ops;
 
 // The cached inference forward lives in its own file but inside this module, so it can use
@@ -130,16 +129,6 @@ pub struct Model {
 }
 
 impl Model {
-    /// Loads every weight the config calls for, checking shapes, in `dtype` on `device`.
-    pub fn load(
-        config: ModelConfig,
-        weights: &WeightFiles,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Self> {
-        Self::load_with(config, weights, &LoadOptions::new(dtype), device)
-    }
-
     /// Loads every weight the config calls for from any [`WeightSource`] (safetensors, GGUF),
     /// the projections dense or quantized as `options` say.
     pub fn load_with(
