@@ -24,7 +24,8 @@ fn main() -> Result<()> {
     let options = LoadOptions::from_config(DType::F32, quantize)?;
     let model = load_model_with(model_spec, &options, &device)?;
     println!("loaded in {:.2?}", t0.elapsed());
-    let kinds: Vec<String> = (0..7)
+    let kinds: Vec<String> = lora_dpo::model::Projection::ALL
+        .into_iter()
         .filter_map(|p| model.projection_weight(0, p).map(|w| w.kind()))
         .collect();
     println!("layer 0 projections: {}", kinds.join(", "));

@@ -89,7 +89,7 @@ fn q8_0_gguf_stays_quantized_and_is_close() {
     let exp = expected("tiny-gguf");
     let model = load_model(&gguf("model-q8_0.gguf"), DType::F32, &Device::Cpu).unwrap();
     for l in 0..model.config.num_hidden_layers {
-        for p in 0..7 {
+        for p in lora_dpo::model::Projection::ALL {
             let w = model.projection_weight(l, p).unwrap();
             assert_eq!(w.ggml_dtype(), Some(GgmlDType::Q8_0), "layer {l} proj {p}");
         }
@@ -146,11 +146,16 @@ fn quantize_option_applies_to_dense_gguf_tensors() {
         &Device::Cpu,
     )
     .unwrap();
-    let w = model.projection_weight(0, 0).unwrap();
+    let w = model
+        .projection_weight(0, lora_dpo::model::Projection::Q)
+        .unwrap();
     assert_eq!(w.ggml_dtype(), Some(GgmlDType::Q8_0));
     // Without it, F32 tensors stay dense.
     let model = load_model(&gguf("model-f32.gguf"), DType::F32, &Device::Cpu).unwrap();
-    assert!(!model.projection_weight(0, 0).unwrap().is_quantized());
+    assert!(!model
+        .projection_weight(0, lora_dpo::model::Projection::Q)
+        .unwrap()
+        .is_quantized());
 }
 
 #[test]
@@ -231,7 +236,10 @@ fn demo_model_smollm2_q4_1() {
     assert_eq!(model.config.num_hidden_layers, 30);
     assert!(model.config.tie_word_embeddings);
     assert_eq!(
-        model.projection_weight(0, 0).unwrap().ggml_dtype(),
+        model
+            .projection_weight(0, lora_dpo::model::Projection::Q)
+            .unwrap()
+            .ggml_dtype(),
         Some(GgmlDType::Q4_1)
     );
     // "The capital of France is" in SmolLM2's tokenizer; the next token is " Paris" (7042),

@@ -251,7 +251,7 @@ fn quantized_models_match_their_dequantized_twins() {
         )
         .unwrap();
         for l in 0..2 {
-            for p in 0..7 {
+            for p in lora_dpo::model::Projection::ALL {
                 let w = model.projection_weight(l, p).unwrap();
                 assert_eq!(w.ggml_dtype(), Some(t), "layer {l} projection {p}");
             }

@@ -4,25 +4,23 @@
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor, Var};
 
-use crate::model::{Adapter, LoraConfig, LoraPair, ModelConfig, PROJECTIONS};
+use crate::model::{Adapter, LoraConfig, LoraPair, ModelConfig, PerProjection};
 
 pub fn combine(adapters: &[&Adapter], model: &ModelConfig) -> Result<Adapter> {
     if adapters.is_empty() {
         bail!("nothing to combine");
     }
     let rank: usize = adapters.iter().map(|a| a.config.r).sum();
-    let mut layers: Vec<[Option<LoraPair>; 7]> = (0..model.num_hidden_layers)
+    let mut layers: Vec<PerProjection<Option<LoraPair>>> = (0..model.num_hidden_layers)
         .map(|_| Default::default())
         .collect();
     let mut targets = Vec::new();
     for (l, slots) in layers.iter_mut().enumerate() {
-        for (p, slot) in slots.iter_mut().enumerate() {
+        for (p, slot) in slots.iter_mut() {
             if adapters.iter().all(|a| a.pair(l, p).is_none()) {
                 continue;
             }
-            let (out, inp) = model
-                .projection_shape(PROJECTIONS[p])
-                .expect("known projection");
+            let (out, inp) = model.projection_shape(p);
             let (mut a_parts, mut b_parts) = (Vec::new(), Vec::new());
             for adapter in adapters {
                 let r = adapter.config.r;
@@ -42,13 +40,13 @@ pub fn combine(adapters: &[&Adapter], model: &ModelConfig) -> Result<Adapter> {
                 a: Var::from_tensor(&Tensor::cat(&a_parts, 0)?)?,
                 b: Var::from_tensor(&Tensor::cat(&b_parts, 1)?)?,
             });
-            if !targets.contains(&PROJECTIONS[p].to_string()) {
-                targets.push(PROJECTIONS[p].to_string());
+            if !targets.contains(&p) {
+                targets.push(p);
             }
         }
     }
-    let order = |t: &String| PROJECTIONS.iter().position(|p| p == t);
-    targets.sort_by_key(order);
+    targets.sort();
+    let targets = targets.iter().map(|p| p.name().to_string()).collect();
     Ok(Adapter {
         config: LoraConfig {
             r: rank,

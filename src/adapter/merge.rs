@@ -21,9 +21,8 @@ use std::path::{Path, PathBuf};
 
 use crate::model::config::RopeScaling;
 use crate::model::gguf::{self, GgufFile};
-use crate::model::lora::module_path;
 use crate::model::weights::{parse_st_dtype, WeightFiles};
-use crate::model::{Adapter, Architecture, ModelConfig, WeightSource, PROJECTIONS};
+use crate::model::{Adapter, Architecture, ModelConfig, Projection, WeightSource};
 use crate::source::Source;
 
 use super::overlap::{check_apart, Input};
@@ -553,13 +552,14 @@ fn dtype_name(dtype: DType) -> Result<&'static str> {
     })
 }
 
-/// `(layer, projection index)` when `name` is a projection weight.
-fn projection_of(name: &str) -> Option<(usize, usize)> {
+/// `(layer, projection)` when `name` is a projection weight.
+fn projection_of(name: &str) -> Option<(usize, Projection)> {
     let rest = name.strip_prefix("model.layers.")?;
     let (layer, _) = rest.split_once('.')?;
     let layer: usize = layer.parse().ok()?;
-    (0..PROJECTIONS.len())
-        .find_map(|p| (format!("{}.weight", module_path(layer, p)) == name).then_some((layer, p)))
+    Projection::ALL
+        .into_iter()
+        .find_map(|p| (format!("{}.weight", p.module_path(layer)) == name).then_some((layer, p)))
 }
 
 /// Writes one shard: the header from the plan, then each tensor's bytes as they are made.
@@ -730,11 +730,11 @@ mod tests {
     fn projection_names() {
         assert_eq!(
             projection_of("model.layers.3.mlp.down_proj.weight"),
-            Some((3, 6))
+            Some((3, Projection::Down))
         );
         assert_eq!(
             projection_of("model.layers.0.self_attn.q_proj.weight"),
-            Some((0, 0))
+            Some((0, Projection::Q))
         );
         assert_eq!(projection_of("model.layers.0.input_layernorm.weight"), None);
         assert_eq!(projection_of("lm_head.weight"), None);

@@ -6,8 +6,7 @@ use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::Path;
 
-use crate::model::lora::module_path;
-use crate::model::{Adapter, LoraConfig, LoraPair, ModelConfig, PROJECTIONS};
+use crate::model::{Adapter, LoraConfig, LoraPair, ModelConfig, PerProjection, Projection};
 use crate::source::Source;
 
 use super::targets::targeted_modules;
@@ -178,13 +177,13 @@ fn build_adapter(
     tensors: HashMap<String, Tensor>,
     lora: &mut LoraConfig,
     model: &ModelConfig,
-    targeted: Option<&[(usize, usize)]>,
+    targeted: Option<&[(usize, Projection)]>,
     on_missing: MissingTensors,
 ) -> Result<(Adapter, Vec<String>)> {
-    let mut layers: Vec<[Option<LoraPair>; 7]> = (0..model.num_hidden_layers)
+    let mut layers: Vec<PerProjection<Option<LoraPair>>> = (0..model.num_hidden_layers)
         .map(|_| Default::default())
         .collect();
-    let mut found = [false; 7];
+    let mut found: PerProjection<bool> = Default::default();
     let mut names: Vec<&String> = tensors.keys().collect();
     names.sort();
     for name in names {
@@ -195,8 +194,8 @@ fn build_adapter(
     let mut recognised = 0;
     let mut missing = Vec::new();
     for (layer, slots) in layers.iter_mut().enumerate() {
-        for (p, proj) in PROJECTIONS.iter().enumerate() {
-            let module = module_path(layer, p);
+        for p in Projection::ALL {
+            let module = p.module_path(layer);
             let key = |ab: &str| format!("{KEY_PREFIX}{module}.{ab}.weight");
             let (ka, kb) = (key("lora_A"), key("lora_B"));
             let (a, b) = (tensors.get(&ka), tensors.get(&kb));
@@ -214,7 +213,7 @@ fn build_adapter(
                 }
                 _ => bail!("{module}: lora_A and lora_B must both be present"),
             };
-            let (out, inp) = model.projection_shape(proj).expect("known projection");
+            let (out, inp) = model.projection_shape(p);
             if a.dims() != [lora.r, inp] || b.dims() != [out, lora.r] {
                 bail!(
                     "{module}: lora_A {:?} / lora_B {:?} do not fit r={} on a [{out}, {inp}] weight",
@@ -245,14 +244,13 @@ fn build_adapter(
             describe_keys(&missing)
         );
     }
-    if !found.iter().any(|f| *f) {
+    if !found.values().any(|f| *f) {
         bail!("holds no complete lora_A/lora_B pair for any module of this model");
     }
-    lora.target_modules = PROJECTIONS
+    lora.target_modules = found
         .iter()
-        .zip(found)
-        .filter(|(_, f)| *f)
-        .map(|(p, _)| p.to_string())
+        .filter(|(_, f)| **f)
+        .map(|(p, _)| p.name().to_string())
         .collect();
     lora.validate()?;
     Ok((
@@ -292,18 +290,19 @@ pub fn config_json(adapter: &Adapter, base_model: &str) -> Value {
 /// names when every layer has the same ones, else each module's full path (an adapter loaded
 /// with missing modules allowed), so that reloading it finds no tensor missing.
 fn saved_targets(adapter: &Adapter) -> Vec<String> {
-    let uniform = adapter
-        .layers
-        .iter()
-        .all(|l| (0..PROJECTIONS.len()).all(|p| l[p].is_some() == adapter.layers[0][p].is_some()));
+    let uniform = adapter.layers.iter().all(|l| {
+        Projection::ALL
+            .into_iter()
+            .all(|p| l[p].is_some() == adapter.layers[0][p].is_some())
+    });
     if uniform {
         return adapter.config.target_modules.clone();
     }
     let mut modules = Vec::new();
     for (layer, slots) in adapter.layers.iter().enumerate() {
-        for (p, slot) in slots.iter().enumerate() {
+        for (p, slot) in slots.iter() {
             if slot.is_some() {
-                modules.push(module_path(layer, p));
+                modules.push(p.module_path(layer));
             }
         }
     }

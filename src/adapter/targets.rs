@@ -8,13 +8,15 @@
 use anyhow::{bail, Result};
 use serde_json::Value;
 
-use crate::model::lora::module_path;
-use crate::model::PROJECTIONS;
+use crate::model::Projection;
 
-/// `(layer, projection index)` of every module PEFT would adapt on a model with `num_layers`
+/// `(layer, projection)` of every module PEFT would adapt on a model with `num_layers`
 /// layers, or `None` when the config says it in a way this reader does not evaluate (a regular
 /// expression, or no `target_modules` at all): then only the tensors present say what is adapted.
-pub fn targeted_modules(config: &Value, num_layers: usize) -> Result<Option<Vec<(usize, usize)>>> {
+pub fn targeted_modules(
+    config: &Value,
+    num_layers: usize,
+) -> Result<Option<Vec<(usize, Projection)>>> {
     let targets = match config.get("target_modules") {
         None | Some(Value::Null) => return Ok(None),
         // PEFT saves "all-linear" as written; it means every linear layer but the output head.
@@ -53,8 +55,8 @@ pub fn targeted_modules(config: &Value, num_layers: usize) -> Result<Option<Vec<
         {
             continue;
         }
-        for p in 0..PROJECTIONS.len() {
-            let module = module_path(layer, p);
+        for p in Projection::ALL {
+            let module = p.module_path(layer);
             let targeted = targets.as_ref().is_none_or(|t| names(t, &module));
             if targeted && !names(&excluded, &module) {
                 modules.push((layer, p));
@@ -89,7 +91,8 @@ mod tests {
     fn names_match_whole_or_as_a_dotted_suffix() {
         let config = json!({"target_modules": ["q_proj", "mlp.down_proj", "roj"]});
         let got = targeted_modules(&config, 2).unwrap().unwrap();
-        assert_eq!(got, vec![(0, 0), (0, 6), (1, 0), (1, 6)]);
+        use Projection::{Down, Q};
+        assert_eq!(got, vec![(0, Q), (0, Down), (1, Q), (1, Down)]);
     }
 
     #[test]
@@ -99,7 +102,10 @@ mod tests {
             "layers_to_transform": [1],
             "exclude_modules": ["model.layers.1.self_attn.v_proj"],
         });
-        assert_eq!(targeted_modules(&config, 3).unwrap().unwrap(), vec![(1, 0)]);
+        assert_eq!(
+            targeted_modules(&config, 3).unwrap().unwrap(),
+            vec![(1, Projection::Q)]
+        );
         let one = json!({"target_modules": "all-linear", "layers_to_transform": 0});
         assert_eq!(targeted_modules(&one, 2).unwrap().unwrap().len(), 7);
     }

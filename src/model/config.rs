@@ -7,6 +7,8 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use std::path::Path;
 
+use super::projection::Projection;
+
 /// Which Hugging Face class the weights were written by; both share one decoder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Architecture {
@@ -73,25 +75,24 @@ impl ModelConfig {
         self.num_key_value_heads * self.head_dim
     }
 
-    /// `(out_features, in_features)` of a projection, by its module name.
-    pub fn projection_shape(&self, module: &str) -> Option<(usize, usize)> {
+    /// `(out_features, in_features)` of a projection.
+    pub fn projection_shape(&self, p: Projection) -> (usize, usize) {
         let (h, i) = (self.hidden_size, self.intermediate_size);
-        Some(match module {
-            "q_proj" => (self.q_dim(), h),
-            "k_proj" | "v_proj" => (self.kv_dim(), h),
-            "o_proj" => (h, self.q_dim()),
-            "gate_proj" | "up_proj" => (i, h),
-            "down_proj" => (h, i),
-            _ => return None,
-        })
+        match p {
+            Projection::Q => (self.q_dim(), h),
+            Projection::K | Projection::V => (self.kv_dim(), h),
+            Projection::O => (h, self.q_dim()),
+            Projection::Gate | Projection::Up => (i, h),
+            Projection::Down => (h, i),
+        }
     }
 
     /// Parameters of one decoder layer: seven projections and two norms.
     pub fn layer_parameters(&self) -> usize {
-        let projections: usize = PROJECTIONS
-            .iter()
+        let projections: usize = Projection::ALL
+            .into_iter()
             .map(|p| {
-                let (o, i) = self.projection_shape(p).expect("known projection");
+                let (o, i) = self.projection_shape(p);
                 o * i
             })
             .sum();
@@ -104,13 +105,9 @@ impl ModelConfig {
         let (h, v) = (self.hidden_size, self.vocab_size);
         let mut out = vec![("model.embed_tokens.weight".to_string(), vec![v, h])];
         for i in 0..self.num_hidden_layers {
-            for (p, name) in PROJECTIONS.iter().enumerate() {
-                let (o, inp) = self.projection_shape(name).expect("known projection");
-                let block = if p < 4 { "self_attn" } else { "mlp" };
-                out.push((
-                    format!("model.layers.{i}.{block}.{name}.weight"),
-                    vec![o, inp],
-                ));
+            for p in Projection::ALL {
+                let (o, inp) = self.projection_shape(p);
+                out.push((format!("{}.weight", p.module_path(i)), vec![o, inp]));
             }
             for norm in ["input_layernorm", "post_attention_layernorm"] {
                 out.push((format!("model.layers.{i}.{norm}.weight"), vec![h]));
@@ -142,17 +139,6 @@ impl ModelConfig {
         raw.validate()
     }
 }
-
-/// The names of the seven projections LoRA can target, in layer order.
-pub const PROJECTIONS: [&str; 7] = [
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "o_proj",
-    "gate_proj",
-    "up_proj",
-    "down_proj",
-];
 
 #[derive(Deserialize)]
 struct RawConfig {
@@ -384,7 +370,7 @@ mod tests {
         assert_eq!(c.sliding_window, Some(5));
         assert_eq!(c.rope_theta, 500.0);
         assert_eq!(c.eos_token_ids, vec![2, 3]);
-        assert_eq!(c.projection_shape("o_proj"), Some((16, 24)));
+        assert_eq!(c.projection_shape(Projection::O), (16, 24));
     }
 
     #[test]

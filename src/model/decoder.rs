@@ -4,11 +4,12 @@
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 
-use super::config::{ModelConfig, PROJECTIONS};
+use super::config::ModelConfig;
 use super::frozen::{FrozenWeight, LoadOptions, WeightSource};
 use super::lora::{Adapter, Dropout};
 use super::lora_linear::{lora_projection, Branch};
 use super::packed::PackedBatch;
+use super::projection::{PerProjection, Projection};
 use super::rotary::Rotary;
 use crate::ops;
 
@@ -53,14 +54,14 @@ impl<'a> Pass<'a> {
     }
 }
 
-/// A frozen projection weight `[out, in]`.
-struct Projection {
+/// A frozen projection weight `[out, in]` and where it sits.
+struct ProjectionLinear {
     weight: FrozenWeight,
     layer: usize,
-    index: usize,
+    which: Projection,
 }
 
-impl Projection {
+impl ProjectionLinear {
     /// The projection with the pass's adapters, differentiable when an adapter is trained.
     fn forward(&self, kernels: ops::Kernels, x: &Tensor, pass: Pass) -> Result<Tensor> {
         let branches = self.branches(pass, pass.training);
@@ -77,13 +78,13 @@ impl Projection {
             .iter()
             .enumerate()
             .filter_map(|(slot, adapter)| {
-                let pair = adapter.pair(self.layer, self.index)?;
+                let pair = adapter.pair(self.layer, self.which)?;
                 Some(Branch {
                     pair,
                     scale: adapter.scale(),
                     dropout: pass.training.then(|| Dropout {
                         p: adapter.config.lora_dropout,
-                        seed: mix_seed(pass.dropout_seed, [self.layer, self.index, slot]),
+                        seed: mix_seed(pass.dropout_seed, [self.layer, self.which.index(), slot]),
                     }),
                     trained: trains && pass.training && !adapter.frozen,
                 })
@@ -95,8 +96,7 @@ impl Projection {
 struct DecoderLayer {
     input_layernorm: Tensor,
     post_attention_layernorm: Tensor,
-    /// q, k, v, o, gate, up, down: the order of [`PROJECTIONS`].
-    proj: Vec<Projection>,
+    proj: PerProjection<ProjectionLinear>,
 }
 
 /// How the tokens of a batch attend to each other.
@@ -144,21 +144,19 @@ impl Model {
         let embed_tokens = load("model.embed_tokens.weight", &[c.vocab_size, c.hidden_size])?;
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
-            let mut proj = Vec::with_capacity(PROJECTIONS.len());
-            for (p, name) in PROJECTIONS.iter().enumerate() {
-                let (out, inp) = c.projection_shape(name).expect("known projection");
-                let full = super::lora::module_path(i, p);
-                proj.push(Projection {
+            let proj = PerProjection::try_from_fn(|which| -> Result<_> {
+                let (out, inp) = c.projection_shape(which);
+                Ok(ProjectionLinear {
                     weight: weights.load_frozen(
-                        &format!("{full}.weight"),
+                        &format!("{}.weight", which.module_path(i)),
                         &[out, inp],
                         options,
                         device,
                     )?,
                     layer: i,
-                    index: p,
-                });
-            }
+                    which,
+                })
+            })?;
             layers.push(DecoderLayer {
                 input_layernorm: load(
                     &format!("model.layers.{i}.input_layernorm.weight"),
@@ -341,12 +339,9 @@ impl Model {
         &self.lm_head
     }
 
-    /// The frozen weight of projection `p` (indexed as in [`PROJECTIONS`]) of layer `layer`.
-    pub fn projection_weight(&self, layer: usize, p: usize) -> Option<&FrozenWeight> {
-        self.layers
-            .get(layer)
-            .and_then(|l| l.proj.get(p))
-            .map(|proj| &proj.weight)
+    /// The frozen weight of projection `p` of layer `layer`.
+    pub fn projection_weight(&self, layer: usize, p: Projection) -> Option<&FrozenWeight> {
+        self.layers.get(layer).map(|l| &l.proj[p].weight)
     }
 }
 

@@ -8,6 +8,7 @@ use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
 
 use super::{DecoderLayer, Model, Pass};
+use crate::model::projection::Projection::{Down, Gate, Up, K, O, Q, V};
 use crate::ops;
 
 /// Keys and values of every layer for the tokens seen so far (batch 1 or more, equal lengths).
@@ -92,10 +93,10 @@ impl Model {
             let attn = self.cached_attention(layer, &h, slot, &mask, &cos, &sin, pass)?;
             x = (x + attn)?;
             let h = ops::rms_norm(k, &x, &layer.post_attention_layernorm, eps)?;
-            let gate = layer.proj[4].forward(k, &h, pass)?;
-            let up = layer.proj[5].forward(k, &h, pass)?;
+            let gate = layer.proj[Gate].forward(k, &h, pass)?;
+            let up = layer.proj[Up].forward(k, &h, pass)?;
             let act = ops::swiglu(k, &gate, &up)?;
-            x = (&x + layer.proj[6].forward(k, &act, pass)?)?;
+            x = (&x + layer.proj[Down].forward(k, &act, pass)?)?;
         }
         cache.len = total;
         if let Some(w) = self.config.sliding_window {
@@ -133,9 +134,9 @@ impl Model {
             Ok(y.reshape((b, t, n, d))?.transpose(1, 2)?)
         };
         let kernels = self.kernels;
-        let q = heads(layer.proj[0].forward(kernels, x, pass)?, h)?;
-        let k = heads(layer.proj[1].forward(kernels, x, pass)?, kvh)?;
-        let v = heads(layer.proj[2].forward(kernels, x, pass)?, kvh)?.contiguous()?;
+        let q = heads(layer.proj[Q].forward(kernels, x, pass)?, h)?;
+        let k = heads(layer.proj[K].forward(kernels, x, pass)?, kvh)?;
+        let v = heads(layer.proj[V].forward(kernels, x, pass)?, kvh)?.contiguous()?;
         let q = ops::rope(&q, cos, sin)?.contiguous()?;
         let k = ops::rope(&k, cos, sin)?.contiguous()?;
         let (k, v) = match slot.take() {
@@ -144,7 +145,7 @@ impl Model {
         };
         let out = ops::attention(kernels, &q, &k, &v, mask, self.dtype)?;
         *slot = Some((k, v));
-        layer.proj[3].forward(kernels, &out, pass)
+        layer.proj[O].forward(kernels, &out, pass)
     }
 }
 

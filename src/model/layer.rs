@@ -9,10 +9,12 @@
 use anyhow::Result;
 use candle_core::Tensor;
 
-use super::{Attend, DecoderLayer, Model, Pass, Projection};
+use super::{Attend, DecoderLayer, Model, Pass};
 use crate::model::lora_linear::{
     lora_backward_shared, lora_forward_shared, FactorGrads, ProjectionSaved,
 };
+use crate::model::projection::PerProjection;
+use crate::model::projection::Projection::{self, Down, Gate, Up, K, O, Q, V};
 use crate::ops;
 
 /// The activations of one layer's forward that its backward reads.
@@ -33,8 +35,8 @@ pub struct LayerSaved {
     gate: Tensor,
     up: Tensor,
     act: Tensor,
-    /// q, k, v, o, gate, up, down.
-    proj: Vec<ProjectionSaved>,
+    /// What each projection's backward needs (every projection runs once per forward).
+    proj: PerProjection<Option<ProjectionSaved>>,
 }
 
 /// The attention layout and rotary tables every layer of a pass shares.
@@ -83,18 +85,20 @@ impl Model {
         let eps = c.rms_norm_eps;
         let (b, t, _) = x.dims3()?;
         let (heads, kv_heads, d) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
-        let mut proj = Vec::with_capacity(7);
+        let mut proj: PerProjection<Option<ProjectionSaved>> = Default::default();
         // Projections `ps` of `input`, their small LoRA products side by side.
-        let mut project = |ps: &[&Projection], input: &Tensor| -> Result<Vec<Tensor>> {
-            let branches: Vec<_> = ps.iter().map(|p| p.branches(pass, trains)).collect();
-            let parts: Vec<_> = (ps.iter().zip(&branches))
-                .map(|(p, b)| (&p.weight, b.as_slice()))
+        let mut project = |ps: &[Projection], input: &Tensor| -> Result<Vec<Tensor>> {
+            let linears: Vec<_> = ps.iter().map(|&p| &layer.proj[p]).collect();
+            let branches: Vec<_> = linears.iter().map(|l| l.branches(pass, trains)).collect();
+            let parts: Vec<_> = (linears.iter().zip(&branches))
+                .map(|(l, b)| (&l.weight, b.as_slice()))
                 .collect();
             let done = lora_forward_shared(self.kernels, input, &parts)?;
-            Ok(done
-                .into_iter()
-                .map(|(y, saved)| {
-                    proj.push(saved);
+            Ok(ps
+                .iter()
+                .zip(done)
+                .map(|(&p, (y, saved))| {
+                    proj[p] = Some(saved);
                     y
                 })
                 .collect())
@@ -103,10 +107,9 @@ impl Model {
         let h1 = ops::rms_norm(k, x, &layer.input_layernorm, eps)?;
         // q, k, v stay in the projections' layout [b, t, heads, d]; attention reads them as
         // [b, heads, t, d] views.
-        let [q, key, v]: [Tensor; 3] =
-            project(&[&layer.proj[0], &layer.proj[1], &layer.proj[2]], &h1)?
-                .try_into()
-                .expect("three projections");
+        let [q, key, v]: [Tensor; 3] = project(&[Q, K, V], &h1)?
+            .try_into()
+            .expect("three projections");
         let split = |y: Tensor, n: usize| y.reshape((b, t, n, d));
         let q = ops::rope_thd(k, &split(q, heads)?, &ctx.cos, &ctx.sin)?;
         let key = ops::rope_thd(k, &split(key, kv_heads)?, &ctx.cos, &ctx.sin)?;
@@ -119,13 +122,13 @@ impl Model {
             &ctx.groups(),
             self.dtype,
         )?;
-        let [o]: [Tensor; 1] = project(&[&layer.proj[3]], &attn)?.try_into().expect("one");
+        let [o]: [Tensor; 1] = project(&[O], &attn)?.try_into().expect("one");
         let (x2, h2) = ops::add_rms_norm(k, x, &o, &layer.post_attention_layernorm, eps)?;
-        let [gate, up]: [Tensor; 2] = project(&[&layer.proj[4], &layer.proj[5]], &h2)?
+        let [gate, up]: [Tensor; 2] = project(&[Gate, Up], &h2)?
             .try_into()
             .expect("two projections");
         let act = ops::swiglu_forward(k, &gate, &up)?;
-        let [down]: [Tensor; 1] = project(&[&layer.proj[6]], &act)?.try_into().expect("one");
+        let [down]: [Tensor; 1] = project(&[Down], &act)?.try_into().expect("one");
         let y = ops::residual_add(k, &x2, &down)?;
         let saved = LayerSaved {
             x: x.clone(),
@@ -160,18 +163,21 @@ impl Model {
         let eps = self.config.rms_norm_eps;
         let (b, t, hidden) = s.x.dims3()?;
         // The summed input gradient of the projections `ps` of `input`.
-        let mut back = |ps: &[(usize, &Tensor)], input: &Tensor| -> Result<Tensor> {
-            let parts: Vec<_> = ps.iter().map(|(p, g)| (&s.proj[*p], *g)).collect();
+        let mut back = |ps: &[(Projection, &Tensor)], input: &Tensor| -> Result<Tensor> {
+            let parts: Vec<_> = ps
+                .iter()
+                .map(|(p, g)| (s.proj[*p].as_ref().expect("saved by the forward"), *g))
+                .collect();
             lora_backward_shared(k, input, &parts, factors)
         };
         // MLP: y = x2 + down(swiglu(gate(h2), up(h2))).
-        let d_act = back(&[(6, dy)], &s.act)?;
+        let d_act = back(&[(Down, dy)], &s.act)?;
         let (d_gate, d_up) = ops::swiglu_backward(k, &s.gate, &s.up, &d_act)?;
-        let dh2 = back(&[(4, &d_gate), (5, &d_up)], &s.h2)?;
+        let dh2 = back(&[(Gate, &d_gate), (Up, &d_up)], &s.h2)?;
         let post_norm = &layer.post_attention_layernorm;
         let dx2 = ops::rms_norm_backward_add(k, &s.x2, post_norm, eps, &dh2, dy)?;
         // Attention: x2 = x + o(attention(rope(q(h1)), rope(k(h1)), v(h1))).
-        let d_attn = back(&[(3, &dx2)], &s.attn)?;
+        let d_attn = back(&[(O, &dx2)], &s.attn)?;
         let (dq, dk, dv) = ops::grouped_attention_backward(
             k,
             &s.q.transpose(1, 2)?,
@@ -191,7 +197,7 @@ impl Model {
         let dq = merge(unrotate(&dq)?)?;
         let dk = merge(unrotate(&dk)?)?;
         let dv = merge(dv.transpose(1, 2)?)?;
-        let dh1 = back(&[(0, &dq), (1, &dk), (2, &dv)], &s.h1)?;
+        let dh1 = back(&[(Q, &dq), (K, &dk), (V, &dv)], &s.h1)?;
         let dx = ops::rms_norm_backward_add(k, &s.x, &layer.input_layernorm, eps, &dh1, &dx2)?;
         debug_assert_eq!(dx.dims(), &[b, t, hidden]);
         Ok(dx)

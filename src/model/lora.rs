@@ -9,7 +9,8 @@ use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use super::config::{ModelConfig, PROJECTIONS};
+use super::config::ModelConfig;
+use super::projection::{PerProjection, Projection};
 
 /// The LoRA hyper-parameters, with PEFT's names and defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -33,7 +34,7 @@ fn default_alpha() -> f64 {
     8.0
 }
 fn default_targets() -> Vec<String> {
-    PROJECTIONS.iter().map(|s| s.to_string()).collect()
+    Projection::names().map(str::to_string).collect()
 }
 
 impl Default for LoraConfig {
@@ -72,33 +73,31 @@ impl LoraConfig {
             bail!("lora.target_modules is empty");
         }
         for t in &self.target_modules {
-            if !PROJECTIONS.contains(&t.as_str()) {
+            if Projection::from_name(t).is_none() {
                 bail!(
                     "lora.target_modules: unknown module `{t}` (valid: {})",
-                    PROJECTIONS.join(", ")
+                    Projection::names().collect::<Vec<_>>().join(", ")
                 );
             }
         }
         Ok(())
     }
 
-    /// Index into [`PROJECTIONS`] of every targeted module.
-    pub fn target_indices(&self) -> Vec<usize> {
-        PROJECTIONS
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| self.target_modules.iter().any(|t| t == *p))
-            .map(|(i, _)| i)
+    /// Every targeted projection, in layer order.
+    pub fn targets(&self) -> Vec<Projection> {
+        Projection::ALL
+            .into_iter()
+            .filter(|p| self.target_modules.iter().any(|t| t == p.name()))
             .collect()
     }
 
     /// Trainable parameters of this LoRA on a model: `r · (in + out)` per targeted projection.
     pub fn trainable_parameters(&self, model: &ModelConfig) -> usize {
         let per_layer: usize = self
-            .target_indices()
-            .iter()
-            .map(|&i| {
-                let (out, inp) = model.projection_shape(PROJECTIONS[i]).unwrap_or((0, 0));
+            .targets()
+            .into_iter()
+            .map(|p| {
+                let (out, inp) = model.projection_shape(p);
                 self.r * (out + inp)
             })
             .sum();
@@ -119,8 +118,8 @@ pub struct Adapter {
     /// A frozen adapter takes part in forward passes but records no graph (a stacked SFT
     /// adapter under DPO, or the reference).
     pub frozen: bool,
-    /// `layers[layer][projection]`, projection indexed as in [`PROJECTIONS`].
-    pub layers: Vec<[Option<LoraPair>; 7]>,
+    /// `layers[layer][projection]`: the factors of each adapted projection.
+    pub layers: Vec<PerProjection<Option<LoraPair>>>,
 }
 
 impl Adapter {
@@ -133,14 +132,12 @@ impl Adapter {
     ) -> Result<Self> {
         config.validate()?;
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let targets = config.target_indices();
+        let targets = config.targets();
         let mut layers = Vec::with_capacity(model.num_hidden_layers);
         for _ in 0..model.num_hidden_layers {
-            let mut slots: [Option<LoraPair>; 7] = Default::default();
+            let mut slots: PerProjection<Option<LoraPair>> = Default::default();
             for &p in &targets {
-                let (out, inp) = model
-                    .projection_shape(PROJECTIONS[p])
-                    .expect("known projection");
+                let (out, inp) = model.projection_shape(p);
                 // kaiming_uniform_(a=sqrt(5)) gives bound = gain·sqrt(3/fan_in) = 1/sqrt(fan_in).
                 let bound = 1.0 / (inp as f64).sqrt();
                 let a: Vec<f32> = (0..config.r * inp)
@@ -163,7 +160,7 @@ impl Adapter {
         self.config.scale()
     }
 
-    pub fn pair(&self, layer: usize, projection: usize) -> Option<&LoraPair> {
+    pub fn pair(&self, layer: usize, projection: Projection) -> Option<&LoraPair> {
         self.layers.get(layer).and_then(|l| l[projection].as_ref())
     }
 
@@ -176,9 +173,9 @@ impl Adapter {
     pub fn named_vars(&self) -> Vec<(String, Var)> {
         let mut out = Vec::new();
         for (i, layer) in self.layers.iter().enumerate() {
-            for (p, pair) in layer.iter().enumerate() {
+            for (p, pair) in layer.iter() {
                 if let Some(pair) = pair {
-                    let module = module_path(i, p);
+                    let module = p.module_path(i);
                     out.push((format!("{module}.lora_A"), pair.a.clone()));
                     out.push((format!("{module}.lora_B"), pair.b.clone()));
                 }
@@ -190,12 +187,6 @@ impl Adapter {
     pub fn num_parameters(&self) -> usize {
         self.vars().iter().map(|v| v.elem_count()).sum()
     }
-}
-
-/// The Hugging Face module path of projection `p` in layer `layer`.
-pub fn module_path(layer: usize, p: usize) -> String {
-    let block = if p < 4 { "self_attn" } else { "mlp" };
-    format!("model.layers.{layer}.{block}.{}", PROJECTIONS[p])
 }
 
 pub use crate::ops::{add_dropped, apply_dropout, dropout_mask, Dropout};

@@ -8,15 +8,17 @@ pub mod lora;
 pub mod lora_linear;
 pub mod memory;
 pub mod packed;
+pub mod projection;
 pub mod rotary;
 pub mod summary;
 pub mod weights;
 
-pub use config::{Architecture, ModelConfig, PROJECTIONS};
+pub use config::{Architecture, ModelConfig};
 pub use decoder::{Attend, Inputs, KvCache, LayerTape, Model, Pass};
 pub use frozen::{parse_quantization, FrozenWeight, LoadOptions, WeightSource};
 pub use lora::{Adapter, LoraConfig, LoraPair};
 pub use packed::PackedBatch;
+pub use projection::{PerProjection, Projection};
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Device};

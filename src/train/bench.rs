@@ -151,9 +151,9 @@ impl MatmulWork {
     ) -> Self {
         let layers = c.num_hidden_layers as f64;
         let shapes = || {
-            crate::model::PROJECTIONS
-                .iter()
-                .filter_map(|p| c.projection_shape(p).map(|s| (*p, s)))
+            crate::model::Projection::ALL
+                .into_iter()
+                .map(|p| (p.name(), c.projection_shape(p)))
         };
         let frozen: usize = shapes().map(|(_, (o, i))| o * i).sum();
         let targeted: usize = shapes()
