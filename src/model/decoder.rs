@@ -238,7 +238,13 @@ impl Model {
         let (batch, seq) = input_ids.dims2()?;
         self.check_length(seq)?;
         let x = self.embed(input_ids)?;
-        let mask = attention_bias(&self.config, attention_mask, batch, seq, &self.device)?;
+        let mask = super::mask::padded_batch(
+            self.config.sliding_window,
+            attention_mask,
+            batch,
+            seq,
+            &self.device,
+        )?;
         let (cos, sin) = self.rotary.tables(seq)?;
         Ok(Inputs {
             x,
@@ -343,39 +349,6 @@ impl Model {
     pub fn projection_weight(&self, layer: usize, p: Projection) -> Option<&FrozenWeight> {
         self.layers.get(layer).map(|l| &l.proj[p].weight)
     }
-}
-
-/// Additive attention bias `[batch, 1, seq, seq]`: 0 where query i may see key j, a large
-/// negative number elsewhere. Causal, limited to `sliding_window` (i − j < window, as
-/// transformers does), and blind to padded keys. The causal part is built on the host from the
-/// config alone; the padding comes from `attention_mask` on the device (no read back).
-fn attention_bias(
-    cfg: &ModelConfig,
-    attention_mask: Option<&Tensor>,
-    batch: usize,
-    seq: usize,
-    device: &Device,
-) -> Result<Tensor> {
-    let mut causal = vec![0f32; seq * seq];
-    for i in 0..seq {
-        for j in 0..seq {
-            let visible = j <= i && cfg.sliding_window.is_none_or(|w| i - j < w);
-            if !visible {
-                causal[i * seq + j] = f32::MIN;
-            }
-        }
-    }
-    let causal = Tensor::from_vec(causal, (1, 1, seq, seq), device)?;
-    let Some(mask) = attention_mask else {
-        return Ok(causal.broadcast_as((batch, 1, seq, seq))?.contiguous()?);
-    };
-    // 0 for real keys, f32::MIN for padded ones.
-    let padded = mask
-        .to_dtype(DType::F32)?
-        .affine(-1.0, 1.0)?
-        .affine(f32::MIN as f64, 0.0)?
-        .reshape((batch, 1, 1, seq))?;
-    Ok(causal.broadcast_minimum(&padded)?.contiguous()?)
 }
 
 /// A seed for one projection's dropout mask, from the pass seed and its position (SplitMix64).

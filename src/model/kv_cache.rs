@@ -5,7 +5,7 @@
 //! without widening their visibility.
 
 use anyhow::{bail, Result};
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 
 use super::{DecoderLayer, Model, Pass};
 use crate::model::projection::Projection::{Down, Gate, Up, K, O, Q, V};
@@ -79,7 +79,7 @@ impl Model {
             .reshape((batch, seq, self.config.hidden_size))?;
         let (cos, sin) = self.rotary.tables(total)?;
         let (cos, sin) = (cos.narrow(0, offset, seq)?, sin.narrow(0, offset, seq)?);
-        let mask = cached_bias(
+        let mask = crate::model::mask::cached(
             self.config.sliding_window,
             offset,
             cache.start,
@@ -147,28 +147,4 @@ impl Model {
         *slot = Some((k, v));
         layer.proj[O].forward(kernels, &out, pass)
     }
-}
-
-/// Additive bias `[seq, cached + seq]` for `seq` new queries at positions `offset..offset+seq`
-/// over keys at positions `start..offset+seq`: causal and limited to the sliding window.
-fn cached_bias(
-    window: Option<usize>,
-    offset: usize,
-    start: usize,
-    seq: usize,
-    device: &Device,
-) -> Result<Tensor> {
-    let keys = offset + seq - start;
-    let mut bias = vec![0f32; seq * keys];
-    for i in 0..seq {
-        let qpos = offset + i;
-        for kj in 0..keys {
-            let kpos = start + kj;
-            let visible = kpos <= qpos && window.is_none_or(|w| qpos - kpos < w);
-            if !visible {
-                bias[i * keys + kj] = f32::MIN;
-            }
-        }
-    }
-    Ok(Tensor::from_vec(bias, (seq, keys), device)?)
 }

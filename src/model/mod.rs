@@ -6,6 +6,7 @@ pub mod frozen;
 pub mod gguf;
 pub mod lora;
 pub mod lora_linear;
+pub mod mask;
 pub mod memory;
 pub mod packed;
 pub mod projection;

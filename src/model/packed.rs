@@ -77,22 +77,11 @@ impl PackedBatch {
         let Some(&(start, len)) = self.groups.get(g) else {
             bail!("packed batch has no group {g}");
         };
-        let slots = &self.slots[start..start + len];
-        let mut bias = vec![0f32; len * len];
-        for (i, q) in slots.iter().enumerate() {
-            for (j, k) in slots.iter().enumerate() {
-                let same_line = k.branch == 0 || k.branch == q.branch;
-                let visible = same_line
-                    && k.position <= q.position
-                    && cfg
-                        .sliding_window
-                        .is_none_or(|w| ((q.position - k.position) as usize) < w);
-                if !visible {
-                    bias[i * len + j] = f32::MIN;
-                }
-            }
-        }
-        Ok(Tensor::from_vec(bias, (1, 1, len, len), device)?)
+        let slots: Vec<(usize, usize)> = self.slots[start..start + len]
+            .iter()
+            .map(|s| (s.position as usize, s.branch as usize))
+            .collect();
+        super::mask::packed_group(cfg.sliding_window, &slots, device)
     }
 
     /// Token ids `[1, len]` and positions `[len]` (u32) on `device`.
