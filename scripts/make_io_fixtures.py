@@ -2,7 +2,7 @@
 """Reference numbers for adapter I/O, merge and generation, computed with transformers + PEFT.
 
 Reads the tiny models of scripts/make_fixtures.py (tests/fixtures/models/tiny-{mistral,llama})
-and the adapter our Rust code wrote into <model>/rust-adapter/ (see tests/adapter_io.rs), and
+and the adapter our Rust code wrote into <model>/rust-adapter/ (see tests/adapters/adapter_io.rs), and
 writes <model>/expected-io.safetensors with:
 
 - peft_logits_rust_adapter: logits of PeftModel.from_pretrained(base, rust-adapter/) on the

@@ -2,7 +2,7 @@
 //! PEFT's `merge_and_unload` (fixture from scripts/make_io_fixtures.py) and against our own
 //! base+adapter forward.
 
-mod common;
+use crate::common;
 
 use candle_core::{DType, Device, Tensor};
 use common::{expected, fixture, fixture_str, max_abs_diff};

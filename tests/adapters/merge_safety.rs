@@ -1,7 +1,7 @@
 //! `merge` never deletes or alters an input, whatever the spelling of `--out`, and `--overwrite`
 //! keeps a complete output (the old or the new) under the final name through a kill at any point.
 
-mod common;
+use crate::common;
 
 use common::fixture;
 use std::collections::BTreeMap;

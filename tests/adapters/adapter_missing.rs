@@ -2,7 +2,7 @@
 //! missing keys, unless `--allow-missing` (or `MissingTensors::Allow`) loads it with those
 //! modules untrained.
 
-mod common;
+use crate::common;
 
 use candle_core::{DType, Device, Tensor};
 use common::{fixture, fixture_str};

@@ -4,7 +4,7 @@
 //! token ids exact; losses and metrics 1e-4 relative (absolute below 1e-3 in size); gradients
 //! 1e-3 relative in L2 per tensor; the two paths' per-row log-probs 1e-4 relative.
 
-mod common;
+use crate::common;
 
 use candle_core::{DType, Device, Tensor};
 use common::{eval_fixture_pairs, fixture, fixture_str, load_on, rel_l2, PATHS};

@@ -2,7 +2,7 @@
 //! (fixtures from scripts/make_gguf_fixtures.py, converted like llama.cpp does, q/k rows
 //! permuted): the config, the logits, and the portability of adapters between the two.
 
-mod common;
+use crate::common;
 
 use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};

@@ -1,7 +1,7 @@
 //! Two stacked LoRAs equal one LoRA of rank r1 + r2 with the factors concatenated (the
 //! `combined` adapter `train` writes), including different scales and targets.
 
-mod common;
+use crate::common;
 
 use candle_core::{DType, Device, Tensor};
 use common::{expected, fixture_str, max_abs_diff};

@@ -2,7 +2,7 @@
 //! paths (CPU kernels and generic): logits within 1e-4 absolute in f32, with and without the
 //! adapter; LoRA gradients within 1e-3 relative (‖g − g_ref‖ / ‖g_ref‖ per tensor) of PyTorch's.
 
-mod common;
+use crate::common;
 
 use candle_core::{DType, Device, Tensor};
 use common::{expected, fixture_str, load_on, max_abs_diff, rel_l2, tape_gradients, PATHS};

@@ -9,7 +9,7 @@
 //! bf16 keeps 8 bits of mantissa (~0.4% per rounding); the tolerances leave room for rounding
 //! accumulated over the layers.
 
-mod common;
+use crate::common;
 
 use candle_core::{DType, Device, Tensor};
 use common::{eval_fixture_pairs, expected, fixture, fixture_str, load_on, tape_gradients};

@@ -2,7 +2,7 @@
 //! the truncation rule, dropped, or (truncation off) a bad row naming its file and line, so that training never
 //! sees a row longer than the model can place. Also: rows stream through the pipeline in chunks, in order.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

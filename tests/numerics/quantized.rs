@@ -8,7 +8,7 @@
 //! kernels, which also round the *activations* (to Q8_0 / Q8_K blocks): ~0.3% relative for Q8_0
 //! and Q4K alike. The input gradient is the dense op's f32 product, to 1e-5 relative.
 
-mod common;
+use crate::common;
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor, Var};

@@ -3,7 +3,7 @@
 //! and results.json holds the parity verdicts, the estimate and the bench figures. Needs
 //! python3 (standard library only); PyTorch is skipped where it is not installed.
 
-mod common;
+use crate::common;
 
 use common::fixture;
 

@@ -7,7 +7,7 @@
 //! numbers cannot silently go stale. To regenerate it (then rerun the Python script):
 //! `LORA_DPO_UPDATE_FIXTURES=1 cargo test --test adapter_io`.
 
-mod common;
+use crate::common;
 
 use candle_core::{DType, Device, Tensor};
 use common::{expected, fixture, fixture_str, load_on, max_abs_diff, PATHS};

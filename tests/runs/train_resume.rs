@@ -2,7 +2,7 @@
 //! (CPU, LoRA dropout on, gradient checkpointing on, both paths); checkpoints, Ctrl-C and the NaN
 //! guard.
 
-mod common;
+use crate::common;
 
 use common::{fixture_str, PATHS};
 use lora_dpo::config::LoadedConfig;

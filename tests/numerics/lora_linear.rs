@@ -2,7 +2,7 @@
 //! from candle ops with autograd: output and the gradients of the input, A and B, with dropout
 //! and a frozen adapter stacked under the trained one. f32; tolerance 1e-5 relative (L2).
 
-mod common;
+use crate::common;
 
 use candle_core::{DType, Device, Tensor, Var};
 use common::rel_l2;

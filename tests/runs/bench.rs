@@ -1,6 +1,6 @@
 //! `bench --json` runs the configured job and reports the documented keys.
 
-mod common;
+use crate::common;
 
 use common::fixture_str;
 

@@ -3,7 +3,7 @@
 //! groups in one call gives, group by group, what attention over each group alone gives; and the
 //! paths agree with each other.
 
-mod common;
+use crate::common;
 
 use candle_core::{DType, Device, Tensor, D};
 use common::{max_abs_diff, randn};

@@ -2,7 +2,7 @@
 //! included), greedy tokens equal transformers' `generate` (fixture from
 //! scripts/make_io_fixtures.py) on both paths, sampling is seeded, and the CLI streams text.
 
-mod common;
+use crate::common;
 
 use candle_core::{DType, Device, Tensor};
 use common::{fixture, fixture_str, load_on, max_abs_diff, PATHS};

@@ -3,7 +3,7 @@
 //! the weight files. Library checks on the entry format, and DPO runs of the built binary on the
 //! tiny Llama fixture (each with its own cache folder, so no test shares process-wide state).
 
-mod common;
+use crate::common;
 
 use lora_dpo::train::preference::PairSums;
 use lora_dpo::train::ref_cache::{self, Lookup, Rows};

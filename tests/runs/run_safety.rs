@@ -4,7 +4,7 @@
 //! checkpoint of other settings; kills at each write of a checkpoint, the metrics and the final
 //! adapter leave complete files, and the resumed run ends bit-identical to an uninterrupted one.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -1,7 +1,7 @@
 //! Bad model input gives a one-line error naming the file, field or tensor, a non-zero exit
 //! code, and never a panic.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

@@ -3,7 +3,7 @@
 //! Mistral whose sliding window is shorter than the sequences, with its LoRA adapter applied.
 //! Both paths; tolerance 1e-4 absolute (f32).
 
-mod common;
+use crate::common;
 
 use candle_core::{DType, Device, Tensor};
 use common::{fixture_str, load_on, max_abs_diff, PATHS};

@@ -3,7 +3,7 @@
 //! R; tolerance 1e-6 absolute on each dL/dx_i (the f64 central difference with h = 1e-5 is
 //! accurate to ~1e-9 here).
 
-mod common;
+use crate::common;
 
 use candle_core::{DType, Device, Tensor, Var};
 use common::{max_abs_diff, randn};

@@ -2,7 +2,7 @@
 //! f32 and bf16 on both paths: every check passes with the tolerances it states, and a missing
 //! fixtures folder is a clear error.
 
-mod common;
+use crate::common;
 
 use common::fixture;
 
