@@ -5,15 +5,15 @@
 #[path = "../common/mod.rs"]
 mod common;
 
-mod model_parity;
-mod quantized;
-mod gguf;
-mod bf16;
 mod attention;
-mod ops_grad;
-mod lora_linear;
-mod packed;
-mod train_losses;
+mod bf16;
 mod combine;
 mod generate;
+mod gguf;
+mod lora_linear;
+mod model_parity;
+mod ops_grad;
+mod packed;
 mod parity_cli;
+mod quantized;
+mod train_losses;

@@ -5,11 +5,11 @@
 #[path = "../common/mod.rs"]
 mod common;
 
-mod train_resume;
-mod run_safety;
-mod ref_cache;
 mod bench;
-mod gpu_kit;
 mod cli_errors;
-mod configs;
 mod config_validation;
+mod configs;
+mod gpu_kit;
+mod ref_cache;
+mod run_safety;
+mod train_resume;
