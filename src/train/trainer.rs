@@ -245,6 +245,90 @@ impl Schedule2 {
     }
 }
 
+/// How many steps a stage runs and how its learning rate moves.
+struct Plan {
+    epoch_batches: usize,
+    /// Micro-batches per optimizer step (gradient accumulation).
+    micro: usize,
+    steps_per_epoch: usize,
+    total_steps: usize,
+    warmup: usize,
+    schedule: Schedule,
+}
+
+impl Plan {
+    fn of(s: &StageConfig, rows: usize) -> Result<Self> {
+        let epoch_batches = rows.div_ceil(s.per_device_train_batch_size);
+        let micro = s.gradient_accumulation_steps;
+        let steps_per_epoch = (epoch_batches / micro).max(1);
+        let total_steps = if s.max_steps > 0 {
+            s.max_steps as usize
+        } else {
+            (s.num_train_epochs * steps_per_epoch as f64).ceil() as usize
+        };
+        Ok(Self {
+            epoch_batches,
+            micro,
+            steps_per_epoch,
+            total_steps,
+            warmup: warmup_steps(s.warmup_steps, s.warmup_ratio, total_steps),
+            schedule: Schedule::parse(&s.lr_scheduler_type)?,
+        })
+    }
+}
+
+/// What one optimizer step did.
+struct StepOutcome {
+    loss: f64,
+    grad_norm: f64,
+    lr: f64,
+    metrics: MetricSums,
+}
+
+/// Metrics summed over a logging window, and the tokens it ran.
+struct Window {
+    sums: MetricSums,
+    start: Instant,
+    tokens: f64,
+}
+
+impl Window {
+    fn new() -> Self {
+        Self {
+            sums: MetricSums::default(),
+            start: Instant::now(),
+            tokens: 0.0,
+        }
+    }
+
+    fn add(&mut self, step: &StepOutcome, micro: usize) {
+        self.tokens += step.metrics.mean("tokens").unwrap_or(0.0) * micro as f64;
+        for (k, v) in step.metrics.means() {
+            if !STEP_COUNTS.contains(&k.as_str()) && !k.starts_with("time/") {
+                self.sums.add(&k, v, 1.0);
+            }
+        }
+        self.sums.add("loss", step.loss, 1.0);
+        self.sums.add("grad_norm", step.grad_norm, 1.0);
+        self.sums.add("learning_rate", step.lr, 1.0);
+    }
+
+    fn tokens_per_sec(&self) -> f64 {
+        self.tokens / self.start.elapsed().as_secs_f64()
+    }
+
+    /// Writes the window's means as the record of step `done`, and starts a new window.
+    fn flush(&mut self, log: &MetricsLog, done: usize, epoch: f64) -> Result<()> {
+        let mut values = self.sums.means();
+        values.push(("epoch".into(), epoch));
+        values.push(("tokens_per_sec".into(), self.tokens_per_sec()));
+        values.push(("peak_rss_mib".into(), peak_rss_mib()));
+        log.write(done, &values)?;
+        *self = Self::new();
+        Ok(())
+    }
+}
+
 /// Runs the loop; the trained adapter's vars are updated in place.
 pub fn train(
     model: &Model,
@@ -258,16 +342,7 @@ pub fn train(
     if rows == 0 {
         bail!("the {} training set has no rows", objective.stage());
     }
-    let epoch_batches = rows.div_ceil(s.per_device_train_batch_size);
-    let ga = s.gradient_accumulation_steps;
-    let steps_per_epoch = (epoch_batches / ga).max(1);
-    let total_steps = if s.max_steps > 0 {
-        s.max_steps as usize
-    } else {
-        (s.num_train_epochs * steps_per_epoch as f64).ceil() as usize
-    };
-    let warmup = warmup_steps(s.warmup_steps, s.warmup_ratio, total_steps);
-    let schedule = Schedule::parse(&s.lr_scheduler_type)?;
+    let plan = Plan::of(s, rows)?;
     let vars = adapters.trainable.vars();
     let mut opt = AdamW::new(
         vars.clone(),
@@ -279,35 +354,9 @@ pub fn train(
         },
     )?;
     let log = MetricsLog::open(&opts.run_dir)?;
-    let mut start = 0;
-    match opts
-        .resume
-        .then(|| checkpoint::latest(&opts.run_dir))
-        .transpose()?
-        .flatten()
-    {
-        Some(ckpt) => {
-            check_recorded(&ckpt, &opts.fingerprint)?;
-            start = checkpoint::restore(&ckpt, adapters.trainable, &mut opt)?;
-            log.truncate_after(start)?;
-            eprintln!(
-                "resuming from {} (step {start} of {total_steps})",
-                ckpt.display()
-            );
-        }
-        None => {
-            if opts.resume {
-                eprintln!(
-                    "--resume: no checkpoint in {}, starting afresh",
-                    opts.run_dir.display()
-                );
-            }
-            // Nothing to continue: the metrics of an earlier attempt would repeat steps.
-            log.start_anew()?;
-        }
-    }
+    let start = resume_point(opts, adapters.trainable, &mut opt, &log, plan.total_steps)?;
     let mut order = Schedule2 {
-        epoch_batches,
+        epoch_batches: plan.epoch_batches,
         lengths: objective.lengths(),
         batch_size: s.per_device_train_batch_size,
         group_by_length,
@@ -321,102 +370,34 @@ pub fn train(
             log.write(0, &values)?;
         }
     }
-    let bar = progress_bar(total_steps, start, objective.stage(), opts.show_progress);
-    let mut window = MetricSums::default();
-    let mut window_start = Instant::now();
-    let mut window_tokens = 0.0;
-    for step in start..total_steps {
-        let micro_batches: Vec<Vec<usize>> = (0..ga).map(|j| order.rows(step * ga + j)).collect();
-        let normaliser = objective.normaliser(&micro_batches);
-        let mut grads = Gradients::new(vars.clone());
-        let mut step_metrics = MetricSums::default();
-        let mut step_loss = 0.0;
-        let step_start = Instant::now();
-        let (mut t_loss, mut t_backward) = (0.0, 0.0);
-        for (j, rows) in micro_batches.iter().enumerate() {
-            let seed = opts.seed ^ ((step as u64) << 20) ^ j as u64;
-            let t0 = Instant::now();
-            let micro =
-                objective.loss(model, adapters, rows, normaliser, seed, &mut step_metrics)?;
-            let value = crate::ops::host::scalar(&micro.loss)?;
-            t_loss += t0.elapsed().as_secs_f64();
-            if !value.is_finite() {
-                bail!(
-                    "the {} loss is {value} at step {} (micro-batch {j}); stopping. \
-                     The last good checkpoint, if any, is in {} — lower the learning rate and --resume",
-                    objective.stage(),
-                    step + 1,
-                    opts.run_dir.display()
-                );
-            }
-            step_loss += value as f64;
-            let t0 = Instant::now();
-            micro.backward(&mut grads)?;
-            if opts.timings.is_some() {
-                // A GPU runs ahead of the host: wait, so the phase is timed, not its launch.
-                model.device().synchronize()?;
-            }
-            t_backward += t0.elapsed().as_secs_f64();
-        }
-        let t_optimizer = Instant::now();
-        let mut grads = grads.into_tensors()?;
-        let grad_norm = clip_grad_norm(&mut grads, s.max_grad_norm)?;
-        if !grad_norm.is_finite() {
-            bail!(
-                "the gradient norm is {grad_norm} at step {}; stopping",
-                step + 1
-            );
-        }
-        let lr = s.learning_rate * lr_factor(schedule, step, warmup, total_steps);
-        opt.step(&grads, lr)?;
-        if let Some(sink) = &opts.timings {
-            model.device().synchronize()?;
-            let sum = |k: &str| step_metrics.mean(k).unwrap_or(0.0) * ga as f64;
-            let (data, reference) = (sum("time/data"), sum("time/reference"));
-            sink(StepTiming {
-                total: step_start.elapsed().as_secs_f64(),
-                data,
-                reference,
-                forward: t_loss - data - reference,
-                backward: t_backward,
-                optimizer: t_optimizer.elapsed().as_secs_f64(),
-                tokens: sum("tokens"),
-                token_passes: sum("token_passes"),
-                head_positions: sum("head_positions"),
-                attention_scores: sum("attention_scores"),
-            });
-        }
-
+    let bar = progress_bar(
+        plan.total_steps,
+        start,
+        objective.stage(),
+        opts.show_progress,
+    );
+    let mut window = Window::new();
+    for step in start..plan.total_steps {
+        let micro_batches: Vec<Vec<usize>> = (0..plan.micro)
+            .map(|j| order.rows(step * plan.micro + j))
+            .collect();
+        let outcome = optimizer_step(
+            model,
+            adapters,
+            objective,
+            opts,
+            &plan,
+            &micro_batches,
+            (&vars, &mut opt),
+            step,
+        )?;
         let done = step + 1;
-        window_tokens += step_metrics.mean("tokens").unwrap_or(0.0) * ga as f64;
-        for (k, v) in step_metrics.means() {
-            if !STEP_COUNTS.contains(&k.as_str()) && !k.starts_with("time/") {
-                window.add(&k, v, 1.0);
-            }
-        }
-        window.add("loss", step_loss, 1.0);
-        window.add("grad_norm", grad_norm, 1.0);
-        window.add("learning_rate", lr, 1.0);
-        update_bar(
-            &bar,
-            &window,
-            window_tokens / window_start.elapsed().as_secs_f64(),
-        );
+        window.add(&outcome, plan.micro);
+        update_bar(&bar, &window.sums, window.tokens_per_sec());
         bar.set_position(done as u64);
-
-        let last = done == total_steps;
+        let last = done == plan.total_steps;
         if done % s.logging_steps.max(1) == 0 || last {
-            let mut values = window.means();
-            values.push(("epoch".into(), done as f64 / steps_per_epoch as f64));
-            values.push((
-                "tokens_per_sec".into(),
-                window_tokens / window_start.elapsed().as_secs_f64(),
-            ));
-            values.push(("peak_rss_mib".into(), peak_rss_mib()));
-            log.write(done, &values)?;
-            window.clear();
-            window_tokens = 0.0;
-            window_start = Instant::now();
+            window.flush(&log, done, done as f64 / plan.steps_per_epoch as f64)?;
         }
         if (s.eval_steps > 0 && done % s.eval_steps == 0) || last {
             if let Some(values) = objective.evaluate(model, adapters)? {
@@ -427,17 +408,7 @@ pub fn train(
         let interrupted = opts.interrupted.load(Ordering::SeqCst);
         if (s.save_steps > 0 && done % s.save_steps == 0) || (interrupted && !last) {
             let saving = Instant::now();
-            let dir = checkpoint::save(
-                &opts.run_dir,
-                done,
-                adapters.trainable,
-                &opt,
-                &opts.base_model,
-                &opts.fingerprint,
-            )?;
-            if let Some(keep) = s.save_total_limit {
-                checkpoint::prune(&opts.run_dir, keep.max(1))?;
-            }
+            let dir = save_checkpoint(opts, adapters.trainable, &opt, done)?;
             if interrupted {
                 bar.abandon();
                 eprintln!(
@@ -453,7 +424,144 @@ pub fn train(
         }
     }
     bar.finish();
-    Ok(Finish::Completed { steps: total_steps })
+    Ok(Finish::Completed {
+        steps: plan.total_steps,
+    })
+}
+
+/// The step to start from: a checkpoint's with `--resume` (checked against this run's
+/// fingerprint; the metrics cut back to it), else 0 with the metrics started anew.
+fn resume_point(
+    opts: &TrainOptions,
+    trained: &Adapter,
+    opt: &mut AdamW,
+    log: &MetricsLog,
+    total_steps: usize,
+) -> Result<usize> {
+    let latest = if opts.resume {
+        checkpoint::latest(&opts.run_dir)?
+    } else {
+        None
+    };
+    let Some(ckpt) = latest else {
+        if opts.resume {
+            eprintln!(
+                "--resume: no checkpoint in {}, starting afresh",
+                opts.run_dir.display()
+            );
+        }
+        // Nothing to continue: the metrics of an earlier attempt would repeat steps.
+        log.start_anew()?;
+        return Ok(0);
+    };
+    check_recorded(&ckpt, &opts.fingerprint)?;
+    let start = checkpoint::restore(&ckpt, trained, opt)?;
+    log.truncate_after(start)?;
+    eprintln!(
+        "resuming from {} (step {start} of {total_steps})",
+        ckpt.display()
+    );
+    Ok(start)
+}
+
+/// One optimizer step over `micro_batches`: losses and gradients accumulated, clipped, applied.
+#[allow(clippy::too_many_arguments)]
+fn optimizer_step(
+    model: &Model,
+    adapters: &AdapterStack,
+    objective: &mut dyn Objective,
+    opts: &TrainOptions,
+    plan: &Plan,
+    micro_batches: &[Vec<usize>],
+    (vars, opt): (&[Var], &mut AdamW),
+    step: usize,
+) -> Result<StepOutcome> {
+    let s = &opts.stage;
+    let normaliser = objective.normaliser(micro_batches);
+    let mut grads = Gradients::new(vars.to_vec());
+    let mut metrics = MetricSums::default();
+    let mut loss = 0.0;
+    let step_start = Instant::now();
+    let (mut t_loss, mut t_backward) = (0.0, 0.0);
+    for (j, rows) in micro_batches.iter().enumerate() {
+        let seed = opts.seed ^ ((step as u64) << 20) ^ j as u64;
+        let t0 = Instant::now();
+        let micro = objective.loss(model, adapters, rows, normaliser, seed, &mut metrics)?;
+        let value = crate::ops::host::scalar(&micro.loss)?;
+        t_loss += t0.elapsed().as_secs_f64();
+        if !value.is_finite() {
+            bail!(
+                "the {} loss is {value} at step {} (micro-batch {j}); stopping. \
+                 The last good checkpoint, if any, is in {} — lower the learning rate and --resume",
+                objective.stage(),
+                step + 1,
+                opts.run_dir.display()
+            );
+        }
+        loss += value as f64;
+        let t0 = Instant::now();
+        micro.backward(&mut grads)?;
+        if opts.timings.is_some() {
+            // A GPU runs ahead of the host: wait, so the phase is timed, not its launch.
+            model.device().synchronize()?;
+        }
+        t_backward += t0.elapsed().as_secs_f64();
+    }
+    let t_optimizer = Instant::now();
+    let mut grads = grads.into_tensors()?;
+    let grad_norm = clip_grad_norm(&mut grads, s.max_grad_norm)?;
+    if !grad_norm.is_finite() {
+        bail!(
+            "the gradient norm is {grad_norm} at step {}; stopping",
+            step + 1
+        );
+    }
+    let lr = s.learning_rate * lr_factor(plan.schedule, step, plan.warmup, plan.total_steps);
+    opt.step(&grads, lr)?;
+    if let Some(sink) = &opts.timings {
+        model.device().synchronize()?;
+        let sum = |k: &str| metrics.mean(k).unwrap_or(0.0) * plan.micro as f64;
+        let (data, reference) = (sum("time/data"), sum("time/reference"));
+        sink(StepTiming {
+            total: step_start.elapsed().as_secs_f64(),
+            data,
+            reference,
+            forward: t_loss - data - reference,
+            backward: t_backward,
+            optimizer: t_optimizer.elapsed().as_secs_f64(),
+            tokens: sum("tokens"),
+            token_passes: sum("token_passes"),
+            head_positions: sum("head_positions"),
+            attention_scores: sum("attention_scores"),
+        });
+    }
+    Ok(StepOutcome {
+        loss,
+        grad_norm,
+        lr,
+        metrics,
+    })
+}
+
+/// Saves `checkpoint-<done>` and drops the oldest beyond `save_total_limit`.
+fn save_checkpoint(
+    opts: &TrainOptions,
+    trained: &Adapter,
+    opt: &AdamW,
+    done: usize,
+) -> Result<PathBuf> {
+    let dir = checkpoint::save(
+        &opts.run_dir,
+        done,
+        trained,
+        opt,
+        &opts.base_model,
+        &opts.fingerprint,
+    )?;
+    if let Some(keep) = opts.stage.save_total_limit {
+        checkpoint::prune(&opts.run_dir, keep.max(1))?;
+    }
+    Ok(dir)
 }
 
 /// Refuses a checkpoint written by a run with other settings, naming what differs.
