@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use super::config::ModelConfig;
 use super::frozen::{FrozenWeight, LoadOptions, WeightSource};
 use super::lora::{Adapter, Dropout};
-use super::lora_linear::{lora_projection, Branch};
+use super::lora_linear::Branch;
 use super::packed::PackedBatch;
 use super::projection::{PerProjection, Projection};
 use super::rotary::Rotary;
@@ -62,15 +62,6 @@ struct ProjectionLinear {
 }
 
 impl ProjectionLinear {
-    /// The projection with the pass's adapters, differentiable when an adapter is trained.
-    fn forward(&self, kernels: ops::Kernels, x: &Tensor, pass: Pass) -> Result<Tensor> {
-        let branches = self.branches(pass, pass.training);
-        if branches.is_empty() {
-            return Ok(self.weight.forward(kernels, x)?);
-        }
-        lora_projection(kernels, x, &self.weight, &branches)
-    }
-
     /// The LoRA branches `pass` puts on this projection; `trains` marks the unfrozen adapter's
     /// branch as trained (its backward computes the factors' gradients).
     fn branches<'a>(&self, pass: Pass<'a>, trains: bool) -> Vec<Branch<'a>> {
@@ -105,6 +96,9 @@ pub enum Attend {
     Bias(Tensor),
     /// A packed row: `(start, len, bias [1, 1, len, len])` of each group.
     Groups(Vec<(usize, usize, Tensor)>),
+    /// New tokens after those in a KV cache: the bias `[seq, cached + seq]` over the cached and
+    /// the new keys.
+    Cached(Tensor),
 }
 
 /// A batch ready for the decoder layers.
@@ -223,7 +217,9 @@ impl Model {
     pub fn hidden_states_of(&self, inputs: Inputs, pass: Pass) -> Result<Tensor> {
         let Inputs { mut x, context } = inputs;
         for layer in &self.layers {
-            x = self.layer_forward(layer, &x, &context, pass, false)?.0;
+            x = self
+                .layer_forward(layer, &x, &context, pass, false, None)?
+                .0;
         }
         Ok(ops::rms_norm(
             self.kernels,

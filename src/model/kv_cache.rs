@@ -7,8 +7,8 @@
 use anyhow::{bail, Result};
 use candle_core::Tensor;
 
-use super::{DecoderLayer, Model, Pass};
-use crate::model::projection::Projection::{Down, Gate, Up, K, O, Q, V};
+use super::layer::LayerContext;
+use super::{Attend, Model, Pass};
 use crate::ops;
 
 /// Keys and values of every layer for the tokens seen so far (batch 1 or more, equal lengths).
@@ -86,17 +86,15 @@ impl Model {
             seq,
             &self.device,
         )?;
-        let eps = self.config.rms_norm_eps;
-        let k = self.kernels;
+        let context = LayerContext {
+            attend: Attend::Cached(mask),
+            cos,
+            sin,
+        };
         for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            let h = ops::rms_norm(k, &x, &layer.input_layernorm, eps)?;
-            let attn = self.cached_attention(layer, &h, slot, &mask, &cos, &sin, pass)?;
-            x = (x + attn)?;
-            let h = ops::rms_norm(k, &x, &layer.post_attention_layernorm, eps)?;
-            let gate = layer.proj[Gate].forward(k, &h, pass)?;
-            let up = layer.proj[Up].forward(k, &h, pass)?;
-            let act = ops::swiglu(k, &gate, &up)?;
-            x = (&x + layer.proj[Down].forward(k, &act, pass)?)?;
+            x = self
+                .layer_forward(layer, &x, &context, pass, false, Some(slot))?
+                .0;
         }
         cache.len = total;
         if let Some(w) = self.config.sliding_window {
@@ -112,39 +110,7 @@ impl Model {
                 cache.start = keep_from;
             }
         }
-        let h = ops::rms_norm(k, &x, &self.norm, eps)?;
+        let h = ops::rms_norm(self.kernels, &x, &self.norm, self.config.rms_norm_eps)?;
         Ok(self.logits(&h)?)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn cached_attention(
-        &self,
-        layer: &DecoderLayer,
-        x: &Tensor,
-        slot: &mut Option<(Tensor, Tensor)>,
-        mask: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        pass: Pass,
-    ) -> Result<Tensor> {
-        let c = &self.config;
-        let (b, t, _) = x.dims3()?;
-        let (h, kvh, d) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
-        let heads = |y: Tensor, n: usize| -> Result<Tensor> {
-            Ok(y.reshape((b, t, n, d))?.transpose(1, 2)?)
-        };
-        let kernels = self.kernels;
-        let q = heads(layer.proj[Q].forward(kernels, x, pass)?, h)?;
-        let k = heads(layer.proj[K].forward(kernels, x, pass)?, kvh)?;
-        let v = heads(layer.proj[V].forward(kernels, x, pass)?, kvh)?.contiguous()?;
-        let q = ops::rope(&q, cos, sin)?.contiguous()?;
-        let k = ops::rope(&k, cos, sin)?.contiguous()?;
-        let (k, v) = match slot.take() {
-            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
-            None => (k, v),
-        };
-        let out = ops::attention(kernels, &q, &k, &v, mask, self.dtype)?;
-        *slot = Some((k, v));
-        layer.proj[O].forward(kernels, &out, pass)
     }
 }

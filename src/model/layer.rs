@@ -66,6 +66,8 @@ impl LayerContext {
                     bias,
                 })
                 .collect(),
+            // Queries and keys differ in length: attended by `cached_attention`, not in groups.
+            Attend::Cached(_) => Vec::new(),
         }
     }
 }
@@ -73,6 +75,9 @@ impl LayerContext {
 impl Model {
     /// The layer's output for the untracked input `x`, and what its backward needs. `trains`
     /// asks for the trained adapter's saved A-projections (a pass that will run backward).
+    /// With `cache` (generation, `ctx.attend` = [`Attend::Cached`]), the new keys and values are
+    /// appended to the layer's cached ones and attended with them; nothing is saved for a
+    /// backward.
     pub(super) fn layer_forward(
         &self,
         layer: &DecoderLayer,
@@ -80,6 +85,7 @@ impl Model {
         ctx: &LayerContext,
         pass: Pass,
         trains: bool,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
     ) -> Result<(Tensor, LayerSaved)> {
         let c = &self.config;
         let eps = c.rms_norm_eps;
@@ -114,14 +120,20 @@ impl Model {
         let q = ops::rope_thd(k, &split(q, heads)?, &ctx.cos, &ctx.sin)?;
         let key = ops::rope_thd(k, &split(key, kv_heads)?, &ctx.cos, &ctx.sin)?;
         let v = split(v, kv_heads)?;
-        let (attn, probs) = ops::grouped_attention_forward(
-            k,
-            &q.transpose(1, 2)?,
-            &key.transpose(1, 2)?,
-            &v.transpose(1, 2)?,
-            &ctx.groups(),
-            self.dtype,
-        )?;
+        let (attn, probs) = match (cache, &ctx.attend) {
+            (Some(slot), Attend::Cached(bias)) => {
+                (self.cached_attention(&q, &key, &v, slot, bias)?, Vec::new())
+            }
+            (None, Attend::Cached(_)) => anyhow::bail!("a cached pass needs its KV cache"),
+            _ => ops::grouped_attention_forward(
+                k,
+                &q.transpose(1, 2)?,
+                &key.transpose(1, 2)?,
+                &v.transpose(1, 2)?,
+                &ctx.groups(),
+                self.dtype,
+            )?,
+        };
         let [o]: [Tensor; 1] = project(&[O], &attn)?.try_into().expect("one");
         let (x2, h2) = ops::add_rms_norm(k, x, &o, &layer.post_attention_layernorm, eps)?;
         let [gate, up]: [Tensor; 2] = project(&[Gate, Up], &h2)?
@@ -146,6 +158,37 @@ impl Model {
             proj,
         };
         Ok((y, saved))
+    }
+
+    /// Attention of the new queries over the cached keys and values followed by the new ones
+    /// (`[b, t, heads, d]` in, `[b, t, heads·d]` out); the layer's cache becomes all of them.
+    fn cached_attention(
+        &self,
+        q: &Tensor,
+        key: &Tensor,
+        v: &Tensor,
+        slot: &mut Option<(Tensor, Tensor)>,
+        bias: &Tensor,
+    ) -> Result<Tensor> {
+        let heads_first = |t: &Tensor| -> Result<Tensor> { Ok(t.transpose(1, 2)?.contiguous()?) };
+        let (new_k, new_v) = (heads_first(key)?, heads_first(v)?);
+        let (keys, values) = match slot.take() {
+            Some((pk, pv)) => (
+                Tensor::cat(&[&pk, &new_k], 2)?,
+                Tensor::cat(&[&pv, &new_v], 2)?,
+            ),
+            None => (new_k, new_v),
+        };
+        let out = ops::attention(
+            self.kernels,
+            &heads_first(q)?,
+            &keys,
+            &values,
+            bias,
+            self.dtype,
+        )?;
+        *slot = Some((keys, values));
+        Ok(out)
     }
 
     /// The gradient of the layer's input for the gradient `dy` of its output; the trained

@@ -47,7 +47,7 @@ impl Model {
             if checkpointing {
                 inputs.push(x.clone());
             }
-            let (y, saved) = self.layer_forward(layer, &x, &context, pass, !checkpointing)?;
+            let (y, saved) = self.layer_forward(layer, &x, &context, pass, !checkpointing, None)?;
             if !checkpointing {
                 kept.push(saved);
             }
@@ -88,7 +88,7 @@ impl LayerTape<'_> {
                 Some(saved) => saved,
                 None => {
                     model
-                        .layer_forward(layer, &self.inputs[index], ctx, pass, true)?
+                        .layer_forward(layer, &self.inputs[index], ctx, pass, true, None)?
                         .1
                 }
             };
