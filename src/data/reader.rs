@@ -279,14 +279,7 @@ pub fn stream_file(path: &Path) -> Result<RowStream> {
         let rows = read_file(path)?;
         return Ok(Box::new(rows.into_iter().map(|r| Ok(PendingRow::from(r)))));
     }
-    let f = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(Box::new(JsonlLines {
-        file: Arc::new(path.to_path_buf()),
-        reader: std::io::BufReader::with_capacity(1 << 20, f),
-        line: 0,
-        rows: 0,
-        done: false,
-    }))
+    Ok(Box::new(JsonlLines::open(path)?))
 }
 
 struct JsonlLines {
@@ -295,6 +288,20 @@ struct JsonlLines {
     line: usize,
     rows: usize,
     done: bool,
+}
+
+impl JsonlLines {
+    fn open(path: &Path) -> Result<Self> {
+        let f =
+            std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+        Ok(Self {
+            file: Arc::new(path.to_path_buf()),
+            reader: std::io::BufReader::with_capacity(1 << 20, f),
+            line: 0,
+            rows: 0,
+            done: false,
+        })
+    }
 }
 
 impl Iterator for JsonlLines {
@@ -370,26 +377,11 @@ pub fn first_readable_row(path: &Path, split: Option<&str>) -> Result<Option<Map
     Ok(None)
 }
 
+/// A whole JSONL file, through the same line reader as [`stream_file`].
 fn read_jsonl(file: &Arc<PathBuf>) -> Result<Vec<RawRow>> {
-    let text =
-        std::fs::read(file.as_path()).with_context(|| format!("cannot read {}", file.display()))?;
-    let text = String::from_utf8(text)
-        .map_err(|e| anyhow::anyhow!("{}: not UTF-8 text ({e})", file.display()))?;
-    // A UTF-8 byte-order mark (some Windows editors write one) is not part of the first row.
-    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
-    let mut rows = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let loc = RowLoc {
-            file: file.clone(),
-            pos: Pos::Line(i + 1),
-        };
-        let value = parse_line(line, &loc);
-        rows.push(RawRow { loc, value });
-    }
-    Ok(rows)
+    JsonlLines::open(file)?
+        .map(|row| Ok(row?.parse()))
+        .collect()
 }
 
 fn read_json(file: &Arc<PathBuf>) -> Result<Vec<RawRow>> {
