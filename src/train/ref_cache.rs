@@ -49,18 +49,6 @@ impl Fingerprint {
         Ok(self)
     }
 
-    pub fn pairs(&mut self, data: &DpoDataset) -> &mut Self {
-        for e in &data.examples {
-            for seq in [&e.chosen(), &e.rejected()] {
-                self.u64(seq.input_ids.len() as u64);
-                for (id, m) in seq.input_ids.iter().zip(&seq.loss_mask) {
-                    self.u64(((*id as u64) << 1) | u64::from(*m));
-                }
-            }
-        }
-        self
-    }
-
     pub fn hex(&self) -> String {
         format!("{:016x}", self.0)
     }

@@ -423,10 +423,11 @@ fn cached_reference(
     for a in stack.reference() {
         key.adapter(a)?;
     }
-    key.pairs(data);
+    // The tokenized pairs, hashed once: for the key and for the entry's own record of its rows.
+    let rows = ref_cache::Rows::of(data);
+    key.u64(rows.count as u64).bytes(rows.hash.as_bytes());
     let key = key.hex();
     let dir = ref_cache::cache_dir();
-    let rows = ref_cache::Rows::of(data);
     match ref_cache::load(&dir, &key, &rows) {
         ref_cache::Lookup::Reused(sums) => {
             eprintln!("reference log-probs: reusing the cached ones (key {key})");
