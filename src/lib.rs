@@ -14,5 +14,6 @@ pub mod lock;
 pub mod model;
 pub mod ops;
 pub mod parity;
+pub mod paths;
 pub mod source;
 pub mod train;

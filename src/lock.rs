@@ -62,45 +62,17 @@ pub fn lock_output(folder: &Path) -> Result<OutputLock> {
     Ok(OutputLock { _file: file, path })
 }
 
-/// `<parent>/.<name>.lock`, the parent resolved (symlinks, `..`), so every spelling of a folder
-/// gives the same lock.
+/// `<parent>/.<name>.lock` of the folder's resolved path (symlinks, `..`, `.` resolved, see
+/// [`crate::paths::resolve`]), so every spelling of a folder gives the same lock. The parent is
+/// created if needed.
 fn lock_path(folder: &Path) -> Result<PathBuf> {
-    let name = folder
-        .file_name()
-        .filter(|n| *n != "." && *n != "..")
-        .map(|n| n.to_string_lossy().to_string());
-    let absolute = std::path::absolute(folder)
-        .with_context(|| format!("{}: not a usable path", folder.display()))?;
-    // `absolute` keeps `..` and a trailing `.`: resolve through the parent, created if needed.
-    let (parent, name) = match name {
-        Some(n) => (absolute.parent().map(Path::to_path_buf), n),
-        None => {
-            let resolved = absolute
-                .canonicalize()
-                .with_context(|| format!("{}: not a usable path", folder.display()))?;
-            let n = resolved
-                .file_name()
-                .map(|n| n.to_string_lossy().to_string())
-                .with_context(|| format!("{}: cannot lock the root", folder.display()))?;
-            (resolved.parent().map(Path::to_path_buf), n)
-        }
+    let resolved = crate::paths::resolve(folder)?;
+    let (Some(parent), Some(name)) = (resolved.parent(), resolved.file_name()) else {
+        bail!("{}: cannot lock the root", folder.display());
     };
-    let parent = parent.with_context(|| format!("{}: cannot lock the root", folder.display()))?;
-    std::fs::create_dir_all(&parent)
+    std::fs::create_dir_all(parent)
         .with_context(|| format!("{}: cannot create", parent.display()))?;
-    let parent = parent
-        .canonicalize()
-        .with_context(|| format!("{}: cannot resolve", parent.display()))?;
-    // The folder itself may be a symlink to elsewhere: lock its target.
-    let target = parent.join(&name);
-    if let Ok(resolved) = target.canonicalize() {
-        if resolved != target {
-            if let (Some(p), Some(n)) = (resolved.parent(), resolved.file_name()) {
-                return Ok(p.join(format!(".{}.lock", n.to_string_lossy())));
-            }
-        }
-    }
-    Ok(parent.join(format!(".{name}.lock")))
+    Ok(parent.join(format!(".{}.lock", name.to_string_lossy())))
 }
 
 #[cfg(test)]

@@ -3,9 +3,10 @@
 //! write that reads it. Paths are compared after resolving symlinks, `..`, `.` and relative
 //! spellings, so no spelling of an input slips through.
 
-use anyhow::{bail, Context, Result};
-use std::path::{Component, Path, PathBuf};
+use anyhow::{bail, Result};
+use std::path::{Path, PathBuf};
 
+use crate::paths::resolve;
 use crate::source::Source;
 
 /// One thing an output must stay apart from.
@@ -52,32 +53,6 @@ fn hub_repo_folder(file: &Path) -> PathBuf {
     }
 }
 
-/// `path` made absolute with symlinks, `.` and `..` resolved, whether or not it exists: its
-/// longest existing prefix is canonicalized and the rest appended, `..` there taken lexically
-/// (what creating the missing folders would end up naming).
-pub fn resolve(path: &Path) -> Result<PathBuf> {
-    let absolute = std::path::absolute(path)
-        .with_context(|| format!("{}: not a usable path", path.display()))?;
-    let components: Vec<Component> = absolute.components().collect();
-    for split in (1..=components.len()).rev() {
-        let prefix: PathBuf = components[..split].iter().collect();
-        let Ok(mut resolved) = prefix.canonicalize() else {
-            continue;
-        };
-        for c in &components[split..] {
-            match c {
-                Component::ParentDir => {
-                    resolved.pop();
-                }
-                Component::CurDir => {}
-                other => resolved.push(other),
-            }
-        }
-        return Ok(resolved);
-    }
-    bail!("{}: cannot resolve any part of the path", path.display())
-}
-
 /// Refuses an `out` that is, holds or sits inside any of `inputs`, naming both.
 pub fn check_apart(out: &Path, inputs: &[Input]) -> Result<()> {
     let resolved = resolve(out)?;
@@ -107,27 +82,6 @@ pub fn check_apart(out: &Path, inputs: &[Input]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn spellings_of_one_folder_resolve_alike() {
-        let tmp = tempfile::tempdir().unwrap();
-        let model = tmp.path().join("model");
-        std::fs::create_dir_all(&model).unwrap();
-        std::os::unix::fs::symlink(&model, tmp.path().join("link")).unwrap();
-        let want = model.canonicalize().unwrap();
-        for spelling in [
-            tmp.path().join("model/"),
-            tmp.path().join("model/./"),
-            tmp.path().join("missing/../model"),
-            tmp.path().join("link"),
-        ] {
-            assert_eq!(resolve(&spelling).unwrap(), want, "{spelling:?}");
-        }
-        assert_eq!(
-            resolve(&tmp.path().join("link/new/x/..")).unwrap(),
-            want.join("new")
-        );
-    }
 
     #[test]
     fn an_output_beside_the_input_is_allowed_and_around_or_inside_it_is_not() {
