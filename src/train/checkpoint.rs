@@ -162,8 +162,14 @@ pub fn mark_complete(run_dir: &Path, steps: usize, fingerprint: &RunFingerprint)
     std::fs::rename(&tmp, &path).with_context(|| format!("{}: cannot write", path.display()))
 }
 
-/// The fingerprint of the stage finished in `run_dir`, if it finished.
-pub fn completed(run_dir: &Path) -> Result<Option<RunFingerprint>> {
+/// A finished stage's record: its fingerprint and the steps it ran.
+pub struct Completed {
+    pub fingerprint: Option<RunFingerprint>,
+    pub steps: usize,
+}
+
+/// What the stage finished in `run_dir` recorded, if it finished.
+pub fn completed(run_dir: &Path) -> Result<Option<Completed>> {
     let path = run_dir.join(STAGE_FILE);
     if !path.is_file() || !run_dir.join("adapter").is_dir() {
         return Ok(None);
@@ -172,14 +178,11 @@ pub fn completed(run_dir: &Path) -> Result<Option<RunFingerprint>> {
     if state.get("completed").and_then(|v| v.as_bool()) != Some(true) {
         return Ok(None);
     }
-    Ok(state.get("fingerprint").and_then(RunFingerprint::from_json))
-}
-
-/// The step count a finished stage recorded.
-pub fn completed_steps(run_dir: &Path) -> Result<usize> {
-    let state = read_state(&run_dir.join(STAGE_FILE))?;
-    Ok(state
-        .get("global_step")
-        .and_then(|v| v.as_u64())
-        .unwrap_or(0) as usize)
+    Ok(Some(Completed {
+        fingerprint: state.get("fingerprint").and_then(RunFingerprint::from_json),
+        steps: state
+            .get("global_step")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0) as usize,
+    }))
 }

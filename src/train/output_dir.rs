@@ -44,7 +44,11 @@ pub fn claim(out: &str, opts: &RunOptions, stages: &[&str]) -> Result<OutputLock
 /// The step count of the stage finished in `run_dir` with `fingerprint`; None if it did not
 /// finish; an error listing the differences if it finished with other settings.
 pub fn finished(run_dir: &Path, fingerprint: &RunFingerprint) -> Result<Option<usize>> {
-    let Some(recorded) = checkpoint::completed(run_dir)? else {
+    let Some(checkpoint::Completed {
+        fingerprint: Some(recorded),
+        steps,
+    }) = checkpoint::completed(run_dir)?
+    else {
         return Ok(None);
     };
     let diff = fingerprint.differences(&recorded);
@@ -56,5 +60,5 @@ pub fn finished(run_dir: &Path, fingerprint: &RunFingerprint) -> Result<Option<u
             diff.join("\n  ")
         );
     }
-    Ok(Some(checkpoint::completed_steps(run_dir)?))
+    Ok(Some(steps))
 }
