@@ -10,7 +10,6 @@ use lora_dpo::adapter::{load_adapter, load_adapter_with, save_adapter, MissingTe
 use lora_dpo::model::{load_config, ModelConfig};
 use lora_dpo::source::Source;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 const PREFIX: &str = "base_model.model.model.layers";
 
@@ -179,15 +178,10 @@ fn layers_to_transform_limits_what_must_be_present() {
     );
 }
 
+/// Exit code and stderr of the built binary.
 fn cli(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_lora-dpo"))
-        .args(args)
-        .env_remove("LORA_DPO_FAULT")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(!stderr.contains("panicked"), "panic: {stderr}");
-    (out.status.code().unwrap_or(-1), stderr)
+    let (code, _, stderr) = common::lora_dpo(args);
+    (code, stderr)
 }
 
 fn merge_args<'a>(adapter: &'a str, out: &'a str, model: &'a str) -> Vec<&'a str> {

@@ -3,6 +3,7 @@
 //! base+adapter forward.
 
 use crate::common;
+use common::lora_dpo;
 
 use candle_core::{DType, Device, Tensor};
 use common::{expected, fixture, fixture_str, max_abs_diff};
@@ -265,25 +266,11 @@ fn refuses_to_clobber_a_non_empty_folder() {
     assert!(tmp.path().join("model.safetensors").is_file());
 }
 
-fn cli(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_lora-dpo"))
-        .args(args)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(!stderr.contains("panicked"), "panic: {stderr}");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        stderr,
-    )
-}
-
 #[test]
 fn cli_merges_several_adapters() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("m");
-    let (code, stdout, stderr) = cli(&[
+    let (code, stdout, stderr) = lora_dpo(&[
         "merge",
         "--model",
         &fixture_str("models/tiny-mistral-sharded"),
@@ -309,7 +296,7 @@ fn cli_errors_name_the_problem() {
     let gguf = tmp.path().join("model.gguf");
     std::fs::write(&gguf, b"GGUF").unwrap();
     let out = tmp.path().join("out");
-    let (code, _, err) = cli(&[
+    let (code, _, err) = lora_dpo(&[
         "merge",
         "--model",
         gguf.to_str().unwrap(),
@@ -319,7 +306,7 @@ fn cli_errors_name_the_problem() {
     assert_eq!(code, 1);
     assert!(err.contains("model.gguf") && err.contains("GGUF"), "{err}");
     // A Llama adapter does not fit the Mistral base.
-    let (code, _, err) = cli(&[
+    let (code, _, err) = lora_dpo(&[
         "merge",
         "--model",
         &fixture_str("models/tiny-mistral"),
@@ -333,7 +320,7 @@ fn cli_errors_name_the_problem() {
         err.contains("tiny-llama/adapter") && err.contains("do not fit"),
         "{err}"
     );
-    let (code, _, err) = cli(&[
+    let (code, _, err) = lora_dpo(&[
         "merge",
         "--model",
         &fixture_str("models/tiny-mistral"),
@@ -344,7 +331,7 @@ fn cli_errors_name_the_problem() {
     ]);
     assert_eq!(code, 1);
     assert!(err.contains("int8"), "{err}");
-    let (code, _, err) = cli(&[
+    let (code, _, err) = lora_dpo(&[
         "merge",
         "--model",
         &fixture_str("models/tiny-mistral"),

@@ -144,3 +144,19 @@ pub fn eval_fixture_pairs(
     let data = lora_dpo::data::read_dataset(&fixture("train/prefs.jsonl"), None).unwrap();
     evaluate(&request, data).unwrap()
 }
+
+/// Runs the built binary with `args`: its exit code, stdout and stderr; never a panic.
+pub fn lora_dpo(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lora-dpo"))
+        .args(args)
+        .env_remove("LORA_DPO_FAULT")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        stderr,
+    )
+}

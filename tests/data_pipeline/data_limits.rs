@@ -3,6 +3,7 @@
 //! sees a row longer than the model can place. Also: rows stream through the pipeline in chunks, in order.
 
 use crate::common;
+use common::lora_dpo;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -262,20 +263,6 @@ fn model_with_positions(positions: usize) -> tempfile::TempDir {
     json["max_position_embeddings"] = positions.into();
     std::fs::write(&path, json.to_string()).unwrap();
     dir
-}
-
-fn lora_dpo(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_lora-dpo"))
-        .args(args)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(!stderr.contains("panicked"), "panic: {stderr}");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        stderr,
-    )
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! scripts/make_io_fixtures.py) on both paths, sampling is seeded, and the CLI streams text.
 
 use crate::common;
+use common::lora_dpo;
 
 use candle_core::{DType, Device, Tensor};
 use common::{fixture, fixture_str, load_on, max_abs_diff, PATHS};
@@ -10,7 +11,6 @@ use lora_dpo::adapter::load_adapter;
 use lora_dpo::generate::{generate, GenerateOptions};
 use lora_dpo::model::{load_model, Adapter, KvCache, Model, Pass};
 use std::collections::HashMap;
-use std::process::Command;
 
 const MODELS: [&str; 2] = ["tiny-mistral", "tiny-llama"];
 
@@ -231,20 +231,6 @@ fn model_with_tokenizer() -> tempfile::TempDir {
     dir
 }
 
-fn cli(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_lora-dpo"))
-        .args(args)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(!stderr.contains("panicked"), "panic: {stderr}");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        stderr,
-    )
-}
-
 #[test]
 fn cli_generates_raw_and_chat() {
     let dir = model_with_tokenizer();
@@ -258,7 +244,7 @@ fn cli_generates_raw_and_chat() {
         .iter()
         .map(|i| format!("t{i}"))
         .collect();
-    let (code, out, err) = cli(&[
+    let (code, out, err) = lora_dpo(&[
         "generate",
         "--model",
         model,
@@ -271,7 +257,7 @@ fn cli_generates_raw_and_chat() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.split_whitespace().collect::<Vec<_>>(), want, "{out}");
 
-    let (code, out, err) = cli(&[
+    let (code, out, err) = lora_dpo(&[
         "generate",
         "--model",
         model,
@@ -302,7 +288,7 @@ fn cli_generates_raw_and_chat() {
     std::fs::write(&tok_path, tok.to_string()).unwrap();
     let config = serde_json::json!({"eos_token": "t63", "chat_template": "x"});
     std::fs::write(dir.path().join("tokenizer_config.json"), config.to_string()).unwrap();
-    let (code, out, err) = cli(&[
+    let (code, out, err) = lora_dpo(&[
         "generate",
         "--model",
         model,
@@ -314,14 +300,14 @@ fn cli_generates_raw_and_chat() {
     assert_eq!(out.trim(), "t53", "greedy gives t53 t63 ...: {out}");
 
     std::fs::remove_file(dir.path().join("tokenizer_config.json")).unwrap();
-    let (code, _, err) = cli(&["generate", "--model", model, "--prompt", "t7"]);
+    let (code, _, err) = lora_dpo(&["generate", "--model", model, "--prompt", "t7"]);
     assert_eq!(code, 1);
     assert!(
         err.contains("chat_template") && err.contains("--raw"),
         "{err}"
     );
     std::fs::remove_file(dir.path().join("tokenizer.json")).unwrap();
-    let (code, _, err) = cli(&["generate", "--model", model, "--raw", "--prompt", "t7"]);
+    let (code, _, err) = lora_dpo(&["generate", "--model", model, "--raw", "--prompt", "t7"]);
     assert_eq!(code, 1);
     assert!(err.contains("tokenizer.json"), "{err}");
 }
@@ -356,7 +342,7 @@ fn chat_generation_matches_transformers() {
         assert_eq!(got, want, "{name}");
 
         let text = String::from_utf8(io["chat_text_utf8"].to_vec1::<u8>().unwrap()).unwrap();
-        let (code, out, err) = cli(&[
+        let (code, out, err) = lora_dpo(&[
             "generate",
             "--model",
             folder.to_str().unwrap(),
@@ -379,10 +365,10 @@ fn cli_generates_from_a_gguf_file_as_from_its_conversion() {
     let gguf = fixture_str("models/tiny-gguf/model-f32.gguf");
     let tmp = tempfile::tempdir().unwrap();
     let folder = tmp.path().join("hf");
-    let (code, _, err) = cli(&["merge", "--model", &gguf, "--out", folder.to_str().unwrap()]);
+    let (code, _, err) = lora_dpo(&["merge", "--model", &gguf, "--out", folder.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     let run = |model: &str| {
-        let (code, out, err) = cli(&[
+        let (code, out, err) = lora_dpo(&[
             "generate",
             "--model",
             model,
