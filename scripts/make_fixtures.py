@@ -2,8 +2,9 @@
 """Reference numbers for the Rust tests, computed with torch + transformers + PEFT.
 
 Builds tiny random models (a Mistral with GQA, head_dim != hidden/heads and a sliding window
-shorter than the sequence; a Llama with tied embeddings and Llama-3 rope scaling), a PEFT LoRA
-adapter with non-zero B for each, and writes the logits, token log-probs and LoRA gradients of a
+shorter than the sequence; a Llama with tied embeddings and Llama-3 rope scaling; a Qwen2 with
+q/k/v biases, tied embeddings and a sliding window on its second layer only; a Qwen3 with
+per-head q/k norms and head_dim != hidden/heads), a PEFT LoRA adapter with non-zero B for each, and writes the logits, token log-probs and LoRA gradients of a
 fixed batch. Output: tests/fixtures/models/<name>/ (HF folder, adapter/, expected.safetensors).
 
     python -m venv .venv && .venv/bin/pip install -r scripts/requirements.txt
@@ -15,7 +16,16 @@ import pathlib
 import torch
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import save_file
-from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "models"
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -42,6 +52,27 @@ def llama():
         bos_token_id=1, eos_token_id=2,
     )
     return LlamaForCausalLM, cfg, dict(r=4, lora_alpha=8, use_rslora=True)
+
+
+def qwen2():
+    cfg = Qwen2Config(
+        vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        rope_theta=10000.0, rms_norm_eps=1e-6, tie_word_embeddings=True, initializer_range=0.1,
+        use_sliding_window=True, sliding_window=4, max_window_layers=1,
+        bos_token_id=1, eos_token_id=2,
+    )
+    return Qwen2ForCausalLM, cfg, dict(r=4, lora_alpha=8, use_rslora=False)
+
+
+def qwen3():
+    cfg = Qwen3Config(
+        vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=12, max_position_embeddings=64,
+        rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=False,
+        initializer_range=0.1, attention_bias=False, bos_token_id=1, eos_token_id=2,
+    )
+    return Qwen3ForCausalLM, cfg, dict(r=4, lora_alpha=8, use_rslora=False)
 
 
 CHATML = (
@@ -94,6 +125,8 @@ def build(name, make):
         for n, p in model.named_parameters():
             if "norm" in n:
                 p.copy_(1.0 + 0.2 * torch.randn_like(p))
+            elif n.endswith(".bias"):  # zero at init: make them matter
+                p.copy_(0.3 * torch.randn_like(p))
     out = ROOT / name
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
@@ -135,4 +168,6 @@ def build(name, make):
 if __name__ == "__main__":
     build("tiny-mistral", mistral)
     build("tiny-llama", llama)
+    build("tiny-qwen2", qwen2)
+    build("tiny-qwen3", qwen3)
     print(json.dumps({p.name: sorted(x.name for x in p.iterdir()) for p in ROOT.iterdir()}, indent=1))

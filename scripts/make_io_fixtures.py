@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Reference numbers for adapter I/O, merge and generation, computed with transformers + PEFT.
 
-Reads the tiny models of scripts/make_fixtures.py (tests/fixtures/models/tiny-{mistral,llama})
+Reads the tiny models of scripts/make_fixtures.py (tests/fixtures/models/tiny-{mistral,llama,qwen2,qwen3})
 and the adapter our Rust code wrote into <model>/rust-adapter/ (see tests/adapters/adapter_io.rs), and
 writes <model>/expected-io.safetensors with:
 
@@ -29,7 +29,7 @@ import tempfile
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 ROOT = REPO / "tests" / "fixtures" / "models"
@@ -37,6 +37,7 @@ PROMPT_LEN = 5
 NEW_TOKENS = 20
 CHAT = [{"role": "system", "content": "Hi"}, {"role": "user", "content": "yo"}]  # fits 64 positions
 CHAT_TOKENS = 24
+MODELS = ["tiny-mistral", "tiny-llama", "tiny-qwen2", "tiny-qwen3"]
 
 
 def base(name):
@@ -52,7 +53,9 @@ def greedy(model, prompt):
             input_ids=prompt,
             attention_mask=torch.ones_like(prompt),
             max_new_tokens=NEW_TOKENS,
-            min_new_tokens=NEW_TOKENS,
+            # No early stop and no eos suppression (min_new_tokens would forbid eos): an eos id
+            # no token has.
+            eos_token_id=10**6,
             do_sample=False,
             output_logits=True,
             return_dict_in_generate=True,
@@ -107,7 +110,9 @@ def build(name):
     out["gen_prompt"] = prompt[0]
     out["gen_adapter"], _ = greedy(peft_model, prompt)
     if (folder / "tokenizer.json").exists():
-        tok = AutoTokenizer.from_pretrained(folder)
+        # tokenizer.json as written: AutoTokenizer would pick Qwen2Tokenizer by model_type and
+        # rebuild a byte-level pipeline around the fixtures' character vocabulary.
+        tok = PreTrainedTokenizerFast.from_pretrained(folder)
         chat = tok.apply_chat_template(CHAT, add_generation_prompt=True, return_dict=True,
                                        return_tensors="pt")["input_ids"]
         stop = sorted({peft_model.config.eos_token_id, tok.eos_token_id})
@@ -137,6 +142,6 @@ def build(name):
 
 
 if __name__ == "__main__":
-    for name in ["tiny-mistral", "tiny-llama"]:
+    for name in MODELS:
         build(name)
-    print(json.dumps({n: sorted(p.name for p in (ROOT / n).iterdir()) for n in ["tiny-mistral", "tiny-llama"]}))
+    print(json.dumps({n: sorted(p.name for p in (ROOT / n).iterdir()) for n in MODELS}))

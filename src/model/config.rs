@@ -7,23 +7,9 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use std::path::Path;
 
-use super::projection::Projection;
-
-/// Which Hugging Face class the weights were written by; both share one decoder.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Architecture {
-    Mistral,
-    Llama,
-}
-
-impl Architecture {
-    pub fn hf_class(self) -> &'static str {
-        match self {
-            Architecture::Mistral => "MistralForCausalLM",
-            Architecture::Llama => "LlamaForCausalLM",
-        }
-    }
-}
+pub use super::architecture::Architecture;
+use super::architecture::{Family, LayerTensor, ModelTensor, SlidingWindow};
+use super::projection::{PerProjection, Projection};
 
 /// How rotary frequencies are rescaled for long contexts.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,8 +44,13 @@ pub struct ModelConfig {
     pub rms_norm_eps: f64,
     pub rope_theta: f64,
     pub rope_scaling: RopeScaling,
-    /// A query attends to keys at most `sliding_window - 1` positions back (transformers' rule).
-    pub sliding_window: Option<usize>,
+    /// The attention window of each layer: a query attends to keys at most `window - 1`
+    /// positions back (transformers' rule); `None` = every earlier key.
+    pub layer_windows: Vec<Option<usize>>,
+    /// Which projections add a bias (frozen, kept by merge).
+    pub biased: PerProjection<bool>,
+    /// Per-head RMSNorm of q and k before the rotary embedding (Qwen3).
+    pub qk_norm: bool,
     pub tie_word_embeddings: bool,
     pub max_position_embeddings: usize,
     pub bos_token_id: Option<u32>,
@@ -87,35 +78,89 @@ impl ModelConfig {
         }
     }
 
-    /// Parameters of one decoder layer: seven projections and two norms.
+    pub fn family(&self) -> &'static Family {
+        self.architecture.family()
+    }
+
+    /// The window of the sliding layers, if any layer slides.
+    pub fn sliding_window(&self) -> Option<usize> {
+        self.layer_windows.iter().flatten().next().copied()
+    }
+
+    /// The distinct attention windows the layers use, in order of first use: the masks a
+    /// pass builds.
+    pub fn windows(&self) -> Vec<Option<usize>> {
+        let mut out: Vec<Option<usize>> = Vec::new();
+        for w in &self.layer_windows {
+            if !out.contains(w) {
+                out.push(*w);
+            }
+        }
+        out
+    }
+
+    /// The tensors of one decoder layer with their shapes.
+    pub fn layer_tensors(&self) -> Vec<(LayerTensor, Vec<usize>)> {
+        let h = self.hidden_size;
+        let mut out = vec![
+            (LayerTensor::InputNorm, vec![h]),
+            (LayerTensor::PostAttentionNorm, vec![h]),
+        ];
+        for p in Projection::ALL {
+            let (o, i) = self.projection_shape(p);
+            out.push((LayerTensor::Weight(p), vec![o, i]));
+            if self.biased[p] {
+                out.push((LayerTensor::Bias(p), vec![o]));
+            }
+        }
+        if self.qk_norm {
+            out.push((LayerTensor::QNorm, vec![self.head_dim]));
+            out.push((LayerTensor::KNorm, vec![self.head_dim]));
+        }
+        out
+    }
+
+    /// Parameters of one decoder layer: projections, their biases and the norms.
     pub fn layer_parameters(&self) -> usize {
-        let projections: usize = Projection::ALL
+        self.layer_tensors()
+            .iter()
+            .map(|(_, shape)| shape.iter().product::<usize>())
+            .sum()
+    }
+
+    /// Parameters of one layer's projection weights only (what LoRA and quantization act on).
+    pub fn layer_projection_parameters(&self) -> usize {
+        Projection::ALL
             .into_iter()
             .map(|p| {
                 let (o, i) = self.projection_shape(p);
                 o * i
             })
-            .sum();
-        projections + 2 * self.hidden_size
+            .sum()
     }
 
     /// Every tensor a Hugging Face checkpoint of this model holds, with its shape.
     /// `lm_head.weight` is listed only when the embeddings are not tied.
     pub fn expected_tensors(&self) -> Vec<(String, Vec<usize>)> {
+        self.expected_model_tensors()
+            .into_iter()
+            .map(|(t, shape)| (t.hf_name(), shape))
+            .collect()
+    }
+
+    /// [`ModelConfig::expected_tensors`] as tensors, for any naming.
+    pub fn expected_model_tensors(&self) -> Vec<(ModelTensor, Vec<usize>)> {
         let (h, v) = (self.hidden_size, self.vocab_size);
-        let mut out = vec![("model.embed_tokens.weight".to_string(), vec![v, h])];
+        let mut out = vec![(ModelTensor::Embed, vec![v, h])];
+        let layer = self.layer_tensors();
         for i in 0..self.num_hidden_layers {
-            for p in Projection::ALL {
-                let (o, inp) = self.projection_shape(p);
-                out.push((format!("{}.weight", p.module_path(i)), vec![o, inp]));
-            }
-            for norm in ["input_layernorm", "post_attention_layernorm"] {
-                out.push((format!("model.layers.{i}.{norm}.weight"), vec![h]));
+            for (t, shape) in &layer {
+                out.push((ModelTensor::Layer(i, *t), shape.clone()));
             }
         }
-        out.push(("model.norm.weight".to_string(), vec![h]));
+        out.push((ModelTensor::FinalNorm, vec![h]));
         if !self.tie_word_embeddings {
-            out.push(("lm_head.weight".to_string(), vec![v, h]));
+            out.push((ModelTensor::LmHead, vec![v, h]));
         }
         out
     }
@@ -169,6 +214,10 @@ struct RawConfig {
     #[serde(default)]
     use_sliding_window: Option<bool>,
     #[serde(default)]
+    max_window_layers: Option<usize>,
+    #[serde(default)]
+    layer_types: Option<Vec<String>>,
+    #[serde(default)]
     tie_word_embeddings: Option<bool>,
     #[serde(default)]
     max_position_embeddings: Option<usize>,
@@ -186,29 +235,100 @@ struct RawConfig {
 
 impl RawConfig {
     fn architecture(&self) -> Result<Architecture> {
-        let from_name = |name: &str| match name {
-            "MistralForCausalLM" | "mistral" => Some(Architecture::Mistral),
-            "LlamaForCausalLM" | "llama" => Some(Architecture::Llama),
-            _ => None,
-        };
         if let Some(archs) = &self.architectures {
-            match archs.first() {
-                Some(a) => {
-                    return from_name(a).with_context(|| {
-                        format!(
-                            "field `architectures`: {a} is not supported \
-                             (supported: MistralForCausalLM, LlamaForCausalLM)"
-                        )
-                    })
-                }
-                None => bail!("field `architectures` is empty"),
-            }
+            let Some(a) = archs.first() else {
+                bail!("field `architectures` is empty");
+            };
+            return Architecture::from_hf_name(a).with_context(|| {
+                format!(
+                    "field `architectures`: {a} is not supported (supported: {})",
+                    Architecture::hf_classes()
+                )
+            });
         }
         match &self.model_type {
-            Some(t) => from_name(t).with_context(|| {
-                format!("field `model_type`: {t} is not supported (supported: mistral, llama)")
+            Some(t) => Architecture::from_hf_name(t).with_context(|| {
+                format!(
+                    "field `model_type`: {t} is not supported (supported: {})",
+                    super::architecture::FAMILIES
+                        .map(|f| f.model_type)
+                        .join(", ")
+                )
             }),
             None => bail!("missing field `architectures` (and no `model_type`)"),
+        }
+    }
+
+    /// Which projections carry biases: the family's own, and those `attention_bias` /
+    /// `mlp_bias` switch on where the family reads them.
+    fn biased(&self, family: &Family) -> Result<PerProjection<bool>> {
+        let attention = [Projection::Q, Projection::K, Projection::V, Projection::O];
+        let mlp = [Projection::Gate, Projection::Up, Projection::Down];
+        let mut biased = PerProjection::from_fn(|p| family.biased.contains(&p));
+        for (key, value, reads, projections) in [
+            (
+                "attention_bias",
+                self.attention_bias,
+                family.reads_attention_bias,
+                &attention[..],
+            ),
+            ("mlp_bias", self.mlp_bias, family.reads_mlp_bias, &mlp[..]),
+        ] {
+            if value != Some(true) {
+                continue;
+            }
+            if !reads {
+                bail!(
+                    "field `{key}`: {} does not read it, so its meaning here is unknown",
+                    family.hf_class
+                );
+            }
+            for p in projections {
+                biased[*p] = true;
+            }
+        }
+        Ok(biased)
+    }
+
+    /// Each layer's attention window, as the family's transformers class decides it.
+    fn layer_windows(&self, family: &Family) -> Result<Vec<Option<usize>>> {
+        let n = self.num_hidden_layers;
+        if self.sliding_window == Some(0) {
+            bail!("field `sliding_window` must be positive or null");
+        }
+        let every = |w: Option<usize>| Ok(vec![w; n]);
+        match family.sliding {
+            SlidingWindow::Never => every(None),
+            SlidingWindow::EveryLayer if self.use_sliding_window == Some(false) => every(None),
+            SlidingWindow::EveryLayer => every(self.sliding_window),
+            SlidingWindow::OptIn => {
+                let window = match (self.use_sliding_window, self.sliding_window) {
+                    (Some(true), Some(w)) => w,
+                    _ => return every(None),
+                };
+                if let Some(types) = &self.layer_types {
+                    if types.len() != n {
+                        bail!(
+                            "field `layer_types` has {} entries for {n} layers",
+                            types.len()
+                        );
+                    }
+                    return types
+                        .iter()
+                        .map(|t| match t.as_str() {
+                            "full_attention" => Ok(None),
+                            "sliding_attention" => Ok(Some(window)),
+                            other => bail!(
+                                "field `layer_types`: `{other}` is not supported \
+                                 (full_attention, sliding_attention)"
+                            ),
+                        })
+                        .collect();
+                }
+                // transformers' rule: the layers from `max_window_layers` on slide.
+                let from = self.max_window_layers.unwrap_or(28);
+                Ok((0..n).map(|i| (i >= from).then_some(window)).collect())
+            }
         }
     }
 
@@ -219,12 +339,8 @@ impl RawConfig {
                 bail!("field `hidden_act`: {act} is not supported (only silu)");
             }
         }
-        if self.attention_bias == Some(true) {
-            bail!("field `attention_bias`: biased attention projections are not supported");
-        }
-        if self.mlp_bias == Some(true) {
-            bail!("field `mlp_bias`: biased MLP projections are not supported");
-        }
+        let family = architecture.family();
+        let biased = self.biased(family)?;
         let positive = |name: &str, v: usize| -> Result<()> {
             if v == 0 {
                 bail!("field `{name}` must be positive");
@@ -245,7 +361,7 @@ impl RawConfig {
                 self.num_attention_heads
             );
         }
-        let head_dim = match self.head_dim {
+        let head_dim = match self.head_dim.or(family.default_head_dim) {
             Some(d) => d,
             None => {
                 if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
@@ -263,15 +379,7 @@ impl RawConfig {
             bail!("field `head_dim`: {head_dim} must be even for rotary embeddings");
         }
         let (rope_theta, rope_scaling) = self.rope()?;
-        let sliding_window = match (architecture, self.use_sliding_window) {
-            // Llama has no sliding window whatever the file says.
-            (Architecture::Llama, _) => None,
-            (Architecture::Mistral, Some(false)) => None,
-            (Architecture::Mistral, _) => self.sliding_window,
-        };
-        if sliding_window == Some(0) {
-            bail!("field `sliding_window` must be positive or null");
-        }
+        let layer_windows = self.layer_windows(family)?;
         Ok(ModelConfig {
             architecture,
             vocab_size: self.vocab_size,
@@ -284,7 +392,9 @@ impl RawConfig {
             rms_norm_eps: self.rms_norm_eps.unwrap_or(1e-6),
             rope_theta,
             rope_scaling,
-            sliding_window,
+            layer_windows,
+            biased,
+            qk_norm: family.qk_norm,
             tie_word_embeddings: self.tie_word_embeddings.unwrap_or(false),
             max_position_embeddings: self.max_position_embeddings.unwrap_or(4096),
             bos_token_id: token_ids("bos_token_id", &self.bos_token_id)?
@@ -367,7 +477,7 @@ mod tests {
         let c = ModelConfig::from_json(BASE).unwrap();
         assert_eq!(c.architecture, Architecture::Mistral);
         assert_eq!((c.head_dim, c.q_dim(), c.kv_dim()), (6, 24, 12));
-        assert_eq!(c.sliding_window, Some(5));
+        assert_eq!(c.layer_windows, vec![Some(5), Some(5)]);
         assert_eq!(c.rope_theta, 500.0);
         assert_eq!(c.eos_token_ids, vec![2, 3]);
         assert_eq!(c.projection_shape(Projection::O), (16, 24));
@@ -400,6 +510,66 @@ mod tests {
         let c = ModelConfig::from_json(&json).unwrap();
         assert_eq!(c.rope_theta, 5e5);
         assert!(matches!(c.rope_scaling, RopeScaling::Llama3 { factor, .. } if factor == 8.0));
-        assert_eq!(c.sliding_window, None);
+        assert_eq!(c.sliding_window(), None);
+    }
+
+    fn qwen(class: &str, extra: &str) -> Result<ModelConfig> {
+        let json = BASE
+            .replace("MistralForCausalLM", class)
+            .replace(r#""sliding_window":5,"#, extra);
+        ModelConfig::from_json(&json)
+    }
+
+    #[test]
+    fn qwen2_has_qkv_biases_and_opts_into_its_window_per_layer() {
+        let c = qwen("Qwen2ForCausalLM", r#""sliding_window":5,"#).unwrap();
+        let biased: Vec<_> = c
+            .biased
+            .iter()
+            .filter(|(_, b)| **b)
+            .map(|(p, _)| p)
+            .collect();
+        assert_eq!(biased, [Projection::Q, Projection::K, Projection::V]);
+        assert_eq!(
+            c.layer_windows,
+            vec![None, None],
+            "off without use_sliding_window"
+        );
+        let on = r#""sliding_window":5,"use_sliding_window":true,"max_window_layers":1,"#;
+        let c = qwen("Qwen2ForCausalLM", on).unwrap();
+        assert_eq!(c.layer_windows, vec![None, Some(5)]);
+        assert_eq!(c.windows(), vec![None, Some(5)]);
+        let types = r#""sliding_window":5,"use_sliding_window":true,
+            "layer_types":["sliding_attention","full_attention"],"#;
+        let c = qwen("Qwen2ForCausalLM", types).unwrap();
+        assert_eq!(c.layer_windows, vec![Some(5), None]);
+        let bad = r#""sliding_window":5,"use_sliding_window":true,"layer_types":["chunked"],"#;
+        let err = format!("{:#}", qwen("Qwen2ForCausalLM", bad).unwrap_err());
+        assert!(err.contains("layer_types"), "{err}");
+        let names: Vec<_> = c.expected_tensors().into_iter().map(|(n, _)| n).collect();
+        assert!(names.contains(&"model.layers.1.self_attn.k_proj.bias".to_string()));
+        assert!(!names.iter().any(|n| n.contains("o_proj.bias")));
+    }
+
+    #[test]
+    fn qwen3_norms_q_and_k_and_defaults_head_dim_to_128() {
+        let c = qwen("Qwen3ForCausalLM", "").unwrap();
+        assert!(c.qk_norm && c.biased.values().all(|b| !b));
+        assert_eq!(c.head_dim, 6, "an explicit head_dim wins");
+        let no_head_dim = BASE
+            .replace("MistralForCausalLM", "Qwen3ForCausalLM")
+            .replace(r#""head_dim":6,"#, "");
+        let c = ModelConfig::from_json(&no_head_dim).unwrap();
+        assert_eq!(c.head_dim, 128);
+        let names: Vec<_> = c.expected_tensors().into_iter().map(|(n, _)| n).collect();
+        assert!(names.contains(&"model.layers.0.self_attn.q_norm.weight".to_string()));
+        let c = qwen("Qwen3ForCausalLM", r#""attention_bias":true,"#).unwrap();
+        assert!(c.biased.values().take(4).all(|b| *b));
+    }
+
+    #[test]
+    fn a_bias_key_a_family_does_not_read_is_refused() {
+        let err = qwen("MistralForCausalLM", r#""attention_bias":true,"#).unwrap_err();
+        assert!(format!("{err:#}").contains("attention_bias"), "{err:#}");
     }
 }

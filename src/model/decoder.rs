@@ -1,9 +1,11 @@
-//! The Mistral/Llama decoder, written for training: every op has a backward that reaches
-//! the LoRA factors and none computes a gradient for a frozen weight.
+//! The decoder every family shares (see `architecture.rs` for what differs), written for
+//! training: every op has a backward that reaches the LoRA factors and none computes a gradient
+//! for a frozen weight. The same layer forward serves training, evaluation and generation.
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 
+use super::architecture::{LayerTensor, ModelTensor};
 use super::config::ModelConfig;
 use super::frozen::{FrozenWeight, LoadOptions, WeightSource};
 use super::lora::{Adapter, Dropout};
@@ -54,9 +56,10 @@ impl<'a> Pass<'a> {
     }
 }
 
-/// A frozen projection weight `[out, in]` and where it sits.
+/// A frozen projection weight `[out, in]`, its bias if the family has one, and where it sits.
 struct ProjectionLinear {
     weight: FrozenWeight,
+    bias: Option<Tensor>,
     layer: usize,
     which: Projection,
 }
@@ -88,6 +91,10 @@ struct DecoderLayer {
     input_layernorm: Tensor,
     post_attention_layernorm: Tensor,
     proj: PerProjection<ProjectionLinear>,
+    /// The per-head norms of q and k (Qwen3), `[head_dim]` each.
+    qk_norm: Option<(Tensor, Tensor)>,
+    /// Which of [`ModelConfig::windows`] the layer attends with.
+    window: usize,
 }
 
 /// How the tokens of a batch attend to each other.
@@ -134,40 +141,50 @@ impl Model {
         weights.check_against(&config)?;
         let c = &config;
         let dtype = options.dtype;
-        let load = |name: &str, shape: &[usize]| weights.load_dense(name, shape, dtype, device);
-        let embed_tokens = load("model.embed_tokens.weight", &[c.vocab_size, c.hidden_size])?;
+        let load = |t: ModelTensor, shape: &[usize]| {
+            weights.load_dense(&t.hf_name(), shape, dtype, device)
+        };
+        let embed_tokens = load(ModelTensor::Embed, &[c.vocab_size, c.hidden_size])?;
+        let windows = c.windows();
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
+            let tensor = |t: LayerTensor| ModelTensor::Layer(i, t);
             let proj = PerProjection::try_from_fn(|which| -> Result<_> {
                 let (out, inp) = c.projection_shape(which);
+                let name = tensor(LayerTensor::Weight(which)).hf_name();
+                let bias = match c.biased[which] {
+                    true => Some(load(tensor(LayerTensor::Bias(which)), &[out])?),
+                    false => None,
+                };
                 Ok(ProjectionLinear {
-                    weight: weights.load_frozen(
-                        &format!("{}.weight", which.module_path(i)),
-                        &[out, inp],
-                        options,
-                        device,
-                    )?,
+                    weight: weights.load_frozen(&name, &[out, inp], options, device)?,
+                    bias,
                     layer: i,
                     which,
                 })
             })?;
+            let norm = |t: LayerTensor, len: usize| load(tensor(t), &[len]);
+            let qk_norm = match c.qk_norm {
+                true => Some((
+                    norm(LayerTensor::QNorm, c.head_dim)?,
+                    norm(LayerTensor::KNorm, c.head_dim)?,
+                )),
+                false => None,
+            };
+            let window = windows.iter().position(|w| *w == c.layer_windows[i]);
             layers.push(DecoderLayer {
-                input_layernorm: load(
-                    &format!("model.layers.{i}.input_layernorm.weight"),
-                    &[c.hidden_size],
-                )?,
-                post_attention_layernorm: load(
-                    &format!("model.layers.{i}.post_attention_layernorm.weight"),
-                    &[c.hidden_size],
-                )?,
+                input_layernorm: norm(LayerTensor::InputNorm, c.hidden_size)?,
+                post_attention_layernorm: norm(LayerTensor::PostAttentionNorm, c.hidden_size)?,
                 proj,
+                qk_norm,
+                window: window.expect("windows() lists every layer's window"),
             });
         }
-        let norm = load("model.norm.weight", &[c.hidden_size])?;
+        let norm = load(ModelTensor::FinalNorm, &[c.hidden_size])?;
         let lm_head = if c.tie_word_embeddings && !weights.contains("lm_head.weight") {
             embed_tokens.clone()
         } else {
-            load("lm_head.weight", &[c.vocab_size, c.hidden_size]).context(
+            load(ModelTensor::LmHead, &[c.vocab_size, c.hidden_size]).context(
                 "(set tie_word_embeddings in config.json if the head shares the embeddings)",
             )?
         };
@@ -234,21 +251,17 @@ impl Model {
         let (batch, seq) = input_ids.dims2()?;
         self.check_length(seq)?;
         let x = self.embed(input_ids)?;
-        let mask = super::mask::padded_batch(
-            self.config.sliding_window,
-            attention_mask,
-            batch,
-            seq,
-            &self.device,
-        )?;
+        let attends = (self.config.windows().into_iter())
+            .map(|window| {
+                let mask =
+                    super::mask::padded_batch(window, attention_mask, batch, seq, &self.device)?;
+                Ok(Attend::Bias(mask))
+            })
+            .collect::<Result<_>>()?;
         let (cos, sin) = self.rotary.tables(seq)?;
         Ok(Inputs {
             x,
-            context: LayerContext {
-                attend: Attend::Bias(mask),
-                cos,
-                sin,
-            },
+            context: LayerContext { attends, cos, sin },
         })
     }
 
@@ -257,22 +270,19 @@ impl Model {
         self.check_length(packed.max_position())?;
         let (ids, positions) = packed.tensors(&self.device)?;
         let (cos, sin) = self.rotary.at(&positions)?;
-        let groups = (packed.groups.iter().enumerate())
-            .map(|(g, &(start, len))| {
-                Ok((
-                    start,
-                    len,
-                    packed.group_bias(g, &self.config, &self.device)?,
-                ))
+        let attends = (self.config.windows().into_iter())
+            .map(|window| {
+                let groups = (packed.groups.iter().enumerate())
+                    .map(|(g, &(start, len))| {
+                        Ok((start, len, packed.group_bias(g, window, &self.device)?))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(Attend::Groups(groups))
             })
-            .collect::<Result<Vec<_>>>()?;
+            .collect::<Result<_>>()?;
         Ok(Inputs {
             x: self.embed(&ids)?,
-            context: LayerContext {
-                attend: Attend::Groups(groups),
-                cos,
-                sin,
-            },
+            context: LayerContext { attends, cos, sin },
         })
     }
 

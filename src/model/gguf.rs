@@ -17,8 +17,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::config::{Architecture, ModelConfig, RopeScaling};
+use super::architecture::{Architecture, LayerTensor, ModelTensor};
+use super::config::{ModelConfig, RopeScaling};
 use super::frozen::{FrozenWeight, LoadOptions, WeightSource};
+use super::projection::{PerProjection, Projection};
 use crate::ops::QuantizedWeight;
 
 /// Is `path` a GGUF file (by extension or magic bytes)?
@@ -36,30 +38,9 @@ pub fn is_gguf(path: &Path) -> bool {
         && &magic == b"GGUF"
 }
 
-/// The GGUF name of a Hugging Face tensor name of a Llama/Mistral checkpoint.
+/// The GGUF name of a Hugging Face tensor name (the table is `architecture.rs`).
 pub fn gguf_name(hf: &str) -> Option<String> {
-    match hf {
-        "model.embed_tokens.weight" => return Some("token_embd.weight".into()),
-        "model.norm.weight" => return Some("output_norm.weight".into()),
-        "lm_head.weight" => return Some("output.weight".into()),
-        _ => {}
-    }
-    let rest = hf.strip_prefix("model.layers.")?;
-    let (layer, module) = rest.split_once('.')?;
-    let layer: usize = layer.parse().ok()?;
-    let gguf = match module {
-        "self_attn.q_proj.weight" => "attn_q",
-        "self_attn.k_proj.weight" => "attn_k",
-        "self_attn.v_proj.weight" => "attn_v",
-        "self_attn.o_proj.weight" => "attn_output",
-        "mlp.gate_proj.weight" => "ffn_gate",
-        "mlp.up_proj.weight" => "ffn_up",
-        "mlp.down_proj.weight" => "ffn_down",
-        "input_layernorm.weight" => "attn_norm",
-        "post_attention_layernorm.weight" => "ffn_norm",
-        _ => return None,
-    };
-    Some(format!("blk.{layer}.{gguf}.weight"))
+    ModelTensor::from_hf_name(hf).map(ModelTensor::gguf_name)
 }
 
 /// An open GGUF file: its metadata and tensor directory (the data stays on disk, mapped).
@@ -68,7 +49,9 @@ pub struct GgufFile {
     content: Content,
     mmap: memmap2::Mmap,
     arch: String,
-    /// Heads of q and of k, for undoing llama.cpp's row permutation.
+    /// The family `arch` names, if it is one lora-dpo reads.
+    family: Option<Architecture>,
+    /// Heads of q and of k.
     heads: (usize, usize),
 }
 
@@ -89,14 +72,16 @@ impl GgufFile {
                 path.display()
             ),
         };
+        let family = Architecture::from_gguf_arch(&arch);
         let mut me = Self {
             path: path.to_path_buf(),
             content,
             mmap,
             arch,
+            family,
             heads: (0, 0),
         };
-        if me.arch == "llama" {
+        if family.is_some() {
             let h = me.usize_key("attention.head_count")?;
             let kv = me.optional_usize("attention.head_count_kv")?.unwrap_or(h);
             me.heads = (h, kv);
@@ -173,13 +158,15 @@ impl GgufFile {
     /// The model configuration the metadata describes.
     pub fn config(&self) -> Result<ModelConfig> {
         let p = self.path.display();
-        if self.arch != "llama" {
+        let Some(architecture) = self.family else {
             bail!(
-                "{p}: GGUF architecture `{}` is not supported (only llama, which Llama and \
-                 Mistral GGUFs use)",
-                self.arch
+                "{p}: GGUF architecture `{}` is not supported (supported: {}; Mistral GGUFs \
+                 are written as llama)",
+                self.arch,
+                Architecture::gguf_archs()
             );
-        }
+        };
+        let family = architecture.family();
         let hidden_size = self.usize_key("embedding_length")?;
         let num_attention_heads = self.heads.0;
         let num_key_value_heads = self.heads.1;
@@ -202,8 +189,20 @@ impl GgufFile {
         };
         let rope_scaling = self.rope_scaling()?;
         let eos = self.token_id("tokenizer.ggml.eos_token_id");
+        let has = |t: LayerTensor| {
+            let name = ModelTensor::Layer(0, t).gguf_name();
+            self.content.tensor_infos.contains_key(&name)
+        };
+        // Biases as the file has them: llama.cpp writes what the checkpoint had.
+        let biased = PerProjection::from_fn(|p| has(LayerTensor::Bias(p)));
+        if family.gguf_permutes_qk && (biased[Projection::Q] || biased[Projection::K]) {
+            bail!(
+                "{p}: q/k biases in a `{}` GGUF are not supported (their rows are permuted)",
+                self.arch
+            );
+        }
         let config = ModelConfig {
-            architecture: Architecture::Llama,
+            architecture,
             vocab_size,
             hidden_size,
             intermediate_size: self.usize_key("feed_forward_length")?,
@@ -216,7 +215,10 @@ impl GgufFile {
                 .unwrap_or(1e-5),
             rope_theta: self.optional_f64("rope.freq_base")?.unwrap_or(10000.0),
             rope_scaling,
-            sliding_window: None,
+            // llama.cpp's llama, qwen2 and qwen3 attend to the whole context.
+            layer_windows: vec![None; self.usize_key("block_count")?],
+            biased,
+            qk_norm: family.qk_norm,
             tie_word_embeddings: !self.content.tensor_infos.contains_key("output.weight"),
             max_position_embeddings: self.optional_usize("context_length")?.unwrap_or(4096),
             bos_token_id: self.token_id("tokenizer.ggml.bos_token_id"),
@@ -334,12 +336,15 @@ impl GgufFile {
             )
             .map_err(|e| anyhow::anyhow!("{e}"))
             .with_context(|| format!("{p}: reading tensor `{name}`"))?;
-        let heads = if hf_name.ends_with("self_attn.q_proj.weight") {
-            Some(self.heads.0)
-        } else if hf_name.ends_with("self_attn.k_proj.weight") {
-            Some(self.heads.1)
-        } else {
-            None
+        let permuted = self.family.is_some_and(|f| f.family().gguf_permutes_qk);
+        let heads = match ModelTensor::from_hf_name(hf_name) {
+            Some(ModelTensor::Layer(_, LayerTensor::Weight(Projection::Q))) if permuted => {
+                Some(self.heads.0)
+            }
+            Some(ModelTensor::Layer(_, LayerTensor::Weight(Projection::K))) if permuted => {
+                Some(self.heads.1)
+            }
+            _ => None,
         };
         match heads {
             Some(h) => unpermute_rows(&q, h).with_context(|| format!("{p}: tensor `{name}`")),

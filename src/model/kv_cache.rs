@@ -13,15 +13,16 @@ use crate::ops;
 
 /// Keys and values of every layer for the tokens seen so far (batch 1 or more, equal lengths).
 ///
-/// With a sliding window only the last `sliding_window - 1` positions are kept between calls:
-/// no later query can see anything older (query i sees key j iff `j <= i` and `i - j < window`).
+/// A layer with a sliding window keeps only the last `window - 1` positions between calls: no
+/// later query can see anything older (query i sees key j iff `j <= i` and `i - j < window`).
 #[derive(Default)]
 pub struct KvCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
     /// Tokens processed so far: the absolute position of the next token.
     len: usize,
-    /// Absolute position of the first cached key.
-    start: usize,
+    /// Absolute position of the first cached key of the layers of each attention window
+    /// (`ModelConfig::windows`).
+    starts: Vec<usize>,
 }
 
 impl KvCache {
@@ -38,9 +39,9 @@ impl KvCache {
         self.len == 0
     }
 
-    /// Number of positions whose keys and values are held.
+    /// Number of positions whose keys and values are held (by the layers that hold most).
     pub fn cached_positions(&self) -> usize {
-        self.len - self.start
+        self.len - self.starts.iter().copied().min().unwrap_or(0)
     }
 
     /// Forgets everything.
@@ -70,8 +71,10 @@ impl Model {
                 self.rotary.max_len()
             );
         }
+        let windows = self.config.windows();
         if cache.layers.is_empty() {
             cache.layers = vec![None; self.layers.len()];
+            cache.starts = vec![0; windows.len()];
         }
         let mut x = self
             .embed_tokens
@@ -79,36 +82,37 @@ impl Model {
             .reshape((batch, seq, self.config.hidden_size))?;
         let (cos, sin) = self.rotary.tables(total)?;
         let (cos, sin) = (cos.narrow(0, offset, seq)?, sin.narrow(0, offset, seq)?);
-        let mask = crate::model::mask::cached(
-            self.config.sliding_window,
-            offset,
-            cache.start,
-            seq,
-            &self.device,
-        )?;
-        let context = LayerContext {
-            attend: Attend::Cached(mask),
-            cos,
-            sin,
-        };
+        let attends = (windows.iter().zip(&cache.starts))
+            .map(|(&window, &start)| {
+                let mask = crate::model::mask::cached(window, offset, start, seq, &self.device)?;
+                Ok(Attend::Cached(mask))
+            })
+            .collect::<Result<_>>()?;
+        let context = LayerContext { attends, cos, sin };
         for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
             x = self
                 .layer_forward(layer, &x, &context, pass, false, Some(slot))?
                 .0;
         }
         cache.len = total;
-        if let Some(w) = self.config.sliding_window {
+        for (slot, window) in windows.iter().enumerate() {
+            let Some(w) = window else { continue };
             // Future queries sit at positions >= total and see keys j > total - w.
-            let keep_from = total.saturating_sub(w - 1).max(cache.start);
-            if keep_from > cache.start {
-                let drop = keep_from - cache.start;
-                for (k, v) in cache.layers.iter_mut().flatten() {
+            let start = cache.starts[slot];
+            let keep_from = total.saturating_sub(w - 1).max(start);
+            if keep_from == start {
+                continue;
+            }
+            let drop = keep_from - start;
+            let layers = self.layers.iter().zip(cache.layers.iter_mut());
+            for (_, kv) in layers.filter(|(layer, _)| layer.window == slot) {
+                if let Some((k, v)) = kv {
                     let kept = k.dim(2)? - drop;
                     *k = k.narrow(2, drop, kept)?.contiguous()?;
                     *v = v.narrow(2, drop, kept)?.contiguous()?;
                 }
-                cache.start = keep_from;
             }
+            cache.starts[slot] = keep_from;
         }
         let h = ops::rms_norm(self.kernels, &x, &self.norm, self.config.rms_norm_eps)?;
         Ok(self.logits(&h)?)

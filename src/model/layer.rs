@@ -23,6 +23,8 @@ pub struct LayerSaved {
     x: Tensor,
     h1: Tensor,
     attn: Tensor,
+    /// q and k before their per-head norms (Qwen3), `[b, t, heads, d]`.
+    qk_unnormed: Option<(Tensor, Tensor)>,
     /// q and k after rotary embedding, v: `[b, t, heads, d]`.
     q: Tensor,
     k: Tensor,
@@ -41,7 +43,11 @@ pub struct LayerSaved {
 
 /// The attention layout and rotary tables every layer of a pass shares.
 pub struct LayerContext {
-    pub attend: Attend,
+    /// How tokens attend under each window of [`ModelConfig::windows`] (one for most models;
+    /// full and sliding when only some layers slide).
+    ///
+    /// [`ModelConfig::windows`]: crate::model::ModelConfig::windows
+    pub attends: Vec<Attend>,
     /// Rotary tables of each position `[seq, head_dim / 2]`.
     pub cos: Tensor,
     pub sin: Tensor,
@@ -50,8 +56,8 @@ pub struct LayerContext {
 impl LayerContext {
     /// The attention groups: one over the whole row for a padded batch, the packed groups
     /// otherwise.
-    fn groups(&self) -> Vec<ops::Group<'_>> {
-        match &self.attend {
+    fn groups(&self, window: usize) -> Vec<ops::Group<'_>> {
+        match &self.attends[window] {
             Attend::Bias(mask) => vec![ops::Group {
                 start: 0,
                 // [b, 1, t, t]
@@ -100,14 +106,17 @@ impl Model {
                 .map(|(l, b)| (&l.weight, b.as_slice()))
                 .collect();
             let done = lora_forward_shared(self.kernels, input, &parts)?;
-            Ok(ps
-                .iter()
+            ps.iter()
                 .zip(done)
                 .map(|(&p, (y, saved))| {
                     proj[p] = Some(saved);
-                    y
+                    // A frozen bias adds a constant: the backward passes through unchanged.
+                    Ok(match &layer.proj[p].bias {
+                        Some(bias) => y.broadcast_add(bias)?,
+                        None => y,
+                    })
                 })
-                .collect())
+                .collect()
         };
         let k = self.kernels;
         let h1 = ops::rms_norm(k, x, &layer.input_layernorm, eps)?;
@@ -117,10 +126,19 @@ impl Model {
             .try_into()
             .expect("three projections");
         let split = |y: Tensor, n: usize| y.reshape((b, t, n, d));
-        let q = ops::rope_thd(k, &split(q, heads)?, &ctx.cos, &ctx.sin)?;
-        let key = ops::rope_thd(k, &split(key, kv_heads)?, &ctx.cos, &ctx.sin)?;
+        let (q, key) = (split(q, heads)?, split(key, kv_heads)?);
+        let (q_normed, key_normed, qk_unnormed) = match &layer.qk_norm {
+            Some((q_norm, k_norm)) => (
+                ops::rms_norm(k, &q, q_norm, eps)?,
+                ops::rms_norm(k, &key, k_norm, eps)?,
+                Some((q, key)),
+            ),
+            None => (q, key, None),
+        };
+        let q = ops::rope_thd(k, &q_normed, &ctx.cos, &ctx.sin)?;
+        let key = ops::rope_thd(k, &key_normed, &ctx.cos, &ctx.sin)?;
         let v = split(v, kv_heads)?;
-        let (attn, probs) = match (cache, &ctx.attend) {
+        let (attn, probs) = match (cache, &ctx.attends[layer.window]) {
             (Some(slot), Attend::Cached(bias)) => {
                 (self.cached_attention(&q, &key, &v, slot, bias)?, Vec::new())
             }
@@ -130,7 +148,7 @@ impl Model {
                 &q.transpose(1, 2)?,
                 &key.transpose(1, 2)?,
                 &v.transpose(1, 2)?,
-                &ctx.groups(),
+                &ctx.groups(layer.window),
                 self.dtype,
             )?,
         };
@@ -146,6 +164,7 @@ impl Model {
             x: x.clone(),
             h1,
             attn,
+            qk_unnormed,
             q,
             k: key,
             v,
@@ -226,7 +245,7 @@ impl Model {
             &s.q.transpose(1, 2)?,
             &s.k.transpose(1, 2)?,
             &s.v.transpose(1, 2)?,
-            &ctx.groups(),
+            &ctx.groups(layer.window),
             &s.probs,
             &d_attn,
         )?;
@@ -237,8 +256,12 @@ impl Model {
         };
         let unrotate =
             |g: &Tensor| ops::rope_thd_backward(k, &g.transpose(1, 2)?, &ctx.cos, &ctx.sin);
-        let dq = merge(unrotate(&dq)?)?;
-        let dk = merge(unrotate(&dk)?)?;
+        let (mut dq, mut dk) = (unrotate(&dq)?, unrotate(&dk)?);
+        if let (Some((q, key)), Some((q_norm, k_norm))) = (&s.qk_unnormed, &layer.qk_norm) {
+            dq = ops::rms_norm_backward(q, q_norm, eps, &dq)?;
+            dk = ops::rms_norm_backward(key, k_norm, eps, &dk)?;
+        }
+        let (dq, dk) = (merge(dq)?, merge(dk)?);
         let dv = merge(dv.transpose(1, 2)?)?;
         let dh1 = back(&[(Q, &dq), (K, &dk), (V, &dv)], &s.h1)?;
         let dx = ops::rms_norm_backward_add(k, &s.x, &layer.input_layernorm, eps, &dh1, &dx2)?;

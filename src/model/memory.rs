@@ -110,8 +110,7 @@ pub fn estimate(
     let act = dtype.size_in_bytes() as f64;
     let tokens = (rows * seq_len) as f64;
     let (h, i) = (cfg.hidden_size as f64, cfg.intermediate_size as f64);
-    let projection_elements =
-        (cfg.layer_parameters() - 2 * cfg.hidden_size) * cfg.num_hidden_layers;
+    let projection_elements = cfg.layer_projection_parameters() * cfg.num_hidden_layers;
     let other_elements = cfg.total_parameters() - projection_elements;
     let frozen = projection_elements as f64 * projection_bytes_per_element(dtype, quantize)
         + other_elements as f64 * dtype.size_in_bytes() as f64;

@@ -1,5 +1,6 @@
 //! The decoder model: configuration, weight loading, frozen and LoRA linears.
 
+pub mod architecture;
 pub mod config;
 pub mod decoder;
 pub mod frozen;

@@ -8,8 +8,6 @@
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
 
-use super::config::ModelConfig;
-
 /// Where a token of a packed row belongs.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Slot {
@@ -72,8 +70,8 @@ impl PackedBatch {
     }
 
     /// The additive attention bias `[1, 1, len, len]` of group `g`: causal by position, within
-    /// `sliding_window`, trunk visible to all, branches only to themselves.
-    pub fn group_bias(&self, g: usize, cfg: &ModelConfig, device: &Device) -> Result<Tensor> {
+    /// the attention `window`, trunk visible to all, branches only to themselves.
+    pub fn group_bias(&self, g: usize, window: Option<usize>, device: &Device) -> Result<Tensor> {
         let Some(&(start, len)) = self.groups.get(g) else {
             bail!("packed batch has no group {g}");
         };
@@ -81,7 +79,7 @@ impl PackedBatch {
             .iter()
             .map(|s| (s.position as usize, s.branch as usize))
             .collect();
-        super::mask::packed_group(cfg.sliding_window, &slots, device)
+        super::mask::packed_group(window, &slots, device)
     }
 
     /// Token ids `[1, len]` and positions `[len]` (u32) on `device`.

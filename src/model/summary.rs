@@ -38,9 +38,15 @@ pub fn describe(cfg: &ModelConfig, stored_dtype: &str, lora: &LoraConfig) -> Str
             )
         }
     };
-    let window = cfg
-        .sliding_window
-        .map_or("none".to_string(), |w| format!("{w} tokens"));
+    let sliding = cfg.layer_windows.iter().filter(|w| w.is_some()).count();
+    let window = match cfg.sliding_window() {
+        None => "none".to_string(),
+        Some(w) if sliding == cfg.num_hidden_layers => format!("{w} tokens"),
+        Some(w) => format!(
+            "{w} tokens in {sliding} of {} layers",
+            cfg.num_hidden_layers
+        ),
+    };
     let lines = [
         ("architecture", cfg.architecture.hf_class().to_string()),
         ("layers", cfg.num_hidden_layers.to_string()),

@@ -16,7 +16,7 @@ use lora_dpo::model::{load_model, Adapter, LoraConfig, Model, Pass};
 use rand::{Rng, SeedableRng};
 
 const LOGIT_ATOL: f32 = 1e-4;
-const MODELS: [&str; 2] = ["tiny-mistral", "tiny-llama"];
+use common::MODELS;
 
 fn model(name: &str) -> Model {
     load_model(

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 
-const MODELS: [&str; 2] = ["tiny-mistral", "tiny-llama"];
+use common::MODELS;
 
 fn expected_io(name: &str) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(

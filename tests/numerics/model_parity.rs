@@ -129,6 +129,16 @@ fn llama_logits_match_transformers() {
 }
 
 #[test]
+fn qwen2_logits_match_transformers() {
+    check_logits("tiny-qwen2");
+}
+
+#[test]
+fn qwen3_logits_match_transformers() {
+    check_logits("tiny-qwen3");
+}
+
+#[test]
 fn mistral_lora_gradients_match_pytorch() {
     check_gradients("tiny-mistral");
 }
@@ -139,8 +149,18 @@ fn llama_lora_gradients_match_pytorch() {
 }
 
 #[test]
+fn qwen2_lora_gradients_match_pytorch() {
+    check_gradients("tiny-qwen2");
+}
+
+#[test]
+fn qwen3_lora_gradients_match_pytorch() {
+    check_gradients("tiny-qwen3");
+}
+
+#[test]
 fn sharded_weights_give_the_same_logits() {
-    for name in ["tiny-mistral", "tiny-llama"] {
+    for name in common::MODELS {
         let exp = expected(name);
         let (ids, mask) = inputs(&exp);
         let model = load_model(
@@ -190,7 +210,7 @@ fn every_lora_factor_gets_a_finite_nonzero_gradient() {
 /// the layers; the factors with the smallest gradients drift most).
 #[test]
 fn bf16_training_is_within_its_tolerance_of_f32() {
-    for name in ["tiny-mistral", "tiny-llama"] {
+    for name in common::MODELS {
         let (model, adapter) = load_as(name, DType::BF16, Kernels::Auto);
         let exp = expected(name);
         let (loss, grads) = nll_gradients(&model, &adapter, &exp);

@@ -23,7 +23,7 @@ fn packed_equals_alone_on(kernels: Kernels) {
     let model = load_on(&dir, DType::F32, kernels);
     let adapter = load_adapter(&format!("{dir}/adapter"), &model.config, &Device::Cpu).unwrap();
     let adapters = [&adapter];
-    let window = model.config.sliding_window.unwrap_or(0);
+    let window = model.config.sliding_window().unwrap_or(0);
     // Two groups: a trunk longer than the sliding window with two branches, and a lone
     // sequence (empty trunk).
     let trunk: Vec<u32> = (0..window as u32 + 3)

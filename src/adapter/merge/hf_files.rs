@@ -6,8 +6,9 @@ use candle_core::DType;
 use serde_json::{json, Value};
 use std::path::Path;
 
+use crate::model::architecture::SlidingWindow;
 use crate::model::config::RopeScaling;
-use crate::model::{Architecture, ModelConfig};
+use crate::model::{ModelConfig, Projection};
 
 /// Files copied unchanged from the base folder when present.
 pub(super) const COPIED_FILES: [&str; 9] = [
@@ -68,18 +69,15 @@ pub(super) fn hf_config(c: &ModelConfig, dtype: DType) -> Result<Value> {
             "original_max_position_embeddings": original_max_position_embeddings,
         }),
     };
-    let (class, model_type) = match c.architecture {
-        Architecture::Mistral => ("MistralForCausalLM", "mistral"),
-        Architecture::Llama => ("LlamaForCausalLM", "llama"),
-    };
+    let family = c.family();
     let eos = match c.eos_token_ids.as_slice() {
         [] => Value::Null,
         [one] => json!(one),
         many => json!(many),
     };
-    Ok(json!({
-        "architectures": [class],
-        "model_type": model_type,
+    let mut config = json!({
+        "architectures": [family.hf_class],
+        "model_type": family.model_type,
         "vocab_size": c.vocab_size,
         "hidden_size": c.hidden_size,
         "intermediate_size": c.intermediate_size,
@@ -91,15 +89,39 @@ pub(super) fn hf_config(c: &ModelConfig, dtype: DType) -> Result<Value> {
         "rms_norm_eps": c.rms_norm_eps,
         "rope_theta": c.rope_theta,
         "rope_scaling": rope_scaling,
-        "sliding_window": c.sliding_window,
+        "sliding_window": c.sliding_window(),
         "tie_word_embeddings": c.tie_word_embeddings,
         "max_position_embeddings": c.max_position_embeddings,
         "bos_token_id": c.bos_token_id,
         "eos_token_id": eos,
-        "attention_bias": false,
-        "mlp_bias": false,
         "torch_dtype": dtype_name(dtype)?,
-    }))
+    });
+    let fields = config.as_object_mut().expect("an object");
+    let attention = [Projection::Q, Projection::K, Projection::V, Projection::O];
+    let mlp = [Projection::Gate, Projection::Up, Projection::Down];
+    let biased = |ps: &[Projection]| ps.iter().all(|p| c.biased[*p]);
+    if family.reads_attention_bias {
+        fields.insert("attention_bias".into(), json!(biased(&attention)));
+    }
+    if family.reads_mlp_bias {
+        fields.insert("mlp_bias".into(), json!(biased(&mlp)));
+    }
+    if family.sliding == SlidingWindow::OptIn {
+        let kinds: Vec<_> = (c.layer_windows.iter())
+            .map(|w| match w {
+                Some(_) => "sliding_attention",
+                None => "full_attention",
+            })
+            .collect();
+        let first_sliding = c.layer_windows.iter().position(Option::is_some);
+        fields.insert("use_sliding_window".into(), json!(first_sliding.is_some()));
+        fields.insert(
+            "max_window_layers".into(),
+            json!(first_sliding.unwrap_or(c.num_hidden_layers)),
+        );
+        fields.insert("layer_types".into(), json!(kinds));
+    }
+    Ok(config)
 }
 
 /// tokenizer.json and tokenizer_config.json (special tokens, chat template) from a GGUF's
