@@ -8,6 +8,14 @@ Output: tests/fixtures/models/tiny-gguf/
   model-q8_0.gguf                  2-D tensors Q8_0, norms F32 (llama.cpp --outtype q8_0)
   tiny-llama-f32.gguf              tests/fixtures/models/tiny-llama (tied embeddings, Llama 3.1
                                    RoPE scaling, written as llama.cpp's `rope_freqs` tensor), F32
+  tiny-qwen2-f32.gguf,             tests/fixtures/models/tiny-qwen2 (q/k/v biases, tied) and
+  tiny-qwen3-f32.gguf              tiny-qwen3 (per-head q/k norms, head_dim 12) as llama.cpp's
+                                   `qwen2` / `qwen3` architectures: tensor names from gguf-py's own
+                                   name map, q/k rows not permuted (llama.cpp rotates halves for
+                                   these), F32
+  expected-qwen2-gguf.safetensors  transformers' logits of tiny-qwen2 with its sliding window off
+                                   (llama.cpp's qwen2 attends to the whole context), on the batch of
+                                   tiny-qwen2/expected.safetensors
   expected.safetensors             input_ids, transformers' logits of the HF model (`logits`) and
                                    of each GGUF as transformers loads it, dequantized
                                    (`logits_f32_gguf`, `logits_q8_0_gguf`)
@@ -135,6 +143,69 @@ def write_gguf(model, cfg, path, qtype):
     w.close()
 
 
+def write_family_gguf(name, arch):
+    """A make_fixtures.py model as llama.cpp's converter writes `arch`, every tensor F32."""
+    src = MODELS / name
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+    cfg = model.config
+    names = gguf.get_tensor_name_map(arch, cfg.num_hidden_layers)
+    w = gguf.GGUFWriter(str(OUT / f"{name}-f32.gguf"), gguf.MODEL_ARCH_NAMES[arch])
+    w.add_name(name)
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(cfg.num_attention_heads)
+    w.add_head_count_kv(cfg.num_key_value_heads)
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    w.add_key_length(head_dim)
+    w.add_value_length(head_dim)
+    w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    w.add_vocab_size(cfg.vocab_size)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    w.add_tokenizer_model("llama")
+    w.add_token_list([f"<t{i}>" for i in range(cfg.vocab_size)])
+    w.add_token_scores([0.0] * cfg.vocab_size)
+    w.add_token_types([gguf.TokenType.NORMAL] * cfg.vocab_size)
+    w.add_bos_token_id(cfg.bos_token_id)
+    w.add_eos_token_id(cfg.eos_token_id)
+    for hf, t in model.state_dict().items():
+        if hf == "lm_head.weight" and cfg.tie_word_embeddings:
+            continue
+        target = names.get_name(hf, try_suffixes=(".weight", ".bias"))
+        assert target is not None, hf
+        w.add_tensor(target, np.ascontiguousarray(t.float().numpy(), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def qwen2_without_window():
+    """tiny-qwen2's logits with its sliding window off, the reference for its GGUF."""
+    from transformers import AutoConfig
+
+    src = MODELS / "tiny-qwen2"
+    cfg = AutoConfig.from_pretrained(src)
+    cfg.use_sliding_window = False
+    cfg.layer_types = ["full_attention"] * cfg.num_hidden_layers
+    model = AutoModelForCausalLM.from_pretrained(
+        src, config=cfg, dtype=torch.float32, attn_implementation="eager").eval()
+    from safetensors.torch import load_file
+    exp = load_file(src / "expected.safetensors")
+    with torch.no_grad():
+        logits = model(input_ids=exp["input_ids"], attention_mask=exp["attention_mask"]).logits
+    save_file({"logits_base": logits.contiguous()}, OUT / "expected-qwen2-gguf.safetensors",
+              metadata={"format": "pt"})
+
+
+def families():
+    write_family_gguf("tiny-qwen2", gguf.MODEL_ARCH.QWEN2)
+    write_family_gguf("tiny-qwen3", gguf.MODEL_ARCH.QWEN3)
+    qwen2_without_window()
+
+
 def main():
     cfg = config()
     torch.manual_seed(3)
@@ -179,4 +250,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    # `families` writes only the Qwen files (the others stay byte for byte as committed).
+    families() if sys.argv[1:] == ["families"] else (main(), families())

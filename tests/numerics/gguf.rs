@@ -1,6 +1,7 @@
 //! GGUF bases against the Hugging Face folder they were converted from
-//! (fixtures from scripts/make_gguf_fixtures.py, converted like llama.cpp does, q/k rows
-//! permuted): the config, the logits, and the portability of adapters between the two.
+//! (fixtures from scripts/make_gguf_fixtures.py, converted like llama.cpp does: q/k rows
+//! permuted for `llama`, not for `qwen2`/`qwen3`): the config, the logits, and the portability of
+//! adapters between the two.
 
 use crate::common;
 
@@ -221,6 +222,52 @@ fn tied_llama3_gguf_matches_transformers_with_a_peft_adapter() {
             let b = exp[key].get(row).unwrap().narrow(0, 0, len).unwrap();
             let d = max_abs_diff(&a, &b);
             assert!(d < F32_ATOL, "{key} row {row}: {d}");
+        }
+    }
+}
+
+/// The Qwen fixtures as llama.cpp's `qwen2` and `qwen3` GGUFs (tensor names from gguf-py's map,
+/// rows not permuted): the config equals config.json's but for the sliding window llama.cpp
+/// does not have, and the logits equal transformers' (Qwen2 with its window off), with PEFT's
+/// adapter too where the reference has it. f32: 1e-4 absolute.
+#[test]
+fn qwen2_and_qwen3_ggufs_match_transformers() {
+    for (name, reference) in [
+        (
+            "tiny-qwen2",
+            "models/tiny-gguf/expected-qwen2-gguf.safetensors",
+        ),
+        ("tiny-qwen3", "models/tiny-qwen3/expected.safetensors"),
+    ] {
+        let model =
+            load_model(&gguf(&format!("{name}-f32.gguf")), DType::F32, &Device::Cpu).unwrap();
+        let mut hf_config =
+            load_config(&Source::parse(&fixture_str(&format!("models/{name}"))).unwrap()).unwrap();
+        hf_config.layer_windows = vec![None; hf_config.num_hidden_layers];
+        assert_eq!(model.config, hf_config, "{name}");
+        let exp = expected(name);
+        let reference = candle_core::safetensors::load(fixture(reference), &Device::Cpu).unwrap();
+        let ids = exp["input_ids"].to_dtype(DType::U32).unwrap();
+        let mask = exp["attention_mask"].to_dtype(DType::U32).unwrap();
+        let adapter = lora_dpo::adapter::load_adapter(
+            &fixture_str(&format!("models/{name}/adapter")),
+            &model.config,
+            &Device::Cpu,
+        )
+        .unwrap();
+        for (adapters, key) in [(vec![], "logits_base"), (vec![&adapter], "logits_adapter")] {
+            let Some(want) = reference.get(key) else {
+                continue;
+            };
+            let ours = model
+                .forward(&ids, Some(&mask), Pass::eval(&adapters))
+                .unwrap();
+            for (row, len) in [(0, 10), (1, 7)] {
+                let a = ours.get(row).unwrap().narrow(0, 0, len).unwrap();
+                let b = want.get(row).unwrap().narrow(0, 0, len).unwrap();
+                let d = max_abs_diff(&a, &b);
+                assert!(d < F32_ATOL, "{name} {key} row {row}: {d}");
+            }
         }
     }
 }

@@ -254,3 +254,32 @@ fn bf16_training_is_within_its_tolerance_of_f32() {
         );
     }
 }
+
+/// The quantity DPO compares, for every family: each row's summed next-token log-probs over its
+/// real tokens, through the chunked LM head the preference objectives use, with the adapter,
+/// against PEFT's within 1e-4 relative.
+#[test]
+fn per_row_logps_match_peft_for_every_family() {
+    for (name, kernels) in common::MODELS.iter().flat_map(|&n| PATHS.map(|k| (n, k))) {
+        let (model, adapter) = load(name, kernels);
+        let exp = expected(name);
+        let (ids, mask) = inputs(&exp);
+        let hidden = model
+            .hidden_states(&ids, Some(&mask), Pass::eval(&[&adapter]))
+            .unwrap();
+        let ours = model.head_logprobs(&hidden, &ids).unwrap().token_logps;
+        let target_mask = mask.narrow(1, 1, ids.dim(1).unwrap() - 1).unwrap();
+        let row_sums = |t: &Tensor| -> Vec<f32> {
+            let masked = (t * target_mask.to_dtype(DType::F32).unwrap()).unwrap();
+            masked.sum(1).unwrap().to_vec1().unwrap()
+        };
+        for (row, (a, b)) in row_sums(&ours)
+            .into_iter()
+            .zip(row_sums(&exp["token_logps_adapter"]))
+            .enumerate()
+        {
+            let rel = (a - b).abs() / b.abs();
+            assert!(rel < 1e-4, "{name} row {row} ({kernels}): {a} vs PEFT {b}");
+        }
+    }
+}
