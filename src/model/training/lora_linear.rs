@@ -10,8 +10,8 @@ use anyhow::Result;
 use candle_core::{DType, Tensor, Var};
 use std::sync::Arc;
 
-use super::frozen::FrozenWeight;
-use super::lora::{add_dropped, apply_dropout, Dropout, LoraPair};
+use crate::model::frozen::FrozenWeight;
+use crate::model::lora::{add_dropped, apply_dropout, Dropout, LoraPair};
 use crate::ops::{attach_gradient3, matmul_sum, matmul_sum_on, matmul_sum_serial, Kernels};
 use rayon::prelude::*;
 

@@ -1,7 +1,7 @@
 //! Rotary embedding tables: inverse frequencies (with Llama-3 or linear rescaling) and the
 //! cos/sin of every position.
 
-use super::config::{ModelConfig, RopeScaling};
+use crate::model::config::{ModelConfig, RopeScaling};
 use candle_core::{DType, Device, Result, Tensor};
 
 /// cos and sin tables of shape `[max_len, head_dim / 2]`.

@@ -10,8 +10,8 @@ use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
 use std::sync::Arc;
 
-use super::config::ModelConfig;
-use super::weights::WeightFiles;
+use crate::model::config::ModelConfig;
+use crate::model::weights::WeightFiles;
 use crate::ops::{self, Kernels, QuantizedWeight};
 
 /// How the frozen base is loaded.

@@ -5,14 +5,14 @@
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 
-use super::architecture::{LayerTensor, ModelTensor};
-use super::config::ModelConfig;
-use super::frozen::{FrozenWeight, LoadOptions, WeightSource};
-use super::lora::{Adapter, Dropout};
-use super::lora_linear::Branch;
-use super::packed::PackedBatch;
-use super::projection::{PerProjection, Projection};
-use super::rotary::Rotary;
+use crate::model::architecture::{LayerTensor, ModelTensor};
+use crate::model::config::ModelConfig;
+use crate::model::frozen::{FrozenWeight, LoadOptions, WeightSource};
+use crate::model::lora::{Adapter, Dropout};
+use crate::model::lora_linear::Branch;
+use crate::model::packed::PackedBatch;
+use crate::model::projection::{PerProjection, Projection};
+use crate::model::rotary::Rotary;
 use crate::ops;
 
 // The cached inference forward lives in its own file but inside this module, so it can use
@@ -20,7 +20,8 @@ use crate::ops;
 #[path = "kv_cache.rs"]
 mod kv_cache;
 pub use kv_cache::KvCache;
-#[path = "tape.rs"]
+// The tape lives with the training parts but reads the private layers, as a child module.
+#[path = "../training/tape.rs"]
 mod tape;
 pub use tape::LayerTape;
 #[path = "layer.rs"]
@@ -253,8 +254,13 @@ impl Model {
         let x = self.embed(input_ids)?;
         let attends = (self.config.windows().into_iter())
             .map(|window| {
-                let mask =
-                    super::mask::padded_batch(window, attention_mask, batch, seq, &self.device)?;
+                let mask = crate::model::mask::padded_batch(
+                    window,
+                    attention_mask,
+                    batch,
+                    seq,
+                    &self.device,
+                )?;
                 Ok(Attend::Bias(mask))
             })
             .collect::<Result<_>>()?;

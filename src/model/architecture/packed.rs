@@ -79,7 +79,7 @@ impl PackedBatch {
             .iter()
             .map(|s| (s.position as usize, s.branch as usize))
             .collect();
-        super::mask::packed_group(window, &slots, device)
+        crate::model::mask::packed_group(window, &slots, device)
     }
 
     /// Token ids `[1, len]` and positions `[len]` (u32) on `device`.

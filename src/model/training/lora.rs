@@ -9,8 +9,8 @@ use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use super::config::ModelConfig;
-use super::projection::{PerProjection, Projection};
+use crate::model::config::ModelConfig;
+use crate::model::projection::{PerProjection, Projection};
 
 /// The LoRA hyper-parameters, with PEFT's names and defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -18,8 +18,8 @@
 use candle_core::quantized::GgmlDType;
 use candle_core::DType;
 
-use super::config::ModelConfig;
-use super::lora::LoraConfig;
+use crate::model::config::ModelConfig;
+use crate::model::lora::LoraConfig;
 
 /// Where the run's memory lives.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -7,9 +7,9 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use std::path::Path;
 
-pub use super::architecture::Architecture;
-use super::architecture::{Family, LayerTensor, ModelTensor, SlidingWindow};
-use super::projection::{PerProjection, Projection};
+pub use crate::model::architecture::Architecture;
+use crate::model::architecture::{Family, LayerTensor, ModelTensor, SlidingWindow};
+use crate::model::projection::{PerProjection, Projection};
 
 /// How rotary frequencies are rescaled for long contexts.
 #[derive(Debug, Clone, PartialEq)]
@@ -250,7 +250,7 @@ impl RawConfig {
             Some(t) => Architecture::from_hf_name(t).with_context(|| {
                 format!(
                     "field `model_type`: {t} is not supported (supported: {})",
-                    super::architecture::FAMILIES
+                    crate::model::architecture::FAMILIES
                         .map(|f| f.model_type)
                         .join(", ")
                 )

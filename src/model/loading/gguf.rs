@@ -17,10 +17,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::architecture::{Architecture, LayerTensor, ModelTensor};
-use super::config::{ModelConfig, RopeScaling};
-use super::frozen::{FrozenWeight, LoadOptions, WeightSource};
-use super::projection::{PerProjection, Projection};
+use crate::model::architecture::{Architecture, LayerTensor, ModelTensor};
+use crate::model::config::{ModelConfig, RopeScaling};
+use crate::model::frozen::{FrozenWeight, LoadOptions, WeightSource};
+use crate::model::projection::{PerProjection, Projection};
 use crate::ops::QuantizedWeight;
 
 /// Is `path` a GGUF file (by extension or magic bytes)?

@@ -7,7 +7,7 @@
 //! config keys in `config.rs` if it has new ones, and its fixtures. The default LoRA targets
 //! are the seven projections of every family ([`Projection::ALL`], QLoRA's "all linear").
 
-use super::projection::Projection;
+use crate::model::projection::Projection;
 
 /// A model family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
