@@ -6,7 +6,6 @@ use candle_core::DType;
 use serde_json::{json, Value};
 use std::path::Path;
 
-use crate::model::architecture::SlidingWindow;
 use crate::model::config::RopeScaling;
 use crate::model::{ModelConfig, Projection};
 
@@ -106,7 +105,7 @@ pub(super) fn hf_config(c: &ModelConfig, dtype: DType) -> Result<Value> {
     if family.reads_mlp_bias {
         fields.insert("mlp_bias".into(), json!(biased(&mlp)));
     }
-    if family.sliding == SlidingWindow::OptIn {
+    if family.sliding.names_layers() {
         let kinds: Vec<_> = (c.layer_windows.iter())
             .map(|w| match w {
                 Some(_) => "sliding_attention",

@@ -306,30 +306,35 @@ impl RawConfig {
                     (Some(true), Some(w)) => w,
                     _ => return every(None),
                 };
-                if let Some(types) = &self.layer_types {
-                    if types.len() != n {
-                        bail!(
-                            "field `layer_types` has {} entries for {n} layers",
-                            types.len()
-                        );
-                    }
-                    return types
-                        .iter()
-                        .map(|t| match t.as_str() {
-                            "full_attention" => Ok(None),
-                            "sliding_attention" => Ok(Some(window)),
-                            other => bail!(
-                                "field `layer_types`: `{other}` is not supported \
-                                 (full_attention, sliding_attention)"
-                            ),
-                        })
-                        .collect();
+                if let Some(windows) = self.named_layer_windows(window) {
+                    return windows;
                 }
                 // transformers' rule: the layers from `max_window_layers` on slide.
                 let from = self.max_window_layers.unwrap_or(28);
                 Ok((0..n).map(|i| (i >= from).then_some(window)).collect())
             }
         }
+    }
+
+    /// The windows `layer_types` gives each layer, if the file has that list.
+    fn named_layer_windows(&self, window: usize) -> Option<Result<Vec<Option<usize>>>> {
+        let types = self.layer_types.as_ref()?;
+        if types.len() != self.num_hidden_layers {
+            let n = self.num_hidden_layers;
+            return Some(Err(anyhow::anyhow!(
+                "field `layer_types` has {} entries for {n} layers",
+                types.len()
+            )));
+        }
+        let kind = |t: &String| match t.as_str() {
+            "full_attention" => Ok(None),
+            "sliding_attention" => Ok(Some(window)),
+            other => bail!(
+                "field `layer_types`: `{other}` is not supported \
+                 (full_attention, sliding_attention)"
+            ),
+        };
+        Some(types.iter().map(kind).collect())
     }
 
     fn validate(self) -> Result<ModelConfig> {

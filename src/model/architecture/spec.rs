@@ -30,6 +30,14 @@ pub enum SlidingWindow {
     OptIn,
 }
 
+impl SlidingWindow {
+    /// Whether config.json says per layer which ones slide (`layer_types`), so that a written
+    /// config must say it too.
+    pub fn names_layers(self) -> bool {
+        matches!(self, SlidingWindow::OptIn)
+    }
+}
+
 /// What makes a family different from the shared decoder.
 #[derive(Debug)]
 pub struct Family {
