@@ -4,11 +4,12 @@
 Builds tiny random models (a Mistral with GQA, head_dim != hidden/heads and a sliding window
 shorter than the sequence; a Llama with tied embeddings and Llama-3 rope scaling; a Qwen2 with
 q/k/v biases, tied embeddings and a sliding window on its second layer only; a Qwen3 with
-per-head q/k norms and head_dim != hidden/heads), a PEFT LoRA adapter with non-zero B for each, and writes the logits, token log-probs and LoRA gradients of a
+per-head q/k norms and head_dim != hidden/heads; a Ministral whose layers alternate sliding and
+full attention), a PEFT LoRA adapter with non-zero B for each, and writes the logits, token log-probs and LoRA gradients of a
 fixed batch. Output: tests/fixtures/models/<name>/ (HF folder, adapter/, expected.safetensors).
 
     python -m venv .venv && .venv/bin/pip install -r scripts/requirements.txt
-    .venv/bin/python scripts/make_fixtures.py
+    .venv/bin/python scripts/make_fixtures.py [tiny-qwen3 ...]
 """
 import json
 import pathlib
@@ -23,6 +24,8 @@ from transformers import (
     MistralForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
+    MinistralConfig,
+    MinistralForCausalLM,
     Qwen3Config,
     Qwen3ForCausalLM,
 )
@@ -73,6 +76,17 @@ def qwen3():
         initializer_range=0.1, attention_bias=False, bos_token_id=1, eos_token_id=2,
     )
     return Qwen3ForCausalLM, cfg, dict(r=4, lora_alpha=8, use_rslora=False)
+
+
+def ministral():
+    cfg = MinistralConfig(
+        vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=64,
+        rope_theta=100000000.0, rms_norm_eps=1e-5, tie_word_embeddings=False,
+        initializer_range=0.1, sliding_window=4,
+        layer_types=["sliding_attention", "full_attention"], bos_token_id=1, eos_token_id=2,
+    )
+    return MinistralForCausalLM, cfg, dict(r=4, lora_alpha=8, use_rslora=False)
 
 
 CHATML = (
@@ -165,9 +179,14 @@ def build(name, make):
     print(name, "loss", float(loss), "grads", sum(k.startswith("grad.") for k in expected))
 
 
+FIXTURES = {"tiny-mistral": mistral, "tiny-llama": llama, "tiny-qwen2": qwen2, "tiny-qwen3": qwen3,
+            "tiny-ministral": ministral}
+
 if __name__ == "__main__":
-    build("tiny-mistral", mistral)
-    build("tiny-llama", llama)
-    build("tiny-qwen2", qwen2)
-    build("tiny-qwen3", qwen3)
+    import sys
+
+    # Names on the command line rebuild only those (torch's random draws differ between
+    # versions: the others stay as committed).
+    for name in sys.argv[1:] or FIXTURES:
+        build(name, FIXTURES[name])
     print(json.dumps({p.name: sorted(x.name for x in p.iterdir()) for p in ROOT.iterdir()}, indent=1))

@@ -37,7 +37,7 @@ PROMPT_LEN = 5
 NEW_TOKENS = 20
 CHAT = [{"role": "system", "content": "Hi"}, {"role": "user", "content": "yo"}]  # fits 64 positions
 CHAT_TOKENS = 24
-MODELS = ["tiny-mistral", "tiny-llama", "tiny-qwen2", "tiny-qwen3"]
+MODELS = ["tiny-mistral", "tiny-llama", "tiny-qwen2", "tiny-qwen3", "tiny-ministral"]
 
 
 def base(name):

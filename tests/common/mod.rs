@@ -12,8 +12,15 @@ pub const PATHS: [Kernels; 2] = [Kernels::Auto, Kernels::Generic];
 
 /// The tiny random model of each family (scripts/make_fixtures.py): Mistral (GQA, head_dim ≠
 /// hidden/heads, sliding window 4), Llama (tied embeddings, Llama-3 rope scaling), Qwen2 (q/k/v
-/// biases, tied embeddings, sliding window on layer 1 only), Qwen3 (per-head q/k norms).
-pub const MODELS: [&str; 4] = ["tiny-mistral", "tiny-llama", "tiny-qwen2", "tiny-qwen3"];
+/// biases, tied embeddings, sliding window on layer 1 only), Qwen3 (per-head q/k norms),
+/// Ministral (sliding window on layer 0 only).
+pub const MODELS: [&str; 5] = [
+    "tiny-mistral",
+    "tiny-llama",
+    "tiny-qwen2",
+    "tiny-qwen3",
+    "tiny-ministral",
+];
 
 /// A model whose passes run `kernels`.
 pub fn load_on(spec: &str, dtype: DType, kernels: Kernels) -> Model {

@@ -139,6 +139,11 @@ fn qwen3_logits_match_transformers() {
 }
 
 #[test]
+fn ministral_logits_match_transformers() {
+    check_logits("tiny-ministral");
+}
+
+#[test]
 fn mistral_lora_gradients_match_pytorch() {
     check_gradients("tiny-mistral");
 }
@@ -156,6 +161,11 @@ fn qwen2_lora_gradients_match_pytorch() {
 #[test]
 fn qwen3_lora_gradients_match_pytorch() {
     check_gradients("tiny-qwen3");
+}
+
+#[test]
+fn ministral_lora_gradients_match_pytorch() {
+    check_gradients("tiny-ministral");
 }
 
 #[test]

@@ -301,6 +301,12 @@ impl RawConfig {
             SlidingWindow::Never => every(None),
             SlidingWindow::EveryLayer if self.use_sliding_window == Some(false) => every(None),
             SlidingWindow::EveryLayer => every(self.sliding_window),
+            SlidingWindow::LayerTypes => match self.sliding_window {
+                Some(w) => self
+                    .named_layer_windows(w)
+                    .unwrap_or_else(|| every(Some(w))),
+                None => every(None),
+            },
             SlidingWindow::OptIn => {
                 let window = match (self.use_sliding_window, self.sliding_window) {
                     (Some(true), Some(w)) => w,
@@ -576,5 +582,14 @@ mod tests {
     fn a_bias_key_a_family_does_not_read_is_refused() {
         let err = qwen("MistralForCausalLM", r#""attention_bias":true,"#).unwrap_err();
         assert!(format!("{err:#}").contains("attention_bias"), "{err:#}");
+    }
+
+    #[test]
+    fn ministral_slides_the_layers_layer_types_names_or_all() {
+        let c = qwen("MinistralForCausalLM", r#""sliding_window":5,"#).unwrap();
+        assert_eq!(c.layer_windows, vec![Some(5), Some(5)]);
+        let types = r#""sliding_window":5,"layer_types":["sliding_attention","full_attention"],"#;
+        let c = qwen("MinistralForCausalLM", types).unwrap();
+        assert_eq!(c.layer_windows, vec![Some(5), None]);
     }
 }

@@ -16,6 +16,7 @@ pub enum Architecture {
     Mistral,
     Qwen2,
     Qwen3,
+    Ministral,
 }
 
 /// How a family's config switches sliding-window attention on.
@@ -28,13 +29,16 @@ pub enum SlidingWindow {
     /// Only with `use_sliding_window`, and then the layers `layer_types` names, or every layer
     /// from `max_window_layers` on (Qwen2, Qwen3).
     OptIn,
+    /// The layers `layer_types` names; without it every layer when `sliding_window` is set
+    /// (Ministral's interleaved layers).
+    LayerTypes,
 }
 
 impl SlidingWindow {
     /// Whether config.json says per layer which ones slide (`layer_types`), so that a written
     /// config must say it too.
     pub fn names_layers(self) -> bool {
-        matches!(self, SlidingWindow::OptIn)
+        matches!(self, SlidingWindow::OptIn | SlidingWindow::LayerTypes)
     }
 }
 
@@ -66,7 +70,7 @@ pub struct Family {
 const QKV: &[Projection] = &[Projection::Q, Projection::K, Projection::V];
 
 /// Every family, in the order errors list them.
-pub const FAMILIES: [Family; 4] = [
+pub const FAMILIES: [Family; 5] = [
     Family {
         architecture: Architecture::Llama,
         hf_class: "LlamaForCausalLM",
@@ -118,6 +122,19 @@ pub const FAMILIES: [Family; 4] = [
         qk_norm: true,
         sliding: SlidingWindow::OptIn,
         default_head_dim: Some(128),
+    },
+    Family {
+        architecture: Architecture::Ministral,
+        hf_class: "MinistralForCausalLM",
+        model_type: "ministral",
+        gguf_arch: None,
+        gguf_permutes_qk: true,
+        biased: &[],
+        reads_attention_bias: false,
+        reads_mlp_bias: false,
+        qk_norm: false,
+        sliding: SlidingWindow::LayerTypes,
+        default_head_dim: None,
     },
 ];
 
