@@ -424,7 +424,7 @@ THINKING_ROWS = [
                   AR("Lima.", "Peru's capital is Lima.")]},
     {"messages": [U("Hi!"), A("<think>\nA greeting.\n</think>\n\nHello."), U("Capital of Peru?"),
                   A("<think>\nEasy.\n</think>\n\nLima.")]},
-    {"messages": [U("Hi!"), A("Hello."), AR("How can I help?", "Offer help.")]},
+    {"messages": [S("Answer briefly."), U("Capital of Chile?"), AR("Santiago.", "Chile's capital.")]},
 ]
 
 
