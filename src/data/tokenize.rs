@@ -228,8 +228,10 @@ fn turn_span(before: &str, alone: &str, full: &str) -> Result<(usize, usize), St
         ));
     }
     let a = before.len();
-    match longest_tail_continued(&alone[a..], &full[a..]) {
-        0 => Err(format!(
+    let turn = &alone[a..];
+    match longest_tail_continued(turn, &full[a..]) {
+        // An empty turn is reported later, as one without tokens.
+        0 if !turn.is_empty() => Err(format!(
             "cannot find this assistant turn: nothing of the conversation up to it is where it starts in the whole \
              conversation: {}",
             divergence(alone, full)
@@ -461,4 +463,42 @@ pub fn tokenize_dpo(
         no_eos: !has_eos(tok, &out.chosen_ids) || !has_eos(tok, &out.rejected_ids),
     };
     Ok((out, notes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_preserving_turn_is_all_of_it() {
+        let before = "<u>q</u><a>";
+        let alone = "<u>q</u><a>answer</a>";
+        let full = "<u>q</u><a>answer</a><u>next</u><a>more</a>";
+        assert_eq!(turn_span(before, alone, full), Ok((11, 21)));
+    }
+
+    #[test]
+    fn a_turn_shortened_inside_the_conversation_is_its_tail() {
+        // Qwen3: the thinking block of a turn before the last user message is dropped.
+        let before = "<u>q</u><a>";
+        let alone = "<u>q</u><a><think></think>answer</a>";
+        let full = "<u>q</u><a>answer</a><u>next</u><a><think></think>more</a>";
+        assert_eq!(turn_span(before, alone, full), Ok((11, 21)));
+        assert_eq!(&full[11..21], "answer</a>");
+    }
+
+    #[test]
+    fn a_turn_rendered_otherwise_is_an_error() {
+        let err = turn_span("<a>", "<a>answer</a>", "<a>ANSWER|<u>next").unwrap_err();
+        assert!(err.contains("cannot find this assistant turn"), "{err}");
+        let err = turn_span("<x>", "<a>answer</a>", "<a>answer</a>").unwrap_err();
+        assert!(err.contains("conversation before it"), "{err}");
+    }
+
+    #[test]
+    fn longest_tail_prefers_the_whole_turn() {
+        assert_eq!(longest_tail_continued("aXa", "aXa|"), 3);
+        assert_eq!(longest_tail_continued("<t>é</t>ok", "ok|"), 2);
+        assert_eq!(longest_tail_continued("abc", "x"), 0);
+    }
 }
