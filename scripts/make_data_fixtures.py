@@ -513,7 +513,22 @@ def dpo_fixture(tok):
             "attention_mask": b["attention_mask"].tolist(),
             "completion_mask": b["completion_mask"].tolist(),
         })
-    return {"groups": out, "collated_conversational": batches}
+    return {"groups": out, "collated_conversational": batches, "qwen3": dpo_qwen3(tok)}
+
+
+def dpo_qwen3(tok):
+    """Qwen3's template on preference rows: reasoning in the prompt's earlier turn is dropped, the completions'
+    is kept."""
+    rows = [
+        {"prompt": [U("Hi!"), AR("Hello.", "A greeting."), U("Capital of Peru?")],
+         "chosen": [AR("Lima.", "Peru's capital.")], "rejected": [A("Quito.")]},
+        {"prompt": [U("What is 2 + 2?")], "chosen": [A("<think>\nAdd.\n</think>\n\n4.")], "rejected": [A("5.")]},
+    ]
+    saved = tok.chat_template
+    tok.chat_template = QWEN3
+    expected = trl_dpo(tok, rows, dpo_args())
+    tok.chat_template = saved
+    return {"template": QWEN3, "rows": rows, "expected": expected}
 
 
 def parquet_fixtures():

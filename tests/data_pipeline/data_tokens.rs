@@ -195,6 +195,40 @@ fn multi_turn_masks_cover_every_assistant_turn_and_its_end_token() {
 }
 
 #[test]
+fn dpo_matches_trl_with_qwen3_thinking() {
+    // Reasoning of the prompt's earlier turn is dropped by the template; the completions keep theirs.
+    let fx = fixture("dpo_tokens.json");
+    let q = &fx["qwen3"];
+    let mut tok = smollm2();
+    tok.template = Some(ChatTemplate::new(q["template"].as_str().unwrap(), vec![]).unwrap());
+    let cfg = DataConfig {
+        max_length: None,
+        ..DataConfig::default()
+    };
+    let file = jsonl(&q["rows"]);
+    let ds = data::load_dpo(file.path(), None, &tok, &cfg).unwrap();
+    let expected = q["expected"].as_array().unwrap();
+    assert_eq!(ds.examples.len(), expected.len());
+    for (k, (got, want)) in ds.examples.iter().zip(expected).enumerate() {
+        assert_eq!(
+            got.parts.prompt_ids,
+            ids(&want["prompt_ids"]),
+            "row {k}: prompt_ids"
+        );
+        assert_eq!(
+            got.parts.chosen_ids,
+            ids(&want["chosen_ids"]),
+            "row {k}: chosen_ids"
+        );
+        assert_eq!(
+            got.parts.rejected_ids,
+            ids(&want["rejected_ids"]),
+            "row {k}: rejected_ids"
+        );
+    }
+}
+
+#[test]
 fn dpo_matches_trl() {
     let tok = smollm2();
     let fx = fixture("dpo_tokens.json");
