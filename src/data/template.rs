@@ -70,6 +70,17 @@ impl ChatTemplate {
 
     /// Renders a conversation; `add_generation_prompt` appends the start of an assistant turn.
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        self.render_with(messages, add_generation_prompt, &serde_json::Map::new())
+    }
+
+    /// [`Self::render`] with more template variables, as `apply_chat_template(**kwargs)` passes them (Qwen3's
+    /// `enable_thinking`, Llama-3's `date_string`); they override the special tokens of the same name.
+    pub fn render_with(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+        vars: &serde_json::Map<String, Json>,
+    ) -> Result<String> {
         let tmpl = self
             .env
             .get_template("chat_template")
@@ -85,6 +96,7 @@ impl ChatTemplate {
         for (k, v) in &self.special_tokens {
             ctx.insert(k.clone(), Json::String(v.clone()));
         }
+        ctx.extend(vars.iter().map(|(k, v)| (k.clone(), v.clone())));
         tmpl.render(Value::from(minijinja::value::Serde(&ctx)))
             .map_err(|e| anyhow::anyhow!("the chat template failed: {e:#}"))
     }

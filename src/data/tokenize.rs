@@ -11,6 +11,8 @@
 //! - SFT conversations: loss on every assistant turn, found by rendering the conversation prefix by prefix (the
 //!   turn is what `messages[..=i]` adds to `messages[..i]` with the generation prompt), so the template needs no
 //!   `{% generation %}` markers. The end-of-turn token the template writes after an assistant turn is part of it.
+//!   Where the template renders an earlier turn shorter than a last one (Qwen3 drops the thinking block before
+//!   the last user message), the turn is what the whole conversation has of it (see `assistant_spans`).
 
 use super::config::DataConfig;
 use super::reader::{BadRow, RowLoc};
@@ -170,7 +172,12 @@ fn has_eos(tok: &ChatTokenizer, completion: &[u32]) -> bool {
     }
 }
 
-/// The byte spans of the assistant turns in the rendered conversation `full`, found prefix by prefix.
+/// The byte spans of the assistant turns in the rendered conversation `full`, found prefix by prefix: a turn starts
+/// where the conversation before it, with the generation prompt, ends. It ends where its own rendering as the last
+/// message ends, when the template renders earlier turns as it renders the last one. Some do not: Qwen3 (like
+/// DeepSeek-R1) drops the thinking block of turns before the last user message, so inside the conversation such a
+/// turn is only the tail of what it is at the end. Then the turn is the longest tail of its last-message rendering
+/// that the conversation continues with at the turn's start, which is what the template writes for it there.
 fn assistant_spans(
     tok: &ChatTokenizer,
     msgs: &[Message],
@@ -178,43 +185,68 @@ fn assistant_spans(
     loc: &RowLoc,
     field: &str,
 ) -> Result<Vec<(usize, usize)>, BadRow> {
-    let mut spans = Vec::new();
+    let mut spans: Vec<(usize, usize)> = Vec::new();
     for (i, m) in msgs.iter().enumerate() {
         if m.role != "assistant" {
             continue;
         }
         let at = format!("{field}[{i}]");
         let before = render(tok, &msgs[..i], true, loc, &at)?;
-        let upto = if i + 1 == msgs.len() {
+        let alone = if i + 1 == msgs.len() {
             full.to_string()
         } else {
             render(tok, &msgs[..=i], false, loc, &at)?
         };
-        if !upto.starts_with(&before) {
+        let (a, b) = turn_span(&before, &alone, full).map_err(|msg| bad(loc, Some(&at), msg))?;
+        if spans.last().is_some_and(|&(_, prev_end)| a < prev_end) {
             return Err(bad(
                 loc,
                 Some(&at),
-                format!(
-                    "cannot find this assistant turn: the chat template renders the conversation before it \
-                     (with the generation prompt) differently from the conversation up to it: {}",
-                    divergence(&before, &upto)
-                ),
+                "cannot find this assistant turn: it would overlap the previous one",
             ));
         }
-        if !full.starts_with(&upto) {
-            return Err(bad(
-                loc,
-                Some(&at),
-                format!(
-                    "cannot find this assistant turn: the chat template renders the conversation up to it \
-                     differently from the start of the whole conversation: {}",
-                    divergence(&upto, full)
-                ),
-            ));
-        }
-        spans.push((before.len(), upto.len()));
+        spans.push((a, b));
     }
     Ok(spans)
+}
+
+/// The span in `full` of the turn that `alone` (the conversation up to it) adds after `before` (the conversation
+/// before it, with the generation prompt). See [`assistant_spans`].
+fn turn_span(before: &str, alone: &str, full: &str) -> Result<(usize, usize), String> {
+    if !alone.starts_with(before) {
+        return Err(format!(
+            "cannot find this assistant turn: the chat template renders the conversation before it (with the \
+             generation prompt) differently from the conversation up to it: {}",
+            divergence(before, alone)
+        ));
+    }
+    if !full.starts_with(before) {
+        return Err(format!(
+            "cannot find this assistant turn: the chat template renders the conversation before it (with the \
+             generation prompt) differently from the start of the whole conversation: {}",
+            divergence(before, full)
+        ));
+    }
+    let a = before.len();
+    let turn = &alone[a..];
+    match longest_tail_continued(turn, &full[a..]) {
+        // An empty turn is reported later, as one without tokens.
+        0 if !turn.is_empty() => Err(format!(
+            "cannot find this assistant turn: nothing of the conversation up to it is where it starts in the whole \
+             conversation: {}",
+            divergence(alone, full)
+        )),
+        n => Ok((a, a + n)),
+    }
+}
+
+/// Length of the longest tail of `turn` that `rest` starts with (all of `turn` when the template is
+/// prefix-preserving).
+fn longest_tail_continued(turn: &str, rest: &str) -> usize {
+    turn.char_indices()
+        .map(|(k, _)| &turn[k..])
+        .find(|tail| rest.starts_with(tail))
+        .map_or(0, str::len)
 }
 
 /// The tokens covering the byte span `a..b`, as transformers' `return_assistant_tokens_mask` finds them: from the
@@ -431,4 +463,42 @@ pub fn tokenize_dpo(
         no_eos: !has_eos(tok, &out.chosen_ids) || !has_eos(tok, &out.rejected_ids),
     };
     Ok((out, notes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_preserving_turn_is_all_of_it() {
+        let before = "<u>q</u><a>";
+        let alone = "<u>q</u><a>answer</a>";
+        let full = "<u>q</u><a>answer</a><u>next</u><a>more</a>";
+        assert_eq!(turn_span(before, alone, full), Ok((11, 21)));
+    }
+
+    #[test]
+    fn a_turn_shortened_inside_the_conversation_is_its_tail() {
+        // Qwen3: the thinking block of a turn before the last user message is dropped.
+        let before = "<u>q</u><a>";
+        let alone = "<u>q</u><a><think></think>answer</a>";
+        let full = "<u>q</u><a>answer</a><u>next</u><a><think></think>more</a>";
+        assert_eq!(turn_span(before, alone, full), Ok((11, 21)));
+        assert_eq!(&full[11..21], "answer</a>");
+    }
+
+    #[test]
+    fn a_turn_rendered_otherwise_is_an_error() {
+        let err = turn_span("<a>", "<a>answer</a>", "<a>ANSWER|<u>next").unwrap_err();
+        assert!(err.contains("cannot find this assistant turn"), "{err}");
+        let err = turn_span("<x>", "<a>answer</a>", "<a>answer</a>").unwrap_err();
+        assert!(err.contains("conversation before it"), "{err}");
+    }
+
+    #[test]
+    fn longest_tail_prefers_the_whole_turn() {
+        assert_eq!(longest_tail_continued("aXa", "aXa|"), 3);
+        assert_eq!(longest_tail_continued("<t>é</t>ok", "ok|"), 2);
+        assert_eq!(longest_tail_continued("abc", "x"), 0);
+    }
 }

@@ -13,27 +13,39 @@ fn messages(v: &Value) -> Vec<Message> {
     v.as_array()
         .unwrap()
         .iter()
-        .map(|m| Message::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
+        .map(|m| {
+            let msg = Message::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap());
+            match m["reasoning_content"].as_str() {
+                Some(r) => msg.with_reasoning(r),
+                None => msg,
+            }
+        })
         .collect()
+}
+
+/// The fixture's special tokens; a family without one (Qwen has no BOS) leaves the variable undefined, as
+/// transformers does.
+fn special_tokens(t: &Value) -> Vec<(String, String)> {
+    ["bos_token", "eos_token"]
+        .iter()
+        .filter_map(|k| Some((k.to_string(), t[*k].as_str()?.to_string())))
+        .collect()
+}
+
+fn kwargs(case: &Value) -> serde_json::Map<String, Value> {
+    case["kwargs"].as_object().cloned().unwrap_or_default()
 }
 
 fn check(name: &str) {
     let fx = fixture();
     let t = &fx[name];
-    let template = ChatTemplate::new(
-        t["template"].as_str().unwrap(),
-        vec![
-            ("bos_token".into(), t["bos_token"].as_str().unwrap().into()),
-            ("eos_token".into(), t["eos_token"].as_str().unwrap().into()),
-        ],
-    )
-    .unwrap();
+    let template = ChatTemplate::new(t["template"].as_str().unwrap(), special_tokens(t)).unwrap();
     let cases = t["cases"].as_array().unwrap();
     assert!(cases.len() >= 3, "{name}: too few cases");
     for case in cases {
         let msgs = messages(&case["messages"]);
         let gen = case["add_generation_prompt"].as_bool().unwrap();
-        let got = template.render(&msgs, gen);
+        let got = template.render_with(&msgs, gen, &kwargs(case));
         let label = format!("{name}/{}", case["name"].as_str().unwrap());
         match (&case["expected"], &case["error"]) {
             (Value::String(expected), _) => {
@@ -52,6 +64,17 @@ fn check(name: &str) {
             }
             _ => panic!("{label}: bad fixture"),
         }
+    }
+}
+
+#[test]
+fn every_template_in_the_fixture_renders_like_transformers() {
+    // A template added to the fixture is checked without a test of its own.
+    let fx = fixture();
+    let names: Vec<&String> = fx.as_object().unwrap().keys().collect();
+    assert!(names.len() >= 11, "{names:?}");
+    for name in names {
+        check(name);
     }
 }
 
@@ -78,6 +101,59 @@ fn llama3() {
 #[test]
 fn chatml_smollm2() {
     check("chatml_smollm2");
+}
+
+/// Qwen2.5-Instruct: ChatML with its default system prompt when the conversation has none.
+#[test]
+fn qwen2_5_instruct() {
+    check("qwen2_5");
+}
+
+/// Qwen3 as released: `<think>` blocks from `reasoning_content` or the content, dropped before the last user
+/// message; `enable_thinking=False` puts an empty one in the generation prompt.
+#[test]
+fn qwen3_thinking() {
+    check("qwen3");
+}
+
+/// The later Qwen3 revision (as TRL stores it): same cases.
+#[test]
+fn qwen3_later_revision() {
+    check("qwen3_trl");
+}
+
+/// Llama-3.1-Instruct: "Cutting Knowledge Date" header, its default date or `date_string`.
+#[test]
+fn llama3_1_instruct() {
+    check("llama3_1");
+}
+
+/// Llama-3.2-Instruct: today's date from `strftime_now` unless `date_string` is given (the fixture gives one).
+#[test]
+fn llama3_2_instruct() {
+    check("llama3_2");
+}
+
+#[test]
+fn llama3_2_without_date_string_writes_today() {
+    let fx = fixture();
+    let t = &fx["llama3_2"];
+    let template = ChatTemplate::new(t["template"].as_str().unwrap(), special_tokens(t)).unwrap();
+    let got = template
+        .render(&[Message::new("user", "Hi")], true)
+        .unwrap();
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    // Rendered a moment ago: today, or yesterday just after midnight.
+    let today = lora_dpo::data::template::strftime("%d %b %Y", secs);
+    let yesterday = lora_dpo::data::template::strftime("%d %b %Y", secs - 60);
+    assert!(
+        got.contains(&format!("Today Date: {today}\n"))
+            || got.contains(&format!("Today Date: {yesterday}\n")),
+        "{got}"
+    );
 }
 
 #[test]

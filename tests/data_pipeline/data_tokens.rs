@@ -103,6 +103,67 @@ fn sft_assistant_masks_match_trl_llama3_generation_template() {
     }
 }
 
+/// The model families' real templates, without `{% generation %}` markers, against TRL's masks from a tagged copy
+/// of each (scripts/make_data_fixtures.py), with the SmolLM2 tokenizer standing in for theirs. Input ids and labels
+/// must be equal. "Right" is the tagged copy's mask: every assistant turn from after the generation prompt through
+/// the end-of-turn text (`<|im_end|>\n`, `<|eot_id|>`), as the template renders it inside the whole conversation.
+/// For Qwen3 that trains the thinking block of turns after the last user message (reasoning_content, or `<think>`
+/// in the content), and the empty `<think>\n\n</think>\n\n` the template writes for a last turn without
+/// reasoning; turns before the last user message are rendered, and trained, without theirs (the template drops
+/// it). TRL's qwen3_training.jinja, which always renders the thinking block, is checked too, as a model template.
+#[test]
+fn sft_assistant_masks_match_trl_for_qwen_and_llama3_1_templates() {
+    let fx = fixture("sft_tokens.json");
+    let families = fx["families"].as_object().unwrap();
+    for name in [
+        "qwen2_5",
+        "qwen3",
+        "qwen3_trl",
+        "qwen3_trl_training",
+        "llama3_1",
+    ] {
+        assert!(families.contains_key(name), "{name} missing");
+    }
+    for (name, family) in families {
+        let mut tok = smollm2();
+        let specials = vec![
+            ("bos_token".to_string(), "<|im_start|>".to_string()),
+            ("eos_token".to_string(), "<|im_end|>".to_string()),
+        ];
+        tok.template = Some(
+            ChatTemplate::new(family["template"].as_str().unwrap(), specials)
+                .unwrap_or_else(|e| panic!("{name}: {e:#}")),
+        );
+        for case in family["cases"].as_array().unwrap() {
+            check_sft(&tok, case);
+        }
+    }
+}
+
+#[test]
+fn qwen3_masks_leave_out_the_reasoning_it_drops() {
+    // Reasoning on a turn before the last user message is not rendered, so the turn trains on its answer only.
+    let fx = fixture("sft_tokens.json");
+    let q = &fx["families"]["qwen3"];
+    let mut tok = smollm2();
+    tok.template = Some(ChatTemplate::new(q["template"].as_str().unwrap(), vec![]).unwrap());
+    let case = &q["cases"][0];
+    let file = jsonl(&case["rows"]);
+    let ds = data::load_sft(file.path(), None, &tok, &config(&case["config"])).unwrap();
+    let seq = &ds.examples[5];
+    let trained: Vec<u32> = seq
+        .input_ids
+        .iter()
+        .zip(&seq.loss_mask)
+        .filter(|(_, &m)| m)
+        .map(|(&id, _)| id)
+        .collect();
+    assert_eq!(
+        tok.decode(&trained).unwrap(),
+        "Hello. How can I help?<|im_end|>\n<think>\nPeru's capital is Lima.\n</think>\n\nLima.<|im_end|>\n"
+    );
+}
+
 #[test]
 fn multi_turn_masks_cover_every_assistant_turn_and_its_end_token() {
     let tok = smollm2();
@@ -131,6 +192,40 @@ fn multi_turn_masks_cover_every_assistant_turn_and_its_end_token() {
         );
     }
     assert_eq!(tok.decode(&runs[1]).unwrap(), "Lima.<|im_end|>\n");
+}
+
+#[test]
+fn dpo_matches_trl_with_qwen3_thinking() {
+    // Reasoning of the prompt's earlier turn is dropped by the template; the completions keep theirs.
+    let fx = fixture("dpo_tokens.json");
+    let q = &fx["qwen3"];
+    let mut tok = smollm2();
+    tok.template = Some(ChatTemplate::new(q["template"].as_str().unwrap(), vec![]).unwrap());
+    let cfg = DataConfig {
+        max_length: None,
+        ..DataConfig::default()
+    };
+    let file = jsonl(&q["rows"]);
+    let ds = data::load_dpo(file.path(), None, &tok, &cfg).unwrap();
+    let expected = q["expected"].as_array().unwrap();
+    assert_eq!(ds.examples.len(), expected.len());
+    for (k, (got, want)) in ds.examples.iter().zip(expected).enumerate() {
+        assert_eq!(
+            got.parts.prompt_ids,
+            ids(&want["prompt_ids"]),
+            "row {k}: prompt_ids"
+        );
+        assert_eq!(
+            got.parts.chosen_ids,
+            ids(&want["chosen_ids"]),
+            "row {k}: chosen_ids"
+        );
+        assert_eq!(
+            got.parts.rejected_ids,
+            ids(&want["rejected_ids"]),
+            "row {k}: rejected_ids"
+        );
+    }
 }
 
 #[test]
