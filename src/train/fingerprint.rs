@@ -40,12 +40,12 @@ impl RunFingerprint {
         keys.insert("model.files".into(), model_files.to_string());
         let m = &cfg.run.model;
         for (k, v) in [
-            ("dtype", &m.dtype),
-            ("quantize", &m.quantize),
-            ("kernels", &m.kernels),
-            ("device", &m.device),
+            ("dtype", m.dtype.to_string()),
+            ("quantize", m.quantize.to_string()),
+            ("kernels", m.kernels.to_string()),
+            ("device", m.device.to_string()),
         ] {
-            keys.insert(format!("model.{k}"), v.clone());
+            keys.insert(format!("model.{k}"), v);
         }
         flatten("lora", &serde_json::to_value(&cfg.run.lora)?, &mut keys);
         keys.insert("output.seed".into(), cfg.run.output.seed.to_string());
