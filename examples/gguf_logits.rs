@@ -20,8 +20,8 @@ fn main() -> Result<()> {
         .context("usage: gguf_logits MODEL REFERENCE.safetensors")?;
     let device = Device::Cpu;
     let t0 = std::time::Instant::now();
-    let quantize = args.get(2).map(String::as_str).unwrap_or("none");
-    let options = LoadOptions::from_config(DType::F32, quantize)?;
+    let quantize = args.get(2).map(String::as_str).unwrap_or("none").parse()?;
+    let options = LoadOptions::from_config(DType::F32, quantize);
     let model = load_model_with(model_spec, &options, &device)?;
     println!("loaded in {:.2?}", t0.elapsed());
     let kinds: Vec<String> = lora_dpo::model::Projection::ALL

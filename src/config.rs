@@ -6,7 +6,10 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-use crate::model::LoraConfig;
+use crate::model::{Dtype, LoraConfig, Quantize};
+use crate::ops::Kernels;
+use crate::train::dpo::LossType;
+use crate::train::schedule::Schedule;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RunConfig {
@@ -26,19 +29,49 @@ pub struct ModelSection {
     /// A Hugging Face folder, a hub repo id in the local cache, or a GGUF file.
     pub name_or_path: String,
     /// Dtype of the frozen weights: f32, bf16 or f16.
-    #[serde(default = "default_dtype")]
-    pub dtype: String,
+    #[serde(default)]
+    pub dtype: Dtype,
     /// Quantization of the frozen linear weights: none, q8_0, q4_0, q4k, ...; `dense`
     /// dequantizes a GGUF's quantized projections.
-    #[serde(default = "default_quantize")]
-    pub quantize: String,
+    #[serde(default)]
+    pub quantize: Quantize,
     /// cpu, cuda, or auto (cuda when built with it and a GPU is present).
-    #[serde(default = "default_device")]
-    pub device: String,
+    #[serde(default)]
+    pub device: DeviceSpec,
     /// auto (the fastest ops for the device and dtype) or generic (candle tensor ops everywhere,
     /// as on a GPU).
-    #[serde(default = "default_kernels")]
-    pub kernels: String,
+    #[serde(default)]
+    pub kernels: Kernels,
+}
+
+/// `[model] device` (also `--device`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceSpec {
+    Cpu,
+    Cuda,
+    /// CUDA when this build has it and a GPU is present, else the CPU.
+    #[default]
+    Auto,
+}
+
+impl crate::choice::Choice for DeviceSpec {
+    const CHOICES: &'static [(Self, &'static [&'static str])] = &[
+        (DeviceSpec::Cpu, &["cpu"]),
+        (DeviceSpec::Cuda, &["cuda"]),
+        (DeviceSpec::Auto, &["auto"]),
+    ];
+}
+crate::choice::choice_impls!(DeviceSpec);
+
+impl DeviceSpec {
+    pub fn open(self) -> Result<candle_core::Device> {
+        use candle_core::Device;
+        Ok(match self {
+            DeviceSpec::Cpu => Device::Cpu,
+            DeviceSpec::Cuda => Device::new_cuda(0).context("[model] device = \"cuda\"")?,
+            DeviceSpec::Auto => Device::cuda_if_available(0)?,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -64,7 +97,7 @@ pub struct StageConfig {
     pub per_device_train_batch_size: usize,
     pub per_device_eval_batch_size: usize,
     pub gradient_accumulation_steps: usize,
-    pub lr_scheduler_type: String,
+    pub lr_scheduler_type: Schedule,
     pub warmup_ratio: f64,
     pub warmup_steps: usize,
     pub weight_decay: f64,
@@ -83,7 +116,7 @@ pub struct StageConfig {
     /// DPO temperature.
     pub beta: f64,
     /// sigmoid, ipo, hinge or robust.
-    pub loss_type: String,
+    pub loss_type: LossType,
     pub label_smoothing: f64,
     /// Weight of the NLL of the chosen completions added to the DPO loss (RPO).
     pub rpo_alpha: Option<f64>,
@@ -103,7 +136,7 @@ impl Default for StageConfig {
             per_device_train_batch_size: 8,
             per_device_eval_batch_size: 8,
             gradient_accumulation_steps: 1,
-            lr_scheduler_type: "linear".into(),
+            lr_scheduler_type: Schedule::Linear,
             warmup_ratio: 0.0,
             warmup_steps: 0,
             weight_decay: 0.0,
@@ -117,7 +150,7 @@ impl Default for StageConfig {
             save_total_limit: None,
             gradient_checkpointing: false,
             beta: 0.1,
-            loss_type: "sigmoid".into(),
+            loss_type: LossType::Sigmoid,
             label_smoothing: 0.0,
             rpo_alpha: None,
             precompute_ref_log_probs: false,
@@ -141,19 +174,6 @@ impl Default for OutputSection {
             seed: 42,
         }
     }
-}
-
-fn default_dtype() -> String {
-    "f32".into()
-}
-fn default_quantize() -> String {
-    "none".into()
-}
-fn default_device() -> String {
-    "auto".into()
-}
-fn default_kernels() -> String {
-    "auto".into()
 }
 
 const MODEL_KEYS: &[&str] = &["name_or_path", "dtype", "quantize", "device", "kernels"];
@@ -284,13 +304,6 @@ impl LoadedConfig {
 
 impl RunConfig {
     pub fn validate(&self) -> Result<()> {
-        crate::model::parse_dtype(&self.model.dtype).context("[model] dtype")?;
-        crate::model::LoadOptions::from_config(
-            crate::model::parse_dtype(&self.model.dtype)?,
-            &self.model.quantize,
-        )
-        .context("[model] quantize")?;
-        crate::ops::Kernels::parse(&self.model.kernels).context("[model] kernels")?;
         self.lora.lora.validate().context("[lora]")?;
         for (name, stage) in [("sft", &self.sft), ("dpo", &self.dpo)] {
             if let Some(s) = stage {
@@ -389,9 +402,6 @@ impl StageConfig {
                 self.label_smoothing
             );
         }
-        crate::train::schedule::Schedule::parse(&self.lr_scheduler_type)
-            .context("`lr_scheduler_type`")?;
-        crate::train::dpo::LossType::parse(&self.loss_type).context("`loss_type`")?;
         Ok(())
     }
 }
@@ -431,38 +441,69 @@ fn apply_override(table: &mut toml::Table, spec: &str) -> Result<()> {
 
 /// Whether `value` fits `section.key`, on its own (the rest of the config is not needed).
 fn check_type(section: &str, key: &str, value: &toml::Value) -> Result<()> {
+    check_run_type(section, key, value)?;
+    if matches!(section, "sft" | "dpo") {
+        let fields: toml::Table = [(key.to_string(), value.clone())].into_iter().collect();
+        toml::Value::Table(fields)
+            .try_into::<crate::data::DataConfig>()
+            .map_err(|e| anyhow::anyhow!("[{section}] {key}: {}", e.message().trim()))?;
+    }
+    Ok(())
+}
+
+/// [`check_type`] for the typed settings ([`RunConfig`]) alone.
+fn check_run_type(section: &str, key: &str, value: &toml::Value) -> Result<()> {
     let fields: toml::Table = [(key.to_string(), value.clone())].into_iter().collect();
     let mut model: toml::Table = [("name_or_path".to_string(), "m".into())]
         .into_iter()
         .collect();
     let mut alone = toml::Table::new();
     if section == "model" {
-        model.extend(fields.clone());
+        model.extend(fields);
     } else {
-        alone.insert(section.into(), toml::Value::Table(fields.clone()));
+        alone.insert(section.into(), toml::Value::Table(fields));
     }
     alone.insert("model".into(), toml::Value::Table(model));
-    let wrong = |e: toml::de::Error| anyhow::anyhow!("[{section}] {key}: {}", e.message().trim());
     toml::Value::Table(alone)
         .try_into::<RunConfig>()
-        .map_err(wrong)?;
-    if matches!(section, "sft" | "dpo") {
-        toml::Value::Table(fields)
-            .try_into::<crate::data::DataConfig>()
-            .map_err(wrong)?;
-    }
+        .map_err(|e| anyhow::anyhow!("[{section}] {key}: {}", e.message().trim()))?;
     Ok(())
 }
 
-/// The typed settings; a type error cites the file's own line where the file holds the value.
+/// The typed settings. A value of the wrong type, or a name none of its setting's, is reported
+/// with its key, and with its line when the file holds it.
 fn typed(text: &str, table: &toml::Table) -> Result<RunConfig> {
-    let merged: std::result::Result<RunConfig, _> = toml::Value::Table(table.clone()).try_into();
-    merged.map_err(
-        |merged_err: toml::de::Error| match toml::from_str::<RunConfig>(text) {
-            Err(in_file) => anyhow::anyhow!("{in_file}"),
-            Ok(_) => anyhow::anyhow!("{}", merged_err.to_string().replace('\n', " ")),
+    let merged_err = match toml::Value::Table(table.clone()).try_into::<RunConfig>() {
+        Ok(run) => return Ok(run),
+        Err(e) => e,
+    };
+    // toml names the line but not the key; each value checked alone names the key.
+    let mut culprits = Vec::new();
+    for (section, value) in table {
+        for (key, v) in value.as_table().into_iter().flatten() {
+            if let Err(e) = check_run_type(section, key, v) {
+                culprits.push(e.to_string());
+            }
+        }
+    }
+    match toml::from_str::<RunConfig>(text) {
+        Err(in_file) => {
+            let message = in_file.message().trim();
+            let line = in_file
+                .span()
+                .and_then(|s| text.get(..s.start))
+                .map(|before| before.matches('\n').count() + 1);
+            match (culprits.iter().find(|c| c.ends_with(message)), line) {
+                (Some(c), Some(line)) => bail!("line {line}: {c}"),
+                (Some(c), None) => bail!("{c}"),
+                (None, _) => bail!("{in_file}"),
+            }
+        }
+        Ok(_) => match culprits.first() {
+            Some(c) => bail!("{c}"),
+            None => bail!("{}", merged_err.to_string().replace('\n', " ")),
         },
-    )
+    }
 }
 
 /// The first override that turns a valid file into an invalid config, if that is what happened.
@@ -608,6 +649,56 @@ mod tests {
             let err = LoadedConfig::from_str(MIN, &[set.into()]).unwrap_err();
             assert!(format!("{err:#}").contains(key), "{set}: {err:#}");
         }
+    }
+
+    /// Every name of every named setting reads back as itself, through `FromStr` and serde.
+    fn round_trips<T>()
+    where
+        T: crate::choice::Choice + std::fmt::Debug + serde::Serialize + serde::de::DeserializeOwned,
+    {
+        for (value, names) in T::CHOICES {
+            for name in *names {
+                assert_eq!(T::from_name(name).unwrap(), *value, "{name}");
+            }
+            let written = serde_json::to_value(value).unwrap();
+            assert_eq!(written, value.name(), "{value:?}");
+            assert_eq!(serde_json::from_value::<T>(written).unwrap(), *value);
+        }
+    }
+
+    #[test]
+    fn names_round_trip() {
+        round_trips::<Dtype>();
+        round_trips::<Quantize>();
+        round_trips::<DeviceSpec>();
+        round_trips::<Kernels>();
+        round_trips::<LossType>();
+        round_trips::<Schedule>();
+    }
+
+    #[test]
+    fn defaults_and_aliases_are_those_of_before() {
+        let run = LoadedConfig::from_str(MIN, &[]).unwrap().run;
+        let m = &run.model;
+        assert_eq!(
+            (m.dtype, m.quantize, m.device, m.kernels),
+            (Dtype::F32, Quantize::None, DeviceSpec::Auto, Kernels::Auto)
+        );
+        let dpo = run.dpo.unwrap();
+        assert_eq!(dpo.loss_type, LossType::Sigmoid);
+        assert_eq!(dpo.lr_scheduler_type, Schedule::Linear);
+        let set = [
+            "model.dtype=bfloat16".to_string(),
+            "model.quantize=\" Q4_K \"".into(),
+            "model.kernels=Generic".into(),
+        ];
+        let m = LoadedConfig::from_str(MIN, &set).unwrap().run.model;
+        assert_eq!(m.dtype, Dtype::Bf16);
+        assert_eq!(
+            m.quantize,
+            Quantize::Ggml(candle_core::quantized::GgmlDType::Q4K)
+        );
+        assert_eq!(m.kernels, Kernels::Generic);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 pub mod adapter;
 pub mod atomic_dir;
 pub mod cache;
+pub mod choice;
 pub mod config;
 pub mod data;
 pub mod fault;

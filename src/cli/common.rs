@@ -5,6 +5,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use lora_dpo::config::LoadedConfig;
+use lora_dpo::model::Dtype;
+use lora_dpo::ops::Kernels;
 use lora_dpo::train::run::RunOptions;
 
 #[derive(clap::Args, Debug)]
@@ -32,21 +34,20 @@ pub struct RunArgs {
 /// `--dtype` and `--kernels`: shorthands for `--set model.dtype=…` and `--set model.kernels=…`.
 #[derive(clap::Args, Debug, Default)]
 pub struct ModelArgs {
-    /// Frozen weights and activations: f32, bf16 or f16 (overrides [model] dtype).
+    /// Frozen weights and activations (overrides [model] dtype).
     #[arg(long)]
-    pub dtype: Option<String>,
+    pub dtype: Option<Dtype>,
     /// Ops: auto (the fastest for the device and dtype) or generic (overrides [model] kernels).
     #[arg(long)]
-    pub kernels: Option<String>,
+    pub kernels: Option<Kernels>,
 }
 
 impl ModelArgs {
     /// `overrides` followed by the `model.*` overrides these flags stand for.
     pub fn overrides(&self, overrides: &[String]) -> Vec<String> {
         let mut all = overrides.to_vec();
-        let quoted = |key: &str, v: &String| format!("model.{key}=\"{}\"", v.replace('"', ""));
-        all.extend(self.dtype.iter().map(|v| quoted("dtype", v)));
-        all.extend(self.kernels.iter().map(|v| quoted("kernels", v)));
+        all.extend(self.dtype.map(|v| format!("model.dtype=\"{v}\"")));
+        all.extend(self.kernels.map(|v| format!("model.kernels=\"{v}\"")));
         all
     }
 }

@@ -1,14 +1,14 @@
 //! `lora-dpo eval`: one JSON object of metrics on stdout.
 
-use anyhow::Context;
 use std::path::PathBuf;
 
-use lora_dpo::config::LoadedConfig;
+use lora_dpo::config::{DeviceSpec, LoadedConfig};
 use lora_dpo::data::{load_chat_tokenizer, read_dataset, DataConfig, Stage};
+use lora_dpo::model::{Dtype, Quantize};
 use lora_dpo::ops::Kernels;
-use lora_dpo::train::dpo::{DpoLoss, LossType};
+use lora_dpo::train::dpo::DpoLoss;
 use lora_dpo::train::evaluate::{evaluate, is_preference_data, EvalRequest};
-use lora_dpo::train::run::{select_device, tokenizer_path};
+use lora_dpo::train::run::tokenizer_path;
 use lora_dpo::{model, source::Source};
 
 #[derive(clap::Args, Debug)]
@@ -37,18 +37,18 @@ pub struct Args {
     config: Option<PathBuf>,
     /// Frozen-weight dtype.
     #[arg(long, default_value = "f32")]
-    dtype: String,
+    dtype: Dtype,
     /// Frozen projections: none, dense (dequantize a GGUF), or a GGML type (q8_0, q4k, ...).
     #[arg(long, default_value = "none")]
-    quantize: String,
+    quantize: Quantize,
     #[arg(long, default_value_t = 8)]
     batch_size: usize,
     /// cpu, cuda or auto.
     #[arg(long, default_value = "auto")]
-    device: String,
+    device: DeviceSpec,
     /// Ops: auto (the fastest for the device and dtype) or generic.
     #[arg(long, default_value = "auto")]
-    kernels: String,
+    kernels: Kernels,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -78,14 +78,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .unwrap_or_default();
     let loss = DpoLoss {
         beta: args.beta.unwrap_or(dpo.beta),
-        loss_type: LossType::parse(&dpo.loss_type)?,
+        loss_type: dpo.loss_type,
         label_smoothing: dpo.label_smoothing,
         rpo_alpha: None,
     };
-    let device = select_device(&args.device)?;
-    let options =
-        model::LoadOptions::from_config(model::parse_dtype(&args.dtype)?, &args.quantize)?
-            .with_kernels(Kernels::parse(&args.kernels).context("--kernels")?);
+    let device = args.device.open()?;
+    let options = model::LoadOptions::from_config(args.dtype.into(), args.quantize)
+        .with_kernels(args.kernels);
     let model = model::load_model_with(&args.model, &options, &device)?;
     let tokenizer = load_chat_tokenizer(&tokenizer_path(&Source::parse(&args.model)?)?)?;
     let adapter = args

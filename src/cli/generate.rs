@@ -1,9 +1,11 @@
 //! `lora-dpo generate`: stream a completion from a model, optionally with adapters.
 
 use anyhow::Context;
+use lora_dpo::config::DeviceSpec;
 use lora_dpo::data::{load_chat_tokenizer, Message};
 use lora_dpo::generate::{end_of_turn_ids, generate, GenerateOptions, TextStream};
-use lora_dpo::model::{self, parse_dtype};
+use lora_dpo::model::{self, Dtype, Quantize};
+use lora_dpo::ops::Kernels;
 use lora_dpo::source::Source;
 use std::io::Write;
 use std::path::Path;
@@ -38,23 +40,22 @@ pub struct Args {
     top_p: f64,
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    /// Weights dtype: f32, bf16 or f16.
+    /// Weights dtype.
     #[arg(long, default_value = "f32")]
-    dtype: String,
+    dtype: Dtype,
     /// Frozen projections: none, dense (dequantize a GGUF), or a GGML type (q8_0, q4k, ...).
     #[arg(long, default_value = "none")]
-    quantize: String,
+    quantize: Quantize,
     /// Ops: auto (the fastest for the device and dtype) or generic.
     #[arg(long, default_value = "auto")]
-    kernels: String,
-    /// cpu, cuda or auto.
+    kernels: Kernels,
     #[arg(long, default_value = "auto")]
-    device: String,
+    device: DeviceSpec,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let dtype = parse_dtype(&args.dtype)?;
-    let device = lora_dpo::train::run::select_device(&args.device)?;
+    let dtype = args.dtype.into();
+    let device = args.device.open()?;
     let source = Source::parse(&args.model)?;
     let tokenizer = match &source {
         // A GGUF file carries its tokenizer in its metadata.
@@ -68,8 +69,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             load_chat_tokenizer(tokenizer_json.parent().unwrap_or(Path::new(".")))?
         }
     };
-    let kernels = lora_dpo::ops::Kernels::parse(&args.kernels).context("--kernels")?;
-    let options = model::LoadOptions::from_config(dtype, &args.quantize)?.with_kernels(kernels);
+    let options = model::LoadOptions::from_config(dtype, args.quantize).with_kernels(args.kernels);
     let model = model::load_model_with(&args.model, &options, &device)?;
     let adapters = args
         .adapter

@@ -1,10 +1,9 @@
 //! `lora-dpo inspect`: architecture, sizes, parameter counts, LoRA trainable count, and with
 //! `--config` a memory estimate for that run.
 
-use anyhow::Context;
 use std::path::PathBuf;
 
-use lora_dpo::config::LoadedConfig;
+use lora_dpo::config::{DeviceSpec, LoadedConfig};
 use lora_dpo::data::Stage;
 use lora_dpo::model::{self, memory, summary, LoraConfig};
 use lora_dpo::source::Source;
@@ -30,31 +29,30 @@ pub struct Args {
     /// Override a config key, e.g. --set dpo.max_length=2048 (repeatable).
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
     overrides: Vec<String>,
-    /// Estimate for this device (cpu or cuda) instead of the config's; nothing is opened.
+    /// Estimate for this device instead of the config's; nothing is opened.
     #[arg(long)]
-    device: Option<String>,
+    device: Option<DeviceSpec>,
     #[command(flatten)]
     model_args: super::common::ModelArgs,
 }
 
 /// Where the estimate's memory lives: the device named (or the config's), `auto` resolving to
 /// a GPU only when this build has CUDA and one is present.
-fn target(device: &str) -> anyhow::Result<memory::Target> {
+fn target(device: DeviceSpec) -> memory::Target {
     let cpu = memory::Target::Cpu {
         threads: rayon::current_num_threads(),
     };
-    Ok(match device {
-        "cpu" => cpu,
-        "cuda" => memory::Target::Gpu,
-        "auto" if candle_core::utils::cuda_is_available() => {
+    match device {
+        DeviceSpec::Cpu => cpu,
+        DeviceSpec::Cuda => memory::Target::Gpu,
+        DeviceSpec::Auto if candle_core::utils::cuda_is_available() => {
             match candle_core::Device::new_cuda(0) {
                 Ok(_) => memory::Target::Gpu,
                 Err(_) => cpu,
             }
         }
-        "auto" => cpu,
-        other => anyhow::bail!("--device: `{other}` is not one of cpu, cuda, auto"),
-    })
+        DeviceSpec::Auto => cpu,
+    }
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -82,11 +80,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     lora.validate()?;
     print!("{}", summary::describe(&config, &dtype, &lora));
     if let Some(c) = &cfg {
-        let load_dtype = model::parse_dtype(&c.run.model.dtype)?;
-        let options = model::LoadOptions::from_config(load_dtype, &c.run.model.quantize)
-            .context("[model] quantize")?;
-        let device = args.device.as_deref().unwrap_or(&c.run.model.device);
-        let target = target(device)?;
+        let load_dtype = c.run.model.dtype.into();
+        let options = model::LoadOptions::from_config(load_dtype, c.run.model.quantize);
+        let target = target(args.device.unwrap_or(c.run.model.device));
         let place = match target {
             memory::Target::Gpu => "GPU memory".to_string(),
             memory::Target::Cpu { threads } => format!("host memory, {threads} threads"),

@@ -3,7 +3,7 @@
 use anyhow::Context;
 use candle_core::Device;
 use lora_dpo::adapter::{self, merge::parse_size, MergeOptions};
-use lora_dpo::model::{self, parse_dtype};
+use lora_dpo::model::{self, Dtype};
 use lora_dpo::source::Source;
 use std::path::PathBuf;
 
@@ -19,9 +19,9 @@ pub struct Args {
     /// Output folder (written through a temporary folder beside it).
     #[arg(long)]
     out: PathBuf,
-    /// Output dtype: f32, bf16 or f16 (default: the base's stored dtype).
+    /// Output dtype (default: the base's stored dtype).
     #[arg(long)]
-    dtype: Option<String>,
+    dtype: Option<Dtype>,
     /// Largest shard, e.g. 5GB, 500MB, 2GiB or a number of bytes.
     #[arg(long, default_value = "5GB")]
     max_shard_size: String,
@@ -36,7 +36,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let options = MergeOptions {
-        dtype: args.dtype.as_deref().map(parse_dtype).transpose()?,
+        dtype: args.dtype.map(Into::into),
         max_shard_size: parse_size(&args.max_shard_size).context("--max-shard-size")?,
         overwrite: args.overwrite,
         adapter_sources: args.adapter.clone(),

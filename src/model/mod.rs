@@ -14,22 +14,47 @@ pub use training::{lora, lora_linear, memory};
 
 pub use config::{Architecture, ModelConfig};
 pub use decoder::{Attend, Inputs, KvCache, LayerTape, Model, Pass};
-pub use frozen::{parse_quantization, FrozenWeight, LoadOptions, WeightSource};
+pub use frozen::{FrozenWeight, LoadOptions, Quantize, WeightSource};
 pub use lora::{Adapter, LoraConfig, LoraPair};
 pub use packed::PackedBatch;
 pub use projection::{PerProjection, Projection};
 
-use anyhow::{bail, Result};
+use anyhow::{Context, Result};
 use candle_core::DType;
 
 pub use loading::{describe_weights, load_config, load_model, load_model_with};
 
+/// `[model] dtype` (also `--dtype`): the frozen weights' and activations' dtype, as named in
+/// configs and flags; [`DType`] is candle's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Dtype {
+    #[default]
+    F32,
+    Bf16,
+    F16,
+}
+
+impl crate::choice::Choice for Dtype {
+    const CHOICES: &'static [(Self, &'static [&'static str])] = &[
+        (Dtype::F32, &["f32", "float32"]),
+        (Dtype::Bf16, &["bf16", "bfloat16"]),
+        (Dtype::F16, &["f16", "float16"]),
+    ];
+}
+crate::choice::choice_impls!(Dtype);
+
+impl From<Dtype> for DType {
+    fn from(d: Dtype) -> DType {
+        match d {
+            Dtype::F32 => DType::F32,
+            Dtype::Bf16 => DType::BF16,
+            Dtype::F16 => DType::F16,
+        }
+    }
+}
+
 /// Parses a user-facing dtype name.
 pub fn parse_dtype(name: &str) -> Result<DType> {
-    Ok(match name {
-        "f32" | "float32" => DType::F32,
-        "bf16" | "bfloat16" => DType::BF16,
-        "f16" | "float16" => DType::F16,
-        other => bail!("dtype `{other}` is not supported (use f32, bf16 or f16)"),
-    })
+    let dtype: Dtype = name.parse().context("dtype")?;
+    Ok(dtype.into())
 }

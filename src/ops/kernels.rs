@@ -15,24 +15,18 @@ pub enum Kernels {
     Generic,
 }
 
+impl crate::choice::Choice for Kernels {
+    const CHOICES: &'static [(Self, &'static [&'static str])] =
+        &[(Self::Auto, &["auto"]), (Self::Generic, &["generic"])];
+
+    // Case and spaces have always been ignored here.
+    fn normalize(raw: &str) -> std::borrow::Cow<'_, str> {
+        raw.trim().to_ascii_lowercase().into()
+    }
+}
+crate::choice::choice_impls!(Kernels);
+
 impl Kernels {
-    pub const NAMES: [&'static str; 2] = ["auto", "generic"];
-
-    pub fn parse(name: &str) -> anyhow::Result<Self> {
-        match name.trim().to_ascii_lowercase().as_str() {
-            "auto" => Ok(Self::Auto),
-            "generic" => Ok(Self::Generic),
-            other => anyhow::bail!("kernels `{other}` is not one of auto, generic"),
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Auto => "auto",
-            Self::Generic => "generic",
-        }
-    }
-
     /// The element type of the CPU kernel that takes `tensors` (all on the CPU, all f32 or all
     /// f64), or `None`: the generic path runs.
     pub(crate) fn cpu_dtype(self, tensors: &[&Tensor]) -> Option<DType> {
@@ -51,11 +45,5 @@ impl Kernels {
             Self::Auto if cpu => "generic (quantized products through the cpu kernel)",
             _ => "generic",
         }
-    }
-}
-
-impl std::fmt::Display for Kernels {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
     }
 }

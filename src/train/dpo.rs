@@ -6,28 +6,30 @@
 //! ipo `(Δ − 1/(2β))²` on length-averaged log-probs. The batch loss is the mean over pairs,
 //! plus `rpo_alpha ·` the mean NLL of the chosen completion tokens when set.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use candle_core::Tensor;
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// `[dpo] loss_type`, with TRL's names.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub enum LossType {
+    #[default]
     Sigmoid,
     Ipo,
     Hinge,
     Robust,
 }
 
-impl LossType {
-    pub fn parse(name: &str) -> Result<Self> {
-        Ok(match name {
-            "sigmoid" => LossType::Sigmoid,
-            "ipo" => LossType::Ipo,
-            "hinge" => LossType::Hinge,
-            "robust" => LossType::Robust,
-            other => bail!("unknown DPO loss `{other}` (valid: sigmoid, ipo, hinge, robust)"),
-        })
-    }
+impl crate::choice::Choice for LossType {
+    const CHOICES: &'static [(Self, &'static [&'static str])] = &[
+        (LossType::Sigmoid, &["sigmoid"]),
+        (LossType::Ipo, &["ipo"]),
+        (LossType::Hinge, &["hinge"]),
+        (LossType::Robust, &["robust"]),
+    ];
+}
+crate::choice::choice_impls!(LossType);
 
+impl LossType {
     /// IPO compares log-probs averaged over the completion's tokens; the others use sums.
     pub fn averages_logps(self) -> bool {
         self == LossType::Ipo

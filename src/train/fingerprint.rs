@@ -40,12 +40,12 @@ impl RunFingerprint {
         keys.insert("model.files".into(), model_files.to_string());
         let m = &cfg.run.model;
         for (k, v) in [
-            ("dtype", &m.dtype),
-            ("quantize", &m.quantize),
-            ("kernels", &m.kernels),
-            ("device", &m.device),
+            ("dtype", m.dtype.to_string()),
+            ("quantize", m.quantize.to_string()),
+            ("kernels", m.kernels.to_string()),
+            ("device", m.device.to_string()),
         ] {
-            keys.insert(format!("model.{k}"), v.clone());
+            keys.insert(format!("model.{k}"), v);
         }
         flatten("lora", &serde_json::to_value(&cfg.run.lora)?, &mut keys);
         keys.insert("output.seed".into(), cfg.run.output.seed.to_string());
@@ -97,7 +97,7 @@ impl RunFingerprint {
         let obj = value.as_object()?;
         let mut keys = BTreeMap::new();
         for (k, v) in obj {
-            keys.insert(k.clone(), v.as_str()?.to_string());
+            keys.insert(k.clone(), canonical(k, v.as_str()?));
         }
         Some(Self(keys))
     }
@@ -117,6 +117,23 @@ impl RunFingerprint {
         }
         out
     }
+}
+
+/// A recorded value as it is written now. Records from before these settings were typed hold them
+/// as the config spelled them (`bfloat16`, `Q4_K`), and such a run must still resume.
+fn canonical(key: &str, value: &str) -> String {
+    use crate::choice::Choice;
+    fn name<T: Choice>(value: &str) -> Option<&'static str> {
+        T::from_name(value).ok().map(T::name)
+    }
+    let named = match key {
+        "model.dtype" => name::<crate::model::Dtype>(value),
+        "model.quantize" => name::<crate::model::Quantize>(value),
+        "model.kernels" => name::<crate::ops::Kernels>(value),
+        "model.device" => name::<crate::config::DeviceSpec>(value),
+        _ => None,
+    };
+    named.unwrap_or(value).to_string()
 }
 
 fn flatten(prefix: &str, value: &Value, out: &mut BTreeMap<String, String>) {
@@ -203,5 +220,31 @@ mod tests {
                 "sft.learning_rate: 0.01 → 0.02".to_string()
             ]
         );
+    }
+
+    #[test]
+    fn a_record_with_the_model_settings_as_spelled_matches_their_names() {
+        let cfg = LoadedConfig::from_str(
+            "[model]\nname_or_path = \"m\"\ndtype = \"bfloat16\"\nquantize = \"Q4_K\"\nkernels = \" Generic\"\n[sft]\n",
+            &[],
+        )
+        .unwrap();
+        let now = RunFingerprint::of_stage(&cfg, Stage::Sft, "files", "").unwrap();
+        assert_eq!(now.0["model.dtype"], "bf16");
+        assert_eq!(now.0["model.quantize"], "q4k");
+        assert_eq!(now.0["model.kernels"], "generic");
+        let mut before = now.to_json();
+        before["model.dtype"] = "bfloat16".into();
+        before["model.quantize"] = "Q4_K".into();
+        before["model.kernels"] = " Generic".into();
+        let recorded = RunFingerprint::from_json(&before).unwrap();
+        assert!(
+            now.differences(&recorded).is_empty(),
+            "{:?}",
+            now.differences(&recorded)
+        );
+        before["model.dtype"] = "f16".into();
+        let recorded = RunFingerprint::from_json(&before).unwrap();
+        assert_eq!(now.differences(&recorded), vec!["model.dtype: f16 → bf16"]);
     }
 }

@@ -1,14 +1,13 @@
 //! The stages as the commands run them: `sft`, `dpo`, and `train` (SFT then DPO on one
 //! loaded base), from a [`LoadedConfig`].
 
-use anyhow::{bail, Context, Result};
-use candle_core::Device;
+use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use super::checkpoint;
-use super::dpo::{DpoLoss, LossType};
+use super::dpo::DpoLoss;
 use super::fingerprint::RunFingerprint;
 use super::output_dir;
 use super::preference::{reference_sums, DpoObjective};
@@ -44,24 +43,13 @@ pub struct Session {
     model_files: std::sync::OnceLock<String>,
 }
 
-pub fn select_device(name: &str) -> Result<Device> {
-    Ok(match name {
-        "cpu" => Device::Cpu,
-        "cuda" => Device::new_cuda(0).context("[model] device = \"cuda\"")?,
-        "auto" => Device::cuda_if_available(0)?,
-        other => bail!("[model] device: `{other}` is not one of cpu, cuda, auto"),
-    })
-}
-
 impl Session {
     pub fn open(cfg: &LoadedConfig) -> Result<Self> {
         let m = &cfg.run.model;
-        let device = select_device(&m.device)?;
-        let dtype = model::parse_dtype(&m.dtype)?;
-        let kernels = crate::ops::Kernels::parse(&m.kernels).context("[model] kernels")?;
-        let options = model::LoadOptions::from_config(dtype, &m.quantize)
-            .context("[model] quantize")?
-            .with_kernels(kernels);
+        let device = m.device.open()?;
+        let dtype = m.dtype.into();
+        let kernels = m.kernels;
+        let options = model::LoadOptions::from_config(dtype, m.quantize).with_kernels(kernels);
         let started = std::time::Instant::now();
         let model = model::load_model_with(&m.name_or_path, &options, &device)
             .with_context(|| format!("loading model {}", m.name_or_path))?;
@@ -346,7 +334,7 @@ fn dpo_stage(
     })?;
     let loss = DpoLoss {
         beta: stage.beta,
-        loss_type: LossType::parse(&stage.loss_type)?,
+        loss_type: stage.loss_type,
         label_smoothing: stage.label_smoothing,
         rpo_alpha: stage.rpo_alpha,
     };
@@ -384,7 +372,7 @@ fn dpo_stage(
     let train_reference = if stage.precompute_ref_log_probs {
         Some(cached_reference(
             session,
-            &cfg.run.model.quantize,
+            cfg.run.model.quantize,
             &stack,
             &train,
             stage.per_device_eval_batch_size,
@@ -413,13 +401,13 @@ fn dpo_stage(
 
 fn cached_reference(
     session: &Session,
-    quantize: &str,
+    quantize: crate::model::Quantize,
     stack: &AdapterStack,
     data: &crate::data::DpoDataset,
     batch_size: usize,
 ) -> Result<super::preference::PairSums> {
     let mut key = session.fingerprint()?;
-    key.bytes(quantize.as_bytes());
+    key.bytes(quantize.to_string().as_bytes());
     for a in stack.reference() {
         key.adapter(a)?;
     }

@@ -1,28 +1,24 @@
 //! Learning-rate schedules, identical to transformers' `get_scheduler`.
 
-use anyhow::{bail, Result};
-
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// `lr_scheduler_type`, with transformers' names.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub enum Schedule {
+    #[default]
     Linear,
     Cosine,
     Constant,
     ConstantWithWarmup,
 }
 
-impl Schedule {
-    pub fn parse(name: &str) -> Result<Self> {
-        Ok(match name {
-            "linear" => Schedule::Linear,
-            "cosine" => Schedule::Cosine,
-            "constant" => Schedule::Constant,
-            "constant_with_warmup" => Schedule::ConstantWithWarmup,
-            other => bail!(
-                "unknown schedule `{other}` (valid: linear, cosine, constant, constant_with_warmup)"
-            ),
-        })
-    }
+impl crate::choice::Choice for Schedule {
+    const CHOICES: &'static [(Self, &'static [&'static str])] = &[
+        (Schedule::Linear, &["linear"]),
+        (Schedule::Cosine, &["cosine"]),
+        (Schedule::Constant, &["constant"]),
+        (Schedule::ConstantWithWarmup, &["constant_with_warmup"]),
+    ];
 }
+crate::choice::choice_impls!(Schedule);
 
 /// The multiplier of the base learning rate at optimizer step `step` (0-based), as
 /// transformers' `LambdaLR` computes it.

@@ -272,7 +272,7 @@ impl Plan {
             steps_per_epoch,
             total_steps,
             warmup: warmup_steps(s.warmup_steps, s.warmup_ratio, total_steps),
-            schedule: Schedule::parse(&s.lr_scheduler_type)?,
+            schedule: s.lr_scheduler_type,
         })
     }
 }

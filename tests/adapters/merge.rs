@@ -329,7 +329,7 @@ fn cli_errors_name_the_problem() {
         "--dtype",
         "int8",
     ]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 2, "{err}");
     assert!(err.contains("int8"), "{err}");
     let (code, _, err) = lora_dpo(&[
         "merge",

@@ -107,7 +107,11 @@ fn dpo_losses_match_on(kernels: Kernels) {
         let c = &case["config"];
         let loss = DpoLoss {
             beta: c["beta"].as_f64().unwrap(),
-            loss_type: LossType::parse(c["loss_type"].as_str().unwrap()).unwrap(),
+            loss_type: c["loss_type"]
+                .as_str()
+                .unwrap()
+                .parse::<LossType>()
+                .unwrap(),
             label_smoothing: c["label_smoothing"].as_f64().unwrap(),
             rpo_alpha: c.get("rpo_alpha").and_then(|v| v.as_f64()),
         };

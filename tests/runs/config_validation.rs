@@ -257,3 +257,86 @@ fn the_cli_names_a_non_finite_key_of_the_file() {
         )
     );
 }
+
+/// `(section, key, a name none of its values, the accepted names)`.
+const NAMED: &[(&str, &str, &str, &str)] = &[
+    ("model", "dtype", "f8", "f32, bf16, f16"),
+    (
+        "model",
+        "quantize",
+        "q3_1",
+        "none, dense, q8_0, q5_1, q5_0, q4_1, q4_0, q6k, q5k, q4k, q3k, q2k",
+    ),
+    ("model", "device", "tpu", "cpu, cuda, auto"),
+    ("model", "kernels", "fast", "auto, generic"),
+    ("dpo", "loss_type", "hinge2", "sigmoid, ipo, hinge, robust"),
+    (
+        "sft",
+        "lr_scheduler_type",
+        "zigzag",
+        "linear, cosine, constant, constant_with_warmup",
+    ),
+];
+
+#[test]
+fn an_unknown_name_in_the_file_names_file_line_key_value_and_the_names() {
+    let dir = tempfile::tempdir().unwrap();
+    for (section, key, bad, names) in NAMED {
+        let text = config("").replace(
+            &format!("[{section}]\n"),
+            &format!("[{section}]\n{key} = \"{bad}\"\n"),
+        );
+        let line = text.lines().position(|l| l.starts_with(key)).unwrap() + 1;
+        let path = dir.path().join("run.toml");
+        std::fs::write(&path, &text).unwrap();
+        let err = format!("{:#}", LoadedConfig::load(&path, &[]).unwrap_err());
+        assert_eq!(
+            err,
+            format!(
+                "{}: line {line}: [{section}] {key}: unknown value `{bad}` (expected one of {names})",
+                path.display()
+            )
+        );
+    }
+}
+
+#[test]
+fn an_unknown_name_in_set_names_the_argument_key_value_and_the_names() {
+    for (section, key, bad, names) in NAMED {
+        let set = format!("{section}.{key}={bad}");
+        assert_eq!(
+            error(&config(""), &[&set]),
+            format!(
+                "--set {set}: [{section}] {key}: unknown value `{bad}` (expected one of {names})"
+            )
+        );
+    }
+}
+
+#[test]
+fn a_name_of_the_wrong_type_names_the_key() {
+    assert_eq!(
+        error(&config(""), &["model.dtype=16"]),
+        "--set model.dtype=16: [model] dtype: invalid type: integer `16`, expected a string"
+    );
+}
+
+#[test]
+fn a_flag_takes_the_names_of_its_key_and_lists_them() {
+    for (flag, bad, names) in [
+        ("--dtype", "f8", "f32, bf16, f16"),
+        ("--kernels", "fast", "auto, generic"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_lora-dpo"))
+            .args(["sft", "--config", "unused.toml", flag, bad])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains(&format!("invalid value '{bad}' for '{flag}"))
+                && stderr.contains(&format!("[possible values: {names}]")),
+            "{stderr}"
+        );
+    }
+}

@@ -10,6 +10,7 @@ use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
 use std::sync::Arc;
 
+use crate::choice::Choice;
 use crate::model::config::ModelConfig;
 use crate::model::weights::WeightFiles;
 use crate::ops::{self, Kernels, QuantizedWeight};
@@ -54,64 +55,67 @@ impl LoadOptions {
         Self { kernels, ..self }
     }
 
-    /// From the config's `quantize` value: `none`, `dense`, or a GGML type name.
-    pub fn from_config(dtype: DType, quantize: &str) -> Result<Self> {
-        if quantize.trim().eq_ignore_ascii_case("dense") {
-            return Ok(Self {
+    /// From the config's `quantize` value.
+    pub fn from_config(dtype: DType, quantize: Quantize) -> Self {
+        match quantize {
+            Quantize::None => Self::new(dtype),
+            Quantize::Dense => Self {
                 dequantize_gguf: true,
                 ..Self::new(dtype)
-            });
+            },
+            Quantize::Ggml(t) => Self::quantized(dtype, Some(t)),
         }
-        Ok(Self::quantized(dtype, parse_quantization(quantize)?))
     }
 }
 
-/// The quantizations accepted for frozen projections: `(name, type)`.
-/// Q8_1 and Q8K are left out: candle has no matmul for them.
-pub const QUANTIZATIONS: [(&str, GgmlDType); 10] = [
-    ("q8_0", GgmlDType::Q8_0),
-    ("q5_1", GgmlDType::Q5_1),
-    ("q5_0", GgmlDType::Q5_0),
-    ("q4_1", GgmlDType::Q4_1),
-    ("q4_0", GgmlDType::Q4_0),
-    ("q6k", GgmlDType::Q6K),
-    ("q5k", GgmlDType::Q5K),
-    ("q4k", GgmlDType::Q4K),
-    ("q3k", GgmlDType::Q3K),
-    ("q2k", GgmlDType::Q2K),
-];
-
-/// Parses a user-facing quantization name: `none`, `q8_0`, `q4_0`, `q4k` (also `q4_k`), ...
-pub fn parse_quantization(name: &str) -> Result<Option<GgmlDType>> {
-    let lower = name.trim().to_ascii_lowercase();
-    if matches!(lower.as_str(), "none" | "") {
-        return Ok(None);
-    }
-    // Accept llama.cpp's spelling of k-quants (q4_k, q4_K) as well.
-    let normalized = match lower.strip_suffix("_k") {
-        Some(stem) => format!("{stem}k"),
-        None => lower.clone(),
-    };
-    QUANTIZATIONS
-        .iter()
-        .find(|(n, _)| *n == normalized)
-        .map(|(_, t)| Some(*t))
-        .with_context(|| {
-            let names: Vec<&str> = QUANTIZATIONS.iter().map(|(n, _)| *n).collect();
-            format!(
-                "quantize = `{name}` is not supported (use none, dense, {})",
-                names.join(", ")
-            )
-        })
+/// `[model] quantize` (also `--quantize`): how the frozen projections are held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Quantize {
+    /// As loaded: dense in the load dtype, a GGUF's quantized projections in their stored types.
+    #[default]
+    None,
+    /// A GGUF's quantized projections dequantized to the load dtype.
+    Dense,
+    /// The dense projections quantized to this GGML type at load.
+    Ggml(GgmlDType),
 }
+
+impl crate::choice::Choice for Quantize {
+    // Q8_1 and Q8K are left out: candle has no matmul for them. The `_k` aliases are
+    // llama.cpp's spelling of the k-quants.
+    const CHOICES: &'static [(Self, &'static [&'static str])] = &[
+        (Quantize::None, &["none"]),
+        (Quantize::Dense, &["dense"]),
+        (Quantize::Ggml(GgmlDType::Q8_0), &["q8_0"]),
+        (Quantize::Ggml(GgmlDType::Q5_1), &["q5_1"]),
+        (Quantize::Ggml(GgmlDType::Q5_0), &["q5_0"]),
+        (Quantize::Ggml(GgmlDType::Q4_1), &["q4_1"]),
+        (Quantize::Ggml(GgmlDType::Q4_0), &["q4_0"]),
+        (Quantize::Ggml(GgmlDType::Q6K), &["q6k", "q6_k"]),
+        (Quantize::Ggml(GgmlDType::Q5K), &["q5k", "q5_k"]),
+        (Quantize::Ggml(GgmlDType::Q4K), &["q4k", "q4_k"]),
+        (Quantize::Ggml(GgmlDType::Q3K), &["q3k", "q3_k"]),
+        (Quantize::Ggml(GgmlDType::Q2K), &["q2k", "q2_k"]),
+    ];
+
+    // Case and spaces have always been ignored here, and an empty value meant none.
+    fn normalize(raw: &str) -> std::borrow::Cow<'_, str> {
+        match raw.trim().to_ascii_lowercase() {
+            empty if empty.is_empty() => "none".into(),
+            name => name.into(),
+        }
+    }
+}
+crate::choice::choice_impls!(Quantize);
 
 /// The user-facing name of a GGML type (`q8_0`, `q4k`, `f32`...).
 pub fn quantization_name(t: GgmlDType) -> String {
-    QUANTIZATIONS
-        .iter()
-        .find(|(_, q)| *q == t)
-        .map(|(n, _)| n.to_string())
-        .unwrap_or_else(|| format!("{t:?}").to_ascii_lowercase())
+    let q = Quantize::Ggml(t);
+    if Quantize::CHOICES.iter().any(|(c, _)| *c == q) {
+        q.name().to_string()
+    } else {
+        format!("{t:?}").to_ascii_lowercase()
+    }
 }
 
 /// A frozen projection weight `[out, in]`.
@@ -300,13 +304,17 @@ mod tests {
 
     #[test]
     fn quantization_names() {
-        assert_eq!(parse_quantization("none").unwrap(), None);
-        assert_eq!(parse_quantization("q8_0").unwrap(), Some(GgmlDType::Q8_0));
-        assert_eq!(parse_quantization("Q4_K").unwrap(), Some(GgmlDType::Q4K));
-        assert_eq!(parse_quantization("q4k").unwrap(), Some(GgmlDType::Q4K));
-        let err = parse_quantization("q3_1").unwrap_err().to_string();
+        let parse = |s: &str| s.parse::<Quantize>().unwrap();
+        assert_eq!(parse("none"), Quantize::None);
+        assert_eq!(parse(""), Quantize::None);
+        assert_eq!(parse(" Dense "), Quantize::Dense);
+        assert_eq!(parse("q8_0"), Quantize::Ggml(GgmlDType::Q8_0));
+        assert_eq!(parse("Q4_K"), Quantize::Ggml(GgmlDType::Q4K));
+        assert_eq!(parse("q4k"), Quantize::Ggml(GgmlDType::Q4K));
+        let err = "q3_1".parse::<Quantize>().unwrap_err().to_string();
         assert!(err.contains("q3_1") && err.contains("q4k"), "{err}");
         assert_eq!(quantization_name(GgmlDType::Q6K), "q6k");
+        assert_eq!(quantization_name(GgmlDType::F16), "f16");
     }
 
     #[test]
