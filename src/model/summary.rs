@@ -27,6 +27,9 @@ pub fn describe(cfg: &ModelConfig, stored_dtype: &str, lora: &LoraConfig) -> Str
         RopeScaling::Linear { factor } => {
             format!("theta {}, linear scaling x{factor}", cfg.rope_theta)
         }
+        RopeScaling::Yarn { factor, .. } => {
+            format!("theta {}, yarn scaling x{factor}", cfg.rope_theta)
+        }
         RopeScaling::Llama3 { factor, .. } => {
             format!("theta {}, llama3 scaling x{factor}", cfg.rope_theta)
         }

@@ -16,4 +16,5 @@ mod ops_grad;
 mod packed;
 mod parity_cli;
 mod quantized;
+mod rope_scaling;
 mod train_losses;

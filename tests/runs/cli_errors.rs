@@ -90,13 +90,13 @@ fn unsupported_architecture_is_named() {
     edit_config(dir.path(), |c| {
         c.insert(
             "architectures".into(),
-            serde_json::json!(["Qwen2ForCausalLM"]),
+            serde_json::json!(["GPTNeoXForCausalLM"]),
         );
     });
     let (code, err) = inspect(dir.path());
     assert_eq!(code, 1);
     assert!(
-        err.contains("Qwen2ForCausalLM") && err.contains("not supported"),
+        err.contains("GPTNeoXForCausalLM") && err.contains("not supported"),
         "{err}"
     );
 }

@@ -51,6 +51,22 @@ pub(super) fn hf_config(c: &ModelConfig, dtype: DType) -> Result<Value> {
     let rope_scaling = match c.rope_scaling {
         RopeScaling::None => Value::Null,
         RopeScaling::Linear { factor } => json!({"rope_type": "linear", "factor": factor}),
+        RopeScaling::Yarn {
+            factor,
+            original_max_position_embeddings,
+            beta_fast,
+            beta_slow,
+            attention_factor,
+            truncate,
+        } => json!({
+            "rope_type": "yarn",
+            "factor": factor,
+            "original_max_position_embeddings": original_max_position_embeddings,
+            "beta_fast": beta_fast,
+            "beta_slow": beta_slow,
+            "attention_factor": attention_factor,
+            "truncate": truncate,
+        }),
         RopeScaling::Factors(_) => bail!(
             "the GGUF's per-frequency RoPE factors (`rope_freqs.weight`) match no Llama 3 \
              rope_scaling that config.json could express"

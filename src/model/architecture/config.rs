@@ -26,6 +26,16 @@ pub enum RopeScaling {
         high_freq_factor: f64,
         original_max_position_embeddings: usize,
     },
+    /// YaRN (Qwen2.5/Qwen3 long context): frequencies blended between interpolated and
+    /// extrapolated along a ramp over the dimensions, and cos/sin scaled by `attention_factor`.
+    Yarn {
+        factor: f64,
+        original_max_position_embeddings: usize,
+        beta_fast: f64,
+        beta_slow: f64,
+        attention_factor: f64,
+        truncate: bool,
+    },
     /// One divisor per frequency (`head_dim / 2` of them), as GGUF files store Llama 3.1-style
     /// scaling (tensor `rope_freqs.weight`): inverse frequency `i` is divided by `factors[i]`.
     Factors(Vec<f64>),
@@ -454,11 +464,58 @@ impl RawConfig {
                 original_max_position_embeddings: number("original_max_position_embeddings")?
                     as usize,
             },
+            "yarn" => self.yarn(params, field)?,
             other => bail!(
-                "field `{field}`: rope type {other} is not supported (supported: default, linear, llama3)"
+                "field `{field}`: rope type {other} is not supported (supported: default, \
+                 linear, llama3, yarn)"
             ),
         };
         Ok((rope_theta, scaling))
+    }
+}
+
+impl RawConfig {
+    /// transformers' `_compute_yarn_parameters`: `factor` defaults to max / original positions,
+    /// `attention_factor` to `0.1 ln(factor) + 1` (or the `mscale` / `mscale_all_dim` ratio),
+    /// the betas to 32 and 1.
+    fn yarn(&self, params: &serde_json::Value, field: &str) -> Result<RopeScaling> {
+        let get = |key: &str| params.get(key).filter(|v| !v.is_null());
+        let number = |key: &str| -> Result<Option<f64>> {
+            get(key)
+                .map(|v| {
+                    v.as_f64()
+                        .with_context(|| format!("field `{field}.{key}` is not a number"))
+                })
+                .transpose()
+        };
+        let original = number("original_max_position_embeddings")?.with_context(|| {
+            format!("field `{field}.original_max_position_embeddings` is missing")
+        })?;
+        let max_positions = self.max_position_embeddings.unwrap_or(4096) as f64;
+        let factor = number("factor")?.unwrap_or(max_positions / original);
+        let mscale = |scale: f64, m: f64| {
+            if scale <= 1.0 {
+                1.0
+            } else {
+                0.1 * m * scale.ln() + 1.0
+            }
+        };
+        let attention_factor = match (number("attention_factor")?, number("mscale")?) {
+            (Some(a), _) => a,
+            (None, Some(m)) => match number("mscale_all_dim")?.filter(|d| *d != 0.0) {
+                Some(all) if m != 0.0 => mscale(factor, m) / mscale(factor, all),
+                _ => mscale(factor, 1.0),
+            },
+            (None, None) => mscale(factor, 1.0),
+        };
+        Ok(RopeScaling::Yarn {
+            factor,
+            original_max_position_embeddings: original as usize,
+            beta_fast: number("beta_fast")?.filter(|b| *b != 0.0).unwrap_or(32.0),
+            beta_slow: number("beta_slow")?.filter(|b| *b != 0.0).unwrap_or(1.0),
+            attention_factor,
+            truncate: get("truncate").and_then(|v| v.as_bool()).unwrap_or(true),
+        })
     }
 }
 

@@ -20,9 +20,10 @@ impl Rotary {
             angles.extend(inv_freq.iter().map(|f| pos as f32 * *f as f32));
         }
         let angles = Tensor::from_vec(angles, (max_len, half), device)?;
+        let scale = attention_scaling(cfg);
         Ok(Self {
-            cos: angles.cos()?.to_dtype(dtype)?,
-            sin: angles.sin()?.to_dtype(dtype)?,
+            cos: (angles.cos()? * scale)?.to_dtype(dtype)?,
+            sin: (angles.sin()? * scale)?.to_dtype(dtype)?,
         })
     }
 
@@ -44,6 +45,54 @@ impl Rotary {
     }
 }
 
+/// The factor cos and sin are multiplied by (transformers' `attention_scaling`): 1 but for YaRN.
+pub fn attention_scaling(cfg: &ModelConfig) -> f64 {
+    match cfg.rope_scaling {
+        RopeScaling::Yarn {
+            attention_factor, ..
+        } => attention_factor,
+        _ => 1.0,
+    }
+}
+
+/// YaRN's inverse frequencies, in f32 as transformers computes them.
+fn yarn_frequencies(cfg: &ModelConfig, base: &[f64]) -> Vec<f64> {
+    let RopeScaling::Yarn {
+        factor,
+        original_max_position_embeddings: original,
+        beta_fast,
+        beta_slow,
+        truncate,
+        ..
+    } = cfg.rope_scaling
+    else {
+        return base.to_vec();
+    };
+    let dim = cfg.head_dim as f64;
+    let theta = cfg.rope_theta;
+    // The dimension at which a frequency turns `rotations` times over the original context.
+    let correction_dim = |rotations: f64| {
+        dim * (original as f64 / (rotations * 2.0 * std::f64::consts::PI)).ln() / (2.0 * theta.ln())
+    };
+    let (mut low, mut high) = (correction_dim(beta_fast), correction_dim(beta_slow));
+    if truncate {
+        (low, high) = (low.floor(), high.ceil());
+    }
+    let (low, mut high) = (low.max(0.0), high.min(dim - 1.0));
+    if low == high {
+        high += 0.001;
+    }
+    let span = (high - low) as f32;
+    (0..base.len())
+        .map(|i| {
+            let pos_freq = (theta as f32).powf((2 * i) as f32 / dim as f32);
+            let (extrapolated, interpolated) = (1.0 / pos_freq, 1.0 / (factor as f32 * pos_freq));
+            let ramp = ((i as f32 - low as f32) / span).clamp(0.0, 1.0);
+            (interpolated * ramp + extrapolated * (1.0 - ramp)) as f64
+        })
+        .collect()
+}
+
 /// `1 / theta^(2i/d)`, rescaled as the config's `rope_scaling` says.
 pub fn inverse_frequencies(cfg: &ModelConfig) -> Vec<f64> {
     let d = cfg.head_dim;
@@ -56,6 +105,7 @@ pub fn inverse_frequencies(cfg: &ModelConfig) -> Vec<f64> {
         .collect();
     match cfg.rope_scaling {
         RopeScaling::None => base,
+        RopeScaling::Yarn { .. } => yarn_frequencies(cfg, &base),
         RopeScaling::Linear { factor } => base.iter().map(|f| f / factor).collect(),
         RopeScaling::Factors(ref factors) => base.iter().zip(factors).map(|(f, d)| f / d).collect(),
         RopeScaling::Llama3 {
