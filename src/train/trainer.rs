@@ -218,7 +218,7 @@ pub enum Finish {
 
 /// The micro-batches of global micro-step `m`: epochs follow each other, each with its own
 /// shuffle seeded by `seed + epoch`, so any step's data is known without replaying the run.
-struct Schedule2 {
+struct BatchOrder {
     epoch_batches: usize,
     lengths: Vec<usize>,
     batch_size: usize,
@@ -227,7 +227,12 @@ struct Schedule2 {
     cache: Option<(usize, Vec<Vec<usize>>)>,
 }
 
-impl Schedule2 {
+impl BatchOrder {
+    /// The micro-batches of optimizer step `step`.
+    fn step(&mut self, step: usize, micro: usize) -> Vec<Vec<usize>> {
+        (0..micro).map(|j| self.rows(step * micro + j)).collect()
+    }
+
     fn rows(&mut self, micro: usize) -> Vec<usize> {
         let epoch = micro / self.epoch_batches;
         if self.cache.as_ref().map(|(e, _)| *e) != Some(epoch) {
@@ -344,18 +349,10 @@ pub fn train(
     }
     let plan = Plan::of(s, rows)?;
     let vars = adapters.trainable.vars();
-    let mut opt = AdamW::new(
-        vars.clone(),
-        AdamWConfig {
-            beta1: s.adam_beta1,
-            beta2: s.adam_beta2,
-            eps: s.adam_epsilon,
-            weight_decay: s.weight_decay,
-        },
-    )?;
+    let mut opt = new_optimizer(s, &vars)?;
     let log = MetricsLog::open(&opts.run_dir)?;
     let start = resume_point(opts, adapters.trainable, &mut opt, &log, plan.total_steps)?;
-    let mut order = Schedule2 {
+    let mut order = BatchOrder {
         epoch_batches: plan.epoch_batches,
         lengths: objective.lengths(),
         batch_size: s.per_device_train_batch_size,
@@ -365,10 +362,7 @@ pub fn train(
     };
     if start == 0 {
         // Held-out metrics before any update: the baseline the run is judged against.
-        if let Some(values) = objective.evaluate(model, adapters)? {
-            eprintln!("{} step 0: {}", objective.stage(), brief(&values));
-            log.write(0, &values)?;
-        }
+        evaluate(model, adapters, objective, &log, 0, None)?;
     }
     let bar = progress_bar(
         plan.total_steps,
@@ -378,9 +372,8 @@ pub fn train(
     );
     let mut window = Window::new();
     for step in start..plan.total_steps {
-        let micro_batches: Vec<Vec<usize>> = (0..plan.micro)
-            .map(|j| order.rows(step * plan.micro + j))
-            .collect();
+        let micro_batches = order.step(step, plan.micro);
+        let optimizer = (vars.as_slice(), &mut opt);
         let outcome = optimizer_step(
             model,
             adapters,
@@ -388,45 +381,110 @@ pub fn train(
             opts,
             &plan,
             &micro_batches,
-            (&vars, &mut opt),
+            optimizer,
             step,
         )?;
-        let done = step + 1;
         window.add(&outcome, plan.micro);
         update_bar(&bar, &window.sums, window.tokens_per_sec());
-        bar.set_position(done as u64);
-        let last = done == plan.total_steps;
-        if done % s.logging_steps.max(1) == 0 || last {
-            window.flush(&log, done, done as f64 / plan.steps_per_epoch as f64)?;
-        }
-        if (s.eval_steps > 0 && done % s.eval_steps == 0) || last {
-            if let Some(values) = objective.evaluate(model, adapters)? {
-                bar.suspend(|| eprintln!("{} step {done}: {}", objective.stage(), brief(&values)));
-                log.write(done, &values)?;
-            }
-        }
-        let interrupted = opts.interrupted.load(Ordering::SeqCst);
-        if (s.save_steps > 0 && done % s.save_steps == 0) || (interrupted && !last) {
-            let saving = Instant::now();
-            let dir = save_checkpoint(opts, adapters.trainable, &opt, done)?;
-            if interrupted {
-                bar.abandon();
-                eprintln!(
-                    "checkpoint {} saved in {:.1} s",
-                    dir.display(),
-                    saving.elapsed().as_secs_f64()
-                );
-                return Ok(Finish::Interrupted {
-                    step: done,
-                    checkpoint: dir,
-                });
-            }
+        bar.set_position(step as u64 + 1);
+        let after = AfterStep {
+            done: step + 1,
+            plan: &plan,
+            log: &log,
+            bar: &bar,
+        };
+        if let Some(finish) = after.run(model, adapters, objective, opts, &opt, &mut window)? {
+            return Ok(finish);
         }
     }
     bar.finish();
     Ok(Finish::Completed {
         steps: plan.total_steps,
     })
+}
+
+fn new_optimizer(s: &StageConfig, vars: &[Var]) -> Result<AdamW> {
+    AdamW::new(
+        vars.to_vec(),
+        AdamWConfig {
+            beta1: s.adam_beta1,
+            beta2: s.adam_beta2,
+            eps: s.adam_epsilon,
+            weight_decay: s.weight_decay,
+        },
+    )
+}
+
+/// Held-out metrics at step `done`, logged and printed (above the bar when there is one).
+fn evaluate(
+    model: &Model,
+    adapters: &AdapterStack,
+    objective: &mut dyn Objective,
+    log: &MetricsLog,
+    done: usize,
+    bar: Option<&indicatif::ProgressBar>,
+) -> Result<()> {
+    if let Some(values) = objective.evaluate(model, adapters)? {
+        let line = format!("{} step {done}: {}", objective.stage(), brief(&values));
+        match bar {
+            Some(bar) => bar.suspend(|| eprintln!("{line}")),
+            None => eprintln!("{line}"),
+        }
+        log.write(done, &values)?;
+    }
+    Ok(())
+}
+
+/// What follows an optimizer step: the metrics window flushed, the evaluation and the
+/// checkpoint when due, and the stop when a signal asked for one.
+struct AfterStep<'a> {
+    done: usize,
+    plan: &'a Plan,
+    log: &'a MetricsLog,
+    bar: &'a indicatif::ProgressBar,
+}
+
+impl AfterStep<'_> {
+    fn run(
+        &self,
+        model: &Model,
+        adapters: &AdapterStack,
+        objective: &mut dyn Objective,
+        opts: &TrainOptions,
+        opt: &AdamW,
+        window: &mut Window,
+    ) -> Result<Option<Finish>> {
+        let (s, done) = (&opts.stage, self.done);
+        let last = done == self.plan.total_steps;
+        if done % s.logging_steps.max(1) == 0 || last {
+            let epoch = done as f64 / self.plan.steps_per_epoch as f64;
+            window.flush(self.log, done, epoch)?;
+        }
+        if (s.eval_steps > 0 && done % s.eval_steps == 0) || last {
+            evaluate(model, adapters, objective, self.log, done, Some(self.bar))?;
+        }
+        let interrupted = opts.interrupted.load(Ordering::SeqCst);
+        let due = s.save_steps > 0 && done % s.save_steps == 0;
+        let stop_here = interrupted && !last;
+        if !(due || stop_here) {
+            return Ok(None);
+        }
+        let saving = Instant::now();
+        let dir = save_checkpoint(opts, adapters.trainable, opt, done)?;
+        if !interrupted {
+            return Ok(None);
+        }
+        self.bar.abandon();
+        eprintln!(
+            "checkpoint {} saved in {:.1} s",
+            dir.display(),
+            saving.elapsed().as_secs_f64()
+        );
+        Ok(Some(Finish::Interrupted {
+            step: done,
+            checkpoint: dir,
+        }))
+    }
 }
 
 /// The step to start from: a checkpoint's with `--resume` (checked against this run's
