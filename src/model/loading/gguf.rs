@@ -254,14 +254,7 @@ impl GgufFile {
         if let Some(info) = self.content.tensor_infos.get("rope_freqs.weight") {
             // Llama 3.1-style scaling, which llama.cpp's converter writes as one divisor per
             // frequency.
-            let q = info
-                .read(
-                    &mut std::io::Cursor::new(&self.mmap[..]),
-                    self.content.tensor_data_offset,
-                    &Device::Cpu,
-                )
-                .map_err(|e| anyhow::anyhow!("{e}"))
-                .with_context(|| format!("{p}: reading tensor `rope_freqs.weight`"))?;
+            let q = self.read_stored(info, "rope_freqs.weight")?;
             let factors: Vec<f64> = q
                 .dequantize(&Device::Cpu)?
                 .flatten_all()?
@@ -311,6 +304,21 @@ impl GgufFile {
         format!("GGUF {}", parts.join(", "))
     }
 
+    /// A tensor as stored, on the CPU.
+    fn read_stored(
+        &self,
+        info: &candle_core::quantized::gguf_file::TensorInfo,
+        name: &str,
+    ) -> Result<QTensor> {
+        info.read(
+            &mut std::io::Cursor::new(&self.mmap[..]),
+            self.content.tensor_data_offset,
+            &Device::Cpu,
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .with_context(|| format!("{}: reading tensor `{name}`", self.path.display()))
+    }
+
     /// Reads a tensor by its Hugging Face name, q/k rows in Hugging Face order, on the CPU.
     fn read(&self, hf_name: &str, shape: &[usize]) -> Result<QTensor> {
         let p = self.path.display();
@@ -328,14 +336,7 @@ impl GgufFile {
                 info.shape.dims()
             );
         }
-        let q = info
-            .read(
-                &mut std::io::Cursor::new(&self.mmap[..]),
-                self.content.tensor_data_offset,
-                &Device::Cpu,
-            )
-            .map_err(|e| anyhow::anyhow!("{e}"))
-            .with_context(|| format!("{p}: reading tensor `{name}`"))?;
+        let q = self.read_stored(info, &name)?;
         let permuted = self.family.is_some_and(|f| f.family().gguf_permutes_qk);
         let heads = match ModelTensor::from_hf_name(hf_name) {
             Some(ModelTensor::Layer(_, LayerTensor::Weight(Projection::Q))) if permuted => {
