@@ -50,6 +50,14 @@ pub fn describe(cfg: &ModelConfig, stored_dtype: &str, lora: &LoraConfig) -> Str
             cfg.num_hidden_layers
         ),
     };
+    let biased: Vec<_> = (cfg.biased.iter())
+        .filter(|(_, b)| **b)
+        .map(|(p, _)| p.name())
+        .collect();
+    let biases = match biased.is_empty() {
+        true => "none".to_string(),
+        false => biased.join(", "),
+    };
     let lines = [
         ("architecture", cfg.architecture.hf_class().to_string()),
         ("layers", cfg.num_hidden_layers.to_string()),
@@ -66,6 +74,8 @@ pub fn describe(cfg: &ModelConfig, stored_dtype: &str, lora: &LoraConfig) -> Str
         ("rope", rope),
         ("sliding window", window),
         ("tied embeddings", cfg.tie_word_embeddings.to_string()),
+        ("biases", biases),
+        ("q/k norm", cfg.qk_norm.to_string()),
         ("stored dtype", stored_dtype.to_string()),
         (
             "parameters",

@@ -9,6 +9,7 @@ mod bench;
 mod cli_errors;
 mod config_validation;
 mod configs;
+mod families;
 mod gpu_kit;
 mod ref_cache;
 mod run_safety;
