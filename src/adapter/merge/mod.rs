@@ -11,9 +11,10 @@
 //! whole at the end (an old output stays complete under its name until then), under the
 //! output's lock. An output that is, holds or sits inside an input is refused.
 
-mod base;
+pub(crate) mod base;
+pub(crate) mod blocks;
 mod hf_files;
-mod shards;
+pub(crate) mod shards;
 
 use anyhow::{bail, Context, Result};
 use candle_core::DType;
@@ -21,9 +22,7 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::model::gguf::{self, GgufFile};
-use crate::model::weights::WeightFiles;
-use crate::model::{Adapter, ModelConfig, WeightSource};
+use crate::model::Adapter;
 use crate::source::Source;
 
 use crate::adapter::overlap::{check_apart, Input};
@@ -121,32 +120,7 @@ pub fn merge(
     if options.max_shard_size == 0 {
         bail!("max_shard_size must be at least 1 byte");
     }
-    let (config, base) = match &source {
-        Source::File(path) if gguf::is_gguf(path) => {
-            let file = GgufFile::open(path)?;
-            let config = file.config()?;
-            WeightSource::check_against(&file, &config)?;
-            (config, Base::Gguf(file))
-        }
-        Source::File(path) => bail!(
-            "{}: expected a Hugging Face model folder (config.json + safetensors), a .gguf \
-             file or a hub repo id",
-            path.display()
-        ),
-        _ => {
-            let config_path = source.require("config.json")?;
-            let config = ModelConfig::from_file(&config_path)?;
-            let reader = WeightFiles::open(&source)?;
-            reader.check_against(&config)?;
-            (
-                config,
-                Base::Safetensors {
-                    reader,
-                    config_path,
-                },
-            )
-        }
-    };
+    let (config, base) = Base::open(&source)?;
     check_apart(out, &inputs(model_spec, &source, &options.adapter_sources)?)?;
     // Held until the new folder is in place: a second writer fails at once instead of
     // replacing this one's temporary folder or output.

@@ -1,16 +1,16 @@
 //! Shards planned from the shapes alone, then written block by block with the adapters folded in.
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::DType;
 use serde_json::{json, Value};
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
-use crate::model::weights::parse_st_dtype;
-use crate::model::{Adapter, Projection, WeightSource};
+use crate::model::{Adapter, Projection};
 
 use super::base::Base;
+use super::blocks::{merged_blocks, Rows};
 
 /// One output shard: its tensors in order with their shapes, and its data size.
 pub(super) struct ShardPlan {
@@ -50,7 +50,7 @@ pub(super) fn plan_shards(
 }
 
 /// `(layer, projection)` when `name` is a projection weight.
-pub(super) fn projection_of(name: &str) -> Option<(usize, Projection)> {
+pub(crate) fn projection_of(name: &str) -> Option<(usize, Projection)> {
     let rest = name.strip_prefix("model.layers.")?;
     let (layer, _) = rest.split_once('.')?;
     let layer: usize = layer.parse().ok()?;
@@ -94,69 +94,22 @@ pub(super) fn write_shard(
     w.write_all(&header).with_context(write_err)?;
     let mut merged = 0;
     for (name, shape) in &shard.tensors {
-        let pairs: Vec<(f64, Tensor, Tensor)> = match projection_of(name) {
-            Some((layer, p)) => adapters
-                .iter()
-                .filter_map(|a| a.pair(layer, p).map(|pair| (a.scale(), pair)))
-                .map(|(scale, pair)| -> Result<_> {
-                    Ok((
-                        scale,
-                        pair.b.as_tensor().to_device(&Device::Cpu)?,
-                        pair.a.as_tensor().to_device(&Device::Cpu)?,
-                    ))
-                })
-                .collect::<Result<_>>()?,
-            None => vec![],
-        };
-        merged += usize::from(!pairs.is_empty());
-        // Row blocks of about block_bytes (in f32), so no whole tensor is held (except a GGUF
-        // tensor, dequantized whole).
-        let numel: usize = shape.iter().product();
-        let rows = shape.first().copied().unwrap_or(1).max(1);
-        let cols = numel / rows;
-        let block = (block_bytes / (4 * cols.max(1))).clamp(1, rows);
-        let whole: Option<Vec<f32>> = match base {
-            Base::Gguf(file) => Some(
-                file.load_dense(name, shape, DType::F32, &Device::Cpu)?
-                    .flatten_all()?
-                    .to_vec1::<f32>()?,
-            ),
-            Base::Safetensors { .. } => None,
-        };
-        let mut r0 = 0;
-        while r0 < rows {
-            let n = block.min(rows - r0);
-            let mut values = match (&whole, base) {
-                (Some(all), _) => all[r0 * cols..(r0 + n) * cols].to_vec(),
-                (None, Base::Safetensors { reader, .. }) => {
-                    let entry = reader.entry(name)?;
-                    let (stored, size) = parse_st_dtype(&entry.dtype)?;
-                    let bytes =
-                        reader.read_range(name, (r0 * cols * size) as u64, n * cols * size)?;
-                    if pairs.is_empty() && stored == dtype {
-                        w.write_all(&bytes).with_context(write_err)?;
-                        r0 += n;
-                        continue;
-                    }
-                    decode_f32(&bytes, &entry.dtype).with_context(|| format!("tensor `{name}`"))?
-                }
-                (None, Base::Gguf(_)) => unreachable!("GGUF tensors are read whole"),
-            };
-            if !pairs.is_empty() {
-                let mut weight = Tensor::from_vec(values, (n, cols), &Device::Cpu)?;
-                for (scale, b, a) in &pairs {
-                    let delta = b.narrow(0, r0, n)?.matmul(a)?;
-                    weight = (weight + (delta * *scale)?)?;
-                }
-                values = weight.flatten_all()?.to_vec1::<f32>()?;
-                if values.iter().any(|v| !v.is_finite()) {
-                    bail!("merging the adapter into `{name}` gives NaN or infinite values");
-                }
-            }
-            w.write_all(&encode(&values, dtype)?)
-                .with_context(write_err)?;
-            r0 += n;
-        }
+        let folded = merged_blocks(
+            base,
+            name,
+            shape,
+            adapters,
+            block_bytes,
+            Some(dtype),
+            &mut |rows| {
+                let bytes = match rows {
+                    Rows::Stored(bytes) => std::borrow::Cow::Borrowed(bytes),
+                    Rows::Values(values) => std::borrow::Cow::Owned(encode(values, dtype)?),
+                };
+                w.write_all(&bytes).with_context(write_err)
+            },
+        )?;
+        merged += usize::from(folded);
     }
     w.flush().with_context(write_err)?;
     Ok(merged)
@@ -187,7 +140,7 @@ pub(super) fn st_dtype_name(dtype: DType) -> Result<&'static str> {
 }
 
 /// Little-endian values of a safetensors dtype, widened to f32.
-pub(super) fn decode_f32(bytes: &[u8], dtype: &str) -> Result<Vec<f32>> {
+pub(crate) fn decode_f32(bytes: &[u8], dtype: &str) -> Result<Vec<f32>> {
     Ok(match dtype {
         "F32" => bytes
             .chunks_exact(4)
