@@ -9,6 +9,7 @@ pub mod cache;
 pub mod choice;
 pub mod config;
 pub mod data;
+pub mod export;
 pub mod fault;
 pub mod generate;
 pub mod lock;

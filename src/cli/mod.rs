@@ -8,6 +8,7 @@ mod common;
 mod data;
 mod dpo;
 mod eval;
+mod export;
 mod generate;
 mod inspect;
 mod merge;
@@ -45,6 +46,8 @@ pub enum Command {
     Bench(bench::Args),
     /// Fold LoRA adapters into the base and write a Hugging Face folder (or convert a base).
     Merge(merge::Args),
+    /// Write a merged model as a llama.cpp GGUF (f16, bf16, q8_0, k-quants).
+    Export(export::Args),
     /// Generate a completion (chat template applied unless --raw), streaming tokens.
     Generate(generate::Args),
     /// The reference checks (transformers, PEFT, TRL fixtures) on a device, as JSON.
@@ -61,6 +64,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(args) => eval::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Merge(args) => merge::run(args),
+        Command::Export(args) => export::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Parity(args) => parity::run(args),
     }

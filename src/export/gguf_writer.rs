@@ -76,7 +76,11 @@ pub struct GgufWriter {
 }
 
 impl GgufWriter {
-    pub fn create(path: &Path, metadata: &[(String, Value)], tensors: &[TensorEntry]) -> Result<Self> {
+    pub fn create(
+        path: &Path,
+        metadata: &[(String, Value)],
+        tensors: &[TensorEntry],
+    ) -> Result<Self> {
         let file =
             File::create(path).with_context(|| format!("{}: cannot create", path.display()))?;
         let mut w = BufWriter::with_capacity(1 << 20, file);
@@ -103,7 +107,10 @@ impl GgufWriter {
             entries.push((t.clone(), offset));
             offset = (offset + t.size()?).next_multiple_of(ALIGNMENT);
         }
-        header.resize((header.len() as u64).next_multiple_of(ALIGNMENT) as usize, 0);
+        header.resize(
+            (header.len() as u64).next_multiple_of(ALIGNMENT) as usize,
+            0,
+        );
         w.write_all(&header)
             .with_context(|| format!("{}: cannot write", path.display()))?;
         Ok(Self {
@@ -118,7 +125,10 @@ impl GgufWriter {
     /// Appends bytes of the current tensor; a tensor may come in several pieces.
     pub fn write(&mut self, bytes: &[u8]) -> Result<()> {
         let Some((entry, _)) = self.entries.get(self.next) else {
-            bail!("{}: more tensor data than the directory holds", self.path.display());
+            bail!(
+                "{}: more tensor data than the directory holds",
+                self.path.display()
+            );
         };
         let size = entry.size()?;
         if self.written + bytes.len() as u64 > size {
@@ -234,29 +244,53 @@ mod tests {
     fn candle_reads_back_what_is_written_in_pieces() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.gguf");
-        let a = Tensor::arange(0f32, 64.0, &Device::Cpu).unwrap().reshape((2, 32)).unwrap();
+        let a = Tensor::arange(0f32, 64.0, &Device::Cpu)
+            .unwrap()
+            .reshape((2, 32))
+            .unwrap();
         let qa = candle_core::quantized::QTensor::quantize(&a, GgmlDType::Q8_0).unwrap();
-        let b = Tensor::new(&[1f32, 2.0, 3.0], &Device::Cpu).unwrap();
         let metadata = vec![
-            ("general.architecture".to_string(), Value::String("llama".into())),
-            ("x.list".to_string(), Value::Array(vec![Value::I32(1), Value::I32(-2)])),
+            (
+                "general.architecture".to_string(),
+                Value::String("llama".into()),
+            ),
+            (
+                "x.list".to_string(),
+                Value::Array(vec![Value::I32(1), Value::I32(-2)]),
+            ),
         ];
         let tensors = [
-            TensorEntry { name: "a".into(), shape: vec![2, 32], dtype: GgmlDType::Q8_0 },
-            TensorEntry { name: "b".into(), shape: vec![3], dtype: GgmlDType::F32 },
+            TensorEntry {
+                name: "a".into(),
+                shape: vec![2, 32],
+                dtype: GgmlDType::Q8_0,
+            },
+            TensorEntry {
+                name: "b".into(),
+                shape: vec![3],
+                dtype: GgmlDType::F32,
+            },
         ];
         let mut w = GgufWriter::create(&path, &metadata, &tensors).unwrap();
         let bytes = qa.data().unwrap();
         let (first, second) = bytes.split_at(bytes.len() / 2);
         w.write(first).unwrap();
         w.write(second).unwrap();
-        let b_bytes: Vec<u8> = [1f32, 2.0, 3.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let b_bytes: Vec<u8> = [1f32, 2.0, 3.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
         w.write(&b_bytes).unwrap();
         w.finish().unwrap();
 
         let mut f = File::open(&path).unwrap();
         let content = Content::read(&mut f).unwrap();
-        assert_eq!(content.metadata["general.architecture"].to_string().unwrap(), "llama");
+        assert_eq!(
+            content.metadata["general.architecture"]
+                .to_string()
+                .unwrap(),
+            "llama"
+        );
         let a_back = content.tensor(&mut f, "a", &Device::Cpu).unwrap();
         assert_eq!(a_back.shape().dims(), &[2, 32]);
         let d = (a_back.dequantize(&Device::Cpu).unwrap() - qa.dequantize(&Device::Cpu).unwrap())
@@ -277,7 +311,11 @@ mod tests {
     fn short_or_extra_data_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.gguf");
-        let tensors = [TensorEntry { name: "b".into(), shape: vec![2], dtype: GgmlDType::F32 }];
+        let tensors = [TensorEntry {
+            name: "b".into(),
+            shape: vec![2],
+            dtype: GgmlDType::F32,
+        }];
         let mut w = GgufWriter::create(&path, &[], &tensors).unwrap();
         assert!(w.write(&[0u8; 12]).is_err());
         w.write(&[0u8; 4]).unwrap();

@@ -7,5 +7,6 @@ mod common;
 
 mod adapter_io;
 mod adapter_missing;
+mod export;
 mod merge;
 mod merge_safety;

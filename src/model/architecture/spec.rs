@@ -51,6 +51,9 @@ pub struct Family {
     pub model_type: &'static str,
     /// `general.architecture` of a GGUF file. Mistral files are written as `llama`.
     pub gguf_arch: Option<&'static str>,
+    /// The llama.cpp architecture an export writes (Mistral as `llama`, as llama.cpp's
+    /// converter does); `None`: llama.cpp has no architecture for it.
+    pub gguf_export_arch: Option<&'static str>,
     /// llama.cpp's converter permutes the rows of q and k for this architecture (its rope
     /// rotates interleaved pairs; transformers rotates halves), so reading undoes it.
     pub gguf_permutes_qk: bool,
@@ -76,6 +79,7 @@ pub const FAMILIES: [Family; 5] = [
         hf_class: "LlamaForCausalLM",
         model_type: "llama",
         gguf_arch: Some("llama"),
+        gguf_export_arch: Some("llama"),
         gguf_permutes_qk: true,
         biased: &[],
         reads_attention_bias: true,
@@ -89,6 +93,7 @@ pub const FAMILIES: [Family; 5] = [
         hf_class: "MistralForCausalLM",
         model_type: "mistral",
         gguf_arch: None,
+        gguf_export_arch: Some("llama"),
         gguf_permutes_qk: true,
         biased: &[],
         reads_attention_bias: false,
@@ -102,6 +107,7 @@ pub const FAMILIES: [Family; 5] = [
         hf_class: "Qwen2ForCausalLM",
         model_type: "qwen2",
         gguf_arch: Some("qwen2"),
+        gguf_export_arch: Some("qwen2"),
         gguf_permutes_qk: false,
         biased: QKV,
         reads_attention_bias: false,
@@ -115,6 +121,7 @@ pub const FAMILIES: [Family; 5] = [
         hf_class: "Qwen3ForCausalLM",
         model_type: "qwen3",
         gguf_arch: Some("qwen3"),
+        gguf_export_arch: Some("qwen3"),
         gguf_permutes_qk: false,
         biased: &[],
         reads_attention_bias: true,
@@ -128,6 +135,7 @@ pub const FAMILIES: [Family; 5] = [
         hf_class: "MinistralForCausalLM",
         model_type: "ministral",
         gguf_arch: None,
+        gguf_export_arch: None,
         gguf_permutes_qk: true,
         biased: &[],
         reads_attention_bias: false,

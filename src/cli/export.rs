@@ -1,0 +1,76 @@
+//! `lora-dpo export`: a base with adapters folded in, as a llama.cpp GGUF file.
+
+use candle_core::Device;
+use lora_dpo::export::{export_gguf, parse_quant, ExportOptions};
+use lora_dpo::model;
+use lora_dpo::source::Source;
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Base model: Hugging Face folder, hub repo id (from the local cache) or a .gguf file.
+    #[arg(long)]
+    model: String,
+    /// PEFT LoRA adapter folder or hub repo id; repeat to fold several, in order.
+    #[arg(long)]
+    adapter: Vec<String>,
+    /// What to write: `gguf` (the merged model for llama.cpp, Ollama, LM Studio).
+    #[arg(long, default_value = "gguf")]
+    format: String,
+    /// The 2-D tensors' type: f32, f16, bf16, q8_0, q6_k, q5_k, q4_k, q5_0, q4_0 (norms stay f32).
+    #[arg(long, default_value = "f16")]
+    quant: String,
+    /// The .gguf file to write (through a temporary file beside it).
+    #[arg(long)]
+    out: PathBuf,
+    /// Replace the output file if it exists.
+    #[arg(long)]
+    overwrite: bool,
+    /// Load an adapter whose file lacks tensors its config targets (a warning lists them).
+    #[arg(long)]
+    allow_missing: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.format != "gguf" {
+        anyhow::bail!("--format {}: unknown format (expected gguf)", args.format);
+    }
+    let options = ExportOptions {
+        quant: parse_quant(&args.quant)?,
+        overwrite: args.overwrite,
+        adapter_sources: args.adapter.clone(),
+        ..ExportOptions::default()
+    };
+    let mut adapters = Vec::with_capacity(args.adapter.len());
+    if !args.adapter.is_empty() {
+        let config = model::load_config(&Source::parse(&args.model)?)?;
+        for spec in &args.adapter {
+            adapters.push(crate::cli::adapters::load(
+                spec,
+                &config,
+                &Device::Cpu,
+                args.allow_missing,
+            )?);
+        }
+    }
+    let report = export_gguf(&args.model, &adapters, &args.out, &options)?;
+    for note in &report.notes {
+        eprintln!("note: {note}");
+    }
+    println!(
+        "wrote {} ({}, {}, {} tensors, {:.1} MB, {} projection(s) merged from {} adapter(s))",
+        report.out.display(),
+        report.arch,
+        args.quant,
+        report.tensors,
+        report.bytes as f64 / 1e6,
+        report.merged_tensors,
+        adapters.len()
+    );
+    println!(
+        "run it: llama-cli -m {} -cnv   |   Ollama: a Modelfile with `FROM {}`",
+        report.out.display(),
+        report.out.display()
+    );
+    Ok(())
+}
