@@ -26,15 +26,6 @@ fn options(quant: &str) -> ExportOptions {
     }
 }
 
-fn max_abs(t: &Tensor) -> f32 {
-    t.abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-
 /// Exports `name` + its PEFT adapter as `quant`; the logits of the read-back GGUF on the
 /// fixture batch's first row, and PEFT's.
 fn exported_logits(name: &str, quant: &str) -> (Tensor, Tensor, Content) {
