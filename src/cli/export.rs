@@ -14,7 +14,8 @@ pub struct Args {
     /// PEFT LoRA adapter folder or hub repo id; repeat to fold several, in order.
     #[arg(long)]
     adapter: Vec<String>,
-    /// What to write: `gguf` (the merged model for llama.cpp, Ollama, LM Studio).
+    /// What to write: `gguf` (the merged model for llama.cpp, Ollama, LM Studio) or `gguf-lora`
+    /// (the one --adapter alone, for `llama-cli --lora` and Ollama's ADAPTER; --quant f32 or f16).
     #[arg(long, default_value = "gguf")]
     format: String,
     /// The 2-D tensors' type: f32, f16, bf16, q8_0, q6_k, q5_k, q4_k, q5_0, q4_0 (norms stay f32).
@@ -32,8 +33,11 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    if args.format != "gguf" {
-        anyhow::bail!("--format {}: unknown format (expected gguf)", args.format);
+    if !matches!(args.format.as_str(), "gguf" | "gguf-lora") {
+        anyhow::bail!(
+            "--format {}: unknown format (expected gguf or gguf-lora)",
+            args.format
+        );
     }
     let options = ExportOptions {
         quant: parse_quant(&args.quant)?,
@@ -52,6 +56,25 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 args.allow_missing,
             )?);
         }
+    }
+    if args.format == "gguf-lora" {
+        let [adapter] = adapters.as_slice() else {
+            anyhow::bail!("--format gguf-lora writes one adapter: give exactly one --adapter");
+        };
+        let config = model::load_config(&Source::parse(&args.model)?)?;
+        let written = lora_dpo::export::lora::export_lora_gguf(
+            adapter,
+            &config,
+            &args.out,
+            options.quant,
+            args.overwrite,
+        )?;
+        println!(
+            "wrote {} (LoRA, {written} projection(s)); run it: llama-cli -m BASE.gguf --lora {}",
+            args.out.display(),
+            args.out.display()
+        );
+        return Ok(());
     }
     let report = export_gguf(&args.model, &adapters, &args.out, &options)?;
     for note in &report.notes {

@@ -7,6 +7,7 @@
 //! written under a temporary name beside the output and renamed when complete.
 
 pub mod gguf_writer;
+pub mod lora;
 pub mod vocab;
 
 use anyhow::{bail, Context, Result};
@@ -306,7 +307,12 @@ fn write_tensor(
 
 /// llama.cpp's `permute(w, n_head)`: each head's rows reordered from transformers' halves
 /// layout to interleaved pairs (`reshape(n_head, 2, d/2, in).swapaxes(1, 2)`).
-fn permute_rows(values: Vec<f32>, rows: usize, cols: usize, heads: usize) -> Result<Vec<f32>> {
+pub(crate) fn permute_rows(
+    values: Vec<f32>,
+    rows: usize,
+    cols: usize,
+    heads: usize,
+) -> Result<Vec<f32>> {
     if heads == 0 || !rows.is_multiple_of(2 * heads) {
         bail!("{rows} rows do not split into {heads} heads of pairs");
     }
@@ -318,7 +324,7 @@ fn permute_rows(values: Vec<f32>, rows: usize, cols: usize, heads: usize) -> Res
 }
 
 /// `values` (`shape` rows × columns) in `dtype`'s bytes.
-fn encode(values: &[f32], shape: (usize, usize), dtype: GgmlDType) -> Result<Vec<u8>> {
+pub(crate) fn encode(values: &[f32], shape: (usize, usize), dtype: GgmlDType) -> Result<Vec<u8>> {
     if dtype == GgmlDType::F32 {
         return Ok(values.iter().flat_map(|v| v.to_le_bytes()).collect());
     }
@@ -469,7 +475,7 @@ fn check_output(out: &Path, model_spec: &str, options: &ExportOptions) -> Result
     Ok(())
 }
 
-fn temp_path(out: &Path) -> Result<PathBuf> {
+pub(crate) fn temp_path(out: &Path) -> Result<PathBuf> {
     let name = out
         .file_name()
         .with_context(|| format!("{}: no file name", out.display()))?;
