@@ -27,6 +27,9 @@ pub struct Args {
     /// Replace the output file if it exists.
     #[arg(long)]
     overwrite: bool,
+    /// Also write an Ollama Modelfile beside the GGUF (FROM, TEMPLATE, stop parameters).
+    #[arg(long)]
+    ollama: bool,
     /// Load an adapter whose file lacks tensors its config targets (a warning lists them).
     #[arg(long)]
     allow_missing: bool,
@@ -90,10 +93,40 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         report.merged_tensors,
         adapters.len()
     );
-    println!(
-        "run it: llama-cli -m {} -cnv   |   Ollama: a Modelfile with `FROM {}`",
-        report.out.display(),
-        report.out.display()
-    );
+    println!("run it: llama-cli -m {} -cnv", report.out.display());
+    if args.ollama {
+        let modelfile = write_modelfile(&args.model, &report.out)?;
+        println!(
+            "wrote {}; run it: ollama create NAME -f {} && ollama run NAME",
+            modelfile.display(),
+            modelfile.display()
+        );
+    }
     Ok(())
+}
+
+/// The Modelfile beside `gguf`, with the chat template and EOS of the model's tokenizer.
+fn write_modelfile(model: &str, gguf: &std::path::Path) -> anyhow::Result<PathBuf> {
+    use anyhow::Context;
+    let tokenizer = lora_dpo::data::load_chat_tokenizer(gguf).with_context(|| {
+        format!(
+            "{}: reading its tokenizer for the Modelfile",
+            gguf.display()
+        )
+    })?;
+    let name = gguf
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let text = lora_dpo::export::ollama::modelfile(
+        &name,
+        tokenizer.template.as_ref().map(|t| t.source()),
+        tokenizer.eos.as_ref().map(|t| t.text.as_str()),
+        model,
+    );
+    let path = gguf.with_file_name("Modelfile");
+    let tmp = gguf.with_file_name(".Modelfile.tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("{}: cannot write", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("{}: cannot write", path.display()))?;
+    Ok(path)
 }

@@ -8,6 +8,7 @@
 
 pub mod gguf_writer;
 pub mod lora;
+pub mod ollama;
 pub mod vocab;
 
 use anyhow::{bail, Context, Result};
