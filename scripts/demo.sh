@@ -51,4 +51,8 @@ print(f"  DPO training rewards/accuracies (vs the SFT reference) {dpo[0]['reward
 PY
 echo "  Q: $PROMPT"
 echo -n "  A: "; $BIN generate --model "$MODEL" --quantize dense --adapter "$OUT/combined" --prompt "$PROMPT" --max-new-tokens 48
+echo "== export: base + adapter as one q8_0 GGUF for llama.cpp / Ollama"
+$BIN export --model "$MODEL" --adapter "$OUT/combined" --quant q8_0 --out "$OUT/demo-q8_0.gguf" --overwrite --ollama
+echo "  $(du -h "$OUT/demo-q8_0.gguf" | cut -f1)  $OUT/demo-q8_0.gguf"
+echo "  llama.cpp: llama-cli -m $OUT/demo-q8_0.gguf -cnv    Ollama: ollama create demo -f $OUT/Modelfile && ollama run demo"
 echo "== done in $(( $(date +%s) - start )) s (after fetch and build)"
