@@ -11,6 +11,8 @@ peft==0.21.2, torch 2.15; the script refuses other TRL versions).
    builds its KL pairs and evaluates it (the base model is passed as `ref_model`); a forward hook records each row's summed log-probs
    (policy and reference, own and KL sequence), and `evaluate()` gives the metrics.
    -> tests/fixtures/train/kto.jsonl, expected_kto_eval.json
+3. The tokens and KL pairs `KTOTrainer` makes of plain-text rows.
+   -> tests/fixtures/train/kto_text.jsonl, expected_kto_text_tokens.json
 
 Run: /work/main/.venv/bin/python scripts/make_kto_fixtures.py
 """
@@ -39,17 +41,27 @@ A = lambda c: {"role": "assistant", "content": c}
 S = lambda c: {"role": "system", "content": c}
 
 # Six conversational rows, both labels in each batch of three (TRL rotates the KL completions
-# within chunks of per_device_train_batch_size = 3).
+# within chunks of per_device_train_batch_size = 3). Every sequence, KL ones included, stays within
+# tiny-llama's 64 positions, which we enforce and transformers does not.
 KTO_ROWS = [
     {"prompt": [U("2+3=?")], "completion": [A("5")], "label": True},
     {"prompt": [S("be brief"), U("capital of France?")], "completion": [A("Rome.")], "label": False},
     {"prompt": [U("4*2=?")], "completion": [A("8")], "label": True},
-    {"prompt": [U("7-3=?")], "completion": [A("it is 3, I think")], "label": False},
-    {"prompt": [U("hi"), A("hello!"), U("9+1=?")], "completion": [A("10")], "label": True},
+    {"prompt": [U("7-3=?")], "completion": [A("3, I think")], "label": False},
+    {"prompt": [U("hi"), A("yo"), U("9+1=?")], "completion": [A("10")], "label": True},
     {"prompt": [U("capital of Italy?")], "completion": [A("Paris, surely.")], "label": False},
 ]
 BATCH = 3
 BETA = 0.1
+# Standard (plain-text) rows: TRL appends EOS to the completion and tokenizes with the
+# tokenizer's special tokens.
+KTO_TEXT_ROWS = [
+    {"prompt": "2+3=", "completion": " 5", "label": True},
+    {"prompt": "The capital of France is", "completion": " Rome.", "label": False},
+    {"prompt": "4*2=", "completion": " 8<|im_end|>", "label": True},  # EOS already there
+    {"prompt": "7-3=", "completion": " 3", "label": False},
+    {"prompt": "Hello", "completion": ", world", "label": True},
+]
 
 # (name, beta, desirable_weight, undesirable_weight, rows of (label, logp, ref, kl_logp, ref_kl))
 LOSS_CASES = [
@@ -173,9 +185,9 @@ def eval_fixture():
     assert len(calls) % 4 == 0, len(calls)
     per_row = []
     for b in range(len(calls) // 4):
-        kl, own, ref_kl, ref = calls[4 * b: 4 * b + 4]
+        kl, own, ref_kl, ref_sums = calls[4 * b: 4 * b + 4]
         for i in range(len(own)):
-            per_row.append({"logps": float(own[i]), "ref_logps": float(ref[i]),
+            per_row.append({"logps": float(own[i]), "ref_logps": float(ref_sums[i]),
                             "kl_logps": float(kl[i]), "ref_kl_logps": float(ref_kl[i])})
     for i, row in enumerate(prepared):
         per_row[i]["label"] = bool(row["label"])
@@ -190,6 +202,22 @@ def eval_fixture():
     }
     (OUT / "expected_kto_eval.json").write_text(json.dumps(out, indent=1) + "\n")
     print("eval:", out["metrics"])
+
+    # Tokens and KL pairs of plain-text rows (chunks of 2: the last chunk has one row).
+    with open(OUT / "kto_text.jsonl", "w") as f:
+        for r in KTO_TEXT_ROWS:
+            f.write(json.dumps(r) + "\n")
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        args = KTOConfig(output_dir=tmp, per_device_train_batch_size=2, report_to=[], bf16=False,
+                         use_cpu=True, gradient_checkpointing=False)
+        trainer = KTOTrainer(model=model, ref_model=ref, args=args,
+                             train_dataset=Dataset.from_list(KTO_TEXT_ROWS), processing_class=tok)
+        text_rows = [{"prompt_ids": r["prompt_ids"], "completion_ids": r["completion_ids"],
+                      "kl_completion_ids": r["KL_completion_ids"], "label": bool(r["label"])}
+                     for r in trainer.train_dataset]
+    (OUT / "expected_kto_text_tokens.json").write_text(
+        json.dumps({"batch_size": 2, "rows": text_rows}) + "\n")
 
 
 if __name__ == "__main__":
