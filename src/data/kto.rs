@@ -345,7 +345,7 @@ mod tests {
         KtoTokens {
             prompt_ids: (0..p as u32).collect(),
             completion_ids: vec![c; n],
-            label: c % 2 == 0,
+            label: c.is_multiple_of(2),
         }
     }
 
