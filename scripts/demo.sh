@@ -9,7 +9,10 @@ cd "$(dirname "$0")/.."
 
 MODEL=models/SmolLM2-135M-Instruct.Q4_1.gguf
 EVAL=data/dpo/eval.jsonl
-OUT=adapters/demo
+# DEMO_CONFIG=configs/demo_kto.toml: KTO on the unpaired sample data instead of DPO.
+CONFIG="${DEMO_CONFIG:-configs/demo.toml}"
+OUT=$(python3 -c 'import re,sys; print(re.search(r"^dir\s*=\s*\"([^\"]+)\"", open(sys.argv[1]).read(), re.M).group(1))' "$CONFIG")
+STAGE=$(grep -q '^\[kto\]' "$CONFIG" && echo kto || echo dpo)
 # A held-out prompt (its pair is in data/dpo/eval.jsonl, not in the training data).
 PROMPT="${DEMO_PROMPT:-$(python3 -c 'import json,sys; r=json.loads(open(sys.argv[1]).readline()); print(r["prompt"][-1]["content"])' "$EVAL")}"
 
@@ -36,18 +39,24 @@ echo "  Q: $PROMPT"
 echo -n "  A: "; $BIN generate --model "$MODEL" --quantize dense --prompt "$PROMPT" --max-new-tokens 48
 
 rm -rf "$OUT"
-$BIN train --config configs/demo.toml
+$BIN train --config "$CONFIG"
 
-echo "== after SFT + DPO (adapter $OUT/combined)"
+echo "== after SFT + ${STAGE^^} (adapter $OUT/combined)"
 $BIN eval --model "$MODEL" --quantize dense --adapter "$OUT/combined" --data "$EVAL" --per-row > /tmp/lora-dpo-demo-after.json
 summary /tmp/lora-dpo-demo-after.json
-python3 - "$OUT" <<'PY'
+python3 - "$OUT" "$STAGE" <<'PY'
 import json, sys
-sft = [r for r in map(json.loads, open(f"{sys.argv[1]}/sft/metrics.jsonl")) if "eval_loss" in r]
-dpo = [r for r in map(json.loads, open(f"{sys.argv[1]}/dpo/metrics.jsonl")) if "rewards/accuracies" in r]
+out, stage = sys.argv[1], sys.argv[2]
+sft = [r for r in map(json.loads, open(f"{out}/sft/metrics.jsonl")) if "eval_loss" in r]
 print(f"  SFT held-out loss {sft[0]['eval_loss']:.4f} -> {sft[-1]['eval_loss']:.4f}")
-print(f"  DPO training rewards/accuracies (vs the SFT reference) {dpo[0]['rewards/accuracies']:.2f} at step {dpo[0]['step']}"
-      f" -> {dpo[-1]['rewards/accuracies']:.2f} at step {dpo[-1]['step']}, margins {dpo[-1]['rewards/margins']:.3f}")
+if stage == "dpo":
+    dpo = [r for r in map(json.loads, open(f"{out}/dpo/metrics.jsonl")) if "rewards/accuracies" in r]
+    print(f"  DPO training rewards/accuracies (vs the SFT reference) {dpo[0]['rewards/accuracies']:.2f} at step {dpo[0]['step']}"
+          f" -> {dpo[-1]['rewards/accuracies']:.2f} at step {dpo[-1]['step']}, margins {dpo[-1]['rewards/margins']:.3f}")
+else:
+    kto = [r for r in map(json.loads, open(f"{out}/kto/metrics.jsonl")) if "rewards/margins" in r]
+    print(f"  KTO training rewards/margins (vs the SFT reference) {kto[0]['rewards/margins']:.3f} at step {kto[0]['step']}"
+          f" -> {kto[-1]['rewards/margins']:.3f} at step {kto[-1]['step']}, kl {kto[-1]['kl']:.3f}")
 PY
 echo "  Q: $PROMPT"
 echo -n "  A: "; $BIN generate --model "$MODEL" --quantize dense --adapter "$OUT/combined" --prompt "$PROMPT" --max-new-tokens 48

@@ -1,4 +1,4 @@
-//! The run configuration: one TOML file with `[model]`, `[lora]`, `[sft]`, `[dpo]`, `[output]`,
+//! The run configuration: one TOML file with `[model]`, `[lora]`, `[sft]`, `[dpo]`, `[kto]`, `[output]`,
 //! keys named as TRL and PEFT name them, `--set section.key=value` overrides, and errors that
 //! name the key (with the nearest valid name for a typo).
 
@@ -20,6 +20,9 @@ pub struct RunConfig {
     pub sft: Option<StageConfig>,
     #[serde(default)]
     pub dpo: Option<StageConfig>,
+    /// KTO (unpaired preference); `train` runs it after `[sft]` like `[dpo]`.
+    #[serde(default)]
+    pub kto: Option<StageConfig>,
     #[serde(default)]
     pub output: OutputSection,
 }
@@ -123,6 +126,10 @@ pub struct StageConfig {
     pub precompute_ref_log_probs: bool,
     /// DPO alone: a frozen adapter under the trained one; the reference is base + this adapter.
     pub ref_adapter: Option<String>,
+    /// KTO: weight of the losses of desirable (`label = true`) rows.
+    pub desirable_weight: f64,
+    /// KTO: weight of the losses of undesirable rows.
+    pub undesirable_weight: f64,
 }
 
 impl Default for StageConfig {
@@ -155,6 +162,8 @@ impl Default for StageConfig {
             rpo_alpha: None,
             precompute_ref_log_probs: false,
             ref_adapter: None,
+            desirable_weight: 1.0,
+            undesirable_weight: 1.0,
         }
     }
 }
@@ -214,6 +223,8 @@ const STAGE_KEYS: &[&str] = &[
     "rpo_alpha",
     "precompute_ref_log_probs",
     "ref_adapter",
+    "desirable_weight",
+    "undesirable_weight",
     // read by the data pipeline
     "max_length",
     "max_prompt_length",
@@ -226,7 +237,7 @@ const STAGE_KEYS: &[&str] = &[
     "assistant_only_loss",
     "group_by_length",
 ];
-const SECTIONS: &[&str] = &["model", "lora", "sft", "dpo", "output"];
+const SECTIONS: &[&str] = &["model", "lora", "sft", "dpo", "kto", "output"];
 
 /// A loaded configuration: the typed settings, the raw table (for the data options) and where
 /// it came from (relative paths in it are relative to the current directory, as in TRL).
@@ -305,7 +316,7 @@ impl LoadedConfig {
 impl RunConfig {
     pub fn validate(&self) -> Result<()> {
         self.lora.lora.validate().context("[lora]")?;
-        for (name, stage) in [("sft", &self.sft), ("dpo", &self.dpo)] {
+        for (name, stage) in [("sft", &self.sft), ("dpo", &self.dpo), ("kto", &self.kto)] {
             if let Some(s) = stage {
                 s.validate().with_context(|| format!("[{name}]"))?;
             }
@@ -332,6 +343,8 @@ impl StageConfig {
             ("beta", self.beta),
             ("label_smoothing", self.label_smoothing),
             ("rpo_alpha", self.rpo_alpha.unwrap_or(0.0)),
+            ("desirable_weight", self.desirable_weight),
+            ("undesirable_weight", self.undesirable_weight),
         ];
         for (key, v) in floats {
             if !v.is_finite() {
@@ -381,6 +394,8 @@ impl StageConfig {
             self.gradient_accumulation_steps as f64,
         )?;
         positive("beta", self.beta)?;
+        at_least_zero("desirable_weight", self.desirable_weight)?;
+        at_least_zero("undesirable_weight", self.undesirable_weight)?;
         if self.max_steps <= 0 {
             positive("num_train_epochs", self.num_train_epochs)?;
             if self.num_train_epochs > MAX_EPOCHS {
@@ -442,7 +457,7 @@ fn apply_override(table: &mut toml::Table, spec: &str) -> Result<()> {
 /// Whether `value` fits `section.key`, on its own (the rest of the config is not needed).
 fn check_type(section: &str, key: &str, value: &toml::Value) -> Result<()> {
     check_run_type(section, key, value)?;
-    if matches!(section, "sft" | "dpo") {
+    if matches!(section, "sft" | "dpo" | "kto") {
         let fields: toml::Table = [(key.to_string(), value.clone())].into_iter().collect();
         toml::Value::Table(fields)
             .try_into::<crate::data::DataConfig>()
@@ -530,7 +545,7 @@ fn known_keys(section: &str) -> Result<&'static [&'static str]> {
     Ok(match section {
         "model" => MODEL_KEYS,
         "lora" => LORA_KEYS,
-        "sft" | "dpo" => STAGE_KEYS,
+        "sft" | "dpo" | "kto" => STAGE_KEYS,
         "output" => OUTPUT_KEYS,
         other => bail!("unknown section [{other}]{}", suggestion(other, SECTIONS)),
     })

@@ -17,7 +17,7 @@ pub struct Args {
     /// Dataset: a .jsonl, .json or .parquet file, or a folder of them.
     #[arg(long)]
     pub data: PathBuf,
-    /// Training stage the data is for: sft or dpo (default: dpo when the rows have chosen/rejected, else sft).
+    /// Training stage the data is for: sft, dpo or kto (default: dpo when the rows have chosen/rejected, else sft).
     #[arg(long)]
     pub stage: Option<Stage>,
     /// TOML config; data options are read from its [sft] or [dpo] table.
@@ -108,6 +108,29 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 ),
             ];
             (ds.stats, shown)
+        }
+        Stage::Kto => {
+            // The KL pairs shown are those of TRL's default batch size, 8.
+            let ds = data::load_kto(&args.data, split, &tok, &cfg, 8)?;
+            let i = args.example.min(ds.len() - 1);
+            let ex = &ds.pairs.examples[i];
+            let shown = vec![
+                (
+                    format!(
+                        "example {i} ({}), label = {}",
+                        ds.pairs.locs[i], ds.labels[i]
+                    ),
+                    ex.chosen(),
+                ),
+                (
+                    format!(
+                        "example {i} ({}), KL pair (another row's completion)",
+                        ds.pairs.locs[i]
+                    ),
+                    ex.rejected(),
+                ),
+            ];
+            (ds.pairs.stats, shown)
         }
     };
     let mut out = String::new();

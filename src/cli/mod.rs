@@ -11,6 +11,7 @@ mod eval;
 mod export;
 mod generate;
 mod inspect;
+mod kto;
 mod merge;
 mod parity;
 mod sft;
@@ -38,7 +39,9 @@ pub enum Command {
     Sft(common::RunArgs),
     /// DPO of a LoRA adapter ([dpo] section).
     Dpo(common::RunArgs),
-    /// SFT then DPO on one loaded base; writes both adapters and their combination.
+    /// KTO of a LoRA adapter on unpaired labelled rows ([kto] section).
+    Kto(common::RunArgs),
+    /// SFT then DPO (or KTO) on one loaded base; writes both adapters and their combination.
     Train(common::RunArgs),
     /// Metrics of a model (+ adapter) on preference or SFT data, as JSON.
     Eval(eval::Args),
@@ -60,6 +63,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Data(args) => data::run(args),
         Command::Sft(args) => sft::run(args),
         Command::Dpo(args) => dpo::run(args),
+        Command::Kto(args) => kto::run(args),
         Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Bench(args) => bench::run(args),

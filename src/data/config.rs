@@ -53,6 +53,8 @@ pub struct Columns {
     pub chosen: Option<String>,
     /// Dispreferred completion for DPO (default `rejected`).
     pub rejected: Option<String>,
+    /// KTO: whether the completion is desirable (default `label`, a boolean).
+    pub label: Option<String>,
 }
 
 impl Columns {
@@ -70,6 +72,9 @@ impl Columns {
     }
     pub fn rejected(&self) -> &str {
         self.rejected.as_deref().unwrap_or("rejected")
+    }
+    pub fn label(&self) -> &str {
+        self.label.as_deref().unwrap_or("label")
     }
 }
 

@@ -29,6 +29,7 @@
 pub mod batch;
 pub mod config;
 pub mod gguf_spm;
+pub mod kto;
 pub mod pipeline;
 pub mod reader;
 pub mod report;
@@ -40,6 +41,7 @@ pub mod truncate;
 
 pub use batch::{batch_order, collate, collate_dpo, Batch};
 pub use config::{Columns, DataConfig, LengthLimit, TruncationMode};
+pub use kto::{load_kto, prepare_kto, KtoDataset};
 pub use pipeline::{
     detect_stage, load_dpo, load_sft, prepare_dpo, prepare_sft, stage_of, DpoDataset, SftDataset,
     Stats,
@@ -60,6 +62,8 @@ pub enum Stage {
     Sft,
     /// Direct Preference Optimization.
     Dpo,
+    /// Kahneman-Tversky Optimization, on unpaired (labelled) completions.
+    Kto,
 }
 
 impl Stage {
@@ -67,6 +71,7 @@ impl Stage {
         match self {
             Stage::Sft => "sft",
             Stage::Dpo => "dpo",
+            Stage::Kto => "kto",
         }
     }
 }
@@ -83,7 +88,8 @@ impl std::str::FromStr for Stage {
         match s {
             "sft" => Ok(Stage::Sft),
             "dpo" => Ok(Stage::Dpo),
-            other => anyhow::bail!("unknown stage `{other}`: expected sft or dpo"),
+            "kto" => Ok(Stage::Kto),
+            other => anyhow::bail!("unknown stage `{other}`: expected sft, dpo or kto"),
         }
     }
 }

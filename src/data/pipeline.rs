@@ -140,7 +140,7 @@ const CHUNK_ROWS: usize = 2048;
 const PROGRESS_MIN_BYTES: u64 = 16 << 20;
 
 /// The rows of `files` in order, each file opened when the one before it is done.
-fn file_rows(files: Vec<PathBuf>) -> impl Iterator<Item = Result<PendingRow>> {
+pub(super) fn file_rows(files: Vec<PathBuf>) -> impl Iterator<Item = Result<PendingRow>> {
     files.into_iter().flat_map(|f| match stream_file(&f) {
         Ok(rows) => rows,
         Err(e) => Box::new(std::iter::once(Err(e))) as RowStream,
@@ -175,7 +175,7 @@ fn progress(files: &[PathBuf]) -> indicatif::ProgressBar {
 
 /// Runs the data flow over `rows` a chunk at a time: `work` parses and tokenizes one row (in parallel), `keep`
 /// takes each result in row order and returns what training keeps of it.
-fn load_rows<W: Send, T>(
+pub(super) fn load_rows<W: Send, T>(
     stage: Stage,
     files: Vec<PathBuf>,
     rows: impl Iterator<Item = Result<PendingRow>>,
@@ -268,7 +268,7 @@ fn new_stats(files: &[PathBuf], stage: Stage, schema: Schema) -> Stats {
 }
 
 /// Handles one row's outcome: a bad row stops the run or is counted.
-fn handle_bad(stats: &mut Stats, bad: BadRow, cfg: &DataConfig) -> Result<()> {
+pub(super) fn handle_bad(stats: &mut Stats, bad: BadRow, cfg: &DataConfig) -> Result<()> {
     if cfg.skip_bad_rows {
         stats.bad_rows.push(bad);
         Ok(())
@@ -277,7 +277,7 @@ fn handle_bad(stats: &mut Stats, bad: BadRow, cfg: &DataConfig) -> Result<()> {
     }
 }
 
-fn note(stats: &mut Stats, n: Notes) {
+pub(super) fn note(stats: &mut Stats, n: Notes) {
     stats.boundary_merges += usize::from(n.boundary_merge);
     stats.no_eos += usize::from(n.no_eos);
 }
@@ -302,7 +302,7 @@ fn finish(stats: &Stats) -> Result<()> {
 
 /// What a row becomes after the length limits, counted: kept (cut or whole), dropped with its
 /// reason, or a bad row (`truncation_mode = "off"`).
-fn counted_fit<T>(
+pub(super) fn counted_fit<T>(
     stats: &mut Stats,
     loc: &RowLoc,
     fit: Fit<T>,

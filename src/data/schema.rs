@@ -66,6 +66,8 @@ pub enum Schema {
     Preference,
     /// DPO: only `chosen` and `rejected`; the prompt is their shared beginning.
     ImplicitPreference,
+    /// KTO: `prompt`, `completion` and a boolean `label` (TRL's unpaired preference).
+    Unpaired,
 }
 
 impl fmt::Display for Schema {
@@ -76,6 +78,7 @@ impl fmt::Display for Schema {
             Schema::Text => "text (language modelling)",
             Schema::Preference => "prompt + chosen + rejected (explicit prompt)",
             Schema::ImplicitPreference => "chosen + rejected (implicit prompt)",
+            Schema::Unpaired => "prompt + completion + label (unpaired preference)",
         })
     }
 }
@@ -109,6 +112,7 @@ pub fn detect(
     let has = |k: &str| columns.contains_key(k);
     let names: Vec<&str> = columns.keys().map(String::as_str).collect();
     match stage {
+        Stage::Kto => super::kto::detect(columns, cfg),
         Stage::Sft => {
             if has(c.messages()) || (c.messages.is_none() && has("conversations")) {
                 Ok(Schema::Messages)
@@ -158,7 +162,11 @@ pub fn detect(
     }
 }
 
-fn get<'a>(row: &'a Map<String, Value>, loc: &RowLoc, field: &str) -> Result<&'a Value, BadRow> {
+pub(super) fn get<'a>(
+    row: &'a Map<String, Value>,
+    loc: &RowLoc,
+    field: &str,
+) -> Result<&'a Value, BadRow> {
     match row.get(field) {
         None => Err(BadRow::new(loc, Some(field), "missing field")),
         Some(Value::Null) => Err(BadRow::new(loc, Some(field), "missing value (null)")),
@@ -178,7 +186,11 @@ fn get_str(row: &Map<String, Value>, loc: &RowLoc, field: &str) -> Result<String
 }
 
 /// Reads a string or a message list.
-fn get_turns(row: &Map<String, Value>, loc: &RowLoc, field: &str) -> Result<Turns, BadRow> {
+pub(super) fn get_turns(
+    row: &Map<String, Value>,
+    loc: &RowLoc,
+    field: &str,
+) -> Result<Turns, BadRow> {
     match get(row, loc, field)? {
         Value::String(s) => Ok(Turns::Text(s.clone())),
         Value::Array(items) => Ok(Turns::Chat(parse_messages(items, loc, field)?)),
@@ -418,7 +430,7 @@ fn check_text_completion(s: &str, loc: &RowLoc, field: &str) -> Result<(), BadRo
 
 /// Checks that a prompt and a completion are both strings or both message lists, and joins them into a
 /// whole-conversation order check.
-fn check_pair(
+pub(super) fn check_pair(
     prompt: &Turns,
     pfield: &str,
     completion: &Turns,

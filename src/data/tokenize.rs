@@ -102,7 +102,11 @@ fn divergence(a: &str, b: &str) -> String {
 }
 
 /// Plain text with the tokenizer's special tokens, without a doubled BOS.
-fn encode_plain(tok: &ChatTokenizer, text: &str, loc: &RowLoc) -> Result<Vec<u32>, BadRow> {
+pub(super) fn encode_plain(
+    tok: &ChatTokenizer,
+    text: &str,
+    loc: &RowLoc,
+) -> Result<Vec<u32>, BadRow> {
     let mut ids = tok
         .encode(text, true)
         .map_err(|e| bad(loc, None, format!("{e:#}")))?;
@@ -114,7 +118,7 @@ fn encode_plain(tok: &ChatTokenizer, text: &str, loc: &RowLoc) -> Result<Vec<u32
     Ok(ids)
 }
 
-fn with_eos(tok: &ChatTokenizer, text: &str) -> String {
+pub(super) fn with_eos(tok: &ChatTokenizer, text: &str) -> String {
     match &tok.eos {
         Some(eos) if !text.ends_with(&eos.text) => format!("{text}{}", eos.text),
         _ => text.to_string(),
@@ -139,7 +143,7 @@ fn encode_chat(tok: &ChatTokenizer, text: &str, loc: &RowLoc) -> Result<Vec<u32>
 
 /// Renders and tokenizes `prompt` (with the generation prompt) and `prompt + completion`, checking that the
 /// rendered prompt is a prefix of the rendered conversation.
-fn chat_pair(
+pub(super) fn chat_pair(
     tok: &ChatTokenizer,
     prompt: &[Message],
     completion: &[Message],
@@ -165,7 +169,7 @@ fn chat_pair(
     Ok((encode_chat(tok, &p, loc)?, encode_chat(tok, &f, loc)?))
 }
 
-fn has_eos(tok: &ChatTokenizer, completion: &[u32]) -> bool {
+pub(super) fn has_eos(tok: &ChatTokenizer, completion: &[u32]) -> bool {
     match &tok.eos {
         Some(eos) => completion.contains(&eos.id),
         None => false,

@@ -42,6 +42,7 @@ pub fn bench(cfg: &LoadedConfig, req: &BenchRequest) -> Result<Value> {
     let section = match req.stage {
         Stage::Sft => cfg.run.sft.as_mut(),
         Stage::Dpo => cfg.run.dpo.as_mut(),
+        Stage::Kto => cfg.run.kto.as_mut(),
     };
     let Some(s) = section else {
         bail!("the config has no [{}] section", req.stage);
@@ -71,6 +72,7 @@ pub fn bench(cfg: &LoadedConfig, req: &BenchRequest) -> Result<Value> {
     let result = match req.stage {
         Stage::Sft => run_sft(&session, &cfg, &opts).map(|_| ()),
         Stage::Dpo => run_dpo(&session, &cfg, &opts, None).map(|_| ()),
+        Stage::Kto => super::kto_run::run_kto(&session, &cfg, &opts, None).map(|_| ()),
     };
     let _ = std::fs::remove_dir_all(&tmp);
     result?;

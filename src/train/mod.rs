@@ -6,6 +6,8 @@ pub mod checkpoint;
 pub mod dpo;
 pub mod evaluate;
 pub mod fingerprint;
+pub mod kto;
+pub mod kto_run;
 pub mod logprobs;
 pub mod metrics;
 pub mod optim;

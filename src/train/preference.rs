@@ -29,7 +29,7 @@ impl PairSums {
     }
 
     /// The sums of `rows`; an error, not a panic, when precomputed sums lack one of them.
-    fn select(&self, rows: &[usize]) -> Result<PairSums> {
+    pub fn select(&self, rows: &[usize]) -> Result<PairSums> {
         let pick = |v: &Vec<f32>| -> Result<Vec<f32>> {
             rows.iter()
                 .map(|&r| match v.get(r) {
@@ -47,7 +47,7 @@ impl PairSums {
     }
 
     /// As tensors on `device`; means over completion tokens instead of sums when `average`.
-    fn logps(&self, average: bool, device: &candle_core::Device) -> Result<PairLogps> {
+    pub fn logps(&self, average: bool, device: &candle_core::Device) -> Result<PairLogps> {
         let t = |v: &Vec<f32>, n: &Vec<f32>| -> Result<Tensor> {
             let vals: Vec<f32> = if average {
                 v.iter().zip(n).map(|(a, b)| a / b.max(1.0)).collect()
@@ -187,6 +187,15 @@ impl PairForward {
             .sum_all()?
             .clamp(1f32, f32::MAX)?;
         Ok(self.sums.narrow(0, 0, n)?.sum_all()?.neg()?.div(&count)?)
+    }
+
+    /// Per sequence `[2n]`: the sum of its scored positions' mean logits, and their count (one
+    /// read; KTO splits them by label rather than by half).
+    pub fn logit_sums(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+        let [sums, counts]: [Vec<f32>; 2] = host::rows(&[&self.logit_sums, &self.counts])?
+            .try_into()
+            .expect("two rows");
+        Ok((sums, counts))
     }
 
     /// TRL's `logits/chosen` and `logits/rejected` as `(sum, count)` pairs (one read).

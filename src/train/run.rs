@@ -1,5 +1,5 @@
-//! The stages as the commands run them: `sft`, `dpo`, and `train` (SFT then DPO on one
-//! loaded base), from a [`LoadedConfig`].
+//! The stages as the commands run them: `sft`, `dpo`, and `train` (SFT then DPO, or KTO, on
+//! one loaded base), from a [`LoadedConfig`].
 
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
@@ -121,16 +121,17 @@ pub fn tokenizer_path(source: &Source) -> Result<PathBuf> {
     })
 }
 
-fn stage_config(cfg: &LoadedConfig, stage: Stage) -> Result<&StageConfig> {
+pub(super) fn stage_config(cfg: &LoadedConfig, stage: Stage) -> Result<&StageConfig> {
     let s = match stage {
         Stage::Sft => cfg.run.sft.as_ref(),
         Stage::Dpo => cfg.run.dpo.as_ref(),
+        Stage::Kto => cfg.run.kto.as_ref(),
     };
     s.with_context(|| format!("the config has no [{stage}] section"))
 }
 
 /// The stage's training set (required) and held-out set (optional).
-fn load_splits<T>(
+pub(super) fn load_splits<T>(
     stage: &StageConfig,
     name: Stage,
     load: impl Fn(&Path) -> Result<T>,
@@ -148,7 +149,7 @@ fn load_splits<T>(
     Ok((train, eval))
 }
 
-fn new_adapter(session: &Session, cfg: &LoadedConfig, seed: u64) -> Result<Adapter> {
+pub(super) fn new_adapter(session: &Session, cfg: &LoadedConfig, seed: u64) -> Result<Adapter> {
     let device = session.model.device();
     match &cfg.run.lora.init_adapter {
         Some(spec) => load_adapter(spec, &session.model.config, device)
@@ -162,7 +163,7 @@ fn new_adapter(session: &Session, cfg: &LoadedConfig, seed: u64) -> Result<Adapt
     }
 }
 
-fn train_options(
+pub(super) fn train_options(
     cfg: &LoadedConfig,
     stage: Stage,
     opts: &RunOptions,
@@ -182,7 +183,7 @@ fn train_options(
 }
 
 /// The fingerprint of a stage about to be trained on top of `frozen` adapters.
-fn stage_fingerprint(
+pub(super) fn stage_fingerprint(
     session: &Session,
     cfg: &LoadedConfig,
     stage: Stage,
@@ -201,7 +202,7 @@ fn stage_fingerprint(
 }
 
 /// With `--resume`, the adapter of a stage that already finished with these settings.
-fn finished_stage(
+pub(super) fn finished_stage(
     session: &Session,
     stage: Stage,
     opts: &RunOptions,
@@ -237,7 +238,7 @@ pub struct StageResult {
 }
 
 /// Runs the loop and saves the trained adapter to `<run dir>/adapter`.
-fn train_and_save(
+pub(super) fn train_and_save(
     session: &Session,
     stack: &AdapterStack,
     objective: &mut dyn trainer::Objective,
@@ -266,7 +267,7 @@ pub fn run_sft(
     sft_stage(session, cfg, opts)
 }
 
-fn sft_stage(
+pub(super) fn sft_stage(
     session: &Session,
     cfg: &LoadedConfig,
     opts: &RunOptions,
@@ -399,7 +400,7 @@ fn dpo_stage(
     Ok((adapter, result))
 }
 
-fn cached_reference(
+pub(super) fn cached_reference(
     session: &Session,
     quantize: crate::model::Quantize,
     stack: &AdapterStack,
@@ -439,19 +440,40 @@ fn cached_reference(
     Ok(sums)
 }
 
-/// SFT, then DPO on top of the frozen SFT adapter, then one combined adapter.
+/// The preference stage `train` runs after SFT: `[dpo]`, or `[kto]` when the config has that
+/// one instead.
+pub fn preference_stage(cfg: &LoadedConfig) -> Result<Stage> {
+    match (&cfg.run.dpo, &cfg.run.kto) {
+        (Some(_), Some(_)) => anyhow::bail!(
+            "the config has both [dpo] and [kto]: `train` runs one preference stage after [sft]; \
+             keep one, or run `kto` on its own with [kto] ref_adapter = the SFT adapter"
+        ),
+        (None, Some(_)) => Ok(Stage::Kto),
+        _ => Ok(Stage::Dpo),
+    }
+}
+
+/// SFT, then DPO (or KTO) on top of the frozen SFT adapter, then one combined adapter.
 pub fn run_train(
     session: &Session,
     cfg: &LoadedConfig,
     opts: &RunOptions,
 ) -> Result<Vec<StageResult>> {
-    let _lock = output_dir::claim(&cfg.run.output.dir, opts, &["sft", "dpo", "combined"])?;
+    let preference = preference_stage(cfg)?;
+    let _lock = output_dir::claim(
+        &cfg.run.output.dir,
+        opts,
+        &["sft", preference.as_str(), "combined"],
+    )?;
     let (mut sft, sft_result) = sft_stage(session, cfg, opts)?;
     if matches!(sft_result.finish, Finish::Interrupted { .. }) {
         return Ok(vec![sft_result]);
     }
     sft.frozen = true;
-    let (dpo, dpo_result) = dpo_stage(session, cfg, opts, Some(&sft))?;
+    let (dpo, dpo_result) = match preference {
+        Stage::Kto => super::kto_run::kto_stage(session, cfg, opts, Some(&sft))?,
+        _ => dpo_stage(session, cfg, opts, Some(&sft))?,
+    };
     let mut results = vec![sft_result];
     if matches!(dpo_result.finish, Finish::Completed { .. }) {
         let combined = combine(&[&sft, &dpo], &session.model.config)?;

@@ -674,6 +674,13 @@ fn update_bar(bar: &indicatif::ProgressBar, window: &MetricSums, tokens_per_sec:
     if let Some(acc) = window.mean("rewards/accuracies") {
         msg.push_str(&format!("  acc {acc:.2}"));
     }
+    // KTO has no pairs to be accurate on: its margin and KL estimate instead.
+    if let Some(kl) = window.mean("kl") {
+        if let Some(m) = window.mean("rewards/margins") {
+            msg.push_str(&format!("  margin {m:.3}"));
+        }
+        msg.push_str(&format!("  kl {kl:.3}"));
+    }
     msg.push_str(&format!("  {tokens_per_sec:.0} tok/s"));
     bar.set_message(msg);
 }

@@ -10,6 +10,7 @@ mod bf16;
 mod combine;
 mod generate;
 mod gguf;
+mod kto;
 mod lora_linear;
 mod model_parity;
 mod ops_grad;

@@ -11,6 +11,7 @@ mod config_validation;
 mod configs;
 mod families;
 mod gpu_kit;
+mod kto_stage;
 mod ref_cache;
 mod run_safety;
 mod train_resume;

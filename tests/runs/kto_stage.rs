@@ -1,0 +1,190 @@
+//! The `[kto]` stage from the built binary on the tiny Llama: `train` chains `[sft]` → `[kto]`
+//! (the reference being base + the frozen SFT adapter, precomputed into the reference cache and
+//! reused by an identical run), TRL's metric names in metrics.jsonl, `eval --loss-type kto`, and
+//! a config with two preference stages refused.
+
+use crate::common;
+
+use common::fixture_str;
+use std::path::Path;
+use std::process::Command;
+
+fn config(dir: &Path, extra: &str) -> std::path::PathBuf {
+    let text = format!(
+        r#"
+[model]
+name_or_path = "{model}"
+device = "cpu"
+[lora]
+r = 4
+lora_alpha = 8
+[sft]
+train_file = "{sft}"
+learning_rate = 0.01
+max_steps = 2
+per_device_train_batch_size = 2
+logging_steps = 1
+save_steps = 0
+[kto]
+train_file = "{kto}"
+eval_file = "{kto}"
+learning_rate = 0.01
+max_steps = 3
+per_device_train_batch_size = 3
+per_device_eval_batch_size = 3
+logging_steps = 1
+save_steps = 0
+precompute_ref_log_probs = true
+desirable_weight = 1.0
+undesirable_weight = 1.33
+{extra}
+[output]
+dir = "{out}"
+"#,
+        model = fixture_str("models/tiny-llama"),
+        sft = fixture_str("train/sft.jsonl"),
+        kto = fixture_str("train/kto.jsonl"),
+        out = dir.join("out").display(),
+    );
+    let path = dir.join("run.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn run(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_lora-dpo"))
+        .args(args)
+        .env("LORA_DPO_CACHE", dir.join("cache"))
+        .env_remove("LORA_DPO_FAULT")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        stderr,
+    )
+}
+
+#[test]
+fn train_chains_sft_then_kto_with_trl_metric_names_and_a_cached_reference() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), "");
+    let cfg = cfg.to_str().unwrap();
+    let (code, _, err) = run(tmp.path(), &["train", "--config", cfg]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("reference log-probs: computing"), "{err}");
+    let out = tmp.path().join("out");
+    for adapter in ["sft/adapter", "kto/adapter", "combined"] {
+        assert!(
+            out.join(adapter).join("adapter_config.json").exists(),
+            "{adapter}"
+        );
+    }
+    let metrics = std::fs::read_to_string(out.join("kto/metrics.jsonl")).unwrap();
+    let records: Vec<serde_json::Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let train = records.iter().find(|r| r.get("loss").is_some()).unwrap();
+    for k in [
+        "kl",
+        "rewards/chosen",
+        "logps/chosen",
+        "count/chosen",
+        "count/rejected",
+        "logits/chosen",
+    ] {
+        assert!(train.get(k).is_some(), "no {k} in {train}");
+    }
+    let eval = records
+        .iter()
+        .rev()
+        .find(|r| r.get("eval_loss").is_some())
+        .unwrap();
+    for k in [
+        "eval_kl",
+        "eval_rewards/chosen",
+        "eval_rewards/rejected",
+        "eval_rewards/margins",
+        "eval_logps/chosen",
+        "eval_logps/rejected",
+    ] {
+        assert!(eval.get(k).is_some(), "no {k} in {eval}");
+    }
+    // The same run again: the same SFT adapter, so the same reference, read from the cache.
+    let (code, _, err) = run(tmp.path(), &["train", "--config", cfg, "--overwrite"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("reference log-probs: reusing the cached ones"),
+        "{err}"
+    );
+}
+
+#[test]
+fn eval_loss_type_kto_gives_metrics_and_rows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixture_str("models/tiny-llama");
+    let adapter = format!("{model}/adapter");
+    let data = fixture_str("train/kto.jsonl");
+    let (code, out, err) = run(
+        tmp.path(),
+        &[
+            "eval",
+            "--model",
+            &model,
+            "--adapter",
+            &adapter,
+            "--data",
+            &data,
+            "--loss-type",
+            "kto",
+            "--per-row",
+            "--batch-size",
+            "3",
+            "--device",
+            "cpu",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["rows"], 6);
+    assert_eq!(v["per_row"].as_array().unwrap().len(), 6);
+    for k in ["loss", "kl", "rewards/margins", "logps/rejected"] {
+        assert!(v[k].is_number(), "no {k} in {v}");
+    }
+    // Paired data under --loss-type kto says what to do.
+    let pairs = fixture_str("train/prefs.jsonl");
+    let (code, _, err) = run(
+        tmp.path(),
+        &[
+            "eval",
+            "--model",
+            &model,
+            "--data",
+            &pairs,
+            "--loss-type",
+            "kto",
+            "--device",
+            "cpu",
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("paired preference data"), "{err}");
+}
+
+#[test]
+fn train_refuses_two_preference_stages() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(
+        tmp.path(),
+        &format!(
+            "[dpo]\ntrain_file = \"{}\"\n",
+            fixture_str("train/prefs.jsonl")
+        ),
+    );
+    let (code, _, err) = run(tmp.path(), &["train", "--config", cfg.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("both [dpo] and [kto]"), "{err}");
+}
