@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use crate::model::{Dtype, LoraConfig, Quantize};
 use crate::ops::Kernels;
-use crate::train::dpo::LossType;
+use crate::train::dpo::LossTypes;
 use crate::train::schedule::Schedule;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -115,11 +115,24 @@ pub struct StageConfig {
     pub gradient_checkpointing: bool,
     /// DPO temperature.
     pub beta: f64,
-    /// sigmoid, ipo, hinge or robust.
-    pub loss_type: LossType,
+    /// A TRL loss type or a list of them (see [`crate::train::dpo`]).
+    pub loss_type: LossTypes,
+    /// One weight per `loss_type` (TRL's default: all 1.0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss_weights: Option<Vec<f64>>,
     pub label_smoothing: f64,
-    /// Weight of the NLL of the chosen completions added to the DPO loss (RPO).
+    /// Weight of the NLL of the chosen completions added to the DPO loss (RPO): the same as
+    /// appending "sft" to `loss_type` with this weight.
     pub rpo_alpha: Option<f64>,
+    /// discopop's temperature (TRL's default 0.05).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub discopop_tau: Option<f64>,
+    /// simpo's target margin (CPOTrainer's default 0.5).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub simpo_gamma: Option<f64>,
+    /// cpo's weight of the chosen NLL (CPOTrainer's default 1.0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpo_alpha: Option<f64>,
     pub precompute_ref_log_probs: bool,
     /// DPO alone: a frozen adapter under the trained one; the reference is base + this adapter.
     pub ref_adapter: Option<String>,
@@ -150,9 +163,13 @@ impl Default for StageConfig {
             save_total_limit: None,
             gradient_checkpointing: false,
             beta: 0.1,
-            loss_type: LossType::Sigmoid,
+            loss_type: LossTypes::default(),
+            loss_weights: None,
             label_smoothing: 0.0,
             rpo_alpha: None,
+            discopop_tau: None,
+            simpo_gamma: None,
+            cpo_alpha: None,
             precompute_ref_log_probs: false,
             ref_adapter: None,
         }
@@ -210,8 +227,12 @@ const STAGE_KEYS: &[&str] = &[
     "gradient_checkpointing",
     "beta",
     "loss_type",
+    "loss_weights",
     "label_smoothing",
     "rpo_alpha",
+    "discopop_tau",
+    "simpo_gamma",
+    "cpo_alpha",
     "precompute_ref_log_probs",
     "ref_adapter",
     // read by the data pipeline
@@ -309,6 +330,9 @@ impl RunConfig {
             if let Some(s) = stage {
                 s.validate().with_context(|| format!("[{name}]"))?;
             }
+        }
+        if let Some(dpo) = &self.dpo {
+            crate::train::dpo::DpoLoss::from_stage(dpo).context("[dpo]")?;
         }
         Ok(())
     }
@@ -672,7 +696,7 @@ mod tests {
         round_trips::<Quantize>();
         round_trips::<DeviceSpec>();
         round_trips::<Kernels>();
-        round_trips::<LossType>();
+        round_trips::<crate::train::dpo::LossType>();
         round_trips::<Schedule>();
     }
 
@@ -685,7 +709,7 @@ mod tests {
             (Dtype::F32, Quantize::None, DeviceSpec::Auto, Kernels::Auto)
         );
         let dpo = run.dpo.unwrap();
-        assert_eq!(dpo.loss_type, LossType::Sigmoid);
+        assert_eq!(dpo.loss_type.0, [crate::train::dpo::LossType::Sigmoid]);
         assert_eq!(dpo.lr_scheduler_type, Schedule::Linear);
         let set = [
             "model.dtype=bfloat16".to_string(),

@@ -2,11 +2,12 @@
 
 use std::path::PathBuf;
 
+use anyhow::Context;
 use lora_dpo::config::{DeviceSpec, LoadedConfig};
 use lora_dpo::data::{load_chat_tokenizer, read_dataset, DataConfig, Stage};
 use lora_dpo::model::{Dtype, Quantize};
 use lora_dpo::ops::Kernels;
-use lora_dpo::train::dpo::DpoLoss;
+use lora_dpo::train::dpo::{DpoLoss, LossType, LossTypes};
 use lora_dpo::train::evaluate::{evaluate, is_preference_data, EvalRequest};
 use lora_dpo::train::run::tokenizer_path;
 use lora_dpo::{model, source::Source};
@@ -29,6 +30,21 @@ pub struct Args {
     /// DPO beta (default: the config's [dpo] beta, else 0.1).
     #[arg(long)]
     beta: Option<f64>,
+    /// The objective: a TRL loss type, or several separated by commas (default: the config's
+    /// [dpo] loss_type, else sigmoid). The config's other [dpo] loss keys apply unless given.
+    #[arg(long, value_delimiter = ',')]
+    loss_type: Vec<LossType>,
+    /// One weight per loss type, separated by commas (TRL's loss_weights; default all 1.0).
+    #[arg(long, value_delimiter = ',')]
+    loss_weights: Vec<f64>,
+    #[arg(long)]
+    label_smoothing: Option<f64>,
+    #[arg(long)]
+    simpo_gamma: Option<f64>,
+    #[arg(long)]
+    cpo_alpha: Option<f64>,
+    #[arg(long)]
+    discopop_tau: Option<f64>,
     /// Add per-row summed log-probs of chosen/rejected, policy and reference.
     #[arg(long)]
     per_row: bool,
@@ -72,16 +88,31 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Some(c) => c.data_config(stage)?,
         None => DataConfig::default(),
     };
-    let dpo = cfg
+    let mut dpo = cfg
         .as_ref()
         .and_then(|c| c.run.dpo.clone())
         .unwrap_or_default();
-    let loss = DpoLoss {
-        beta: args.beta.unwrap_or(dpo.beta),
-        loss_type: dpo.loss_type,
-        label_smoothing: dpo.label_smoothing,
-        rpo_alpha: None,
-    };
+    if !args.loss_type.is_empty() {
+        // Another objective: the config's keys of its own do not carry over.
+        dpo.loss_type = LossTypes(args.loss_type.clone());
+        dpo.loss_weights = None;
+        dpo.rpo_alpha = None;
+        dpo.label_smoothing = 0.0;
+        dpo.simpo_gamma = None;
+        dpo.cpo_alpha = None;
+        dpo.discopop_tau = None;
+    }
+    if !args.loss_weights.is_empty() {
+        dpo.loss_weights = Some(args.loss_weights.clone());
+    }
+    dpo.beta = args.beta.unwrap_or(dpo.beta);
+    dpo.label_smoothing = args.label_smoothing.unwrap_or(dpo.label_smoothing);
+    dpo.simpo_gamma = args.simpo_gamma.or(dpo.simpo_gamma);
+    dpo.cpo_alpha = args.cpo_alpha.or(dpo.cpo_alpha);
+    dpo.discopop_tau = args.discopop_tau.or(dpo.discopop_tau);
+    // Evaluation reads no reference cache.
+    dpo.precompute_ref_log_probs = false;
+    let loss = DpoLoss::from_stage(&dpo).context("eval")?;
     let device = args.device.open()?;
     let options = model::LoadOptions::from_config(args.dtype.into(), args.quantize)
         .with_kernels(args.kernels);

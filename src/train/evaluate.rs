@@ -5,7 +5,7 @@ use anyhow::Result;
 use serde_json::{json, Map, Value};
 
 use super::dpo::DpoLoss;
-use super::preference::{evaluate_pairs, reference_sums, PairSums};
+use super::preference::{evaluate_pairs, per_row_losses, reference_sums, PairSums};
 use super::sft::eval_loss;
 use crate::data::{prepare_dpo, prepare_sft, ChatTokenizer, DataConfig, RawDataset};
 use crate::model::{Adapter, Model};
@@ -38,8 +38,9 @@ pub fn evaluate(req: &EvalRequest, raw: RawDataset) -> Result<Value> {
         return Ok(json!({ "loss": loss, "tokens": tokens, "rows": data.examples.len() }));
     }
     let data = prepare_dpo(raw, req.tokenizer, req.data_config)?;
-    // Without an adapter the policy is the reference: one pass gives both.
-    let reference = match policy.is_empty() {
+    // Without an adapter the policy is the reference: one pass gives both. A reference-free
+    // objective runs none.
+    let reference = match policy.is_empty() || !req.loss.needs_reference() {
         true => None,
         false => Some(reference_sums(req.model, &[], &data, req.batch_size)?),
     };
@@ -57,22 +58,37 @@ pub fn evaluate(req: &EvalRequest, raw: RawDataset) -> Result<Value> {
         out.insert(k.trim_start_matches("eval_").to_string(), json!(v));
     }
     out.insert("rows".into(), json!(data.examples.len()));
+    out.insert("loss_type".into(), json!(req.loss.describe()));
     if req.per_row {
-        let reference = reference.as_ref().unwrap_or(&policy_sums);
-        out.insert("per_row".into(), per_row(&policy_sums, reference));
+        let with_reference = req.loss.needs_reference();
+        let reference = match &reference {
+            Some(r) => Some(r),
+            None if with_reference => Some(&policy_sums),
+            None => None,
+        };
+        let losses = per_row_losses(&req.loss, &policy_sums, reference)?;
+        out.insert("per_row".into(), per_row(&policy_sums, reference, &losses));
     }
     Ok(Value::Object(out))
 }
 
-fn per_row(policy: &PairSums, reference: &PairSums) -> Value {
+/// Per row: summed log-probs (policy, and reference when the objective has one), completion
+/// token counts, and the loss of the row as a batch of its own.
+fn per_row(policy: &PairSums, reference: Option<&PairSums>, losses: &[f64]) -> Value {
     let rows: Vec<Value> = (0..policy.chosen.len())
         .map(|i| {
-            json!({
+            let mut row = json!({
                 "chosen_logps": policy.chosen[i],
                 "rejected_logps": policy.rejected[i],
-                "ref_chosen_logps": reference.chosen[i],
-                "ref_rejected_logps": reference.rejected[i],
-            })
+                "chosen_tokens": policy.chosen_tokens[i],
+                "rejected_tokens": policy.rejected_tokens[i],
+                "loss": losses[i],
+            });
+            if let Some(r) = reference {
+                row["ref_chosen_logps"] = json!(r.chosen[i]);
+                row["ref_rejected_logps"] = json!(r.rejected[i]);
+            }
+            row
         })
         .collect();
     Value::Array(rows)

@@ -332,12 +332,7 @@ fn dpo_stage(
         eprintln!("{}", crate::data::report::counts_line(&ds.stats));
         Ok(ds)
     })?;
-    let loss = DpoLoss {
-        beta: stage.beta,
-        loss_type: stage.loss_type,
-        label_smoothing: stage.label_smoothing,
-        rpo_alpha: stage.rpo_alpha,
-    };
+    let loss = DpoLoss::from_stage(stage).context("[dpo]")?;
     let mut ref_loaded;
     let frozen = match (frozen, &stage.ref_adapter) {
         (Some(a), _) => Some(a),
@@ -369,7 +364,8 @@ fn dpo_stage(
         frozen: frozen.into_iter().collect(),
         trainable: &adapter,
     };
-    let train_reference = if stage.precompute_ref_log_probs {
+    // A reference-free objective never computes (or caches) reference log-probs.
+    let train_reference = if stage.precompute_ref_log_probs && loss.needs_reference() {
         Some(cached_reference(
             session,
             cfg.run.model.quantize,

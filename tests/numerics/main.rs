@@ -12,6 +12,7 @@ mod generate;
 mod gguf;
 mod lora_linear;
 mod model_parity;
+mod objectives;
 mod ops_grad;
 mod packed;
 mod parity_cli;
