@@ -20,6 +20,9 @@ pub struct RunConfig {
     pub sft: Option<StageConfig>,
     #[serde(default)]
     pub dpo: Option<StageConfig>,
+    /// ORPO: reference-free, no SFT stage needed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub orpo: Option<StageConfig>,
     #[serde(default)]
     pub output: OutputSection,
 }
@@ -247,7 +250,7 @@ const STAGE_KEYS: &[&str] = &[
     "assistant_only_loss",
     "group_by_length",
 ];
-const SECTIONS: &[&str] = &["model", "lora", "sft", "dpo", "output"];
+const SECTIONS: &[&str] = &["model", "lora", "sft", "dpo", "orpo", "output"];
 
 /// A loaded configuration: the typed settings, the raw table (for the data options) and where
 /// it came from (relative paths in it are relative to the current directory, as in TRL).
@@ -326,13 +329,16 @@ impl LoadedConfig {
 impl RunConfig {
     pub fn validate(&self) -> Result<()> {
         self.lora.lora.validate().context("[lora]")?;
-        for (name, stage) in [("sft", &self.sft), ("dpo", &self.dpo)] {
+        for (name, stage) in [("sft", &self.sft), ("dpo", &self.dpo), ("orpo", &self.orpo)] {
             if let Some(s) = stage {
                 s.validate().with_context(|| format!("[{name}]"))?;
             }
         }
         if let Some(dpo) = &self.dpo {
             crate::train::dpo::DpoLoss::from_stage(dpo).context("[dpo]")?;
+        }
+        if let Some(orpo) = &self.orpo {
+            crate::train::orpo::check_keys(orpo).context("[orpo]")?;
         }
         Ok(())
     }
@@ -466,7 +472,7 @@ fn apply_override(table: &mut toml::Table, spec: &str) -> Result<()> {
 /// Whether `value` fits `section.key`, on its own (the rest of the config is not needed).
 fn check_type(section: &str, key: &str, value: &toml::Value) -> Result<()> {
     check_run_type(section, key, value)?;
-    if matches!(section, "sft" | "dpo") {
+    if matches!(section, "sft" | "dpo" | "orpo") {
         let fields: toml::Table = [(key.to_string(), value.clone())].into_iter().collect();
         toml::Value::Table(fields)
             .try_into::<crate::data::DataConfig>()
@@ -554,7 +560,7 @@ fn known_keys(section: &str) -> Result<&'static [&'static str]> {
     Ok(match section {
         "model" => MODEL_KEYS,
         "lora" => LORA_KEYS,
-        "sft" | "dpo" => STAGE_KEYS,
+        "sft" | "dpo" | "orpo" => STAGE_KEYS,
         "output" => OUTPUT_KEYS,
         other => bail!("unknown section [{other}]{}", suggestion(other, SECTIONS)),
     })

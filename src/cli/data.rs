@@ -96,7 +96,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             )];
             (ds.stats, shown)
         }
-        Stage::Dpo => {
+        Stage::Dpo | Stage::Orpo => {
             let ds = data::load_dpo(&args.data, split, &tok, &cfg)?;
             let i = args.example.min(ds.examples.len() - 1);
             let ex = &ds.examples[i];

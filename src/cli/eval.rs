@@ -8,7 +8,7 @@ use lora_dpo::data::{load_chat_tokenizer, read_dataset, DataConfig, Stage};
 use lora_dpo::model::{Dtype, Quantize};
 use lora_dpo::ops::Kernels;
 use lora_dpo::train::dpo::{DpoLoss, LossType, LossTypes};
-use lora_dpo::train::evaluate::{evaluate, is_preference_data, EvalRequest};
+use lora_dpo::train::evaluate::{evaluate, is_preference_data, EvalLoss, EvalRequest};
 use lora_dpo::train::run::tokenizer_path;
 use lora_dpo::{model, source::Source};
 
@@ -32,8 +32,9 @@ pub struct Args {
     beta: Option<f64>,
     /// The objective: a TRL loss type, or several separated by commas (default: the config's
     /// [dpo] loss_type, else sigmoid). The config's other [dpo] loss keys apply unless given.
+    /// `orpo` evaluates ORPOTrainer's objective (with --beta) instead.
     #[arg(long, value_delimiter = ',')]
-    loss_type: Vec<LossType>,
+    loss_type: Vec<String>,
     /// One weight per loss type, separated by commas (TRL's loss_weights; default all 1.0).
     #[arg(long, value_delimiter = ',')]
     loss_weights: Vec<f64>,
@@ -92,9 +93,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .as_ref()
         .and_then(|c| c.run.dpo.clone())
         .unwrap_or_default();
-    if !args.loss_type.is_empty() {
+    let orpo = args.loss_type == ["orpo"];
+    if !args.loss_type.is_empty() && !orpo {
         // Another objective: the config's keys of its own do not carry over.
-        dpo.loss_type = LossTypes(args.loss_type.clone());
+        let types = args
+            .loss_type
+            .iter()
+            .map(|t| t.parse::<LossType>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow::anyhow!("--loss-type: {e}, or orpo"))?;
+        dpo.loss_type = LossTypes(types);
         dpo.loss_weights = None;
         dpo.rpo_alpha = None;
         dpo.label_smoothing = 0.0;
@@ -112,7 +120,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     dpo.discopop_tau = args.discopop_tau.or(dpo.discopop_tau);
     // Evaluation reads no reference cache.
     dpo.precompute_ref_log_probs = false;
-    let loss = DpoLoss::from_stage(&dpo).context("eval")?;
+    let loss: EvalLoss = if orpo {
+        let beta = args
+            .beta
+            .or_else(|| {
+                cfg.as_ref()
+                    .and_then(|c| c.run.orpo.as_ref())
+                    .map(|o| o.beta)
+            })
+            .unwrap_or(0.1);
+        EvalLoss::Orpo { beta }
+    } else {
+        DpoLoss::from_stage(&dpo).context("eval")?.into()
+    };
     let device = args.device.open()?;
     let options = model::LoadOptions::from_config(args.dtype.into(), args.quantize)
         .with_kernels(args.kernels);

@@ -11,6 +11,7 @@ mod eval;
 mod generate;
 mod inspect;
 mod merge;
+mod orpo;
 mod parity;
 mod sft;
 mod signals;
@@ -37,7 +38,10 @@ pub enum Command {
     Sft(common::RunArgs),
     /// DPO of a LoRA adapter ([dpo] section).
     Dpo(common::RunArgs),
-    /// SFT then DPO on one loaded base; writes both adapters and their combination.
+    /// ORPO of a LoRA adapter ([orpo] section; no reference, no SFT stage needed).
+    Orpo(common::RunArgs),
+    /// Every stage of the config ([sft] → [dpo] → [orpo]) on one loaded base; writes each
+    /// adapter and their combination.
     Train(common::RunArgs),
     /// Metrics of a model (+ adapter) on preference or SFT data, as JSON.
     Eval(eval::Args),
@@ -57,6 +61,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Data(args) => data::run(args),
         Command::Sft(args) => sft::run(args),
         Command::Dpo(args) => dpo::run(args),
+        Command::Orpo(args) => orpo::run(args),
         Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Bench(args) => bench::run(args),

@@ -1,4 +1,5 @@
-//! `lora-dpo train`: SFT then DPO on one loaded base; the DPO reference is the SFT model.
+//! `lora-dpo train`: every stage of the config ([sft] → [dpo] → [orpo]) on one loaded base; a
+//! DPO stage's reference is the base with the earlier stages' adapters.
 
 use super::common::{finish, RunArgs};
 use lora_dpo::train::run::{run_train, Session};
@@ -7,10 +8,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let (cfg, opts) = args.load()?;
     let session = Session::open(&cfg)?;
     let results = run_train(&session, &cfg, &opts)?;
-    let named: Vec<_> = ["sft", "dpo", "combined"]
-        .into_iter()
-        .zip(&results)
-        .collect();
+    let named: Vec<_> = results.iter().map(|(n, r)| (*n, r)).collect();
     finish(&named);
     Ok(())
 }

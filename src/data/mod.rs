@@ -60,6 +60,8 @@ pub enum Stage {
     Sft,
     /// Direct Preference Optimization.
     Dpo,
+    /// Odds Ratio Preference Optimization (preference pairs, as DPO).
+    Orpo,
 }
 
 impl Stage {
@@ -67,6 +69,7 @@ impl Stage {
         match self {
             Stage::Sft => "sft",
             Stage::Dpo => "dpo",
+            Stage::Orpo => "orpo",
         }
     }
 }
@@ -83,7 +86,8 @@ impl std::str::FromStr for Stage {
         match s {
             "sft" => Ok(Stage::Sft),
             "dpo" => Ok(Stage::Dpo),
-            other => anyhow::bail!("unknown stage `{other}`: expected sft or dpo"),
+            "orpo" => Ok(Stage::Orpo),
+            other => anyhow::bail!("unknown stage `{other}`: expected sft, dpo or orpo"),
         }
     }
 }

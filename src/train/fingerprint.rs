@@ -55,6 +55,7 @@ impl RunFingerprint {
         let mut section = match stage {
             Stage::Sft => cfg.run.sft.as_ref(),
             Stage::Dpo => cfg.run.dpo.as_ref(),
+            Stage::Orpo => cfg.run.orpo.as_ref(),
         }
         .map(serde_json::to_value)
         .transpose()?

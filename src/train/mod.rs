@@ -9,6 +9,7 @@ pub mod fingerprint;
 pub mod logprobs;
 pub mod metrics;
 pub mod optim;
+pub mod orpo;
 pub mod output_dir;
 pub mod pair_packing;
 pub mod preference;

@@ -5,7 +5,7 @@ use anyhow::{bail, Result};
 use candle_core::Tensor;
 
 use super::dpo::{DpoLoss, DpoTerms, PairInputs, PairLogps};
-use super::pair_packing::{pack_pairs, PackedPairs};
+use super::pair_packing::{pack_pairs, pack_pairs_with_chosen_prompts, PackedPairs};
 use super::trainer::{AdapterStack, MetricSums, MicroLoss, Objective};
 use crate::data::DpoDataset;
 use crate::model::{Adapter, LayerTape, Model, Pass};
@@ -47,7 +47,7 @@ impl PairSums {
     }
 
     /// Sums `[n]` and completion token counts `[n]` (chosen, rejected) on `device`.
-    fn tensors(&self, device: &candle_core::Device) -> Result<(PairLogps, Tensor, Tensor)> {
+    pub fn tensors(&self, device: &candle_core::Device) -> Result<(PairLogps, Tensor, Tensor)> {
         let t = |v: &Vec<f32>| Tensor::from_slice(v, v.len(), device);
         Ok((
             PairLogps {
@@ -79,7 +79,7 @@ impl PairSums {
 /// One forward pass over pairs, packed ([`pack_pairs`]: the prompt runs once for both).
 pub struct PairForward {
     /// Per-sequence sums `[2n]` (chosen of each pair, then rejected; tracked when the pass
-    /// trains) and completion token counts `[2n]`.
+    /// trains) and completion token counts `[2n]`; `[3n]` with ORPO's chosen prompts last.
     pub sums: Tensor,
     pub counts: Tensor,
     /// Per sequence: the sum of the mean logit over the vocabulary at its scored positions
@@ -127,6 +127,24 @@ impl PairForward {
         pack_pairs(&examples)
     }
 
+    /// [`PairForward::pack`], also scoring the chosen prompts (ORPO).
+    pub fn pack_with_chosen_prompts(data: &DpoDataset, rows: &[usize]) -> PackedPairs {
+        let examples: Vec<_> = rows.iter().map(|&r| &data.examples[r]).collect();
+        pack_pairs_with_chosen_prompts(&examples)
+    }
+
+    /// Sums and counts of the chosen prompts `[n]` (packed with them), still tracked.
+    pub fn chosen_prompt_sums(&self) -> Result<(Tensor, Tensor)> {
+        let n = self.pairs;
+        if self.sums.dim(0)? < 3 * n {
+            bail!("the pass did not score the chosen prompts");
+        }
+        Ok((
+            self.sums.narrow(0, 2 * n, n)?,
+            self.counts.narrow(0, 2 * n, n)?,
+        ))
+    }
+
     /// The completion log-probs of each sequence from the packed hidden states `[1, N, h]`.
     fn score(model: &Model, hidden: &Tensor, packed: &PackedPairs) -> Result<Self> {
         let device = model.device();
@@ -140,7 +158,7 @@ impl PairForward {
         let targets = Tensor::from_slice(&packed.targets, m, device)?;
         let head = model.position_logprobs(&states, &targets)?;
         // [2n, m]: which sequence each scored token belongs to.
-        let seqs = 2 * packed.pairs;
+        let seqs = 2 * packed.pairs + packed.extra_sequences;
         let mut member = vec![0f32; seqs * m];
         for (k, &s) in packed.sequence.iter().enumerate() {
             member[s * m + k] = 1.0;
@@ -188,9 +206,9 @@ impl PairForward {
         let n = self.pairs;
         Ok(PairSums {
             chosen: s[..n].to_vec(),
-            rejected: s[n..].to_vec(),
+            rejected: s[n..2 * n].to_vec(),
             chosen_tokens: c[..n].to_vec(),
-            rejected_tokens: c[n..].to_vec(),
+            rejected_tokens: c[n..2 * n].to_vec(),
         })
     }
 

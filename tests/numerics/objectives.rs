@@ -1,7 +1,7 @@
 //! `eval`'s per-row values of every objective on the tiny Llama fixture and its adapter against
 //! TRL 1.16's trainers run on the same token ids (scripts/make_objective_fixtures.py):
 //! DPOTrainer (its fused LM head) for the DPO loss types, CPOTrainer for simpo and cpo,
-//! ORPOTrainer for orpo. Each row is a batch of its own on both sides; the loss, and the
+//! ORPOTrainer for orpo (its NLL over prompt + chosen, log odds). Each row is a batch of its own on both sides; the loss, and the
 //! log-probs TRL logs, agree within 1e-4 relative.
 
 use crate::common;
@@ -13,7 +13,7 @@ use lora_dpo::config::LoadedConfig;
 use lora_dpo::data::{load_chat_tokenizer, read_dataset, DataConfig};
 use lora_dpo::ops::Kernels;
 use lora_dpo::train::dpo::DpoLoss;
-use lora_dpo::train::evaluate::{evaluate, EvalRequest};
+use lora_dpo::train::evaluate::{evaluate, EvalLoss, EvalRequest};
 
 fn close(name: &str, ours: f64, theirs: f64) {
     let tol = 1e-4 * theirs.abs().max(1e-2);
@@ -44,16 +44,21 @@ fn eval_per_row_matches_trl_trainers() {
     .unwrap();
     let mut checked = 0;
     for (name, case) in cases.as_object().unwrap() {
-        if case["config"]["loss_type"] == "orpo" {
-            continue;
-        }
-        let loss = loss_of(&case["config"]);
+        let orpo = case["config"]["loss_type"] == "orpo";
+        let (objective, averages, with_reference) = if orpo {
+            let beta = case["config"]["beta"].as_f64().unwrap();
+            (EvalLoss::Orpo { beta }, true, false)
+        } else {
+            let loss = loss_of(&case["config"]);
+            let (a, r) = (loss.averages_logps(), loss.needs_reference());
+            (loss.into(), a, r)
+        };
         let request = EvalRequest {
             model: &model,
             adapter: Some(&adapter),
             tokenizer: &tok,
             data_config: &DataConfig::default(),
-            loss: loss.clone(),
+            loss: objective,
             // Batches of two: the per-row values must not depend on the batching.
             batch_size: 2,
             per_row: true,
@@ -67,7 +72,7 @@ fn eval_per_row_matches_trl_trainers() {
             let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap();
             close(&format!("{name} row {i} loss"), f(o, "loss"), f(t, "loss"));
             let (mut c, mut r) = (f(o, "chosen_logps"), f(o, "rejected_logps"));
-            if loss.averages_logps() {
+            if averages {
                 c /= f(o, "chosen_tokens");
                 r /= f(o, "rejected_tokens");
             }
@@ -82,11 +87,24 @@ fn eval_per_row_matches_trl_trainers() {
                 f(t, "logps/rejected"),
             );
             // Reference-free objectives run no reference pass.
-            assert_eq!(o.get("ref_chosen_logps").is_some(), loss.needs_reference());
+            assert_eq!(o.get("ref_chosen_logps").is_some(), with_reference);
+            if orpo {
+                close(
+                    &format!("{name} row {i} nll_loss"),
+                    f(o, "nll_loss"),
+                    f(t, "nll_loss"),
+                );
+                let lo = f(t, "log_odds_chosen");
+                close(
+                    &format!("{name} row {i} log_odds_chosen"),
+                    f(o, "log_odds_chosen"),
+                    lo,
+                );
+            }
         }
         checked += 1;
     }
-    assert!(checked >= 18, "{checked} objectives");
+    assert!(checked >= 20, "{checked} objectives");
 }
 
 /// simpo and cpo train without a reference pass (no `time/reference`, which every

@@ -10,6 +10,7 @@ mod cli_errors;
 mod config_validation;
 mod configs;
 mod gpu_kit;
+mod objectives;
 mod ref_cache;
 mod run_safety;
 mod train_resume;
