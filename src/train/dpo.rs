@@ -521,7 +521,8 @@ impl DpoLoss {
 /// `x` sorted ascending along its one dimension; the order is read on the host and the
 /// gradient flows back through the gather.
 fn sorted(x: &Tensor) -> Result<Tensor> {
-    let v: Vec<f32> = x.detach().to_dtype(candle_core::DType::F32)?.to_vec1()?;
+    // Only aot's terms sort: one more read per step for them alone.
+    let v = crate::ops::host::values(&x.detach())?;
     let mut order: Vec<u32> = (0..v.len() as u32).collect();
     order.sort_by(|&a, &b| v[a as usize].total_cmp(&v[b as usize]));
     let idx = Tensor::from_vec(order, v.len(), x.device())?;

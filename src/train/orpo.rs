@@ -68,13 +68,17 @@ pub fn orpo_terms(
 
 /// Adds ORPOTrainer's metrics of a batch (one sample per pair; `nll_loss` per batch).
 fn add_metrics(metrics: &mut MetricSums, t: &OrpoTerms, beta: f64, prefix: &str) -> Result<()> {
-    let [lo, c, r]: [Vec<f32>; 3] = host::rows(&[
+    // One read: the batch NLL and loss repeated per pair to share it.
+    let n = t.log_odds.dims();
+    let [lo, c, r, nll, loss]: [Vec<f32>; 5] = host::rows(&[
         &t.log_odds.detach(),
         &t.chosen_logps.detach(),
         &t.rejected_logps.detach(),
+        &t.nll.detach().broadcast_as(n)?.contiguous()?,
+        &t.loss.detach().broadcast_as(n)?.contiguous()?,
     ])?
     .try_into()
-    .expect("three rows");
+    .expect("five rows");
     let n = lo.len() as f64;
     let sum = |x: &[f32]| x.iter().map(|&a| a as f64).sum::<f64>();
     let log_sig = |x: f64| -(-x).max(0.0) - (-x.abs()).exp().ln_1p();
@@ -89,17 +93,9 @@ fn add_metrics(metrics: &mut MetricSums, t: &OrpoTerms, beta: f64, prefix: &str)
     metrics.add(&format!("{prefix}log_odds_chosen"), sum(&lo), n);
     let ratio: f64 = lo.iter().map(|&x| log_sig(x as f64)).sum();
     metrics.add(&format!("{prefix}log_odds_ratio"), ratio, n);
-    metrics.add(
-        &format!("{prefix}nll_loss"),
-        host::scalar(&t.nll.detach())? as f64,
-        1.0,
-    );
+    metrics.add(&format!("{prefix}nll_loss"), nll[0] as f64, 1.0);
     if !prefix.is_empty() {
-        metrics.add(
-            &format!("{prefix}loss"),
-            host::scalar(&t.loss.detach())? as f64,
-            1.0,
-        );
+        metrics.add(&format!("{prefix}loss"), loss[0] as f64, 1.0);
     }
     Ok(())
 }

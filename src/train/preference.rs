@@ -270,16 +270,23 @@ pub struct DpoObjective {
 
 /// Adds TRL's per-pair metrics of a batch.
 pub fn add_pair_metrics(metrics: &mut MetricSums, terms: &DpoTerms, prefix: &str) -> Result<()> {
-    // One read for all five.
-    let [losses, cr, rr, cl, rl]: [Vec<f32>; 5] = host::rows(&[
-        &terms.losses.detach(),
+    // One read for all of them (the batch NLL repeated per pair to share it).
+    let nll = match &terms.nll {
+        Some(v) => Some(v.broadcast_as(terms.losses.dims())?.contiguous()?),
+        None => None,
+    };
+    let mut wanted = vec![
+        &terms.losses,
         &terms.chosen_rewards,
         &terms.rejected_rewards,
         &terms.chosen_logps,
         &terms.rejected_logps,
-    ])?
-    .try_into()
-    .expect("five rows");
+    ];
+    wanted.extend(nll.as_ref());
+    let detached: Vec<Tensor> = wanted.iter().map(|t| t.detach()).collect();
+    let mut read = host::rows(&detached.iter().collect::<Vec<_>>())?;
+    let nll = (read.len() == 6).then(|| read.pop().expect("six rows")[0]);
+    let [losses, cr, rr, cl, rl]: [Vec<f32>; 5] = read.try_into().expect("five rows");
     let n = losses.len() as f64;
     let sum = |x: &[f32]| x.iter().map(|&a| a as f64).sum::<f64>();
     let acc = cr.iter().zip(&rr).filter(|(c, r)| c > r).count() as f64;
@@ -290,9 +297,9 @@ pub fn add_pair_metrics(metrics: &mut MetricSums, terms: &DpoTerms, prefix: &str
     metrics.add(&format!("{prefix}rewards/margins"), margin, n);
     metrics.add(&format!("{prefix}logps/chosen"), sum(&cl), n);
     metrics.add(&format!("{prefix}logps/rejected"), sum(&rl), n);
-    if let Some(nll) = &terms.nll {
+    if let Some(nll) = nll {
         // A batch-level value, as TRL logs it: one sample per batch.
-        metrics.add(&format!("{prefix}nll_loss"), host::scalar(nll)? as f64, 1.0);
+        metrics.add(&format!("{prefix}nll_loss"), nll as f64, 1.0);
     }
     if prefix.is_empty() {
         return Ok(());
