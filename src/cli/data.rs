@@ -17,7 +17,7 @@ pub struct Args {
     /// Dataset: a .jsonl, .json or .parquet file, or a folder of them.
     #[arg(long)]
     pub data: PathBuf,
-    /// Training stage the data is for: sft or dpo (default: dpo when the rows have chosen/rejected, else sft).
+    /// Training stage the data is for: sft, dpo or orpo (default: dpo when the rows have chosen/rejected, else sft).
     #[arg(long)]
     pub stage: Option<Stage>,
     /// TOML config; data options are read from its [sft] or [dpo] table.
