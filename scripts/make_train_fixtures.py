@@ -8,8 +8,10 @@ by make_fixtures.py) and TRL's definitions, written out below, for tokenization 
   completion ids = template(prompt + completion)[len(prompt ids):]
   logp(seq)      = sum of the completion tokens' log-probs
   Δ = (logp_c − ref_c) − (logp_r − ref_r)
-  sigmoid  −(1−ε)logσ(βΔ) − ε logσ(−βΔ)      robust ((1−ε)(−logσ(βΔ)) + ε logσ(−βΔ)) / (1−2ε)
-  hinge    relu(1 − βΔ)                       ipo    (Δ_avg − 1/(2β))², log-probs averaged over tokens
+  sigmoid  −logσ(βΔ)                         robust ((1−ε)(−logσ(βΔ)) + ε logσ(−βΔ)) / (1−2ε)
+  hinge    relu(1 − βΔ)                       ipo    (Δ_avg − 1/(2β))², log ratios averaged over tokens
+  (TRL 1.16: sigmoid ignores label_smoothing, and IPO's rewards and logps metrics are sums; the
+  other loss types are checked against TRL's own code by make_objective_fixtures.py)
   rpo      loss + α · mean NLL of the chosen completion tokens
   rewards/chosen = β (logp_c − ref_c) ...; accuracies = mean(chosen reward > rejected reward)
 
@@ -93,7 +95,7 @@ def token_logps(model, ids, attn, loss_mask):
 def dpo_loss(kind, beta, eps, pc, pr, rc, rr):
     d = (pc - rc) - (pr - rr)
     if kind == "sigmoid":
-        return -F.logsigmoid(beta * d) * (1 - eps) - F.logsigmoid(-beta * d) * eps
+        return -F.logsigmoid(beta * d)
     if kind == "robust":
         return (-F.logsigmoid(beta * d) * (1 - eps) + F.logsigmoid(-beta * d) * eps) / (1 - 2 * eps)
     if kind == "hinge":
@@ -105,7 +107,6 @@ def dpo_loss(kind, beta, eps, pc, pr, rc, rr):
 
 CASES = [
     ("sigmoid", dict(loss_type="sigmoid", beta=0.1, label_smoothing=0.0)),
-    ("cdpo", dict(loss_type="sigmoid", beta=0.5, label_smoothing=0.2)),
     ("robust", dict(loss_type="robust", beta=0.1, label_smoothing=0.1)),
     ("hinge", dict(loss_type="hinge", beta=2.0, label_smoothing=0.0)),
     ("ipo", dict(loss_type="ipo", beta=0.1, label_smoothing=0.0)),
@@ -143,10 +144,10 @@ def main():
         pol_tok, m, logits = token_logps(model, ids, attn, lm)
         pol_sum = (pol_tok * m).sum(-1)
         avg = case["loss_type"] == "ipo"
-        pol = pol_sum / counts if avg else pol_sum
-        ref = ref_sum / counts if avg else ref_sum
+        pol, ref = pol_sum, ref_sum
         beta = case["beta"]
-        losses = dpo_loss(case["loss_type"], beta, case["label_smoothing"], pol[:n], pol[n:], ref[:n], ref[n:])
+        lp, lr = (pol / counts, ref / counts) if avg else (pol, ref)
+        losses = dpo_loss(case["loss_type"], beta, case["label_smoothing"], lp[:n], lp[n:], lr[:n], lr[n:])
         loss = losses.mean()
         out = {}
         if "rpo_alpha" in case:

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use crate::model::{Dtype, LoraConfig, Quantize};
 use crate::ops::Kernels;
-use crate::train::dpo::LossType;
+use crate::train::dpo::LossTypes;
 use crate::train::schedule::Schedule;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -23,6 +23,9 @@ pub struct RunConfig {
     /// KTO (unpaired preference); `train` runs it after `[sft]` like `[dpo]`.
     #[serde(default)]
     pub kto: Option<StageConfig>,
+    /// ORPO: reference-free, no SFT stage needed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub orpo: Option<StageConfig>,
     #[serde(default)]
     pub output: OutputSection,
 }
@@ -118,11 +121,24 @@ pub struct StageConfig {
     pub gradient_checkpointing: bool,
     /// DPO temperature.
     pub beta: f64,
-    /// sigmoid, ipo, hinge or robust.
-    pub loss_type: LossType,
+    /// A TRL loss type or a list of them (see [`crate::train::dpo`]).
+    pub loss_type: LossTypes,
+    /// One weight per `loss_type` (TRL's default: all 1.0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss_weights: Option<Vec<f64>>,
     pub label_smoothing: f64,
-    /// Weight of the NLL of the chosen completions added to the DPO loss (RPO).
+    /// Weight of the NLL of the chosen completions added to the DPO loss (RPO): the same as
+    /// appending "sft" to `loss_type` with this weight.
     pub rpo_alpha: Option<f64>,
+    /// discopop's temperature (TRL's default 0.05).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub discopop_tau: Option<f64>,
+    /// simpo's target margin (CPOTrainer's default 0.5).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub simpo_gamma: Option<f64>,
+    /// cpo's weight of the chosen NLL (CPOTrainer's default 1.0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpo_alpha: Option<f64>,
     pub precompute_ref_log_probs: bool,
     /// DPO alone: a frozen adapter under the trained one; the reference is base + this adapter.
     pub ref_adapter: Option<String>,
@@ -157,9 +173,13 @@ impl Default for StageConfig {
             save_total_limit: None,
             gradient_checkpointing: false,
             beta: 0.1,
-            loss_type: LossType::Sigmoid,
+            loss_type: LossTypes::default(),
+            loss_weights: None,
             label_smoothing: 0.0,
             rpo_alpha: None,
+            discopop_tau: None,
+            simpo_gamma: None,
+            cpo_alpha: None,
             precompute_ref_log_probs: false,
             ref_adapter: None,
             desirable_weight: 1.0,
@@ -219,8 +239,12 @@ const STAGE_KEYS: &[&str] = &[
     "gradient_checkpointing",
     "beta",
     "loss_type",
+    "loss_weights",
     "label_smoothing",
     "rpo_alpha",
+    "discopop_tau",
+    "simpo_gamma",
+    "cpo_alpha",
     "precompute_ref_log_probs",
     "ref_adapter",
     "desirable_weight",
@@ -237,7 +261,7 @@ const STAGE_KEYS: &[&str] = &[
     "assistant_only_loss",
     "group_by_length",
 ];
-const SECTIONS: &[&str] = &["model", "lora", "sft", "dpo", "kto", "output"];
+const SECTIONS: &[&str] = &["model", "lora", "sft", "dpo", "kto", "orpo", "output"];
 
 /// A loaded configuration: the typed settings, the raw table (for the data options) and where
 /// it came from (relative paths in it are relative to the current directory, as in TRL).
@@ -316,10 +340,21 @@ impl LoadedConfig {
 impl RunConfig {
     pub fn validate(&self) -> Result<()> {
         self.lora.lora.validate().context("[lora]")?;
-        for (name, stage) in [("sft", &self.sft), ("dpo", &self.dpo), ("kto", &self.kto)] {
+        for (name, stage) in [
+            ("sft", &self.sft),
+            ("dpo", &self.dpo),
+            ("kto", &self.kto),
+            ("orpo", &self.orpo),
+        ] {
             if let Some(s) = stage {
                 s.validate().with_context(|| format!("[{name}]"))?;
             }
+        }
+        if let Some(dpo) = &self.dpo {
+            crate::train::dpo::DpoLoss::from_stage(dpo).context("[dpo]")?;
+        }
+        if let Some(orpo) = &self.orpo {
+            crate::train::orpo::check_keys(orpo).context("[orpo]")?;
         }
         Ok(())
     }
@@ -457,7 +492,7 @@ fn apply_override(table: &mut toml::Table, spec: &str) -> Result<()> {
 /// Whether `value` fits `section.key`, on its own (the rest of the config is not needed).
 fn check_type(section: &str, key: &str, value: &toml::Value) -> Result<()> {
     check_run_type(section, key, value)?;
-    if matches!(section, "sft" | "dpo" | "kto") {
+    if matches!(section, "sft" | "dpo" | "kto" | "orpo") {
         let fields: toml::Table = [(key.to_string(), value.clone())].into_iter().collect();
         toml::Value::Table(fields)
             .try_into::<crate::data::DataConfig>()
@@ -545,7 +580,7 @@ fn known_keys(section: &str) -> Result<&'static [&'static str]> {
     Ok(match section {
         "model" => MODEL_KEYS,
         "lora" => LORA_KEYS,
-        "sft" | "dpo" | "kto" => STAGE_KEYS,
+        "sft" | "dpo" | "kto" | "orpo" => STAGE_KEYS,
         "output" => OUTPUT_KEYS,
         other => bail!("unknown section [{other}]{}", suggestion(other, SECTIONS)),
     })
@@ -687,7 +722,7 @@ mod tests {
         round_trips::<Quantize>();
         round_trips::<DeviceSpec>();
         round_trips::<Kernels>();
-        round_trips::<LossType>();
+        round_trips::<crate::train::dpo::LossType>();
         round_trips::<Schedule>();
     }
 
@@ -700,7 +735,7 @@ mod tests {
             (Dtype::F32, Quantize::None, DeviceSpec::Auto, Kernels::Auto)
         );
         let dpo = run.dpo.unwrap();
-        assert_eq!(dpo.loss_type, LossType::Sigmoid);
+        assert_eq!(dpo.loss_type.0, [crate::train::dpo::LossType::Sigmoid]);
         assert_eq!(dpo.lr_scheduler_type, Schedule::Linear);
         let set = [
             "model.dtype=bfloat16".to_string(),

@@ -228,12 +228,10 @@ fn dpo_checks(setup: &Setup, checks: &mut Vec<Check>) -> Result<()> {
     let mut objective = DpoObjective {
         train: data,
         eval: None,
-        loss: DpoLoss {
-            beta: case["config"]["beta"].as_f64().unwrap_or(0.1),
-            loss_type: LossType::Sigmoid,
-            label_smoothing: 0.0,
-            rpo_alpha: None,
-        },
+        loss: DpoLoss::single(
+            LossType::Sigmoid,
+            case["config"]["beta"].as_f64().unwrap_or(0.1),
+        ),
         eval_batch_size: 8,
         train_reference: None,
         eval_reference: None,

@@ -2,7 +2,7 @@
 //! - counted: SFT and DPO steps on the generic path (the one GPUs run, here on CPU, LoRA dropout
 //!   on, reference recomputed every step) read back exactly their metric values through
 //!   `ops::host`: per micro-batch the loss (and for DPO the per-pair figures and logit means,
-//!   one read each), per step the gradient norm;
+//!   one read each), per step the gradient norm; the same for simpo + sft and for ORPO;
 //! - forbidden: the modules a step runs through read nothing back except through `ops::host`
 //!   (their test modules aside).
 //!
@@ -13,13 +13,17 @@ mod common;
 use common::fixture_str;
 use lora_dpo::config::LoadedConfig;
 use lora_dpo::ops::host;
-use lora_dpo::train::run::{run_dpo, run_sft, RunOptions, Session};
+use lora_dpo::train::run::{run_dpo, run_orpo, run_sft, RunOptions, Session};
 use std::path::Path;
 
 const STEPS: usize = 3;
 
 fn config(out: &Path) -> LoadedConfig {
-    let text = format!(
+    LoadedConfig::from_str(&cfg_text(out), &[]).unwrap()
+}
+
+fn cfg_text(out: &Path) -> String {
+    format!(
         r#"
 [model]
 name_or_path = "{model}"
@@ -40,6 +44,12 @@ max_steps = {STEPS}
 per_device_train_batch_size = 2
 logging_steps = 1
 save_steps = 0
+[orpo]
+train_file = "{dpo}"
+max_steps = {STEPS}
+per_device_train_batch_size = 2
+logging_steps = 1
+save_steps = 0
 [output]
 dir = "{out}"
 "#,
@@ -47,8 +57,7 @@ dir = "{out}"
         sft = fixture_str("train/sft.jsonl"),
         dpo = fixture_str("train/prefs.jsonl"),
         out = out.display()
-    );
-    LoadedConfig::from_str(&text, &[]).unwrap()
+    )
 }
 
 fn options() -> RunOptions {
@@ -84,6 +93,28 @@ fn a_step_reads_back_only_its_metrics() {
     let dpo = host::reads() - before;
     // Per step: the per-pair metrics, the logit means, the loss, the gradient norm.
     assert_eq!(dpo, 4 * STEPS, "DPO: {dpo} reads in {STEPS} steps");
+
+    // The reference-free objectives and the NLL terms share the same reads.
+    let simpo = LoadedConfig::from_str(
+        &format!("{}\n", cfg_text(tmp.path())),
+        &[
+            "dpo.loss_type=[\"simpo\", \"sft\"]".into(),
+            "output.dir=\"".to_string() + &tmp.path().join("simpo").display().to_string() + "\"",
+        ],
+    )
+    .unwrap();
+    let before = host::reads();
+    run_dpo(&session, &simpo, &options(), None).unwrap();
+    let reads = host::reads() - before;
+    assert_eq!(
+        reads,
+        4 * STEPS,
+        "simpo + sft: {reads} reads in {STEPS} steps"
+    );
+    let before = host::reads();
+    run_orpo(&session, &cfg, &options(), None).unwrap();
+    let orpo = host::reads() - before;
+    assert_eq!(orpo, 4 * STEPS, "ORPO: {orpo} reads in {STEPS} steps");
 
     // Nothing else in the step's modules reads back.
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");

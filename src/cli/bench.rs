@@ -13,7 +13,7 @@ pub struct Args {
     /// Override a config key (repeatable), e.g. --set dpo.per_device_train_batch_size=4.
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
     overrides: Vec<String>,
-    /// sft or dpo.
+    /// sft, dpo or orpo.
     #[arg(long, default_value = "dpo")]
     stage: Stage,
     /// Timed steps.

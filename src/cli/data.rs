@@ -17,7 +17,7 @@ pub struct Args {
     /// Dataset: a .jsonl, .json or .parquet file, or a folder of them.
     #[arg(long)]
     pub data: PathBuf,
-    /// Training stage the data is for: sft, dpo or kto (default: dpo when the rows have chosen/rejected, else sft).
+    /// Training stage the data is for: sft, dpo, kto or orpo (default: dpo when the rows have chosen/rejected, else sft).
     #[arg(long)]
     pub stage: Option<Stage>,
     /// TOML config; data options are read from its [sft] or [dpo] table.
@@ -96,7 +96,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             )];
             (ds.stats, shown)
         }
-        Stage::Dpo => {
+        Stage::Dpo | Stage::Orpo => {
             let ds = data::load_dpo(&args.data, split, &tok, &cfg)?;
             let i = args.example.min(ds.examples.len() - 1);
             let ex = &ds.examples[i];

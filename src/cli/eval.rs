@@ -2,12 +2,13 @@
 
 use std::path::PathBuf;
 
+use anyhow::Context;
 use lora_dpo::config::{DeviceSpec, LoadedConfig};
 use lora_dpo::data::{load_chat_tokenizer, read_dataset, DataConfig, RawDataset, Stage};
 use lora_dpo::model::{Dtype, Quantize};
 use lora_dpo::ops::Kernels;
-use lora_dpo::train::dpo::DpoLoss;
-use lora_dpo::train::evaluate::{evaluate, is_preference_data, EvalRequest};
+use lora_dpo::train::dpo::{DpoLoss, LossType, LossTypes};
+use lora_dpo::train::evaluate::{evaluate, is_preference_data, EvalLoss, EvalRequest};
 use lora_dpo::train::kto::{evaluate_kto_request, KtoLoss};
 use lora_dpo::train::run::tokenizer_path;
 use lora_dpo::{model, source::Source};
@@ -30,10 +31,23 @@ pub struct Args {
     /// DPO beta (default: the config's [dpo] beta, else 0.1; with kto, [kto] beta).
     #[arg(long)]
     beta: Option<f64>,
-    /// `kto`: unpaired rows (prompt, completion, label) with TRL's KTO loss and metrics (the
-    /// config's [kto] options); a DPO loss type (sigmoid, ipo, ...) replaces [dpo] loss_type.
+    /// The objective: a TRL loss type, or several separated by commas (default: the config's
+    /// [dpo] loss_type, else sigmoid). The config's other [dpo] loss keys apply unless given.
+    /// `orpo` evaluates ORPOTrainer's objective (with --beta) instead; `kto` KTOTrainer's on
+    /// unpaired rows (prompt, completion, label), with the config's [kto] options.
+    #[arg(long, value_delimiter = ',')]
+    loss_type: Vec<String>,
+    /// One weight per loss type, separated by commas (TRL's loss_weights; default all 1.0).
+    #[arg(long, value_delimiter = ',')]
+    loss_weights: Vec<f64>,
     #[arg(long)]
-    loss_type: Option<String>,
+    label_smoothing: Option<f64>,
+    #[arg(long)]
+    simpo_gamma: Option<f64>,
+    #[arg(long)]
+    cpo_alpha: Option<f64>,
+    #[arg(long)]
+    discopop_tau: Option<f64>,
     /// Add per-row summed log-probs of chosen/rejected, policy and reference.
     #[arg(long)]
     per_row: bool,
@@ -63,7 +77,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .map(|p| LoadedConfig::load(p, &[]))
         .transpose()?;
     let raw = read_dataset(&args.data, None)?;
-    if args.loss_type.as_deref() == Some("kto") {
+    if args.loss_type == ["kto"] {
         return run_kto(&args, cfg.as_ref(), raw);
     }
     // Column names may be renamed under [dpo.columns]: probe with the config's.
@@ -80,19 +94,49 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Some(c) => c.data_config(stage)?,
         None => DataConfig::default(),
     };
-    let dpo = cfg
+    let mut dpo = cfg
         .as_ref()
         .and_then(|c| c.run.dpo.clone())
         .unwrap_or_default();
-    let loss_type = match &args.loss_type {
-        Some(t) => t.parse()?,
-        None => dpo.loss_type,
-    };
-    let loss = DpoLoss {
-        beta: args.beta.unwrap_or(dpo.beta),
-        loss_type,
-        label_smoothing: dpo.label_smoothing,
-        rpo_alpha: None,
+    let orpo = args.loss_type == ["orpo"];
+    if !args.loss_type.is_empty() && !orpo {
+        // Another objective: the config's keys of its own do not carry over.
+        let types = args
+            .loss_type
+            .iter()
+            .map(|t| t.parse::<LossType>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow::anyhow!("--loss-type: {e}, or orpo, or kto"))?;
+        dpo.loss_type = LossTypes(types);
+        dpo.loss_weights = None;
+        dpo.rpo_alpha = None;
+        dpo.label_smoothing = 0.0;
+        dpo.simpo_gamma = None;
+        dpo.cpo_alpha = None;
+        dpo.discopop_tau = None;
+    }
+    if !args.loss_weights.is_empty() {
+        dpo.loss_weights = Some(args.loss_weights.clone());
+    }
+    dpo.beta = args.beta.unwrap_or(dpo.beta);
+    dpo.label_smoothing = args.label_smoothing.unwrap_or(dpo.label_smoothing);
+    dpo.simpo_gamma = args.simpo_gamma.or(dpo.simpo_gamma);
+    dpo.cpo_alpha = args.cpo_alpha.or(dpo.cpo_alpha);
+    dpo.discopop_tau = args.discopop_tau.or(dpo.discopop_tau);
+    // Evaluation reads no reference cache.
+    dpo.precompute_ref_log_probs = false;
+    let loss: EvalLoss = if orpo {
+        let beta = args
+            .beta
+            .or_else(|| {
+                cfg.as_ref()
+                    .and_then(|c| c.run.orpo.as_ref())
+                    .map(|o| o.beta)
+            })
+            .unwrap_or(0.1);
+        EvalLoss::Orpo { beta }
+    } else {
+        DpoLoss::from_stage(&dpo).context("eval")?.into()
     };
     let device = args.device.open()?;
     let options = model::LoadOptions::from_config(args.dtype.into(), args.quantize)
@@ -148,12 +192,8 @@ fn run_kto(args: &Args, cfg: Option<&LoadedConfig>, raw: RawDataset) -> anyhow::
         adapter: adapter.as_ref(),
         tokenizer: &tokenizer,
         data_config: &data_config,
-        loss: DpoLoss {
-            beta: loss.beta,
-            loss_type: Default::default(),
-            label_smoothing: 0.0,
-            rpo_alpha: None,
-        },
+        // KTO's own loss goes alongside; the pair loss is not read.
+        loss: DpoLoss::from_stage(&Default::default())?.into(),
         batch_size: args.batch_size,
         per_row: args.per_row,
     };

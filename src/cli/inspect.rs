@@ -93,11 +93,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
              both use less)",
             c.run.model.dtype
         );
-        for (stage, section) in [(Stage::Sft, &c.run.sft), (Stage::Dpo, &c.run.dpo)] {
+        for (stage, section) in [
+            (Stage::Sft, &c.run.sft),
+            (Stage::Dpo, &c.run.dpo),
+            (Stage::Orpo, &c.run.orpo),
+        ] {
             let Some(s) = section else { continue };
             let seq = c.data_config(stage)?.max_length.unwrap_or(1024);
             // DPO runs chosen and rejected of every pair in one pass (counted unshared).
-            let rows = s.per_device_train_batch_size * if stage == Stage::Dpo { 2 } else { 1 };
+            let rows = s.per_device_train_batch_size * if stage == Stage::Sft { 1 } else { 2 };
             let q = options.quantize;
             let e = memory::estimate(&config, &lora, load_dtype, q, rows, seq, target);
             let b = memory::human_bytes;

@@ -13,6 +13,7 @@ mod generate;
 mod inspect;
 mod kto;
 mod merge;
+mod orpo;
 mod parity;
 mod sft;
 mod signals;
@@ -41,7 +42,10 @@ pub enum Command {
     Dpo(common::RunArgs),
     /// KTO of a LoRA adapter on unpaired labelled rows ([kto] section).
     Kto(common::RunArgs),
-    /// SFT then DPO (or KTO) on one loaded base; writes both adapters and their combination.
+    /// ORPO of a LoRA adapter ([orpo] section; no reference, no SFT stage needed).
+    Orpo(common::RunArgs),
+    /// Every stage of the config ([sft] → [dpo] or [kto] → [orpo]) on one loaded base; writes each
+    /// adapter and their combination.
     Train(common::RunArgs),
     /// Metrics of a model (+ adapter) on preference or SFT data, as JSON.
     Eval(eval::Args),
@@ -64,6 +68,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sft(args) => sft::run(args),
         Command::Dpo(args) => dpo::run(args),
         Command::Kto(args) => kto::run(args),
+        Command::Orpo(args) => orpo::run(args),
         Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Bench(args) => bench::run(args),

@@ -1,17 +1,14 @@
-//! `lora-dpo train`: SFT then DPO (or KTO) on one loaded base; the reference is the SFT model.
+//! `lora-dpo train`: every stage of the config ([sft] → [dpo] or [kto] → [orpo]) on one loaded
+//! base; a preference stage's reference is the base with the earlier stages' adapters.
 
 use super::common::{finish, RunArgs};
-use lora_dpo::train::run::{preference_stage, run_train, Session};
+use lora_dpo::train::run::{run_train, Session};
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let (cfg, opts) = args.load()?;
     let session = Session::open(&cfg)?;
-    let preference = preference_stage(&cfg)?;
     let results = run_train(&session, &cfg, &opts)?;
-    let named: Vec<_> = ["sft", preference.as_str(), "combined"]
-        .into_iter()
-        .zip(&results)
-        .collect();
+    let named: Vec<_> = results.iter().map(|(n, r)| (*n, r)).collect();
     finish(&named);
     Ok(())
 }

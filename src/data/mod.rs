@@ -64,6 +64,8 @@ pub enum Stage {
     Dpo,
     /// Kahneman-Tversky Optimization, on unpaired (labelled) completions.
     Kto,
+    /// Odds Ratio Preference Optimization (preference pairs, as DPO).
+    Orpo,
 }
 
 impl Stage {
@@ -72,6 +74,7 @@ impl Stage {
             Stage::Sft => "sft",
             Stage::Dpo => "dpo",
             Stage::Kto => "kto",
+            Stage::Orpo => "orpo",
         }
     }
 }
@@ -89,7 +92,8 @@ impl std::str::FromStr for Stage {
             "sft" => Ok(Stage::Sft),
             "dpo" => Ok(Stage::Dpo),
             "kto" => Ok(Stage::Kto),
-            other => anyhow::bail!("unknown stage `{other}`: expected sft, dpo or kto"),
+            "orpo" => Ok(Stage::Orpo),
+            other => anyhow::bail!("unknown stage `{other}`: expected sft, dpo, kto or orpo"),
         }
     }
 }

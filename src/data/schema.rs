@@ -139,7 +139,7 @@ pub fn detect(
                 )
             }
         }
-        Stage::Dpo => {
+        Stage::Dpo | Stage::Orpo => {
             if has(c.chosen()) && has(c.rejected()) {
                 if has(c.prompt()) {
                     Ok(Schema::Preference)

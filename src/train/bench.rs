@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 
 use super::metrics::peak_rss_mib;
-use super::run::{run_dpo, run_sft, RunOptions, Session};
+use super::run::{run_dpo, run_orpo, run_sft, RunOptions, Session};
 use super::trainer::StepTiming;
 use crate::config::LoadedConfig;
 use crate::data::Stage;
@@ -43,6 +43,7 @@ pub fn bench(cfg: &LoadedConfig, req: &BenchRequest) -> Result<Value> {
         Stage::Sft => cfg.run.sft.as_mut(),
         Stage::Dpo => cfg.run.dpo.as_mut(),
         Stage::Kto => cfg.run.kto.as_mut(),
+        Stage::Orpo => cfg.run.orpo.as_mut(),
     };
     let Some(s) = section else {
         bail!("the config has no [{}] section", req.stage);
@@ -73,6 +74,7 @@ pub fn bench(cfg: &LoadedConfig, req: &BenchRequest) -> Result<Value> {
         Stage::Sft => run_sft(&session, &cfg, &opts).map(|_| ()),
         Stage::Dpo => run_dpo(&session, &cfg, &opts, None).map(|_| ()),
         Stage::Kto => super::kto_run::run_kto(&session, &cfg, &opts, None).map(|_| ()),
+        Stage::Orpo => run_orpo(&session, &cfg, &opts, None).map(|_| ()),
     };
     let _ = std::fs::remove_dir_all(&tmp);
     result?;

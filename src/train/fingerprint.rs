@@ -56,6 +56,7 @@ impl RunFingerprint {
             Stage::Sft => cfg.run.sft.as_ref(),
             Stage::Dpo => cfg.run.dpo.as_ref(),
             Stage::Kto => cfg.run.kto.as_ref(),
+            Stage::Orpo => cfg.run.orpo.as_ref(),
         }
         .map(serde_json::to_value)
         .transpose()?

@@ -209,7 +209,7 @@ impl Objective for KtoObjective {
             Some(r) => logps_of(&r.select(rows)?, model.device())?,
             None => {
                 let p = PairForward::run(model, &packed, Pass::eval(&adapters.reference()))?
-                    .pair_logps(false)?;
+                    .pair_logps()?;
                 KtoLogps {
                     completion: p.chosen,
                     kl: p.rejected,
@@ -225,7 +225,7 @@ impl Objective for KtoObjective {
             dropout_seed,
             self.gradient_checkpointing,
         )?;
-        let p = fwd.pair_logps(false)?;
+        let p = fwd.pair_logps()?;
         // TRL scores the KL sequences without a graph.
         let policy = KtoLogps {
             completion: p.chosen,

@@ -23,14 +23,14 @@ pub fn run_kto(
     frozen: Option<&Adapter>,
 ) -> Result<(Adapter, StageResult)> {
     let _lock = super::output_dir::claim(&cfg.run.output.dir, opts, &["kto"])?;
-    kto_stage(session, cfg, opts, frozen)
+    kto_stage(session, cfg, opts, &frozen.into_iter().collect::<Vec<_>>())
 }
 
 pub(super) fn kto_stage(
     session: &Session,
     cfg: &LoadedConfig,
     opts: &RunOptions,
-    frozen: Option<&Adapter>,
+    frozen: &[&Adapter],
 ) -> Result<(Adapter, StageResult)> {
     let stage = stage_config(cfg, Stage::Kto)?;
     let data_cfg = session.data_config(cfg, Stage::Kto)?;
@@ -52,26 +52,21 @@ pub(super) fn kto_stage(
         undesirable_weight: stage.undesirable_weight,
     };
     let mut ref_loaded;
-    let frozen = match (frozen, &stage.ref_adapter) {
-        (Some(a), _) => Some(a),
-        (None, Some(spec)) => {
+    let frozen: Vec<&Adapter> = match (frozen.is_empty(), &stage.ref_adapter) {
+        (false, _) => frozen.to_vec(),
+        (true, Some(spec)) => {
             ref_loaded = load_adapter(spec, &session.model.config, session.model.device())
                 .with_context(|| format!("[kto] ref_adapter {spec}"))?;
             ref_loaded.frozen = true;
-            Some(&ref_loaded)
+            vec![&ref_loaded]
         }
-        (None, None) => None,
+        (true, None) => vec![],
     };
     let topts = train_options(
         cfg,
         Stage::Kto,
         opts,
-        stage_fingerprint(
-            session,
-            cfg,
-            Stage::Kto,
-            &frozen.iter().copied().collect::<Vec<_>>(),
-        )?,
+        stage_fingerprint(session, cfg, Stage::Kto, &frozen)?,
     )?;
     if let Some(done) = finished_stage(session, Stage::Kto, opts, &topts)? {
         return Ok(done);
@@ -79,7 +74,7 @@ pub(super) fn kto_stage(
     // Another seed than SFT's and DPO's, so stacked adapters do not start from the same A.
     let adapter = new_adapter(session, cfg, cfg.run.output.seed.wrapping_add(2))?;
     let stack = AdapterStack {
-        frozen: frozen.into_iter().collect(),
+        frozen,
         trainable: &adapter,
     };
     let train_reference = if stage.precompute_ref_log_probs {

@@ -11,6 +11,7 @@ pub mod kto_run;
 pub mod logprobs;
 pub mod metrics;
 pub mod optim;
+pub mod orpo;
 pub mod output_dir;
 pub mod pair_packing;
 pub mod preference;

@@ -17,11 +17,23 @@ pub struct PackedPairs {
     /// padded batch holds without its padding).
     pub tokens: usize,
     pub pairs: usize,
+    /// Sequences scored beyond the `2n` completions: ORPO's chosen prompts (`2n..3n`).
+    pub extra_sequences: usize,
 }
 
 /// Packs `examples`: each pair is a group whose trunk is the longest common prefix of its two
 /// sequences.
 pub fn pack_pairs(examples: &[&DpoExample]) -> PackedPairs {
+    pack(examples, false)
+}
+
+/// [`pack_pairs`], also scoring the prompt tokens of each chosen sequence, as sequence `2n + i`
+/// (ORPO's NLL runs over the whole chosen sequence).
+pub fn pack_pairs_with_chosen_prompts(examples: &[&DpoExample]) -> PackedPairs {
+    pack(examples, true)
+}
+
+fn pack(examples: &[&DpoExample], chosen_prompts: bool) -> PackedPairs {
     let n = examples.len();
     let mut out = PackedPairs {
         batch: PackedBatch::default(),
@@ -30,8 +42,10 @@ pub fn pack_pairs(examples: &[&DpoExample]) -> PackedPairs {
         sequence: Vec::new(),
         tokens: 0,
         pairs: n,
+        extra_sequences: if chosen_prompts { n } else { 0 },
     };
-    let mut scored: Vec<Vec<(u32, u32)>> = vec![Vec::new(); 2 * n];
+    let mut scored: Vec<Vec<(u32, u32)>> =
+        vec![Vec::new(); if chosen_prompts { 3 * n } else { 2 * n }];
     for (i, e) in examples.iter().enumerate() {
         let (c, r) = (&e.chosen(), &e.rejected());
         let shared = c
@@ -48,16 +62,18 @@ pub fn pack_pairs(examples: &[&DpoExample]) -> PackedPairs {
             out.tokens += sequence.len();
             // Token j is predicted by the hidden state at j − 1: in the trunk, or in the branch.
             for j in 1..sequence.len() {
-                if !sequence.loss_mask[j] {
-                    continue;
-                }
+                let target = match sequence.loss_mask[j] {
+                    true => seq,
+                    false if chosen_prompts && seq == i => 2 * n + i,
+                    false => continue,
+                };
                 let p = j - 1;
                 let row = if p < shared {
                     trunk + p
                 } else {
                     branch_start + (p - shared)
                 };
-                scored[seq].push((row as u32, sequence.input_ids[j]));
+                scored[target].push((row as u32, sequence.input_ids[j]));
             }
         }
     }

@@ -4,8 +4,8 @@
 use anyhow::{bail, Result};
 use candle_core::Tensor;
 
-use super::dpo::{DpoLoss, DpoTerms, PairLogps};
-use super::pair_packing::{pack_pairs, PackedPairs};
+use super::dpo::{DpoLoss, DpoTerms, PairInputs, PairLogps};
+use super::pair_packing::{pack_pairs, pack_pairs_with_chosen_prompts, PackedPairs};
 use super::trainer::{AdapterStack, MetricSums, MicroLoss, Objective};
 use crate::data::DpoDataset;
 use crate::model::{Adapter, LayerTape, Model, Pass};
@@ -61,12 +61,41 @@ impl PairSums {
             rejected: t(&self.rejected, &self.rejected_tokens)?,
         })
     }
+
+    /// Sums `[n]` and completion token counts `[n]` (chosen, rejected) on `device`.
+    pub fn tensors(&self, device: &candle_core::Device) -> Result<(PairLogps, Tensor, Tensor)> {
+        let t = |v: &Vec<f32>| Tensor::from_slice(v, v.len(), device);
+        Ok((
+            PairLogps {
+                chosen: t(&self.chosen)?,
+                rejected: t(&self.rejected)?,
+            },
+            t(&self.chosen_tokens)?,
+            t(&self.rejected_tokens)?,
+        ))
+    }
+
+    /// Row `i` alone.
+    fn row(&self, i: usize) -> PairSums {
+        PairSums {
+            chosen: vec![self.chosen[i]],
+            rejected: vec![self.rejected[i]],
+            chosen_tokens: vec![self.chosen_tokens[i]],
+            rejected_tokens: vec![self.rejected_tokens[i]],
+        }
+    }
+
+    /// Mean NLL of the chosen completion tokens of these pairs.
+    fn chosen_nll(&self) -> f32 {
+        let tokens: f32 = self.chosen_tokens.iter().sum();
+        -self.chosen.iter().sum::<f32>() / tokens.max(1.0)
+    }
 }
 
 /// One forward pass over pairs, packed ([`pack_pairs`]: the prompt runs once for both).
 pub struct PairForward {
     /// Per-sequence sums `[2n]` (chosen of each pair, then rejected; tracked when the pass
-    /// trains) and completion token counts `[2n]`.
+    /// trains) and completion token counts `[2n]`; `[3n]` with ORPO's chosen prompts last.
     pub sums: Tensor,
     pub counts: Tensor,
     /// Per sequence: the sum of the mean logit over the vocabulary at its scored positions
@@ -114,6 +143,24 @@ impl PairForward {
         pack_pairs(&examples)
     }
 
+    /// [`PairForward::pack`], also scoring the chosen prompts (ORPO).
+    pub fn pack_with_chosen_prompts(data: &DpoDataset, rows: &[usize]) -> PackedPairs {
+        let examples: Vec<_> = rows.iter().map(|&r| &data.examples[r]).collect();
+        pack_pairs_with_chosen_prompts(&examples)
+    }
+
+    /// Sums and counts of the chosen prompts `[n]` (packed with them), still tracked.
+    pub fn chosen_prompt_sums(&self) -> Result<(Tensor, Tensor)> {
+        let n = self.pairs;
+        if self.sums.dim(0)? < 3 * n {
+            bail!("the pass did not score the chosen prompts");
+        }
+        Ok((
+            self.sums.narrow(0, 2 * n, n)?,
+            self.counts.narrow(0, 2 * n, n)?,
+        ))
+    }
+
     /// The completion log-probs of each sequence from the packed hidden states `[1, N, h]`.
     fn score(model: &Model, hidden: &Tensor, packed: &PackedPairs) -> Result<Self> {
         let device = model.device();
@@ -127,7 +174,7 @@ impl PairForward {
         let targets = Tensor::from_slice(&packed.targets, m, device)?;
         let head = model.position_logprobs(&states, &targets)?;
         // [2n, m]: which sequence each scored token belongs to.
-        let seqs = 2 * packed.pairs;
+        let seqs = 2 * packed.pairs + packed.extra_sequences;
         let mut member = vec![0f32; seqs * m];
         for (k, &s) in packed.sequence.iter().enumerate() {
             member[s * m + k] = 1.0;
@@ -151,17 +198,20 @@ impl PairForward {
         })
     }
 
-    /// Chosen and rejected log-probs (sums, or means for IPO), still tracked.
-    pub fn pair_logps(&self, average: bool) -> Result<PairLogps> {
-        let v = if average {
-            (&self.sums / &self.counts.clamp(1f32, f32::MAX)?)?
-        } else {
-            self.sums.clone()
-        };
+    /// Chosen and rejected log-probs (sums over completion tokens), still tracked.
+    pub fn pair_logps(&self) -> Result<PairLogps> {
         Ok(PairLogps {
-            chosen: v.narrow(0, 0, self.pairs)?,
-            rejected: v.narrow(0, self.pairs, self.pairs)?,
+            chosen: self.sums.narrow(0, 0, self.pairs)?,
+            rejected: self.sums.narrow(0, self.pairs, self.pairs)?,
         })
+    }
+
+    /// Completion token counts of chosen and rejected `[n]`.
+    pub fn token_counts(&self) -> Result<(Tensor, Tensor)> {
+        Ok((
+            self.counts.narrow(0, 0, self.pairs)?,
+            self.counts.narrow(0, self.pairs, self.pairs)?,
+        ))
     }
 
     /// The sums and counts on the host (evaluation, the reference cache).
@@ -172,9 +222,9 @@ impl PairForward {
         let n = self.pairs;
         Ok(PairSums {
             chosen: s[..n].to_vec(),
-            rejected: s[n..].to_vec(),
+            rejected: s[n..2 * n].to_vec(),
             chosen_tokens: c[..n].to_vec(),
-            rejected_tokens: c[n..].to_vec(),
+            rejected_tokens: c[n..2 * n].to_vec(),
         })
     }
 
@@ -244,22 +294,24 @@ pub struct DpoObjective {
 }
 
 /// Adds TRL's per-pair metrics of a batch.
-pub fn add_pair_metrics(
-    metrics: &mut MetricSums,
-    terms: &DpoTerms,
-    policy: &PairLogps,
-    prefix: &str,
-) -> Result<()> {
-    // One read for all five.
-    let [losses, cr, rr, cl, rl]: [Vec<f32>; 5] = host::rows(&[
-        &terms.losses.detach(),
-        &terms.chosen_rewards.detach(),
-        &terms.rejected_rewards.detach(),
-        &policy.chosen.detach(),
-        &policy.rejected.detach(),
-    ])?
-    .try_into()
-    .expect("five rows");
+pub fn add_pair_metrics(metrics: &mut MetricSums, terms: &DpoTerms, prefix: &str) -> Result<()> {
+    // One read for all of them (the batch NLL repeated per pair to share it).
+    let nll = match &terms.nll {
+        Some(v) => Some(v.broadcast_as(terms.losses.dims())?.contiguous()?),
+        None => None,
+    };
+    let mut wanted = vec![
+        &terms.losses,
+        &terms.chosen_rewards,
+        &terms.rejected_rewards,
+        &terms.chosen_logps,
+        &terms.rejected_logps,
+    ];
+    wanted.extend(nll.as_ref());
+    let detached: Vec<Tensor> = wanted.iter().map(|t| t.detach()).collect();
+    let mut read = host::rows(&detached.iter().collect::<Vec<_>>())?;
+    let nll = (read.len() == 6).then(|| read.pop().expect("six rows")[0]);
+    let [losses, cr, rr, cl, rl]: [Vec<f32>; 5] = read.try_into().expect("five rows");
     let n = losses.len() as f64;
     let sum = |x: &[f32]| x.iter().map(|&a| a as f64).sum::<f64>();
     let acc = cr.iter().zip(&rr).filter(|(c, r)| c > r).count() as f64;
@@ -270,6 +322,10 @@ pub fn add_pair_metrics(
     metrics.add(&format!("{prefix}rewards/margins"), margin, n);
     metrics.add(&format!("{prefix}logps/chosen"), sum(&cl), n);
     metrics.add(&format!("{prefix}logps/rejected"), sum(&rl), n);
+    if let Some(nll) = nll {
+        // A batch-level value, as TRL logs it: one sample per batch.
+        metrics.add(&format!("{prefix}nll_loss"), nll as f64, 1.0);
+    }
     if prefix.is_empty() {
         return Ok(());
     }
@@ -303,19 +359,24 @@ impl Objective for DpoObjective {
         dropout_seed: u64,
         metrics: &mut MetricSums,
     ) -> Result<MicroLoss<'a>> {
-        let average = self.loss.loss_type.averages_logps();
         // One packing for the reference and the policy pass.
         let packed = PairForward::pack(&self.train, rows);
-        let t0 = std::time::Instant::now();
-        let reference = match &self.train_reference {
-            Some(r) => r.select(rows)?.logps(average, model.device())?,
-            // Computed and kept on the device.
-            None => PairForward::run(model, &packed, Pass::eval(&adapters.reference()))?
-                .pair_logps(average)?,
+        // Reference-free objectives run no reference pass at all (and log no time for one).
+        let reference = if self.loss.needs_reference() {
+            let t0 = std::time::Instant::now();
+            let reference = match &self.train_reference {
+                Some(r) => r.select(rows)?.tensors(model.device())?.0,
+                // Computed and kept on the device.
+                None => PairForward::run(model, &packed, Pass::eval(&adapters.reference()))?
+                    .pair_logps()?,
+            };
+            // Timed once done, not once launched (on a GPU); a no-op on CPU.
+            model.device().synchronize()?;
+            metrics.add("time/reference", t0.elapsed().as_secs_f64(), 1.0);
+            Some(reference)
+        } else {
+            None
         };
-        // Timed once done, not once launched (on a GPU); a no-op on CPU.
-        model.device().synchronize()?;
-        metrics.add("time/reference", t0.elapsed().as_secs_f64(), 1.0);
         let (fwd, tape) = PairForward::run_training(
             model,
             &packed,
@@ -323,15 +384,21 @@ impl Objective for DpoObjective {
             dropout_seed,
             self.gradient_checkpointing,
         )?;
-        let policy = fwd.pair_logps(average)?;
-        let terms = self.loss.terms(&policy, &reference)?;
-        let mut loss = terms.losses.mean_all()?;
-        if let Some(alpha) = self.loss.rpo_alpha {
-            let nll = fwd.chosen_nll()?;
-            metrics.add("nll_loss", host::scalar(&nll)? as f64, 1.0);
-            loss = (loss + (nll * alpha)?)?;
-        }
-        add_pair_metrics(metrics, &terms, &policy, "")?;
+        let policy = fwd.pair_logps()?;
+        let (chosen_tokens, rejected_tokens) = fwd.token_counts()?;
+        let nll = match self.loss.needs_nll() {
+            true => Some(fwd.chosen_nll()?),
+            false => None,
+        };
+        let terms = self.loss.terms(&PairInputs {
+            policy: &policy,
+            reference: reference.as_ref(),
+            chosen_tokens: &chosen_tokens,
+            rejected_tokens: &rejected_tokens,
+            chosen_nll: nll.as_ref(),
+        })?;
+        let loss = terms.losses.mean_all()?;
+        add_pair_metrics(metrics, &terms, "")?;
         let ((cs, cn), (rs, rn)) = fwd.logit_means()?;
         metrics.add("logits/chosen", cs, cn);
         metrics.add("logits/rejected", rs, rn);
@@ -353,7 +420,7 @@ impl Objective for DpoObjective {
         let Some(eval) = &self.eval else {
             return Ok(None);
         };
-        if self.eval_reference.is_none() {
+        if self.eval_reference.is_none() && self.loss.needs_reference() {
             self.eval_reference = Some(reference_sums(
                 model,
                 &adapters.reference(),
@@ -361,12 +428,11 @@ impl Objective for DpoObjective {
                 self.eval_batch_size,
             )?);
         }
-        let reference = self.eval_reference.as_ref().expect("set above");
         let (metrics, _) = evaluate_pairs(
             model,
             &adapters.policy(),
             eval,
-            Some(reference),
+            self.eval_reference.as_ref(),
             &self.loss,
             self.eval_batch_size,
             "eval_",
@@ -376,7 +442,8 @@ impl Objective for DpoObjective {
 }
 
 /// TRL's metrics of the policy `adapters` on `data` against precomputed reference sums (or
-/// against itself), and the policy's own sums.
+/// against itself, when the objective needs a reference and none is given), and the policy's
+/// own sums.
 pub fn evaluate_pairs(
     model: &Model,
     adapters: &[&Adapter],
@@ -386,25 +453,62 @@ pub fn evaluate_pairs(
     batch_size: usize,
     prefix: &str,
 ) -> Result<(MetricSums, PairSums)> {
-    let average = loss.loss_type.averages_logps();
     let mut metrics = MetricSums::default();
     let mut sums = PairSums::default();
     let rows: Vec<usize> = (0..data.examples.len()).collect();
     for chunk in rows.chunks(batch_size.max(1)) {
         let fwd = PairForward::run(model, &PairForward::pack(data, chunk), Pass::eval(adapters))?;
         let own = fwd.host_sums()?;
-        // No reference given: the policy is its own reference (a model without adapters).
-        let reference = match reference {
-            Some(r) => r.select(chunk)?,
-            None => own.clone(),
+        let reference = match (reference, loss.needs_reference()) {
+            (_, false) => None,
+            (Some(r), true) => Some(r.select(chunk)?),
+            // No reference given: the policy is its own reference (a model without adapters).
+            (None, true) => Some(own.clone()),
         };
+        let terms = sums_terms(loss, &own, reference.as_ref(), model.device())?;
         sums.extend(own);
-        let policy = fwd.pair_logps(average)?;
-        let terms = loss.terms(&policy, &reference.logps(average, model.device())?)?;
-        add_pair_metrics(&mut metrics, &terms, &policy, prefix)?;
+        add_pair_metrics(&mut metrics, &terms, prefix)?;
         let ((cs, cn), (rs, rn)) = fwd.logit_means()?;
         metrics.add(&format!("{prefix}logits/chosen"), cs, cn);
         metrics.add(&format!("{prefix}logits/rejected"), rs, rn);
     }
     Ok((metrics, sums))
+}
+
+/// The terms of `loss` on pairs known by their sums (no graph).
+fn sums_terms(
+    loss: &DpoLoss,
+    policy: &PairSums,
+    reference: Option<&PairSums>,
+    device: &candle_core::Device,
+) -> Result<DpoTerms> {
+    let (pol, nc, nr) = policy.tensors(device)?;
+    let reference = reference.map(|r| r.tensors(device)).transpose()?;
+    let nll = Tensor::new(policy.chosen_nll(), device)?;
+    loss.terms(&PairInputs {
+        policy: &pol,
+        reference: reference.as_ref().map(|r| &r.0),
+        chosen_tokens: &nc,
+        rejected_tokens: &nr,
+        chosen_nll: loss.needs_nll().then_some(&nll),
+    })
+}
+
+/// Each row's loss as a batch of that row alone (TRL's trainer on one pair): the batch-level
+/// terms (sft's NLL, aot's sorting) become the row's own.
+pub fn per_row_losses(
+    loss: &DpoLoss,
+    policy: &PairSums,
+    reference: Option<&PairSums>,
+) -> Result<Vec<f64>> {
+    let device = candle_core::Device::Cpu;
+    (0..policy.chosen.len())
+        .map(|i| {
+            let r = reference
+                .filter(|_| loss.needs_reference())
+                .map(|r| r.row(i));
+            let terms = sums_terms(loss, &policy.row(i), r.as_ref(), &device)?;
+            Ok(host::scalar(&terms.losses.squeeze(0)?)? as f64)
+        })
+        .collect()
 }

@@ -1,5 +1,5 @@
-//! The stages as the commands run them: `sft`, `dpo`, and `train` (SFT then DPO, or KTO, on
-//! one loaded base), from a [`LoadedConfig`].
+//! The stages as the commands run them: `sft`, `dpo`, `kto`, `orpo`, and `train` (every stage
+//! the config has, chained on one loaded base), from a [`LoadedConfig`].
 
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
@@ -9,6 +9,7 @@ use std::sync::Arc;
 use super::checkpoint;
 use super::dpo::DpoLoss;
 use super::fingerprint::RunFingerprint;
+use super::orpo::OrpoObjective;
 use super::output_dir;
 use super::preference::{reference_sums, DpoObjective};
 use super::ref_cache::{self, Fingerprint};
@@ -126,6 +127,7 @@ pub(super) fn stage_config(cfg: &LoadedConfig, stage: Stage) -> Result<&StageCon
         Stage::Sft => cfg.run.sft.as_ref(),
         Stage::Dpo => cfg.run.dpo.as_ref(),
         Stage::Kto => cfg.run.kto.as_ref(),
+        Stage::Orpo => cfg.run.orpo.as_ref(),
     };
     s.with_context(|| format!("the config has no [{stage}] section"))
 }
@@ -317,14 +319,70 @@ pub fn run_dpo(
     frozen: Option<&Adapter>,
 ) -> Result<(Adapter, StageResult)> {
     let _lock = output_dir::claim(&cfg.run.output.dir, opts, &["dpo"])?;
-    dpo_stage(session, cfg, opts, frozen)
+    dpo_stage(session, cfg, opts, &frozen.into_iter().collect::<Vec<_>>())
+}
+
+/// ORPO of a new adapter on top of `frozen` (none: ORPO needs no SFT stage).
+pub fn run_orpo(
+    session: &Session,
+    cfg: &LoadedConfig,
+    opts: &RunOptions,
+    frozen: Option<&Adapter>,
+) -> Result<(Adapter, StageResult)> {
+    let _lock = output_dir::claim(&cfg.run.output.dir, opts, &["orpo"])?;
+    orpo_stage(session, cfg, opts, &frozen.into_iter().collect::<Vec<_>>())
+}
+
+fn orpo_stage(
+    session: &Session,
+    cfg: &LoadedConfig,
+    opts: &RunOptions,
+    frozen: &[&Adapter],
+) -> Result<(Adapter, StageResult)> {
+    let stage = stage_config(cfg, Stage::Orpo)?;
+    let data_cfg = session.data_config(cfg, Stage::Orpo)?;
+    let (train, eval) = load_splits(stage, Stage::Orpo, |p| {
+        let ds = crate::data::load_dpo(p, None, &session.tokenizer, &data_cfg)?;
+        eprintln!("{}", crate::data::report::counts_line(&ds.stats));
+        Ok(ds)
+    })?;
+    let topts = train_options(
+        cfg,
+        Stage::Orpo,
+        opts,
+        stage_fingerprint(session, cfg, Stage::Orpo, frozen)?,
+    )?;
+    if let Some(done) = finished_stage(session, Stage::Orpo, opts, &topts)? {
+        return Ok(done);
+    }
+    // Not SFT's or DPO's seed, so chained adapters do not start from the same A.
+    let adapter = new_adapter(session, cfg, cfg.run.output.seed.wrapping_add(2))?;
+    let stack = AdapterStack {
+        frozen: frozen.to_vec(),
+        trainable: &adapter,
+    };
+    let mut objective = OrpoObjective {
+        train,
+        eval,
+        beta: stage.beta,
+        eval_batch_size: stage.per_device_eval_batch_size,
+        gradient_checkpointing: stage.gradient_checkpointing,
+    };
+    let result = train_and_save(
+        session,
+        &stack,
+        &mut objective,
+        &topts,
+        data_cfg.group_by_length,
+    )?;
+    Ok((adapter, result))
 }
 
 fn dpo_stage(
     session: &Session,
     cfg: &LoadedConfig,
     opts: &RunOptions,
-    frozen: Option<&Adapter>,
+    frozen: &[&Adapter],
 ) -> Result<(Adapter, StageResult)> {
     let stage = stage_config(cfg, Stage::Dpo)?;
     let data_cfg = session.data_config(cfg, Stage::Dpo)?;
@@ -333,33 +391,23 @@ fn dpo_stage(
         eprintln!("{}", crate::data::report::counts_line(&ds.stats));
         Ok(ds)
     })?;
-    let loss = DpoLoss {
-        beta: stage.beta,
-        loss_type: stage.loss_type,
-        label_smoothing: stage.label_smoothing,
-        rpo_alpha: stage.rpo_alpha,
-    };
+    let loss = DpoLoss::from_stage(stage).context("[dpo]")?;
     let mut ref_loaded;
-    let frozen = match (frozen, &stage.ref_adapter) {
-        (Some(a), _) => Some(a),
-        (None, Some(spec)) => {
+    let frozen: Vec<&Adapter> = match (frozen.is_empty(), &stage.ref_adapter) {
+        (false, _) => frozen.to_vec(),
+        (true, Some(spec)) => {
             ref_loaded = load_adapter(spec, &session.model.config, session.model.device())
                 .with_context(|| format!("[dpo] ref_adapter {spec}"))?;
             ref_loaded.frozen = true;
-            Some(&ref_loaded)
+            vec![&ref_loaded]
         }
-        (None, None) => None,
+        (true, None) => vec![],
     };
     let topts = train_options(
         cfg,
         Stage::Dpo,
         opts,
-        stage_fingerprint(
-            session,
-            cfg,
-            Stage::Dpo,
-            &frozen.iter().copied().collect::<Vec<_>>(),
-        )?,
+        stage_fingerprint(session, cfg, Stage::Dpo, &frozen)?,
     )?;
     if let Some(done) = finished_stage(session, Stage::Dpo, opts, &topts)? {
         return Ok(done);
@@ -367,10 +415,11 @@ fn dpo_stage(
     // A different seed from SFT's, so the two adapters do not start from the same A.
     let adapter = new_adapter(session, cfg, cfg.run.output.seed.wrapping_add(1))?;
     let stack = AdapterStack {
-        frozen: frozen.into_iter().collect(),
+        frozen,
         trainable: &adapter,
     };
-    let train_reference = if stage.precompute_ref_log_probs {
+    // A reference-free objective never computes (or caches) reference log-probs.
+    let train_reference = if stage.precompute_ref_log_probs && loss.needs_reference() {
         Some(cached_reference(
             session,
             cfg.run.model.quantize,
@@ -440,52 +489,59 @@ pub(super) fn cached_reference(
     Ok(sums)
 }
 
-/// The preference stage `train` runs after SFT: `[dpo]`, or `[kto]` when the config has that
-/// one instead.
-pub fn preference_stage(cfg: &LoadedConfig) -> Result<Stage> {
-    match (&cfg.run.dpo, &cfg.run.kto) {
-        (Some(_), Some(_)) => anyhow::bail!(
-            "the config has both [dpo] and [kto]: `train` runs one preference stage after [sft]; \
-             keep one, or run `kto` on its own with [kto] ref_adapter = the SFT adapter"
-        ),
-        (None, Some(_)) => Ok(Stage::Kto),
-        _ => Ok(Stage::Dpo),
-    }
-}
-
-/// SFT, then DPO (or KTO) on top of the frozen SFT adapter, then one combined adapter.
+/// The stages the config has, in order (`[sft]` → `[dpo]` → `[kto]` → `[orpo]`), each on top
+/// of the frozen adapters of those before it (a preference stage's reference is base + those
+/// adapters), then one combined adapter when more than one stage ran. Stops after a stage that
+/// was interrupted. Each result is named by its folder.
 pub fn run_train(
     session: &Session,
     cfg: &LoadedConfig,
     opts: &RunOptions,
-) -> Result<Vec<StageResult>> {
-    let preference = preference_stage(cfg)?;
-    let _lock = output_dir::claim(
-        &cfg.run.output.dir,
-        opts,
-        &["sft", preference.as_str(), "combined"],
-    )?;
-    let (mut sft, sft_result) = sft_stage(session, cfg, opts)?;
-    if matches!(sft_result.finish, Finish::Interrupted { .. }) {
-        return Ok(vec![sft_result]);
+) -> Result<Vec<(&'static str, StageResult)>> {
+    let mut stages: Vec<&'static str> = Vec::new();
+    let sections = [
+        ("sft", cfg.run.sft.is_some()),
+        ("dpo", cfg.run.dpo.is_some()),
+        ("kto", cfg.run.kto.is_some()),
+        ("orpo", cfg.run.orpo.is_some()),
+    ];
+    stages.extend(sections.iter().filter(|(_, on)| *on).map(|(n, _)| *n));
+    if stages.is_empty() {
+        anyhow::bail!("the config has no stage to train ([sft], [dpo], [kto] or [orpo])");
     }
-    sft.frozen = true;
-    let (dpo, dpo_result) = match preference {
-        Stage::Kto => super::kto_run::kto_stage(session, cfg, opts, Some(&sft))?,
-        _ => dpo_stage(session, cfg, opts, Some(&sft))?,
-    };
-    let mut results = vec![sft_result];
-    if matches!(dpo_result.finish, Finish::Completed { .. }) {
-        let combined = combine(&[&sft, &dpo], &session.model.config)?;
+    let mut claimed = stages.clone();
+    claimed.push("combined");
+    let _lock = output_dir::claim(&cfg.run.output.dir, opts, &claimed)?;
+    let mut trained: Vec<Adapter> = Vec::new();
+    let mut results = Vec::new();
+    for name in &stages {
+        let frozen: Vec<&Adapter> = trained.iter().collect();
+        let (mut adapter, result) = match *name {
+            "sft" => sft_stage(session, cfg, opts)?,
+            "dpo" => dpo_stage(session, cfg, opts, &frozen)?,
+            "kto" => super::kto_run::kto_stage(session, cfg, opts, &frozen)?,
+            _ => orpo_stage(session, cfg, opts, &frozen)?,
+        };
+        let interrupted = matches!(result.finish, Finish::Interrupted { .. });
+        results.push((*name, result));
+        if interrupted {
+            return Ok(results);
+        }
+        adapter.frozen = true;
+        trained.push(adapter);
+    }
+    if trained.len() > 1 {
+        let all: Vec<&Adapter> = trained.iter().collect();
+        let combined = combine(&all, &session.model.config)?;
         let dir = Path::new(&cfg.run.output.dir).join("combined");
         save_adapter(&combined, &cfg.run.model.name_or_path, &dir)?;
-        results.push(dpo_result);
-        results.push(StageResult {
-            adapter_dir: dir,
-            finish: Finish::Completed { steps: 0 },
-        });
-    } else {
-        results.push(dpo_result);
+        results.push((
+            "combined",
+            StageResult {
+                adapter_dir: dir,
+                finish: Finish::Completed { steps: 0 },
+            },
+        ));
     }
     Ok(results)
 }

@@ -681,6 +681,12 @@ fn update_bar(bar: &indicatif::ProgressBar, window: &MetricSums, tokens_per_sec:
         }
         msg.push_str(&format!("  kl {kl:.3}"));
     }
+    // ORPO's and the NLL-weighted objectives' two parts, under TRL's names.
+    for (key, short) in [("nll_loss", "nll"), ("log_odds_ratio", "log_odds_ratio")] {
+        if let Some(v) = window.mean(key) {
+            msg.push_str(&format!("  {short} {v:.4}"));
+        }
+    }
     msg.push_str(&format!("  {tokens_per_sec:.0} tok/s"));
     bar.set_message(msg);
 }

@@ -144,12 +144,7 @@ pub fn eval_fixture_pairs(
         adapter: Some(adapter),
         tokenizer,
         data_config: &lora_dpo::data::DataConfig::default(),
-        loss: DpoLoss {
-            beta: 0.1,
-            loss_type: LossType::Sigmoid,
-            label_smoothing: 0.0,
-            rpo_alpha: None,
-        },
+        loss: DpoLoss::single(LossType::Sigmoid, 0.1).into(),
         batch_size: 2,
         per_row: true,
     };

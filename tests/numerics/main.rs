@@ -13,6 +13,7 @@ mod gguf;
 mod kto;
 mod lora_linear;
 mod model_parity;
+mod objectives;
 mod ops_grad;
 mod packed;
 mod parity_cli;

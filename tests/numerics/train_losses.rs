@@ -12,7 +12,7 @@ use lora_dpo::adapter::load_adapter;
 use lora_dpo::data::{collate, collate_dpo, load_chat_tokenizer, load_dpo, load_sft, DataConfig};
 use lora_dpo::model::{Adapter, Model};
 use lora_dpo::ops::Kernels;
-use lora_dpo::train::dpo::{DpoLoss, LossType};
+use lora_dpo::train::dpo::DpoLoss;
 use lora_dpo::train::preference::DpoObjective;
 use lora_dpo::train::sft::SftObjective;
 use lora_dpo::train::trainer::{AdapterStack, Gradients, MetricSums, Objective};
@@ -73,6 +73,16 @@ fn check_grads(prefix: &str, adapter: &Adapter, grads: &Gradients, exp: &HashMap
     }
 }
 
+/// The objective of a fixture case's `[dpo]` keys, read as a config file would be.
+fn dpo_loss_of(keys: &serde_json::Value) -> DpoLoss {
+    let mut text = String::from("[model]\nname_or_path = \"m\"\n[dpo]\n");
+    for (k, v) in keys.as_object().unwrap() {
+        text.push_str(&format!("{k} = {v}\n"));
+    }
+    let cfg = lora_dpo::config::LoadedConfig::from_str(&text, &[]).unwrap();
+    DpoLoss::from_stage(cfg.run.dpo.as_ref().unwrap()).unwrap()
+}
+
 /// Both ways of running the backward: keeping every layer's activations, and recomputing
 /// each layer (gradient checkpointing). They must give the same gradients.
 const CHECKPOINTING: [bool; 2] = [false, true];
@@ -105,22 +115,13 @@ fn dpo_losses_match_on(kernels: Kernels) {
             .unwrap();
     for (name, case) in cases.as_object().unwrap() {
         let c = &case["config"];
-        let loss = DpoLoss {
-            beta: c["beta"].as_f64().unwrap(),
-            loss_type: c["loss_type"]
-                .as_str()
-                .unwrap()
-                .parse::<LossType>()
-                .unwrap(),
-            label_smoothing: c["label_smoothing"].as_f64().unwrap(),
-            rpo_alpha: c.get("rpo_alpha").and_then(|v| v.as_f64()),
-        };
+        let loss = dpo_loss_of(c);
         for gradient_checkpointing in CHECKPOINTING {
             let name = &format!("{name} ({kernels}, checkpointing {gradient_checkpointing})");
             let mut objective = DpoObjective {
                 train: data.clone(),
                 eval: None,
-                loss,
+                loss: loss.clone(),
                 eval_batch_size: 8,
                 train_reference: None,
                 eval_reference: None,

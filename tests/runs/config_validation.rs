@@ -269,7 +269,13 @@ const NAMED: &[(&str, &str, &str, &str)] = &[
     ),
     ("model", "device", "tpu", "cpu, cuda, auto"),
     ("model", "kernels", "fast", "auto, generic"),
-    ("dpo", "loss_type", "hinge2", "sigmoid, ipo, hinge, robust"),
+    (
+        "dpo",
+        "loss_type",
+        "hinge2",
+        "sigmoid, hinge, ipo, exo_pair, nca_pair, robust, bco_pair, sppo_hard, aot, \
+         aot_unpaired, apo_zero, apo_down, discopop, sft, sigmoid_norm, simpo, cpo",
+    ),
     (
         "sft",
         "lr_scheduler_type",

@@ -174,8 +174,10 @@ fn eval_loss_type_kto_gives_metrics_and_rows() {
     assert!(err.contains("paired preference data"), "{err}");
 }
 
+/// `train` chains every stage the config has: [sft] → [dpo] → [kto], each on the frozen
+/// adapters before it.
 #[test]
-fn train_refuses_two_preference_stages() {
+fn train_chains_dpo_then_kto() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = config(
         tmp.path(),
@@ -185,6 +187,10 @@ fn train_refuses_two_preference_stages() {
         ),
     );
     let (code, _, err) = run(tmp.path(), &["train", "--config", cfg.to_str().unwrap()]);
-    assert_ne!(code, 0);
-    assert!(err.contains("both [dpo] and [kto]"), "{err}");
+    assert_eq!(code, 0, "{err}");
+    for stage in ["sft", "dpo", "kto", "combined"] {
+        let file = tmp.path().join(format!("out/{stage}/adapter_model.safetensors"));
+        let nested = tmp.path().join(format!("out/{stage}/adapter/adapter_model.safetensors"));
+        assert!(file.is_file() || nested.is_file(), "no {stage} adapter: {err}");
+    }
 }

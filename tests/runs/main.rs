@@ -12,6 +12,7 @@ mod configs;
 mod families;
 mod gpu_kit;
 mod kto_stage;
+mod objectives;
 mod ref_cache;
 mod run_safety;
 mod train_resume;
