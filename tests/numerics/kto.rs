@@ -81,12 +81,8 @@ fn eval_on(kernels: Kernels) -> Value {
         adapter: Some(&adapter),
         tokenizer: &tok,
         data_config: &DataConfig::default(),
-        loss: DpoLoss {
-            beta: loss.beta,
-            loss_type: Default::default(),
-            label_smoothing: 0.0,
-            rpo_alpha: None,
-        },
+        // KTO's own loss goes alongside; the pair loss is not read.
+        loss: DpoLoss::from_stage(&Default::default()).unwrap().into(),
         batch_size: cfg["batch_size"].as_u64().unwrap() as usize,
         per_row: true,
     };

@@ -189,8 +189,15 @@ fn train_chains_dpo_then_kto() {
     let (code, _, err) = run(tmp.path(), &["train", "--config", cfg.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     for stage in ["sft", "dpo", "kto", "combined"] {
-        let file = tmp.path().join(format!("out/{stage}/adapter_model.safetensors"));
-        let nested = tmp.path().join(format!("out/{stage}/adapter/adapter_model.safetensors"));
-        assert!(file.is_file() || nested.is_file(), "no {stage} adapter: {err}");
+        let file = tmp
+            .path()
+            .join(format!("out/{stage}/adapter_model.safetensors"));
+        let nested = tmp
+            .path()
+            .join(format!("out/{stage}/adapter/adapter_model.safetensors"));
+        assert!(
+            file.is_file() || nested.is_file(),
+            "no {stage} adapter: {err}"
+        );
     }
 }
