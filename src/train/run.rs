@@ -269,46 +269,88 @@ pub fn run_sft(
     sft_stage(session, cfg, opts)
 }
 
+/// A stage on a new adapter over `frozen`: its options and fingerprint; the saved result when
+/// the stage already finished; else the adapter (seeded per stage, so chained adapters do not
+/// start from the same A) trained on the objective `make` builds for the stack, and saved.
+/// `make` runs only when there is training to do (it loads the data).
+pub(super) fn train_stage(
+    session: &Session,
+    cfg: &LoadedConfig,
+    opts: &RunOptions,
+    stage: Stage,
+    frozen: Vec<&Adapter>,
+    make: &mut dyn FnMut(&AdapterStack) -> Result<(Box<dyn trainer::Objective>, bool)>,
+) -> Result<(Adapter, StageResult)> {
+    let fingerprint = stage_fingerprint(session, cfg, stage, &frozen)?;
+    let topts = train_options(cfg, stage, opts, fingerprint)?;
+    if let Some(done) = finished_stage(session, stage, opts, &topts)? {
+        return Ok(done);
+    }
+    let seed = cfg.run.output.seed.wrapping_add(stage_seed(stage));
+    let adapter = new_adapter(session, cfg, seed)?;
+    let stack = AdapterStack {
+        frozen,
+        trainable: &adapter,
+    };
+    let (mut objective, group_by_length) = make(&stack)?;
+    let result = train_and_save(session, &stack, objective.as_mut(), &topts, group_by_length)?;
+    Ok((adapter, result))
+}
+
+/// What each stage adds to the run's seed for its adapter's initialisation (SFT's and DPO's as
+/// before the other stages existed, so their runs resume bit for bit).
+fn stage_seed(stage: Stage) -> u64 {
+    match stage {
+        Stage::Sft => 0,
+        Stage::Dpo => 1,
+        Stage::Kto => 2,
+        Stage::Orpo => 3,
+    }
+}
+
+/// The adapters a preference stage's reference (and its trained adapter) stand on: the frozen
+/// earlier stages' adapters, or, when it runs alone, the section's `ref_adapter` loaded into
+/// `slot`.
+pub(super) fn stage_base<'a>(
+    session: &Session,
+    section: &str,
+    ref_adapter: &Option<String>,
+    frozen: &[&'a Adapter],
+    slot: &'a mut Option<Adapter>,
+) -> Result<Vec<&'a Adapter>> {
+    if !frozen.is_empty() {
+        return Ok(frozen.to_vec());
+    }
+    let Some(spec) = ref_adapter else {
+        return Ok(vec![]);
+    };
+    let mut loaded = load_adapter(spec, &session.model.config, session.model.device())
+        .with_context(|| format!("[{section}] ref_adapter {spec}"))?;
+    loaded.frozen = true;
+    Ok(vec![&*slot.insert(loaded)])
+}
+
 pub(super) fn sft_stage(
     session: &Session,
     cfg: &LoadedConfig,
     opts: &RunOptions,
 ) -> Result<(Adapter, StageResult)> {
     let stage = stage_config(cfg, Stage::Sft)?;
-    let topts = train_options(
-        cfg,
-        Stage::Sft,
-        opts,
-        stage_fingerprint(session, cfg, Stage::Sft, &[])?,
-    )?;
-    if let Some(done) = finished_stage(session, Stage::Sft, opts, &topts)? {
-        return Ok(done);
-    }
     let data_cfg = session.data_config(cfg, Stage::Sft)?;
-    let (train, eval) = load_splits(stage, Stage::Sft, |p| {
-        let ds = crate::data::load_sft(p, None, &session.tokenizer, &data_cfg)?;
-        eprintln!("{}", crate::data::report::counts_line(&ds.stats));
-        Ok(ds)
-    })?;
-    let adapter = new_adapter(session, cfg, cfg.run.output.seed)?;
-    let mut objective = SftObjective {
-        train,
-        eval,
-        eval_batch_size: stage.per_device_eval_batch_size,
-        gradient_checkpointing: stage.gradient_checkpointing,
-    };
-    let stack = AdapterStack {
-        frozen: vec![],
-        trainable: &adapter,
-    };
-    let result = train_and_save(
-        session,
-        &stack,
-        &mut objective,
-        &topts,
-        data_cfg.group_by_length,
-    )?;
-    Ok((adapter, result))
+    train_stage(session, cfg, opts, Stage::Sft, vec![], &mut |_| {
+        let (train, eval) = load_splits(stage, Stage::Sft, |p| {
+            let ds = crate::data::load_sft(p, None, &session.tokenizer, &data_cfg)?;
+            eprintln!("{}", crate::data::report::counts_line(&ds.stats));
+            Ok(ds)
+        })?;
+        let objective = SftObjective {
+            train,
+            eval,
+            eval_batch_size: stage.per_device_eval_batch_size,
+            gradient_checkpointing: stage.gradient_checkpointing,
+        };
+        Ok((Box::new(objective), data_cfg.group_by_length))
+    })
 }
 
 /// DPO of a new adapter on top of `frozen` (the SFT adapter in `train`, `ref_adapter` alone).
@@ -341,41 +383,24 @@ fn orpo_stage(
 ) -> Result<(Adapter, StageResult)> {
     let stage = stage_config(cfg, Stage::Orpo)?;
     let data_cfg = session.data_config(cfg, Stage::Orpo)?;
-    let (train, eval) = load_splits(stage, Stage::Orpo, |p| {
-        let ds = crate::data::load_dpo(p, None, &session.tokenizer, &data_cfg)?;
-        eprintln!("{}", crate::data::report::counts_line(&ds.stats));
-        Ok(ds)
-    })?;
-    let topts = train_options(
-        cfg,
-        Stage::Orpo,
-        opts,
-        stage_fingerprint(session, cfg, Stage::Orpo, frozen)?,
-    )?;
-    if let Some(done) = finished_stage(session, Stage::Orpo, opts, &topts)? {
-        return Ok(done);
-    }
-    // Not SFT's or DPO's seed, so chained adapters do not start from the same A.
-    let adapter = new_adapter(session, cfg, cfg.run.output.seed.wrapping_add(2))?;
-    let stack = AdapterStack {
-        frozen: frozen.to_vec(),
-        trainable: &adapter,
-    };
-    let mut objective = OrpoObjective {
-        train,
-        eval,
-        beta: stage.beta,
-        eval_batch_size: stage.per_device_eval_batch_size,
-        gradient_checkpointing: stage.gradient_checkpointing,
-    };
-    let result = train_and_save(
+    train_stage(
         session,
-        &stack,
-        &mut objective,
-        &topts,
-        data_cfg.group_by_length,
-    )?;
-    Ok((adapter, result))
+        cfg,
+        opts,
+        Stage::Orpo,
+        frozen.to_vec(),
+        &mut |_| {
+            let (train, eval) = load_pairs(session, stage, Stage::Orpo, &data_cfg)?;
+            let objective = OrpoObjective {
+                train,
+                eval,
+                beta: stage.beta,
+                eval_batch_size: stage.per_device_eval_batch_size,
+                gradient_checkpointing: stage.gradient_checkpointing,
+            };
+            Ok((Box::new(objective), data_cfg.group_by_length))
+        },
+    )
 }
 
 fn dpo_stage(
@@ -386,67 +411,44 @@ fn dpo_stage(
 ) -> Result<(Adapter, StageResult)> {
     let stage = stage_config(cfg, Stage::Dpo)?;
     let data_cfg = session.data_config(cfg, Stage::Dpo)?;
-    let (train, eval) = load_splits(stage, Stage::Dpo, |p| {
-        let ds = crate::data::load_dpo(p, None, &session.tokenizer, &data_cfg)?;
+    let loss = DpoLoss::from_stage(stage).context("[dpo]")?;
+    let mut slot = None;
+    let base = stage_base(session, "dpo", &stage.ref_adapter, frozen, &mut slot)?;
+    train_stage(session, cfg, opts, Stage::Dpo, base, &mut |stack| {
+        let (train, eval) = load_pairs(session, stage, Stage::Dpo, &data_cfg)?;
+        // A reference-free objective never computes (or caches) reference log-probs.
+        let train_reference = if stage.precompute_ref_log_probs && loss.needs_reference() {
+            let batch = stage.per_device_eval_batch_size;
+            let quantize = cfg.run.model.quantize;
+            Some(cached_reference(session, quantize, stack, &train, batch)?)
+        } else {
+            None
+        };
+        let objective = DpoObjective {
+            train,
+            eval,
+            loss: loss.clone(),
+            eval_batch_size: stage.per_device_eval_batch_size,
+            train_reference,
+            eval_reference: None,
+            gradient_checkpointing: stage.gradient_checkpointing,
+        };
+        Ok((Box::new(objective), data_cfg.group_by_length))
+    })
+}
+
+/// The training and eval pairs of a pairwise stage's section.
+fn load_pairs(
+    session: &Session,
+    stage: &crate::config::StageConfig,
+    which: Stage,
+    data_cfg: &crate::data::DataConfig,
+) -> Result<(crate::data::DpoDataset, Option<crate::data::DpoDataset>)> {
+    load_splits(stage, which, |p| {
+        let ds = crate::data::load_dpo(p, None, &session.tokenizer, data_cfg)?;
         eprintln!("{}", crate::data::report::counts_line(&ds.stats));
         Ok(ds)
-    })?;
-    let loss = DpoLoss::from_stage(stage).context("[dpo]")?;
-    let mut ref_loaded;
-    let frozen: Vec<&Adapter> = match (frozen.is_empty(), &stage.ref_adapter) {
-        (false, _) => frozen.to_vec(),
-        (true, Some(spec)) => {
-            ref_loaded = load_adapter(spec, &session.model.config, session.model.device())
-                .with_context(|| format!("[dpo] ref_adapter {spec}"))?;
-            ref_loaded.frozen = true;
-            vec![&ref_loaded]
-        }
-        (true, None) => vec![],
-    };
-    let topts = train_options(
-        cfg,
-        Stage::Dpo,
-        opts,
-        stage_fingerprint(session, cfg, Stage::Dpo, &frozen)?,
-    )?;
-    if let Some(done) = finished_stage(session, Stage::Dpo, opts, &topts)? {
-        return Ok(done);
-    }
-    // A different seed from SFT's, so the two adapters do not start from the same A.
-    let adapter = new_adapter(session, cfg, cfg.run.output.seed.wrapping_add(1))?;
-    let stack = AdapterStack {
-        frozen,
-        trainable: &adapter,
-    };
-    // A reference-free objective never computes (or caches) reference log-probs.
-    let train_reference = if stage.precompute_ref_log_probs && loss.needs_reference() {
-        Some(cached_reference(
-            session,
-            cfg.run.model.quantize,
-            &stack,
-            &train,
-            stage.per_device_eval_batch_size,
-        )?)
-    } else {
-        None
-    };
-    let mut objective = DpoObjective {
-        train,
-        eval,
-        loss,
-        eval_batch_size: stage.per_device_eval_batch_size,
-        train_reference,
-        eval_reference: None,
-        gradient_checkpointing: stage.gradient_checkpointing,
-    };
-    let result = train_and_save(
-        session,
-        &stack,
-        &mut objective,
-        &topts,
-        data_cfg.group_by_length,
-    )?;
-    Ok((adapter, result))
+    })
 }
 
 pub(super) fn cached_reference(
