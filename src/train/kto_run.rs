@@ -68,7 +68,7 @@ pub(super) fn kto_stage(
         let objective = KtoObjective {
             train,
             eval,
-            loss: loss.clone(),
+            loss,
             eval_batch_size: stage.per_device_eval_batch_size,
             train_reference,
             eval_reference: None,

@@ -269,6 +269,11 @@ pub fn run_sft(
     sft_stage(session, cfg, opts)
 }
 
+/// Builds a stage's objective for its adapter stack (loading its data), with the stage's
+/// `group_by_length`.
+pub(super) type MakeObjective<'a> =
+    dyn FnMut(&AdapterStack) -> Result<(Box<dyn trainer::Objective>, bool)> + 'a;
+
 /// A stage on a new adapter over `frozen`: its options and fingerprint; the saved result when
 /// the stage already finished; else the adapter (seeded per stage, so chained adapters do not
 /// start from the same A) trained on the objective `make` builds for the stack, and saved.
@@ -279,7 +284,7 @@ pub(super) fn train_stage(
     opts: &RunOptions,
     stage: Stage,
     frozen: Vec<&Adapter>,
-    make: &mut dyn FnMut(&AdapterStack) -> Result<(Box<dyn trainer::Objective>, bool)>,
+    make: &mut MakeObjective,
 ) -> Result<(Adapter, StageResult)> {
     let fingerprint = stage_fingerprint(session, cfg, stage, &frozen)?;
     let topts = train_options(cfg, stage, opts, fingerprint)?;
