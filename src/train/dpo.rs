@@ -534,12 +534,22 @@ fn sigmoid(x: &Tensor) -> candle_core::Result<Tensor> {
     log_sigmoid(x)?.exp()
 }
 
-/// `log σ(x) = −softplus(−x)`, stable for large |x|.
+/// `log σ(x) = −softplus(−x)`, stable for large |x|, with its derivative `σ(−x)` attached.
+///
+/// The composite's own autograd is wrong at exactly 0, where every pair sits while the
+/// trained adapter's B is still zero: candle differentiates `relu` and `abs` there as 1, which
+/// gives 1.5 instead of 0.5 (3× the first steps' gradients).
 pub fn log_sigmoid(x: &Tensor) -> candle_core::Result<Tensor> {
     // −(max(−x, 0) + log(1 + exp(−|x|)))
-    let relu = x.neg()?.relu()?;
-    let tail = (x.abs()?.neg()?.exp()? + 1.0)?.log()?;
-    (relu + tail)?.neg()
+    let plain = x.detach();
+    let relu = plain.neg()?.relu()?;
+    let tail = (plain.abs()?.neg()?.exp()? + 1.0)?.log()?;
+    let y = (relu + tail)?.neg()?;
+    crate::ops::attach_gradient(
+        x,
+        y,
+        std::sync::Arc::new(|x, _, grad| grad * candle_nn::ops::sigmoid(&x.neg()?)?),
+    )
 }
 
 #[cfg(test)]
@@ -547,6 +557,28 @@ mod tests {
     use super::*;
     use crate::config::LoadedConfig;
     use candle_core::Device;
+
+    /// The derivative is σ(−x) everywhere, 0.5 at exactly 0 (where the composite's autograd
+    /// gave 1.5), against central differences in f64.
+    #[test]
+    fn log_sigmoid_has_its_derivative_at_zero_and_elsewhere() {
+        let xs = [0.0f64, 1e-3, -2.0, 3.5, -40.0, 40.0];
+        let x = candle_core::Var::new(&xs[..], &Device::Cpu).unwrap();
+        let y = log_sigmoid(x.as_tensor()).unwrap().sum_all().unwrap();
+        let grads = y.backward().unwrap();
+        let g: Vec<f64> = grads.get(x.as_tensor()).unwrap().to_vec1().unwrap();
+        let f = |v: f64| -(((-v).max(0.0)) + (1.0 + (-v.abs()).exp()).ln());
+        for (i, &v) in xs.iter().enumerate() {
+            let h = 1e-6;
+            let numeric = (f(v + h) - f(v - h)) / (2.0 * h);
+            assert!(
+                (g[i] - numeric).abs() < 1e-6,
+                "x = {v}: {} vs {numeric}",
+                g[i]
+            );
+        }
+        assert!((g[0] - 0.5).abs() < 1e-12);
+    }
 
     fn fixture() -> serde_json::Value {
         let path = concat!(
