@@ -304,10 +304,7 @@ pub fn evaluate_kto(
         let terms = loss.terms(&policy, &logps_of(&reference, model.device())?, &labels)?;
         add_kto_metrics(&mut metrics, &terms, &policy.completion, &labels, prefix)?;
         add_logit_metrics(&mut metrics, &fwd, &labels, prefix)?;
-        sums.chosen.extend(own.chosen);
-        sums.rejected.extend(own.rejected);
-        sums.chosen_tokens.extend(own.chosen_tokens);
-        sums.rejected_tokens.extend(own.rejected_tokens);
+        sums.extend(own);
     }
     Ok((metrics, sums))
 }

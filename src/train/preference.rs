@@ -21,7 +21,7 @@ pub struct PairSums {
 }
 
 impl PairSums {
-    fn extend(&mut self, other: PairSums) {
+    pub(crate) fn extend(&mut self, other: PairSums) {
         self.chosen.extend(other.chosen);
         self.rejected.extend(other.rejected);
         self.chosen_tokens.extend(other.chosen_tokens);

@@ -64,11 +64,23 @@ fn kto_tokens_and_kl_pairs_are_trls() {
     }
 }
 
-fn eval_on(kernels: Kernels) -> Value {
+/// tiny-llama on `kernels`, its PEFT adapter and its tokenizer.
+fn tiny_llama(
+    kernels: Kernels,
+) -> (
+    lora_dpo::model::Model,
+    lora_dpo::model::Adapter,
+    lora_dpo::data::ChatTokenizer,
+) {
     let dir = fixture_str("models/tiny-llama");
     let model = load_on(&dir, DType::F32, kernels);
     let adapter = load_adapter(&format!("{dir}/adapter"), &model.config, &Device::Cpu).unwrap();
     let tok = load_chat_tokenizer(&fixture("models/tiny-llama")).unwrap();
+    (model, adapter, tok)
+}
+
+fn eval_on(kernels: Kernels) -> Value {
+    let (model, adapter, tok) = tiny_llama(kernels);
     let exp = expected();
     let cfg = &exp["config"];
     let loss = KtoLoss {
@@ -195,11 +207,7 @@ fn one_kto_step_has_trls_gradients() {
     let loss_ref = exp["loss"].to_vec1::<f32>().unwrap()[0];
     for kernels in PATHS {
         for checkpointing in [false, true] {
-            let dir = fixture_str("models/tiny-llama");
-            let model = load_on(&dir, DType::F32, kernels);
-            let adapter =
-                load_adapter(&format!("{dir}/adapter"), &model.config, &Device::Cpu).unwrap();
-            let tok = load_chat_tokenizer(&fixture("models/tiny-llama")).unwrap();
+            let (model, adapter, tok) = tiny_llama(kernels);
             let train = load_kto(
                 &fixture("train/kto.jsonl"),
                 None,
