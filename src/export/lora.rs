@@ -13,7 +13,7 @@ use candle_core::Device;
 use std::path::Path;
 
 use super::gguf_writer::{GgufWriter, TensorEntry};
-use super::{encode, permute_rows, temp_path};
+use super::{encode, permute_rows, write_into_place};
 use crate::model::architecture::{LayerTensor, ModelTensor};
 use crate::model::{Adapter, ModelConfig, Projection};
 
@@ -72,9 +72,8 @@ pub fn export_lora_gguf(
         bail!("the adapter has no LoRA factors");
     }
     let _lock = crate::lock::lock_output(out)?;
-    let tmp = temp_path(out)?;
-    let result = (|| -> Result<()> {
-        let mut w = GgufWriter::create(&tmp, &metadata, &entries)?;
+    write_into_place(out, |tmp| {
+        let mut w = GgufWriter::create(tmp, &metadata, &entries)?;
         for (p, a, b) in &pairs {
             let a = a.to_device(&Device::Cpu)?;
             let b = b.to_device(&Device::Cpu)?;
@@ -97,12 +96,6 @@ pub fn export_lora_gguf(
             w.write(&encode(&b_values, (rows, r_b), dtype)?)?;
         }
         w.finish()
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    std::fs::rename(&tmp, out)
-        .with_context(|| format!("{}: cannot rename into place", out.display()))?;
+    })?;
     Ok(pairs.len())
 }

@@ -137,27 +137,16 @@ pub fn export_gguf(
     }
     let plan = plan_tensors(&config, options.quant, &mut notes)?;
 
-    let tmp = temp_path(out)?;
-    let result = (|| -> Result<usize> {
+    let merged_tensors = write_into_place(out, |tmp| {
         let entries: Vec<TensorEntry> = plan.iter().map(|p| p.entry.clone()).collect();
-        let mut w = GgufWriter::create(&tmp, &metadata, &entries)?;
+        let mut w = GgufWriter::create(tmp, &metadata, &entries)?;
         let mut merged = 0;
         for t in &plan {
             merged += usize::from(write_tensor(&mut w, t, &base, adapters, options)?);
         }
         w.finish()?;
         Ok(merged)
-    })();
-    let merged_tensors = match result {
-        Ok(m) => m,
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
-        }
-    };
-    crate::fault::point("export-before-rename");
-    std::fs::rename(&tmp, out)
-        .with_context(|| format!("{}: cannot rename into place", out.display()))?;
+    })?;
     Ok(ExportReport {
         out: out.to_path_buf(),
         arch,
@@ -476,13 +465,26 @@ fn check_output(out: &Path, model_spec: &str, options: &ExportOptions) -> Result
     Ok(())
 }
 
-pub(crate) fn temp_path(out: &Path) -> Result<PathBuf> {
+/// Runs `write` on a temporary file beside `out` and renames it into place: a partial file
+/// never takes the output's name, and a failed write leaves none behind.
+pub(crate) fn write_into_place<T>(out: &Path, write: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
     let name = out
         .file_name()
         .with_context(|| format!("{}: no file name", out.display()))?;
-    Ok(out.with_file_name(format!(
+    let tmp = out.with_file_name(format!(
         ".{}.tmp-{}",
         name.to_string_lossy(),
         std::process::id()
-    )))
+    ));
+    let value = match write(&tmp) {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    crate::fault::point("export-before-rename");
+    std::fs::rename(&tmp, out)
+        .with_context(|| format!("{}: cannot rename into place", out.display()))?;
+    Ok(value)
 }
