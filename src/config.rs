@@ -94,8 +94,15 @@ pub struct LoraSection {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct StageConfig {
+    /// A file, a folder, or a hub dataset `hf://datasets/OWNER/NAME`.
     pub train_file: Option<String>,
     pub eval_file: Option<String>,
+    /// The split of `train_file` to read (a folder's or hub dataset's; default `train`).
+    pub train_split: Option<String>,
+    /// The split of `eval_file` (default `test` for a hub dataset).
+    pub eval_split: Option<String>,
+    /// The hub revision (branch, tag or commit) of hub datasets; default `main`.
+    pub revision: Option<String>,
     pub learning_rate: f64,
     pub num_train_epochs: f64,
     /// Positive: stop after this many optimizer steps (overrides `num_train_epochs`).
@@ -146,6 +153,46 @@ pub struct StageConfig {
     pub desirable_weight: f64,
     /// KTO: weight of the losses of undesirable rows.
     pub undesirable_weight: f64,
+    /// Where metrics go besides metrics.jsonl (TRL's key): `"tensorboard"`, `"all"` or `"none"`.
+    pub report_to: ReportTo,
+}
+
+/// `report_to`: a name or a list of names, as in TRL. Only TensorBoard is written; the
+/// integrations that need a service (wandb, mlflow, …) are refused by name.
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct ReportTo {
+    pub tensorboard: bool,
+}
+
+impl<'de> Deserialize<'de> for ReportTo {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum OneOrMany {
+            One(String),
+            Many(Vec<String>),
+        }
+        let names = match OneOrMany::deserialize(d).map_err(|_| {
+            serde::de::Error::custom("`report_to`: expected a name or a list of names")
+        })? {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        };
+        let mut out = Self::default();
+        for name in &names {
+            match name.as_str() {
+                "tensorboard" | "all" => out.tensorboard = true,
+                "none" => {}
+                other => {
+                    return Err(serde::de::Error::custom(format!(
+                        "`report_to`: `{other}` is not supported; lora-dpo writes \
+                         metrics.jsonl always and \"tensorboard\" on request"
+                    )))
+                }
+            }
+        }
+        Ok(out)
+    }
 }
 
 impl Default for StageConfig {
@@ -153,6 +200,9 @@ impl Default for StageConfig {
         Self {
             train_file: None,
             eval_file: None,
+            train_split: None,
+            eval_split: None,
+            revision: None,
             learning_rate: 2e-5,
             num_train_epochs: 1.0,
             max_steps: -1,
@@ -184,6 +234,7 @@ impl Default for StageConfig {
             ref_adapter: None,
             desirable_weight: 1.0,
             undesirable_weight: 1.0,
+            report_to: ReportTo::default(),
         }
     }
 }
@@ -218,6 +269,9 @@ const OUTPUT_KEYS: &[&str] = &["dir", "seed"];
 const STAGE_KEYS: &[&str] = &[
     "train_file",
     "eval_file",
+    "train_split",
+    "eval_split",
+    "revision",
     "learning_rate",
     "num_train_epochs",
     "max_steps",
@@ -249,6 +303,7 @@ const STAGE_KEYS: &[&str] = &[
     "ref_adapter",
     "desirable_weight",
     "undesirable_weight",
+    "report_to",
     // read by the data pipeline
     "max_length",
     "max_prompt_length",

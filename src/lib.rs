@@ -17,5 +17,6 @@ pub mod model;
 pub mod ops;
 pub mod parity;
 pub mod paths;
+pub mod report;
 pub mod source;
 pub mod train;

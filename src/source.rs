@@ -77,14 +77,14 @@ impl Source {
     }
 }
 
-fn hub_offline() -> bool {
+pub(crate) fn hub_offline() -> bool {
     matches!(
         std::env::var("HF_HUB_OFFLINE").as_deref(),
         Ok("1") | Ok("true") | Ok("TRUE") | Ok("yes")
     )
 }
 
-fn hub_cache() -> hf_hub::Cache {
+pub(crate) fn hub_cache() -> hf_hub::Cache {
     // hf-hub reads HF_HOME; HF_HUB_CACHE is the more specific setting users also know.
     match std::env::var_os("HF_HUB_CACHE") {
         Some(dir) => hf_hub::Cache::new(PathBuf::from(dir)),

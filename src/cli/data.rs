@@ -14,9 +14,13 @@ pub struct Args {
     /// Model: a Hugging Face model folder (tokenizer.json, tokenizer_config.json) or a .gguf file.
     #[arg(long)]
     pub model: PathBuf,
-    /// Dataset: a .jsonl, .json or .parquet file, or a folder of them.
+    /// Dataset: a .jsonl, .json or .parquet file, a folder of them, or a hub dataset
+    /// `hf://datasets/OWNER/NAME` (with --split; fetched into the HF cache).
     #[arg(long)]
-    pub data: PathBuf,
+    pub data: String,
+    /// Hub revision (branch, tag or commit) of a hf://datasets/ name (default: main).
+    #[arg(long)]
+    pub revision: Option<String>,
     /// Training stage the data is for: sft, dpo, kto or orpo (default: dpo when the rows have chosen/rejected, else sft).
     #[arg(long)]
     pub stage: Option<Stage>,
@@ -62,10 +66,25 @@ fn model_max_length(model: &Path) -> anyhow::Result<Option<usize>> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    let src = data::hub::resolve(&args.data, args.split.as_deref(), args.revision.as_deref())?;
+    if data::hub::repo_of(&args.data).is_some() {
+        let files = data::reader::list_files(&src.path, src.split.as_deref())?;
+        println!(
+            "{} split {}: {} file(s) in {}",
+            args.data,
+            src.split.as_deref().unwrap_or("train"),
+            files.len(),
+            src.path.display()
+        );
+        for f in &files {
+            println!("  {}", f.strip_prefix(&src.path).unwrap_or(f).display());
+        }
+    }
+    let data_path = src.path.as_path();
     let stage = match args.stage {
         Some(s) => s,
         None => {
-            let first = data::first_readable_row(&args.data, args.split.as_deref())?;
+            let first = data::first_readable_row(data_path, src.split.as_deref())?;
             data::stage_of(first.as_ref(), &DataConfig::default())
         }
     };
@@ -85,10 +104,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     cfg.validate()?;
     let tok = data::load_chat_tokenizer(&args.model)?;
     cfg.model_max_length = model_max_length(&args.model)?;
-    let split = args.split.as_deref();
+    let split = src.split.as_deref();
     let (stats, shown) = match stage {
         Stage::Sft => {
-            let ds = data::load_sft(&args.data, split, &tok, &cfg)?;
+            let ds = data::load_sft(data_path, split, &tok, &cfg)?;
             let i = args.example.min(ds.examples.len() - 1);
             let shown = vec![(
                 format!("example {i} ({})", ds.locs[i]),
@@ -97,7 +116,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             (ds.stats, shown)
         }
         Stage::Dpo | Stage::Orpo => {
-            let ds = data::load_dpo(&args.data, split, &tok, &cfg)?;
+            let ds = data::load_dpo(data_path, split, &tok, &cfg)?;
             let i = args.example.min(ds.examples.len() - 1);
             let ex = &ds.examples[i];
             let shown = vec![
@@ -111,7 +130,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         Stage::Kto => {
             // The KL pairs shown are those of TRL's default batch size, 8.
-            let ds = data::load_kto(&args.data, split, &tok, &cfg, 8)?;
+            let ds = data::load_kto(data_path, split, &tok, &cfg, 8)?;
             let i = args.example.min(ds.len() - 1);
             let ex = &ds.pairs.examples[i];
             let shown = vec![

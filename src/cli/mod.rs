@@ -15,6 +15,7 @@ mod kto;
 mod merge;
 mod orpo;
 mod parity;
+mod report;
 mod sft;
 mod signals;
 mod train;
@@ -57,6 +58,8 @@ pub enum Command {
     Export(export::Args),
     /// Generate a completion (chat template applied unless --raw), streaming tokens.
     Generate(generate::Args),
+    /// One HTML page of a run's curves, evaluation, checkpoints and warnings (offline, inline SVG).
+    Report(report::Args),
     /// The reference checks (transformers, PEFT, TRL fixtures) on a device, as JSON.
     Parity(parity::Args),
 }
@@ -76,5 +79,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Export(args) => export::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Parity(args) => parity::run(args),
+        Command::Report(args) => report::run(args),
     }
 }

@@ -29,6 +29,7 @@
 pub mod batch;
 pub mod config;
 pub mod gguf_spm;
+pub mod hub;
 pub mod kto;
 pub mod pipeline;
 pub mod reader;

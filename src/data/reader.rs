@@ -115,20 +115,7 @@ pub fn list_files(path: &Path, split: Option<&str>) -> Result<Vec<PathBuf>> {
             path.display()
         );
     }
-    let split_of = |f: &PathBuf| -> String {
-        let name = f.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        let stem = name.split(['-', '.']).next().unwrap_or("");
-        let known = ["train", "test", "validation", "valid", "eval", "dev"];
-        if known.contains(&stem) {
-            return stem.to_string();
-        }
-        f.parent()
-            .and_then(|p| p.file_name())
-            .and_then(|n| n.to_str())
-            .filter(|n| known.contains(n))
-            .map(str::to_string)
-            .unwrap_or_default()
-    };
+    let split_of = |f: &PathBuf| split_of(f, split);
     let mut splits: Vec<String> = files.iter().map(split_of).collect();
     splits.sort();
     splits.dedup();
@@ -154,6 +141,36 @@ pub fn list_files(path: &Path, split: Option<&str>) -> Result<Vec<PathBuf>> {
         }
     }
     Ok(files)
+}
+
+/// Split names recognised without being asked for.
+const KNOWN_SPLITS: &[&str] = &["train", "test", "validation", "valid", "eval", "dev"];
+
+/// The split a data file belongs to: the part of its name before the first `-` or `.`, else the
+/// name of its folder, when that is a known split name or the one `wanted` (hub datasets name
+/// theirs freely: `train_prefs-00000-of-00001.parquet`, `default/train_sft/0000.parquet`).
+fn split_of(f: &Path, wanted: Option<&str>) -> String {
+    let is_split = |n: &str| KNOWN_SPLITS.contains(&n) || wanted == Some(n);
+    let name = f.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let stem = name.split(['-', '.']).next().unwrap_or("");
+    if is_split(stem) {
+        return stem.to_string();
+    }
+    f.parent()
+        .and_then(|p| p.file_name())
+        .and_then(|n| n.to_str())
+        .filter(|n| is_split(n))
+        .map(str::to_string)
+        .unwrap_or_default()
+}
+
+/// Whether `path` (a data file's name in a folder or repo) holds rows of `split`.
+pub fn split_matches(path: &Path, split: &str) -> bool {
+    let data = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| EXTENSIONS.contains(&e));
+    data && split_of(path, Some(split)) == split
 }
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {

@@ -21,6 +21,7 @@ const BOOKKEEPING: &[&str] = &[
     "save_total_limit",
     "eval_file",
     "per_device_eval_batch_size",
+    "report_to",
 ];
 
 /// Keys and the values they had, flattened (`sft.learning_rate`, `model.files`, …).
@@ -74,10 +75,14 @@ impl RunFingerprint {
             for k in BOOKKEEPING {
                 obj.remove(*k);
             }
-            if let Some(Value::String(path)) = obj.remove("train_file") {
+            if let Some(Value::String(spec)) = obj.remove("train_file") {
+                // The content of the files read (a hub name resolved to its cached split).
+                let split = obj.get("train_split").and_then(Value::as_str);
+                let revision = obj.get("revision").and_then(Value::as_str);
+                let src = crate::data::hub::resolve(&spec, split, revision)?;
                 obj.insert(
                     "train_file".into(),
-                    Value::String(data_hash(Path::new(&path))?),
+                    Value::String(data_hash(&src.path, src.split.as_deref())?),
                 );
             }
         }
@@ -156,8 +161,10 @@ fn flatten(prefix: &str, value: &Value, out: &mut BTreeMap<String, String>) {
 }
 
 /// The content of a data file or folder of files.
-fn data_hash(path: &Path) -> Result<String> {
-    let files: Vec<PathBuf> = if path.is_dir() {
+fn data_hash(path: &Path, split: Option<&str>) -> Result<String> {
+    let files: Vec<PathBuf> = if path.is_dir() && split.is_some() {
+        crate::data::reader::list_files(path, split)?
+    } else if path.is_dir() {
         let mut v: Vec<PathBuf> = std::fs::read_dir(path)
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
             .flatten()

@@ -42,8 +42,8 @@ pub(super) fn kto_stage(
     let mut slot = None;
     let base = stage_base(session, "kto", &stage.ref_adapter, frozen, &mut slot)?;
     train_stage(session, cfg, opts, Stage::Kto, base, &mut |stack| {
-        let (train, eval) = load_splits(stage, Stage::Kto, |p| {
-            let ds = crate::data::load_kto(p, None, &session.tokenizer, &data_cfg, chunk)?;
+        let (train, eval) = load_splits(stage, Stage::Kto, |p, split| {
+            let ds = crate::data::load_kto(p, split, &session.tokenizer, &data_cfg, chunk)?;
             eprintln!(
                 "{} ({} desirable, {} undesirable)",
                 crate::data::report::counts_line(&ds.pairs.stats),

@@ -7,9 +7,16 @@ use anyhow::{Context, Result};
 use serde_json::{Map, Value};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use super::tensorboard::{self, EventWriter};
 
 pub struct MetricsLog {
     path: PathBuf,
+    /// `<dir>/runs` when the stage reports to TensorBoard; its event file is opened on the first
+    /// record, after a resumed run has cut the earlier files back.
+    tensorboard: Option<PathBuf>,
+    events: Mutex<Option<EventWriter>>,
 }
 
 impl MetricsLog {
@@ -19,7 +26,32 @@ impl MetricsLog {
             .with_context(|| format!("{}: cannot create", dir.display()))?;
         Ok(Self {
             path: dir.join("metrics.jsonl"),
+            tensorboard: None,
+            events: Mutex::new(None),
         })
+    }
+
+    /// Also writes every record to TensorBoard event files in `<dir>/runs`.
+    pub fn with_tensorboard(mut self) -> Self {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        self.tensorboard = Some(tensorboard::runs_dir(dir));
+        self
+    }
+
+    /// The run's config as a TensorBoard text summary (nothing without TensorBoard).
+    pub fn config_text(&self, step: usize, text: &str) -> Result<()> {
+        self.with_events(|w| w.text(step, "config", text))
+    }
+
+    fn with_events(&self, f: impl FnOnce(&mut EventWriter) -> Result<()>) -> Result<()> {
+        let Some(dir) = &self.tensorboard else {
+            return Ok(());
+        };
+        let mut events = self.events.lock().expect("the metrics log is not shared");
+        if events.is_none() {
+            *events = Some(EventWriter::create(dir)?);
+        }
+        f(events.as_mut().expect("just opened"))
     }
 
     pub fn path(&self) -> &Path {
@@ -28,6 +60,9 @@ impl MetricsLog {
 
     /// Keeps the complete records of steps up to `step` (a resumed run rewrites the rest).
     pub fn truncate_after(&self, step: usize) -> Result<()> {
+        if let Some(dir) = &self.tensorboard {
+            tensorboard::truncate_after(dir, step)?;
+        }
         let text = match std::fs::read_to_string(&self.path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -55,6 +90,9 @@ impl MetricsLog {
 
     /// Empties the file: a run starting at step 0.
     pub fn start_anew(&self) -> Result<()> {
+        if let Some(dir) = &self.tensorboard {
+            tensorboard::start_anew(dir)?;
+        }
         if self.path.exists() {
             self.replace_with("")?;
         }
@@ -89,7 +127,8 @@ impl MetricsLog {
             crate::fault::stop("metrics-half-line");
         }
         f.write_all(line.as_bytes()).with_context(context)?;
-        f.flush().with_context(context)
+        f.flush().with_context(context)?;
+        self.with_events(|w| w.scalars(step, values))
     }
 }
 
@@ -111,4 +150,71 @@ fn status_mib(key: &str) -> f64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|kb| kb.parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Memory in use for the progress bar: the process's RSS, and on CUDA the device memory
+/// `nvidia-smi` reports for this process (sampled at most every few seconds: it is a
+/// subprocess, and the figure moves slowly).
+pub struct MemoryGauge {
+    cuda: bool,
+    device: Option<(std::time::Instant, Option<f64>)>,
+}
+
+/// How often the device figure is asked for again.
+const DEVICE_SAMPLE_SECS: u64 = 5;
+
+impl MemoryGauge {
+    pub fn new(cuda: bool) -> Self {
+        Self { cuda, device: None }
+    }
+
+    pub fn text(&mut self) -> String {
+        let rss = format!("rss {:.0} MiB", rss_mib());
+        if !self.cuda {
+            return rss;
+        }
+        let stale = self
+            .device
+            .is_none_or(|(at, _)| at.elapsed().as_secs() >= DEVICE_SAMPLE_SECS);
+        if stale {
+            self.device = Some((std::time::Instant::now(), device_mib_of_this_process()));
+        }
+        match self.device.and_then(|(_, mib)| mib) {
+            Some(mib) => format!("gpu {mib:.0} MiB  {rss}"),
+            None => rss,
+        }
+    }
+}
+
+/// This process's device memory in MiB, from `nvidia-smi` (None when it is not there).
+fn device_mib_of_this_process() -> Option<f64> {
+    let out = std::process::Command::new("nvidia-smi")
+        .args([
+            "--query-compute-apps=pid,used_memory",
+            "--format=csv,noheader,nounits",
+        ])
+        .output()
+        .ok()?;
+    parse_compute_apps(&String::from_utf8_lossy(&out.stdout), std::process::id())
+}
+
+/// The MiB of `pid` in `nvidia-smi --query-compute-apps=pid,used_memory` CSV output.
+pub fn parse_compute_apps(csv: &str, pid: u32) -> Option<f64> {
+    csv.lines()
+        .filter_map(|l| {
+            let (p, mib) = l.split_once(',')?;
+            (p.trim().parse::<u32>().ok()? == pid).then(|| mib.trim().parse::<f64>().ok())?
+        })
+        .reduce(|a, b| a + b)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn compute_apps_of_this_pid_are_summed() {
+        let csv = "1234, 5000\n42, 812\n42, 100\n";
+        assert_eq!(super::parse_compute_apps(csv, 42), Some(912.0));
+        assert_eq!(super::parse_compute_apps(csv, 7), None);
+        assert_eq!(super::parse_compute_apps("", 42), None);
+    }
 }

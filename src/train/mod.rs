@@ -19,4 +19,5 @@ pub mod ref_cache;
 pub mod run;
 pub mod schedule;
 pub mod sft;
+pub mod tensorboard;
 pub mod trainer;

@@ -17,6 +17,7 @@ use super::sft::SftObjective;
 use super::trainer::{self, AdapterStack, Finish, TrainOptions};
 use crate::adapter::{combine, load_adapter, save_adapter};
 use crate::config::{LoadedConfig, StageConfig};
+use crate::data::hub::{self, DataSource};
 use crate::data::{load_chat_tokenizer, ChatTokenizer, Stage};
 use crate::model::{self, Adapter, Model};
 use crate::source::Source;
@@ -132,22 +133,43 @@ pub(super) fn stage_config(cfg: &LoadedConfig, stage: Stage) -> Result<&StageCon
     s.with_context(|| format!("the config has no [{stage}] section"))
 }
 
-/// The stage's training set (required) and held-out set (optional).
+/// The stage's training set (required) and held-out set (optional), each read by `load` from
+/// its file, folder or hub dataset (resolved to the cached snapshot folder and its split).
 pub(super) fn load_splits<T>(
     stage: &StageConfig,
     name: Stage,
-    load: impl Fn(&Path) -> Result<T>,
+    load: impl Fn(&Path, Option<&str>) -> Result<T>,
 ) -> Result<(T, Option<T>)> {
+    if stage.train_file.is_none() {
+        anyhow::bail!("[{name}] train_file is not set");
+    }
+    let (train_src, eval_src) = data_sources(stage).with_context(|| format!("[{name}]"))?;
+    let train = load(&train_src.path, train_src.split.as_deref())?;
+    let eval = eval_src
+        .map(|src| load(&src.path, src.split.as_deref()))
+        .transpose()?;
+    Ok((train, eval))
+}
+
+/// Where the stage's train and eval data are read from, hub names resolved.
+pub fn data_sources(stage: &StageConfig) -> Result<(DataSource, Option<DataSource>)> {
+    let revision = stage.revision.as_deref();
     let train_file = stage
         .train_file
-        .as_ref()
-        .with_context(|| format!("[{name}] train_file is not set"))?;
-    let train = load(Path::new(train_file))?;
-    let eval = stage
-        .eval_file
         .as_deref()
-        .map(|p| load(Path::new(p)))
-        .transpose()?;
+        .context("train_file is not set")?;
+    let train = hub::resolve(train_file, stage.train_split.as_deref(), revision)?;
+    let eval = match stage.eval_file.as_deref() {
+        Some(spec) => {
+            // A hub dataset's held-out split is `test` unless named (TRL's eval_strategy default).
+            let split = stage
+                .eval_split
+                .as_deref()
+                .or(hub::repo_of(spec).map(|_| "test"));
+            Some(hub::resolve(spec, split, revision)?)
+        }
+        None => None,
+    };
     Ok((train, eval))
 }
 
@@ -181,6 +203,7 @@ pub(super) fn train_options(
         interrupted: opts.interrupted.clone(),
         timings: opts.timings.clone(),
         fingerprint,
+        config_toml: toml::to_string(&cfg.table).unwrap_or_default(),
     })
 }
 
@@ -343,8 +366,8 @@ pub(super) fn sft_stage(
     let stage = stage_config(cfg, Stage::Sft)?;
     let data_cfg = session.data_config(cfg, Stage::Sft)?;
     train_stage(session, cfg, opts, Stage::Sft, vec![], &mut |_| {
-        let (train, eval) = load_splits(stage, Stage::Sft, |p| {
-            let ds = crate::data::load_sft(p, None, &session.tokenizer, &data_cfg)?;
+        let (train, eval) = load_splits(stage, Stage::Sft, |p, split| {
+            let ds = crate::data::load_sft(p, split, &session.tokenizer, &data_cfg)?;
             eprintln!("{}", crate::data::report::counts_line(&ds.stats));
             Ok(ds)
         })?;
@@ -449,8 +472,8 @@ fn load_pairs(
     which: Stage,
     data_cfg: &crate::data::DataConfig,
 ) -> Result<(crate::data::DpoDataset, Option<crate::data::DpoDataset>)> {
-    load_splits(stage, which, |p| {
-        let ds = crate::data::load_dpo(p, None, &session.tokenizer, data_cfg)?;
+    load_splits(stage, which, |p, split| {
+        let ds = crate::data::load_dpo(p, split, &session.tokenizer, data_cfg)?;
         eprintln!("{}", crate::data::report::counts_line(&ds.stats));
         Ok(ds)
     })
@@ -519,6 +542,7 @@ pub fn run_train(
     let mut claimed = stages.clone();
     claimed.push("combined");
     let _lock = output_dir::claim(&cfg.run.output.dir, opts, &claimed)?;
+    save_config(cfg)?;
     let mut trained: Vec<Adapter> = Vec::new();
     let mut results = Vec::new();
     for name in &stages {
@@ -551,4 +575,16 @@ pub fn run_train(
         ));
     }
     Ok(results)
+}
+
+/// The run's config as it was applied (overrides included) in `<output dir>/config.toml`, for
+/// the report and for running it again.
+fn save_config(cfg: &LoadedConfig) -> Result<()> {
+    let dir = Path::new(&cfg.run.output.dir);
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+    let path = dir.join("config.toml");
+    let tmp = dir.join("config.toml.tmp");
+    let text = toml::to_string(&cfg.table).context("the config cannot be written as TOML")?;
+    std::fs::write(&tmp, text).with_context(|| format!("{}: cannot write", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("{}: cannot write", path.display()))
 }

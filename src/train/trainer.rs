@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use super::checkpoint;
 use super::fingerprint::RunFingerprint;
-use super::metrics::{peak_rss_mib, MetricsLog};
+use super::metrics::{peak_rss_mib, MemoryGauge, MetricsLog};
 use super::optim::{clip_grad_norm, AdamW, AdamWConfig};
 use super::schedule::{lr_factor, warmup_steps, Schedule};
 use crate::config::StageConfig;
@@ -170,6 +170,8 @@ pub struct TrainOptions {
     pub timings: Option<StepSink>,
     /// What determines this stage's result, recorded in its checkpoints.
     pub fingerprint: RunFingerprint,
+    /// The run's config as TOML, for the TensorBoard text summary.
+    pub config_toml: String,
 }
 
 /// Receives each step's timings, between steps.
@@ -350,8 +352,14 @@ pub fn train(
     let plan = Plan::of(s, rows)?;
     let vars = adapters.trainable.vars();
     let mut opt = new_optimizer(s, &vars)?;
-    let log = MetricsLog::open(&opts.run_dir)?;
+    let mut log = MetricsLog::open(&opts.run_dir)?;
+    if s.report_to.tensorboard {
+        log = log.with_tensorboard();
+    }
     let start = resume_point(opts, adapters.trainable, &mut opt, &log, plan.total_steps)?;
+    if start == 0 {
+        log.config_text(0, &opts.config_toml)?;
+    }
     let mut order = BatchOrder {
         epoch_batches: plan.epoch_batches,
         lengths: objective.lengths(),
@@ -371,6 +379,7 @@ pub fn train(
         opts.show_progress,
     );
     let mut window = Window::new();
+    let mut memory = MemoryGauge::new(model.device().is_cuda());
     for step in start..plan.total_steps {
         let micro_batches = order.step(step, plan.micro);
         let optimizer = (vars.as_slice(), &mut opt);
@@ -385,7 +394,9 @@ pub fn train(
             step,
         )?;
         window.add(&outcome, plan.micro);
-        update_bar(&bar, &window.sums, window.tokens_per_sec());
+        if opts.show_progress {
+            update_bar(&bar, &window.sums, window.tokens_per_sec(), &memory.text());
+        }
         bar.set_position(step as u64 + 1);
         let after = AfterStep {
             done: step + 1,
@@ -669,7 +680,12 @@ fn progress_bar(total: usize, start: usize, stage: &str, show: bool) -> indicati
     bar
 }
 
-fn update_bar(bar: &indicatif::ProgressBar, window: &MetricSums, tokens_per_sec: f64) {
+fn update_bar(
+    bar: &indicatif::ProgressBar,
+    window: &MetricSums,
+    tokens_per_sec: f64,
+    memory: &str,
+) {
     let mut msg = format!("loss {:.4}", window.mean("loss").unwrap_or(f64::NAN));
     if let Some(acc) = window.mean("rewards/accuracies") {
         msg.push_str(&format!("  acc {acc:.2}"));
@@ -687,7 +703,7 @@ fn update_bar(bar: &indicatif::ProgressBar, window: &MetricSums, tokens_per_sec:
             msg.push_str(&format!("  {short} {v:.4}"));
         }
     }
-    msg.push_str(&format!("  {tokens_per_sec:.0} tok/s"));
+    msg.push_str(&format!("  {tokens_per_sec:.0} tok/s  {memory}"));
     bar.set_message(msg);
 }
 

@@ -13,6 +13,7 @@ mod families;
 mod gpu_kit;
 mod kto_stage;
 mod objectives;
+mod observability;
 mod ref_cache;
 mod run_safety;
 mod train_resume;
