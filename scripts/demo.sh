@@ -64,4 +64,5 @@ echo "== export: base + adapter as one q8_0 GGUF for llama.cpp / Ollama"
 $BIN export --model "$MODEL" --adapter "$OUT/combined" --quant q8_0 --out "$OUT/demo-q8_0.gguf" --overwrite --ollama
 echo "  $(du -h "$OUT/demo-q8_0.gguf" | cut -f1)  $OUT/demo-q8_0.gguf"
 echo "  llama.cpp: llama-cli -m $OUT/demo-q8_0.gguf -cnv    Ollama: ollama create demo -f $OUT/Modelfile && ollama run demo"
+echo "== report: $OUT/report.html (written by train: curves, final eval, checkpoints, warnings)"
 echo "== done in $(( $(date +%s) - start )) s (after fetch and build)"

@@ -198,7 +198,7 @@ fn page_series(html: &str) -> (Vec<(String, String, String)>, Vec<String>, usize
 #[test]
 fn report_plots_the_metrics_values_and_stays_quiet_on_a_healthy_run() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut records = vec![eval(0, 0.6931)];
+    let mut records = vec![eval(0, std::f64::consts::LN_2)];
     records.extend((1..=10).map(healthy));
     records.push(eval(10, 0.5));
     stage_with(tmp.path(), &records);
@@ -255,9 +255,12 @@ fn report_plots_the_metrics_values_and_stays_quiet_on_a_healthy_run() {
     assert!(html.contains("class=\"eval\""), "the final eval table");
 }
 
+/// Builds the record of a step.
+type MakeRecord = Box<dyn Fn(usize) -> serde_json::Value>;
+
 #[test]
 fn report_warnings_fire_on_crafted_runs() {
-    let cases: Vec<(&str, Box<dyn Fn(usize) -> serde_json::Value>)> = vec![
+    let cases: Vec<(&str, MakeRecord)> = vec![
         (
             "ln2-plateau",
             Box::new(|s| {
