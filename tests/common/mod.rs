@@ -154,11 +154,17 @@ pub fn eval_fixture_pairs(
 
 /// Runs the built binary with `args`: its exit code, stdout and stderr; never a panic.
 pub fn lora_dpo(args: &[&str]) -> (i32, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lora-dpo"))
-        .args(args)
-        .env_remove("LORA_DPO_FAULT")
-        .output()
-        .unwrap();
+    lora_dpo_with_env(args, &[])
+}
+
+/// [`lora_dpo`] with these environment variables set.
+pub fn lora_dpo_with_env(args: &[&str], env: &[(&str, &std::path::Path)]) -> (i32, String, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_lora-dpo"));
+    cmd.args(args).env_remove("LORA_DPO_FAULT");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(!stderr.contains("panicked"), "panic: {stderr}");
     (
@@ -166,4 +172,15 @@ pub fn lora_dpo(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).to_string(),
         stderr,
     )
+}
+
+/// Options of a library run as the tests start it: no bar; `interrupted` as if Ctrl-C came
+/// before the first step.
+pub fn run_options(resume: bool, interrupted: bool) -> lora_dpo::train::run::RunOptions {
+    lora_dpo::train::run::RunOptions {
+        resume,
+        show_progress: false,
+        interrupted: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(interrupted)),
+        ..Default::default()
+    }
 }

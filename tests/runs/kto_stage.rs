@@ -7,7 +7,6 @@ use crate::common;
 
 use common::fixture_str;
 use std::path::Path;
-use std::process::Command;
 
 fn config(dir: &Path, extra: &str) -> std::path::PathBuf {
     let text = format!(
@@ -52,19 +51,8 @@ dir = "{out}"
 }
 
 fn run(dir: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_lora-dpo"))
-        .args(args)
-        .env("LORA_DPO_CACHE", dir.join("cache"))
-        .env_remove("LORA_DPO_FAULT")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(!stderr.contains("panicked"), "panic: {stderr}");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        stderr,
-    )
+    let cache = dir.join("cache");
+    common::lora_dpo_with_env(args, &[("LORA_DPO_CACHE", &cache)])
 }
 
 #[test]

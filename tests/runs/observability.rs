@@ -5,12 +5,10 @@ use crate::common;
 
 use common::{fixture_str, lora_dpo};
 use lora_dpo::config::LoadedConfig;
-use lora_dpo::train::run::{run_sft, RunOptions};
+use lora_dpo::train::run::run_sft;
 use lora_dpo::train::tensorboard::{event_files, read_events, tag_of};
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 
 fn sft_config(out: &Path) -> LoadedConfig {
     let text = format!(
@@ -39,15 +37,6 @@ dir = "{out}"
         out = out.display()
     );
     LoadedConfig::from_str(&text, &[]).unwrap()
-}
-
-fn options(resume: bool, interrupted: bool) -> RunOptions {
-    RunOptions {
-        resume,
-        show_progress: false,
-        interrupted: Arc::new(AtomicBool::new(interrupted)),
-        ..RunOptions::default()
-    }
 }
 
 /// (tag, step) → value of every scalar in the folder's event files; panics on a repeat.
@@ -93,11 +82,11 @@ fn tensorboard_holds_every_metric_once_across_a_resume() {
     let cfg = sft_config(&out);
     let session = lora_dpo::train::run::Session::open(&cfg).unwrap();
     // Ctrl-C before the first step: step 1 is logged and checkpointed, then a resume runs 2..4.
-    run_sft(&session, &cfg, &options(false, true)).unwrap();
+    run_sft(&session, &cfg, &common::run_options(false, true)).unwrap();
     let runs = out.join("sft/runs");
     let (first, _) = scalars(&runs);
     assert!(first.contains_key(&("train/loss".into(), 1)), "{first:?}");
-    run_sft(&session, &cfg, &options(true, false)).unwrap();
+    run_sft(&session, &cfg, &common::run_options(true, false)).unwrap();
     let (tb, texts) = scalars(&runs);
     let expected = jsonl(&out.join("sft/metrics.jsonl"));
     assert_eq!(tb, expected);
@@ -116,7 +105,7 @@ fn tensorboard_holds_every_metric_once_across_a_resume() {
 
     // A run started again (not resumed) leaves no event file of the earlier one.
     std::fs::remove_dir_all(out.join("sft")).unwrap();
-    run_sft(&session, &cfg, &options(false, false)).unwrap();
+    run_sft(&session, &cfg, &common::run_options(false, false)).unwrap();
     assert_eq!(event_files(&runs).unwrap().len(), 1);
     assert_eq!(scalars(&runs).0, jsonl(&out.join("sft/metrics.jsonl")));
 }
@@ -334,19 +323,19 @@ fn hub_cache_with_prefs(cache: &Path) {
 }
 
 fn data_cmd(cache: &Path, split: &str) -> (i32, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lora-dpo"))
-        .args(["data", "--model", &fixture_str("models/tiny-llama")])
-        .args(["--data", "hf://datasets/owner/prefs", "--split", split])
-        .env("HF_HUB_CACHE", cache)
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        stderr,
+    let model = fixture_str("models/tiny-llama");
+    let args = [
+        "data",
+        "--model",
+        &model,
+        "--data",
+        "hf://datasets/owner/prefs",
+    ];
+    let args: Vec<&str> = args.into_iter().chain(["--split", split]).collect();
+    let offline = Path::new("1");
+    common::lora_dpo_with_env(
+        &args,
+        &[("HF_HUB_CACHE", cache), ("HF_HUB_OFFLINE", offline)],
     )
 }
 

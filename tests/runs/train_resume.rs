@@ -10,8 +10,6 @@ use lora_dpo::ops::Kernels;
 use lora_dpo::train::run::{run_sft, RunOptions, Session};
 use lora_dpo::train::trainer::Finish;
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 
 fn config(out: &Path, kernels: Kernels) -> LoadedConfig {
     let text = format!(
@@ -48,12 +46,7 @@ seed = 7
 }
 
 fn options(resume: bool, interrupted: bool) -> RunOptions {
-    RunOptions {
-        resume,
-        show_progress: false,
-        interrupted: Arc::new(AtomicBool::new(interrupted)),
-        ..RunOptions::default()
-    }
+    common::run_options(resume, interrupted)
 }
 
 fn adapter_bytes(out: &Path) -> Vec<u8> {
