@@ -11,6 +11,7 @@ mod config_validation;
 mod configs;
 mod families;
 mod gpu_kit;
+mod hub_download;
 mod kto_stage;
 mod objectives;
 mod observability;
