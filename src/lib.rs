@@ -5,6 +5,7 @@
 
 pub mod adapter;
 pub mod atomic_dir;
+pub mod atomic_file;
 pub mod cache;
 pub mod choice;
 pub mod config;

@@ -10,14 +10,31 @@ use lora_dpo::model::load_config;
 use lora_dpo::source::Source;
 
 #[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct Args {
+    #[command(subcommand)]
+    pub command: Option<DataCommand>,
+    #[command(flatten)]
+    pub show: ShowArgs,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum DataCommand {
+    /// Rated completions (UltraFeedback's raw schema, or prompt + completions[] with scores) to
+    /// preference pairs in ultrafeedback_binarized's schema.
+    Binarize(super::binarize::Args),
+}
+
+/// Without a subcommand: how a dataset is read, templated, tokenized, masked and truncated.
+#[derive(clap::Args, Debug)]
+pub struct ShowArgs {
     /// Model: a Hugging Face model folder (tokenizer.json, tokenizer_config.json) or a .gguf file.
-    #[arg(long)]
-    pub model: PathBuf,
+    #[arg(long, required = true)]
+    pub model: Option<PathBuf>,
     /// Dataset: a .jsonl, .json or .parquet file, a folder of them, or a hub dataset
     /// `hf://datasets/OWNER/NAME` (with --split; fetched into the HF cache).
-    #[arg(long)]
-    pub data: String,
+    #[arg(long, required = true)]
+    pub data: Option<String>,
     /// Hub revision (branch, tag or commit) of a hf://datasets/ name (default: main).
     #[arg(long)]
     pub revision: Option<String>,
@@ -66,12 +83,23 @@ fn model_max_length(model: &Path) -> anyhow::Result<Option<usize>> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let src = data::hub::resolve(&args.data, args.split.as_deref(), args.revision.as_deref())?;
-    if data::hub::repo_of(&args.data).is_some() {
+    match args.command {
+        Some(DataCommand::Binarize(a)) => super::binarize::run(a),
+        None => show(args.show),
+    }
+}
+
+fn show(args: ShowArgs) -> anyhow::Result<()> {
+    // clap requires both when no subcommand is given.
+    let (Some(model), Some(data_arg)) = (args.model, args.data) else {
+        anyhow::bail!("`lora-dpo data` needs --model and --data");
+    };
+    let src = data::hub::resolve(&data_arg, args.split.as_deref(), args.revision.as_deref())?;
+    if data::hub::repo_of(&data_arg).is_some() {
         let files = data::reader::list_files(&src.path, src.split.as_deref())?;
         println!(
             "{} split {}: {} file(s) in {}",
-            args.data,
+            data_arg,
             src.split.as_deref().unwrap_or("train"),
             files.len(),
             src.path.display()
@@ -102,8 +130,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         cfg.truncation_mode = t;
     }
     cfg.validate()?;
-    let tok = data::load_chat_tokenizer(&args.model)?;
-    cfg.model_max_length = model_max_length(&args.model)?;
+    let tok = data::load_chat_tokenizer(&model)?;
+    cfg.model_max_length = model_max_length(&model)?;
     let split = src.split.as_deref();
     let (stats, shown) = match stage {
         Stage::Sft => {

@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 
 mod adapters;
 mod bench;
+mod binarize;
 mod common;
 mod data;
 mod dpo;

@@ -27,6 +27,7 @@
 //! right, with the pad token (else EOS), and is never in the loss mask.
 
 pub mod batch;
+pub mod binarize;
 pub mod config;
 pub mod gguf_spm;
 pub mod hub;

@@ -465,26 +465,11 @@ fn check_output(out: &Path, model_spec: &str, options: &ExportOptions) -> Result
     Ok(())
 }
 
-/// Runs `write` on a temporary file beside `out` and renames it into place: a partial file
-/// never takes the output's name, and a failed write leaves none behind.
+/// [`crate::atomic_file::write_into_place`], with the fault point the export tests stop at.
 pub(crate) fn write_into_place<T>(out: &Path, write: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
-    let name = out
-        .file_name()
-        .with_context(|| format!("{}: no file name", out.display()))?;
-    let tmp = out.with_file_name(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let value = match write(&tmp) {
-        Ok(v) => v,
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
-        }
-    };
-    crate::fault::point("export-before-rename");
-    std::fs::rename(&tmp, out)
-        .with_context(|| format!("{}: cannot rename into place", out.display()))?;
-    Ok(value)
+    crate::atomic_file::write_into_place(out, |tmp| {
+        let value = write(tmp)?;
+        crate::fault::point("export-before-rename");
+        Ok(value)
+    })
 }

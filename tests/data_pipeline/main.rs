@@ -6,6 +6,7 @@
 mod common;
 
 mod data_bad_rows;
+mod data_binarize;
 mod data_kto;
 mod data_limits;
 mod data_readers;

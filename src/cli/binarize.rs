@@ -1,0 +1,113 @@
+//! `lora-dpo data binarize`: rated completions to preference pairs (the library's
+//! `data::binarize`).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::bail;
+use lora_dpo::data::{self, binarize::Rule};
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RuleName {
+    /// The Zephyr recipe's: the best by mean rating vs a seeded uniform draw among the lower ones.
+    BestVsRandom,
+    /// The best vs the worst.
+    BestVsWorst,
+    /// Every pair whose score gap is above 0 and at least --min-margin.
+    AllPairs,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Rated completions: a .jsonl, .json or .parquet file, a folder of them, or
+    /// hf://datasets/OWNER/NAME (with --split).
+    #[arg(long)]
+    pub data: String,
+    /// Split to read from a folder or hub dataset.
+    #[arg(long)]
+    pub split: Option<String>,
+    /// Hub revision of a hf://datasets/ name (default: main).
+    #[arg(long)]
+    pub revision: Option<String>,
+    /// Where the pairs go (JSON lines; written whole or not at all).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, value_enum, default_value_t = RuleName::BestVsRandom)]
+    pub rule: RuleName,
+    /// Smallest score gap of a pair (all-pairs only).
+    #[arg(long)]
+    pub min_margin: Option<f64>,
+    /// Seed of best-vs-random's draw (a prompt's draw depends only on it and the prompt).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Skip malformed rows and count them, instead of stopping at the first.
+    #[arg(long)]
+    pub skip_bad_rows: bool,
+    /// Replace --out if it exists.
+    #[arg(long)]
+    pub overwrite: bool,
+}
+
+fn rule_of(args: &Args) -> anyhow::Result<Rule> {
+    if args.min_margin.is_some() && args.rule != RuleName::AllPairs {
+        bail!("--min-margin is read by --rule all-pairs only");
+    }
+    if args.seed.is_some() && args.rule != RuleName::BestVsRandom {
+        bail!("--seed is read by --rule best-vs-random only");
+    }
+    Ok(match args.rule {
+        RuleName::BestVsRandom => Rule::BestVsRandom {
+            seed: args.seed.unwrap_or(42),
+        },
+        RuleName::BestVsWorst => Rule::BestVsWorst,
+        RuleName::AllPairs => {
+            let min_margin = args.min_margin.unwrap_or(0.0);
+            if !(min_margin >= 0.0 && min_margin.is_finite()) {
+                bail!("--min-margin {min_margin}: must be a number ≥ 0");
+            }
+            Rule::AllPairs { min_margin }
+        }
+    })
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let rule = rule_of(&args)?;
+    let src = data::hub::resolve(&args.data, args.split.as_deref(), args.revision.as_deref())?;
+    refuse_input_as_output(&src.path, &args.out)?;
+    if args.out.exists() && !args.overwrite {
+        bail!(
+            "{}: exists (pass --overwrite to replace it)",
+            args.out.display()
+        );
+    }
+    let report = data::binarize::binarize_file(
+        &src.path,
+        src.split.as_deref(),
+        rule,
+        args.skip_bad_rows,
+        &args.out,
+    )?;
+    print!("{report}");
+    println!("written: {}", args.out.display());
+    Ok(())
+}
+
+/// The output may not replace the input file, nor land in the input folder (a later read of the
+/// folder would take it as data).
+fn refuse_input_as_output(input: &Path, out: &Path) -> anyhow::Result<()> {
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let (Ok(parent), Some(name), Ok(input)) = (
+        std::fs::canonicalize(parent),
+        out.file_name(),
+        std::fs::canonicalize(input),
+    ) else {
+        return Ok(());
+    };
+    let out_abs = parent.join(name);
+    if out_abs == input || (input.is_dir() && out_abs.starts_with(&input)) {
+        bail!("{}: --out is the input or inside its folder", out.display());
+    }
+    Ok(())
+}
