@@ -1,8 +1,10 @@
-//! `lora-dpo generate`: stream a completion from a model, optionally with adapters.
+//! `lora-dpo generate`: stream a completion from a model, optionally with adapters; or answer
+//! a file of prompts in batches (`--data`, the library's `generate::answers`).
 
 use anyhow::Context;
 use lora_dpo::config::DeviceSpec;
 use lora_dpo::data::{load_chat_tokenizer, Message};
+use lora_dpo::generate::answers::{self, Answerer, Format, Prompt};
 use lora_dpo::generate::{end_of_turn_ids, generate, GenerateOptions, TextStream};
 use lora_dpo::model::{self, Dtype, Quantize};
 use lora_dpo::ops::Kernels;
@@ -23,8 +25,28 @@ pub struct Args {
     #[arg(long)]
     allow_missing: bool,
     /// The user message (or, with --raw, the text to continue).
+    #[arg(long, required_unless_present = "data", conflicts_with = "data")]
+    prompt: Option<String>,
+    /// A file of prompts to answer in batches: `prompt`/`messages` rows, MT-Bench's
+    /// question.jsonl (`turns`), or AlpacaEval's `instruction` rows.
+    #[arg(long, requires = "out")]
+    data: Option<std::path::PathBuf>,
+    /// Where --data's answers go: FastChat model-answer JSONL (MT-Bench input), AlpacaEval's
+    /// model_outputs.json (instruction input), else `prompt` + `completions[]` JSONL.
     #[arg(long)]
-    prompt: String,
+    out: Option<std::path::PathBuf>,
+    /// Sequences generated together (--data).
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    /// Answers per prompt (--data), each sampled with its own seed.
+    #[arg(long, default_value_t = 1)]
+    num_return_sequences: usize,
+    /// Name written as model_id / generator (default: the last adapter's or the model's name).
+    #[arg(long)]
+    model_id: Option<String>,
+    /// Replace --out if it exists.
+    #[arg(long)]
+    overwrite: bool,
     /// System message, for the chat template.
     #[arg(long)]
     system: Option<String>,
@@ -38,6 +60,9 @@ pub struct Args {
     temperature: f64,
     #[arg(long, default_value_t = 1.0)]
     top_p: f64,
+    /// Sample among the k most likely tokens only (0 = all).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// Weights dtype.
@@ -84,36 +109,56 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(template) = &tokenizer.template {
         stop_ids.extend(end_of_turn_ids(template.source(), &tokenizer.tokenizer));
     }
-    let prompt_ids = if args.raw {
-        if args.system.is_some() {
-            anyhow::bail!("--system needs the chat template; drop --raw or --system");
-        }
-        tokenizer.encode(&args.prompt, true)?
-    } else {
-        if tokenizer.template.is_none() {
-            anyhow::bail!(
-                "{}: no chat_template in tokenizer_config.json and no chat_template.jinja \
-                 (use --raw for plain text)",
-                source.display_name()
-            );
-        }
-        let mut messages = Vec::new();
-        if let Some(system) = &args.system {
-            messages.push(Message::new("system", system));
-        }
-        messages.push(Message::new("user", &args.prompt));
-        // The template writes BOS itself, as transformers' apply_chat_template does.
-        tokenizer.encode(&tokenizer.render(&messages, true)?, false)?
-    };
+    if args.raw && args.system.is_some() {
+        anyhow::bail!("--system needs the chat template; drop --raw or --system");
+    }
+    if !args.raw && tokenizer.template.is_none() {
+        anyhow::bail!(
+            "{}: no chat_template in tokenizer_config.json and no chat_template.jinja \
+             (use --raw for plain text)",
+            source.display_name()
+        );
+    }
     stop_ids.sort_unstable();
     stop_ids.dedup();
     let options = GenerateOptions {
         max_new_tokens: args.max_new_tokens,
         temperature: args.temperature,
         top_p: args.top_p,
+        top_k: args.top_k,
         seed: args.seed,
         stop_ids,
     };
+    let Some(prompt) = &args.prompt else {
+        let model_id = args.model_id.clone().unwrap_or_else(|| {
+            let name = args.adapter.last().unwrap_or(&args.model);
+            let name = name.trim_end_matches('/');
+            name.rsplit('/').next().unwrap_or(name).to_string()
+        });
+        let run = DataRun {
+            args: &args,
+            model: &model,
+            adapters: &adapter_refs,
+            tokenizer: &tokenizer,
+            options: &options,
+        };
+        return run.answer(&model_id);
+    };
+    let mut no_progress = |_: usize, _: usize| {};
+    let answerer = Answerer {
+        model: &model,
+        adapters: &adapter_refs,
+        tokenizer: &tokenizer,
+        options: &options,
+        batch_size: 1,
+        system: args.system.as_deref(),
+        on_progress: &mut no_progress,
+    };
+    let prompt_ids = answerer.prompt_ids(&if args.raw {
+        Prompt::Raw(prompt.clone())
+    } else {
+        Prompt::Chat(vec![Message::new("user", prompt)])
+    })?;
     let mut stream = TextStream::new(&tokenizer.tokenizer);
     let mut stdout = std::io::stdout();
     let generated = generate(&model, &adapter_refs, &prompt_ids, &options, |id| {
@@ -154,4 +199,82 @@ fn generation_config_eos(source: &Source) -> anyhow::Result<Vec<u32>> {
         Some(v) => v.as_u64().map(|v| v as u32).into_iter().collect(),
         None => vec![],
     })
+}
+
+/// What `--data` answers with.
+struct DataRun<'a> {
+    args: &'a Args,
+    model: &'a model::Model,
+    adapters: &'a [&'a lora_dpo::model::Adapter],
+    tokenizer: &'a lora_dpo::data::ChatTokenizer,
+    options: &'a GenerateOptions,
+}
+
+impl DataRun<'_> {
+    /// Every prompt answered in batches, with a progress bar, into `--out`.
+    fn answer(&self, model_id: &str) -> anyhow::Result<()> {
+        let args = self.args;
+        let (data, out) = (
+            args.data.as_ref().expect("clap"),
+            args.out.as_ref().expect("clap"),
+        );
+        if args.num_return_sequences == 0 || args.batch_size == 0 {
+            anyhow::bail!("--num-return-sequences and --batch-size must be at least 1");
+        }
+        if out.exists() && !args.overwrite {
+            anyhow::bail!("{}: exists (pass --overwrite to replace it)", out.display());
+        }
+        let (format, items) = answers::read_items(data, args.raw)?;
+        let turns: usize = items.iter().map(|i| i.turns.len()).sum();
+        let answers_total = turns * args.num_return_sequences;
+        let bar = indicatif::ProgressBar::new(answers_total as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} answers · {msg} · {elapsed_precise} (ETA {eta})",
+            )
+            .expect("template"),
+        );
+        let start = std::time::Instant::now();
+        let tokens = std::cell::Cell::new(0usize);
+        let mut progress = |done: usize, new_tokens: usize| {
+            tokens.set(tokens.get() + new_tokens);
+            bar.inc(done as u64);
+            let rate = tokens.get() as f64 / start.elapsed().as_secs_f64().max(1e-9);
+            bar.set_message(format!("{} tokens · {rate:.1} tok/s", tokens.get()));
+        };
+        let mut answerer = Answerer {
+            model: self.model,
+            adapters: self.adapters,
+            tokenizer: self.tokenizer,
+            options: self.options,
+            batch_size: args.batch_size,
+            system: args.system.as_deref(),
+            on_progress: &mut progress,
+        };
+        let text = answers::answer_file(
+            &mut answerer,
+            format,
+            &items,
+            args.num_return_sequences,
+            model_id,
+        )?;
+        bar.finish_and_clear();
+        lora_dpo::atomic_file::write_into_place(out, |tmp| {
+            std::fs::write(tmp, &text).with_context(|| format!("{}: cannot write", tmp.display()))
+        })?;
+        let secs = start.elapsed().as_secs_f64();
+        eprintln!(
+            "{answers_total} answers ({}) to {} rows, {} tokens in {secs:.1} s ({:.1} tok/s): {}",
+            match format {
+                Format::MtBench => "MT-Bench",
+                Format::AlpacaEval => "AlpacaEval",
+                Format::Prompts => "prompts",
+            },
+            items.len(),
+            tokens.get(),
+            tokens.get() as f64 / secs.max(1e-9),
+            out.display()
+        );
+        Ok(())
+    }
 }

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 
 use common::MODELS;
 
-fn expected_io(name: &str) -> HashMap<String, Tensor> {
+pub(crate) fn expected_io(name: &str) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(
         fixture(&format!("models/{name}/expected-io.safetensors")),
         &Device::Cpu,
@@ -22,7 +22,7 @@ fn expected_io(name: &str) -> HashMap<String, Tensor> {
     .expect("fixture expected-io.safetensors (scripts/make_io_fixtures.py)")
 }
 
-fn model(name: &str) -> Model {
+pub(crate) fn model(name: &str) -> Model {
     load_model(
         &fixture_str(&format!("models/{name}")),
         DType::F32,
@@ -31,7 +31,7 @@ fn model(name: &str) -> Model {
     .unwrap()
 }
 
-fn adapter(name: &str, model: &Model) -> Adapter {
+pub(crate) fn adapter(name: &str, model: &Model) -> Adapter {
     load_adapter(
         &fixture_str(&format!("models/{name}/adapter")),
         &model.config,
@@ -40,11 +40,11 @@ fn adapter(name: &str, model: &Model) -> Adapter {
     .unwrap()
 }
 
-fn ids(t: &Tensor) -> Vec<u32> {
+pub(crate) fn ids(t: &Tensor) -> Vec<u32> {
     t.to_dtype(DType::U32).unwrap().to_vec1().unwrap()
 }
 
-fn greedy(n: usize) -> GenerateOptions {
+pub(crate) fn greedy(n: usize) -> GenerateOptions {
     GenerateOptions {
         max_new_tokens: n,
         ..GenerateOptions::default()
@@ -149,6 +149,7 @@ fn sampling_is_seeded_and_top_p_narrows_to_greedy() {
             max_new_tokens: 12,
             temperature,
             top_p,
+            top_k: 0,
             seed,
             stop_ids: vec![],
         };
@@ -198,7 +199,7 @@ fn stops_at_a_stop_id_and_checks_its_inputs() {
 
 /// A copy of tiny-mistral with a word-level tokenizer (token i is `t{i}`, a few are role
 /// names) and a chat template.
-fn model_with_tokenizer() -> tempfile::TempDir {
+pub(crate) fn model_with_tokenizer() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     for f in ["config.json", "model.safetensors", "generation_config.json"] {
         std::fs::copy(

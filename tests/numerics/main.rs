@@ -9,6 +9,7 @@ mod attention;
 mod bf16;
 mod combine;
 mod generate;
+mod generate_batch;
 mod gguf;
 mod kto;
 mod lora_linear;

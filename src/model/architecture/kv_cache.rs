@@ -48,6 +48,15 @@ impl KvCache {
     pub fn clear(&mut self) {
         *self = Self::default();
     }
+
+    /// Keeps only the given batch rows, in that order (sequences that finished are dropped).
+    pub fn select_rows(&mut self, rows: &Tensor) -> Result<()> {
+        for (k, v) in self.layers.iter_mut().flatten() {
+            *k = k.index_select(rows, 0)?;
+            *v = v.index_select(rows, 0)?;
+        }
+        Ok(())
+    }
 }
 
 impl Model {
@@ -61,6 +70,33 @@ impl Model {
         input_ids: &Tensor,
         cache: &mut KvCache,
         pass: Pass,
+    ) -> Result<Tensor> {
+        self.forward_with_cache_padded(input_ids, cache, pass, None)
+    }
+
+    /// [`Model::forward_with_cache`] for rows of different lengths, left-padded: `key_mask`
+    /// `[batch, cached + seq]` (f32, 1 = a real token, 0 = padding) hides the padded keys. Rows
+    /// share positions, so a row padded by p tokens sits p positions later than alone; rotary
+    /// attention depends only on the distance between query and key, so its scores are the
+    /// same up to rounding.
+    pub fn forward_with_cache_padded(
+        &self,
+        input_ids: &Tensor,
+        cache: &mut KvCache,
+        pass: Pass,
+        key_mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let h = self.cached_hidden(input_ids, cache, pass, key_mask)?;
+        Ok(self.logits(&h)?)
+    }
+
+    /// The final hidden states `[batch, seq, hidden]` of a cached pass.
+    fn cached_hidden(
+        &self,
+        input_ids: &Tensor,
+        cache: &mut KvCache,
+        pass: Pass,
+        key_mask: Option<&Tensor>,
     ) -> Result<Tensor> {
         let (batch, seq) = input_ids.dims2()?;
         let offset = cache.len;
@@ -85,7 +121,17 @@ impl Model {
         let attends = (windows.iter().zip(&cache.starts))
             .map(|(&window, &start)| {
                 let mask = crate::model::mask::cached(window, offset, start, seq, &self.device)?;
-                Ok(Attend::Cached(mask))
+                let Some(keys) = key_mask else {
+                    return Ok(Attend::Cached(mask));
+                };
+                let keys = keys.narrow(1, start, total - start)?;
+                let hidden = keys
+                    .affine(-1.0, 1.0)?
+                    .affine(crate::model::mask::HIDDEN as f64, 0.0)?
+                    .reshape((batch, 1, 1, total - start))?;
+                Ok(Attend::Cached(
+                    mask.broadcast_minimum(&hidden)?.contiguous()?,
+                ))
             })
             .collect::<Result<_>>()?;
         let context = LayerContext { attends, cos, sin };
@@ -115,6 +161,22 @@ impl Model {
             cache.starts[slot] = keep_from;
         }
         let h = ops::rms_norm(self.kernels, &x, &self.norm, self.config.rms_norm_eps)?;
-        Ok(self.logits(&h)?)
+        Ok(h)
+    }
+
+    /// Logits `[batch, vocab]` (f32) of the token after the last of `input_ids` in each row
+    /// (left padding keeps every row's last position real): what generation samples from,
+    /// without the head's cost over the prompt's positions.
+    pub fn next_token_logits(
+        &self,
+        input_ids: &Tensor,
+        cache: &mut KvCache,
+        pass: Pass,
+        key_mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let h = self.cached_hidden(input_ids, cache, pass, key_mask)?;
+        let seq = h.dim(1)?;
+        let last = h.narrow(1, seq - 1, 1)?;
+        Ok(self.logits(&last)?.squeeze(1)?)
     }
 }

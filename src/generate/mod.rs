@@ -1,11 +1,15 @@
-//! Text generation on token ids: a KV-cached decoder loop, greedy or sampled (temperature,
-//! top-p, seeded), stopping at any of the stop ids.
+//! Text generation on token ids: a KV-cached decoder loop over one prompt or a batch of them
+//! ([`batch`]), greedy or sampled (temperature, top-k, top-p, seeded per sequence), stopping at
+//! any of the stop ids.
 
 use anyhow::{bail, Result};
-use candle_core::{DType, Tensor};
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 
-use crate::model::{Adapter, KvCache, Model, Pass};
+use crate::model::{Adapter, Model};
+
+pub mod answers;
+pub mod batch;
+pub use batch::{generate_batch, sequence_seed, Request};
 
 /// How tokens are chosen and when generation stops.
 #[derive(Debug, Clone, PartialEq)]
@@ -16,6 +20,9 @@ pub struct GenerateOptions {
     pub temperature: f64,
     /// Nucleus sampling: sample among the most likely tokens whose probabilities sum to `top_p`.
     pub top_p: f64,
+    /// Sample among the `top_k` most likely tokens only (0 = all), applied before `top_p` as
+    /// transformers does.
+    pub top_k: usize,
     /// Seed of the sampler's random generator.
     pub seed: u64,
     /// Generation ends after any of these is produced (it is returned too).
@@ -28,6 +35,7 @@ impl Default for GenerateOptions {
             max_new_tokens: 256,
             temperature: 0.0,
             top_p: 1.0,
+            top_k: 0,
             seed: 42,
             stop_ids: vec![],
         }
@@ -51,7 +59,8 @@ impl GenerateOptions {
 
 /// Generates up to `max_new_tokens` after `prompt_ids` with `adapters` applied (in order),
 /// calling `on_token` with each new token as soon as it is chosen. Returns the new tokens,
-/// ending with the stop token when one was produced.
+/// ending with the stop token when one was produced. The same as the prompt's first sample in
+/// [`generate_batch`].
 pub fn generate(
     model: &Model,
     adapters: &[&Adapter],
@@ -59,40 +68,12 @@ pub fn generate(
     options: &GenerateOptions,
     mut on_token: impl FnMut(u32) -> Result<()>,
 ) -> Result<Vec<u32>> {
-    options.validate()?;
-    if prompt_ids.is_empty() {
-        bail!("the prompt is empty: at least one token is needed to start generating");
-    }
-    let vocab = model.config.vocab_size;
-    if let Some(bad) = prompt_ids.iter().find(|&&t| t as usize >= vocab) {
-        bail!("prompt token id {bad} is outside the model's vocabulary of {vocab}");
-    }
-    let max_len = model.config.max_position_embeddings;
-    if prompt_ids.len() >= max_len {
-        bail!(
-            "the prompt has {} tokens; the model takes at most {max_len} (max_position_embeddings)",
-            prompt_ids.len()
-        );
-    }
-    let budget = options.max_new_tokens.min(max_len - prompt_ids.len());
-    let pass = Pass::eval(adapters);
-    let mut cache = KvCache::new();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(options.seed);
-    let mut out = Vec::new();
-    let mut input = prompt_ids.to_vec();
-    while out.len() < budget {
-        let ids = Tensor::new(input.as_slice(), model.device())?.unsqueeze(0)?;
-        let logits = model.forward_with_cache(&ids, &mut cache, pass)?;
-        let last = logits.get(0)?.get(input.len() - 1)?.to_dtype(DType::F32)?;
-        let next = choose(&last.to_vec1::<f32>()?, options, &mut rng);
-        out.push(next);
-        on_token(next)?;
-        if options.stop_ids.contains(&next) {
-            break;
-        }
-        input = vec![next];
-    }
-    Ok(out)
+    let request = Request {
+        prompt: prompt_ids.to_vec(),
+        sample: 0,
+    };
+    let mut out = generate_batch(model, adapters, &[request], options, |_, id| on_token(id))?;
+    Ok(out.remove(0))
 }
 
 /// Picks the next token from one row of logits.
@@ -111,6 +92,11 @@ pub fn choose(logits: &[f32], options: &GenerateOptions, rng: &mut impl Rng) -> 
     probs.iter_mut().for_each(|(_, p)| *p /= sum);
     // Most likely first; ties broken by token id so the order is deterministic.
     probs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    if options.top_k > 0 && options.top_k < probs.len() {
+        probs.truncate(options.top_k);
+        let kept: f32 = probs.iter().map(|(_, p)| p).sum();
+        probs.iter_mut().for_each(|(_, p)| *p /= kept);
+    }
     if options.top_p < 1.0 {
         // Keep the smallest prefix whose mass reaches top_p (at least one token).
         let mut mass = 0.0f32;
@@ -211,6 +197,7 @@ impl<'a> TextStream<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::SeedableRng;
 
     fn opts(temperature: f64, top_p: f64) -> GenerateOptions {
         GenerateOptions {
