@@ -45,6 +45,36 @@ pub struct Args {
     /// Replace --out if it exists.
     #[arg(long)]
     pub overwrite: bool,
+    /// Fill every completion's score before the rule chooses: `implicit-reward` is DPO's
+    /// β·(log π − log π_ref), with π = --model + --ref-adapter… + --adapter… and π_ref =
+    /// --model + --ref-adapter… (a judge-free score, as in iterative DPO).
+    #[arg(long, value_enum, requires = "model")]
+    pub score_with: Option<ScoreWith>,
+    /// Base model of --score-with (HF folder, hub repo id or .gguf file).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// The DPO adapter(s) of the policy, applied after --ref-adapter…
+    #[arg(long, requires = "score_with")]
+    pub adapter: Vec<String>,
+    /// The reference's adapter(s): the SFT adapter DPO was trained against.
+    #[arg(long, requires = "score_with")]
+    pub ref_adapter: Vec<String>,
+    /// β of the implicit reward.
+    #[arg(long, default_value_t = 0.1)]
+    pub beta: f64,
+    /// Pairs of completions per forward pass (--score-with).
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    #[arg(long, default_value = "f32")]
+    pub dtype: lora_dpo::model::Dtype,
+    #[arg(long, default_value = "auto")]
+    pub device: lora_dpo::config::DeviceSpec,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScoreWith {
+    /// β·(log π(y|x) − log π_ref(y|x)), summed over the completion's tokens.
+    ImplicitReward,
 }
 
 fn rule_of(args: &Args) -> anyhow::Result<Rule> {
@@ -79,13 +109,62 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             args.out.display()
         );
     }
-    let report = data::binarize::binarize_file(
-        &src.path,
-        src.split.as_deref(),
-        rule,
-        args.skip_bad_rows,
-        &args.out,
-    )?;
+    let report = match args.score_with {
+        None => data::binarize::binarize_file(
+            &src.path,
+            src.split.as_deref(),
+            rule,
+            args.skip_bad_rows,
+            None,
+            &args.out,
+        )?,
+        Some(ScoreWith::ImplicitReward) => {
+            let model_spec = args.model.as_deref().expect("clap requires --model");
+            if args.adapter.is_empty() {
+                bail!("--score-with implicit-reward needs the DPO --adapter");
+            }
+            let device = args.device.open()?;
+            let options = lora_dpo::model::LoadOptions::from_config(
+                args.dtype.into(),
+                lora_dpo::model::Quantize::None,
+            );
+            let model = lora_dpo::model::load_model_with(model_spec, &options, &device)?;
+            let source = lora_dpo::source::Source::parse(model_spec)?;
+            let tokenizer =
+                data::load_chat_tokenizer(&lora_dpo::train::run::tokenizer_path(&source)?)?;
+            let load =
+                |spec: &String| crate::cli::adapters::load(spec, &model.config, &device, false);
+            let reference = args
+                .ref_adapter
+                .iter()
+                .map(load)
+                .collect::<Result<Vec<_>, _>>()?;
+            let dpo = args
+                .adapter
+                .iter()
+                .map(load)
+                .collect::<Result<Vec<_>, _>>()?;
+            let scorer = lora_dpo::train::implicit_reward::ImplicitReward {
+                model: &model,
+                policy: reference.iter().chain(&dpo).collect(),
+                reference: reference.iter().collect(),
+                tokenizer: &tokenizer,
+                data_config: data::DataConfig::default()
+                    .with_model_max_length(model.config.max_position_embeddings),
+                beta: args.beta,
+                batch_size: args.batch_size,
+            };
+            let mut score = |rated: &mut [data::binarize::Rated]| scorer.score(rated);
+            data::binarize::binarize_file(
+                &src.path,
+                src.split.as_deref(),
+                rule,
+                args.skip_bad_rows,
+                Some(&mut score),
+                &args.out,
+            )?
+        }
+    };
     print!("{report}");
     println!("written: {}", args.out.display());
     Ok(())

@@ -47,6 +47,10 @@ pub struct Args {
     /// Replace --out if it exists.
     #[arg(long)]
     overwrite: bool,
+    /// Generate --max-new-tokens every time, through EOS and end-of-turn tokens (vLLM's
+    /// ignore_eos): for benchmarks.
+    #[arg(long)]
+    ignore_eos: bool,
     /// System message, for the chat template.
     #[arg(long)]
     system: Option<String>,
@@ -121,6 +125,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     stop_ids.sort_unstable();
     stop_ids.dedup();
+    if args.ignore_eos {
+        stop_ids.clear();
+    }
     let options = GenerateOptions {
         max_new_tokens: args.max_new_tokens,
         temperature: args.temperature,

@@ -442,7 +442,7 @@ fn assistant(text: &str) -> Value {
 }
 
 /// The prompt as the start of a conversation.
-fn prompt_messages(prompt: &Value) -> Vec<Value> {
+pub fn prompt_messages(prompt: &Value) -> Vec<Value> {
     match prompt {
         Value::Array(m) => m.clone(),
         other => vec![json!({"role": "user", "content": other})],
@@ -518,15 +518,24 @@ impl Tally {
     }
 }
 
+/// Scores the completions of a chunk of prompts in place (e.g. by a model), before the rule
+/// chooses among them.
+pub type Scorer<'a> = dyn FnMut(&mut [Rated]) -> Result<()> + 'a;
+
+/// Prompts scored together by a [`Scorer`].
+const SCORED_CHUNK: usize = 64;
+
 /// Binarizes every row of `input` (a file or a split of a folder) into `out` as JSON lines,
 /// written under a temporary name and renamed when complete. Rows are streamed, so a large
 /// UltraFeedback dump is never held whole. A malformed row stops the run naming its file, line
-/// and field, unless `skip_bad_rows`.
+/// and field, unless `skip_bad_rows`. With a `scorer`, every completion's score is the one it
+/// gives.
 pub fn binarize_file(
     input: &Path,
     split: Option<&str>,
     rule: Rule,
     skip_bad_rows: bool,
+    mut scorer: Option<&mut Scorer<'_>>,
     out: &Path,
 ) -> Result<Report> {
     let files = list_files(input, split)?;
@@ -535,24 +544,40 @@ pub fn binarize_file(
             .with_context(|| format!("{}: cannot create", tmp.display()))?;
         let mut w = std::io::BufWriter::new(file);
         let mut tally = Tally::default();
-        for f in &files {
-            for row in stream_file(f)? {
-                let row = row?.parse();
-                let read = row.value.and_then(|m| read_rated(&m, &row.loc));
-                let (rated, counts) = match read {
-                    Ok(r) => r,
-                    Err(_) if skip_bad_rows => {
-                        tally.bad_row();
-                        continue;
-                    }
-                    Err(bad) => bail!("{bad}"),
-                };
+        let mut pending: Vec<(Rated, ReadCounts)> = Vec::new();
+        let mut flush = |pending: &mut Vec<(Rated, ReadCounts)>,
+                         tally: &mut Tally,
+                         w: &mut std::io::BufWriter<std::fs::File>|
+         -> Result<()> {
+            if let Some(score) = scorer.as_mut() {
+                let mut rated: Vec<Rated> = pending.iter().map(|(r, _)| r.clone()).collect();
+                score(&mut rated)?;
+                for ((r, _), scored) in pending.iter_mut().zip(rated) {
+                    *r = scored;
+                }
+            }
+            for (rated, counts) in pending.drain(..) {
                 for pair in tally.add(&rated, counts, rule) {
-                    serde_json::to_writer(&mut w, &pair)?;
+                    serde_json::to_writer(&mut *w, &pair)?;
                     w.write_all(b"\n")?;
                 }
             }
+            Ok(())
+        };
+        for f in &files {
+            for row in stream_file(f)? {
+                let row = row?.parse();
+                match row.value.and_then(|m| read_rated(&m, &row.loc)) {
+                    Ok(r) => pending.push(r),
+                    Err(_) if skip_bad_rows => tally.bad_row(),
+                    Err(bad) => bail!("{bad}"),
+                }
+                if pending.len() >= SCORED_CHUNK {
+                    flush(&mut pending, &mut tally, &mut w)?;
+                }
+            }
         }
+        flush(&mut pending, &mut tally, &mut w)?;
         w.flush()
             .with_context(|| format!("{}: cannot write", out.display()))?;
         let report = tally.finish();

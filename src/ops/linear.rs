@@ -102,6 +102,9 @@ pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let mut shape = x.dims()[..x.rank() - 1].to_vec();
     shape.push(out_features);
     let flat = x.reshape(((), in_features))?;
+    if let Some(y) = cpu::gemv::matmul_t(&flat, w)? {
+        return y.reshape(shape);
+    }
     flat.matmul(&w.t()?)?.reshape(shape)
 }
 
@@ -125,6 +128,18 @@ pub fn matmul_sum_on(
 ) -> Result<Tensor> {
     let all: Vec<&Tensor> = terms.iter().flat_map(|(a, b, _)| [*a, *b]).collect();
     if kernels.cpu_dtype(&all).is_some() {
+        // A few rows times a frozen weight (generation): one pass over the weight, then the
+        // small remaining terms (LoRA's) added.
+        if let [(x, wt, scale), rest @ ..] = terms {
+            if *scale == 1.0 && threads > 1 {
+                if let Some(y) = cpu::gemv::matmul_t(x, &wt.t()?)? {
+                    return match rest {
+                        [] => Ok(y),
+                        _ => y + matmul_sum_on(kernels, rest, threads)?,
+                    };
+                }
+            }
+        }
         if let Some(out) = cpu::matmul_sum(terms, threads)? {
             return Ok(out);
         }

@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod dpo;
 pub mod evaluate;
 pub mod fingerprint;
+pub mod implicit_reward;
 pub mod kto;
 pub mod kto_run;
 pub mod logprobs;

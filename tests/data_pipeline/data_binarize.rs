@@ -231,3 +231,107 @@ fn bad_input_and_unsafe_outputs_are_clear_errors() {
     let (code, _, stderr) = lora_dpo(&["data", "--data", &inp]);
     assert!(code != 0 && stderr.contains("--model"), "{stderr}");
 }
+
+#[test]
+fn implicit_reward_scores_are_dpo_rewards_of_eval_per_row() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rows = [
+        (
+            r#"[{"role": "user", "content": "What is 2 + 2?"}]"#,
+            ["4.", "5.", "Four, of course."],
+        ),
+        (r#""Name a colour.""#, ["Blue.", "Seven.", "Green"]),
+    ];
+    let mut rated = String::new();
+    let mut pairs = String::new();
+    for (prompt, answers) in rows {
+        let completions: Vec<String> = answers
+            .iter()
+            .map(|a| format!(r#"{{"text": "{a}", "score": null}}"#))
+            .collect();
+        rated += &format!(
+            "{{\"prompt\": {prompt}, \"completions\": [{}]}}\n",
+            completions.join(",")
+        );
+        let msgs = if prompt.starts_with('[') {
+            prompt.to_string()
+        } else {
+            format!(r#"[{{"role": "user", "content": {prompt}}}]"#)
+        };
+        for a in answers {
+            let turn = format!(r#"[{{"role": "assistant", "content": "{a}"}}]"#);
+            let other = r#"[{"role": "assistant", "content": "."}]"#;
+            pairs +=
+                &format!("{{\"prompt\": {msgs}, \"chosen\": {turn}, \"rejected\": {other}}}\n");
+        }
+    }
+    let input = tmp.path().join("rated.jsonl");
+    std::fs::write(&input, rated).unwrap();
+    let pairs_file = tmp.path().join("pairs.jsonl");
+    std::fs::write(&pairs_file, pairs).unwrap();
+    let model = fixture_str("models/tiny-llama");
+    let adapter = fixture_str("models/tiny-llama/adapter");
+    let out = tmp.path().join("scored.jsonl");
+    let (inp, outs) = (input.display().to_string(), out.display().to_string());
+    let (code, stdout, stderr) = lora_dpo(&[
+        "data",
+        "binarize",
+        "--data",
+        &inp,
+        "--out",
+        &outs,
+        "--rule",
+        "all-pairs",
+        "--score-with",
+        "implicit-reward",
+        "--model",
+        &model,
+        "--adapter",
+        &adapter,
+        "--beta",
+        "0.5",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("0 unrated"), "{stdout}");
+    // Each answer's reward from eval: β·(policy − reference) summed log-probs.
+    let (code, eval, stderr) = lora_dpo(&[
+        "eval",
+        "--model",
+        &model,
+        "--adapter",
+        &adapter,
+        "--data",
+        &pairs_file.display().to_string(),
+        "--per-row",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let eval: Value = serde_json::from_str(&eval).unwrap();
+    let per_row = eval["per_row"].as_array().unwrap();
+    let mut reward = BTreeMap::new();
+    let answers = rows.iter().flat_map(|(_, a)| a.iter());
+    for (a, r) in answers.zip(per_row) {
+        let pol = r["chosen_logps"].as_f64().unwrap();
+        let reference = r["ref_chosen_logps"].as_f64().unwrap();
+        reward.insert(a.to_string(), 0.5 * (pol - reference));
+    }
+    let text = std::fs::read_to_string(&out).unwrap();
+    let mut seen = 0;
+    for line in text.lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        for (side, score) in [("chosen", "score_chosen"), ("rejected", "score_rejected")] {
+            let answer = v[side].as_array().unwrap().last().unwrap()["content"]
+                .as_str()
+                .unwrap();
+            let got = v[score].as_f64().unwrap();
+            let want = reward[answer];
+            // Summed f32 log-probs of the same forward, batched differently.
+            assert!(
+                (got - want).abs() <= 1e-4 * want.abs().max(1.0),
+                "{answer}: {got} vs {want}"
+            );
+            seen += 1;
+        }
+        assert!(v["score_chosen"].as_f64() > v["score_rejected"].as_f64());
+    }
+    assert!(seen >= 4, "{text}");
+}

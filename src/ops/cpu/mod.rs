@@ -11,6 +11,7 @@
 pub(crate) mod attention;
 pub(crate) mod dropout;
 mod gemm;
+pub(crate) mod gemv;
 pub(crate) mod head;
 pub(crate) mod norm;
 pub(crate) mod qlinear;

@@ -241,6 +241,29 @@ fn swiglu_grad_body<T: RowOps>(
     }
 }
 
+/// `out[r·m + i] = w_r · x_i` for the rows `w_r` of a block of `w` (each `k` long) and the `m`
+/// rows of `x`: each row of `w` is read once for all of `x`'s rows.
+#[inline(always)]
+fn dots_body(x: &[f32], m: usize, w: &[f32], out: &mut [MaybeUninit<f32>]) {
+    let k = x.len() / m;
+    for (r, wr) in w.chunks_exact(k).enumerate() {
+        for (i, xi) in x.chunks_exact(k).enumerate() {
+            out[r * m + i].write(dot_body(xi, wr));
+        }
+    }
+}
+
+dispatch!(
+    dots_f32,
+    dots_body,
+    (x: &[f32], m: usize, w: &[f32], out: &mut [MaybeUninit<f32>]) -> ()
+);
+
+/// [`dots_body`] compiled for the CPU's vector width.
+pub fn dots(x: &[f32], m: usize, w: &[f32], out: &mut [MaybeUninit<f32>]) {
+    dots_f32(x, m, w, out)
+}
+
 dispatch!(max_sum_f32, max_sum_body::<f32>, (xs: &[f32]) -> (f32, f32));
 dispatch!(add_max_f32, add_max_body::<f32>, (xs: &mut [f32], bias: &[f32]) -> f32);
 dispatch!(exp_shifted_f32, exp_shifted_body::<f32>, (xs: &mut [f32], shift: f32) -> f32);
