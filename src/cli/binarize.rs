@@ -67,6 +67,9 @@ pub struct Args {
     pub batch_size: usize,
     #[arg(long, default_value = "f32")]
     pub dtype: lora_dpo::model::Dtype,
+    /// Frozen projections of --model: none, dense (dequantize a GGUF), or a GGML type.
+    #[arg(long, default_value = "none")]
+    pub quantize: lora_dpo::model::Quantize,
     #[arg(long, default_value = "auto")]
     pub device: lora_dpo::config::DeviceSpec,
 }
@@ -124,10 +127,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 bail!("--score-with implicit-reward needs the DPO --adapter");
             }
             let device = args.device.open()?;
-            let options = lora_dpo::model::LoadOptions::from_config(
-                args.dtype.into(),
-                lora_dpo::model::Quantize::None,
-            );
+            let options =
+                lora_dpo::model::LoadOptions::from_config(args.dtype.into(), args.quantize);
             let model = lora_dpo::model::load_model_with(model_spec, &options, &device)?;
             let source = lora_dpo::source::Source::parse(model_spec)?;
             let tokenizer =
