@@ -65,11 +65,11 @@ $BIN export --model "$MODEL" --adapter "$OUT/combined" --quant q8_0 --out "$OUT/
 echo "  $(du -h "$OUT/demo-q8_0.gguf" | cut -f1)  $OUT/demo-q8_0.gguf"
 echo "  llama.cpp: llama-cli -m $OUT/demo-q8_0.gguf -cnv    Ollama: ollama create demo -f $OUT/Modelfile && ollama run demo"
 echo "== on-policy pairs: 4 samples per held-out prompt, scored by the implicit reward, binarized"
-$BIN generate --model "$MODEL" --quantize dense --adapter "$OUT/sft" --adapter "$OUT/$STAGE" \
+$BIN generate --model "$MODEL" --quantize dense --adapter "$OUT/sft/adapter" --adapter "$OUT/$STAGE/adapter" \
     --data "$EVAL" --out "$OUT/samples.jsonl" --overwrite --num-return-sequences 4 \
     --temperature 0.8 --top-p 0.95 --max-new-tokens 32 --batch-size 32
 $BIN data binarize --data "$OUT/samples.jsonl" --out "$OUT/onpolicy_pairs.jsonl" --overwrite \
-    --score-with implicit-reward --model "$MODEL" --quantize dense --ref-adapter "$OUT/sft" --adapter "$OUT/$STAGE" \
+    --score-with implicit-reward --model "$MODEL" --quantize dense --ref-adapter "$OUT/sft/adapter" --adapter "$OUT/$STAGE/adapter" \
     | sed 's/^/  /'
 echo "== report: $OUT/report.html (written by train: curves, final eval, checkpoints, warnings)"
 echo "== done in $(( $(date +%s) - start )) s (after fetch and build)"
