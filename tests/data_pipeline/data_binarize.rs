@@ -9,12 +9,17 @@ use serde_json::Value;
 
 use crate::common::{fixture, fixture_str, lora_dpo};
 
-fn binarize(out: &Path, extra: &[&str]) -> (i32, String, String) {
-    let input = fixture_str("data/binarize/ultrafeedback_1k.jsonl");
-    let out = out.display().to_string();
-    let mut args = vec!["data", "binarize", "--data", &input, "--out", &out];
+/// `lora-dpo data binarize --data INPUT --out OUT` with more arguments.
+fn run_binarize(input: &str, out: &str, extra: &[&str]) -> (i32, String, String) {
+    let mut args = vec!["data", "binarize", "--data", input, "--out", out];
     args.extend_from_slice(extra);
     lora_dpo(&args)
+}
+
+/// [`run_binarize`] on the 1000-prompt fixture.
+fn binarize(out: &Path, extra: &[&str]) -> (i32, String, String) {
+    let input = fixture_str("data/binarize/ultrafeedback_1k.jsonl");
+    run_binarize(&input, &out.display().to_string(), extra)
 }
 
 /// (row, chosen, rejected) of each output pair, from the responses `p{row}c{index}`.
@@ -117,10 +122,7 @@ fn best_vs_random_depends_on_the_seed_and_not_on_the_row_order() {
     let c = tmp.path().join("c.jsonl");
     let out = c.display().to_string();
     let input = input.display().to_string();
-    let args = [
-        "data", "binarize", "--data", &input, "--out", &out, "--seed", "7",
-    ];
-    assert_eq!(lora_dpo(&args).0, 0);
+    assert_eq!(run_binarize(&input, &out, &["--seed", "7"]).0, 0);
     let mut again = indices(&c);
     again.sort();
     let mut seven = seven;
@@ -179,22 +181,14 @@ fn bad_input_and_unsafe_outputs_are_clear_errors() {
     let inp = input.display().to_string();
     let out = tmp.path().join("pairs.jsonl");
     let outs = out.display().to_string();
-    let (code, _, stderr) = lora_dpo(&["data", "binarize", "--data", &inp, "--out", &outs]);
+    let (code, _, stderr) = run_binarize(&inp, &outs, &[]);
     assert_ne!(code, 0);
     assert!(
         stderr.contains("line 2") && stderr.contains("completions[0].score"),
         "{stderr}"
     );
     assert!(!out.exists(), "nothing is left under the output's name");
-    let (code, stdout, stderr) = lora_dpo(&[
-        "data",
-        "binarize",
-        "--data",
-        &inp,
-        "--out",
-        &outs,
-        "--skip-bad-rows",
-    ]);
+    let (code, stdout, stderr) = run_binarize(&inp, &outs, &["--skip-bad-rows"]);
     assert_eq!(code, 0, "{stderr}");
     assert!(
         stdout.contains("bad rows skipped: 1") && stdout.contains("1 out (1 pairs)"),
@@ -202,30 +196,12 @@ fn bad_input_and_unsafe_outputs_are_clear_errors() {
     );
     // An existing output is kept unless asked; the input is never the output.
     let before = std::fs::read(&out).unwrap();
-    let (code, _, stderr) = lora_dpo(&["data", "binarize", "--data", &inp, "--out", &outs]);
+    let (code, _, stderr) = run_binarize(&inp, &outs, &[]);
     assert!(code != 0 && stderr.contains("--overwrite"), "{stderr}");
     assert_eq!(std::fs::read(&out).unwrap(), before);
-    let (code, _, stderr) = lora_dpo(&[
-        "data",
-        "binarize",
-        "--data",
-        &inp,
-        "--out",
-        &inp,
-        "--overwrite",
-    ]);
+    let (code, _, stderr) = run_binarize(&inp, &inp, &["--overwrite"]);
     assert!(code != 0 && stderr.contains("is the input"), "{stderr}");
-    let (code, _, stderr) = lora_dpo(&[
-        "data",
-        "binarize",
-        "--data",
-        &inp,
-        "--out",
-        &outs,
-        "--overwrite",
-        "--min-margin",
-        "1",
-    ]);
+    let (code, _, stderr) = run_binarize(&inp, &outs, &["--overwrite", "--min-margin", "1"]);
     assert!(code != 0 && stderr.contains("--min-margin"), "{stderr}");
     // `data` without a subcommand still needs its arguments.
     let (code, _, stderr) = lora_dpo(&["data", "--data", &inp]);
@@ -273,24 +249,22 @@ fn implicit_reward_scores_are_dpo_rewards_of_eval_per_row() {
     let adapter = fixture_str("models/tiny-llama/adapter");
     let out = tmp.path().join("scored.jsonl");
     let (inp, outs) = (input.display().to_string(), out.display().to_string());
-    let (code, stdout, stderr) = lora_dpo(&[
-        "data",
-        "binarize",
-        "--data",
+    let (code, stdout, stderr) = run_binarize(
         &inp,
-        "--out",
         &outs,
-        "--rule",
-        "all-pairs",
-        "--score-with",
-        "implicit-reward",
-        "--model",
-        &model,
-        "--adapter",
-        &adapter,
-        "--beta",
-        "0.5",
-    ]);
+        &[
+            "--rule",
+            "all-pairs",
+            "--score-with",
+            "implicit-reward",
+            "--model",
+            &model,
+            "--adapter",
+            &adapter,
+            "--beta",
+            "0.5",
+        ],
+    );
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("0 unrated"), "{stdout}");
     // Each answer's reward from eval: β·(policy − reference) summed log-probs.

@@ -124,6 +124,13 @@ fn seeded_samples_do_not_depend_on_the_batch() {
     );
 }
 
+/// `lora-dpo generate --data DATA --out OUT` on `model` with more arguments.
+fn generate_data(model: &str, data: &str, out: &str, extra: &[&str]) -> (i32, String, String) {
+    let mut args = vec!["generate", "--model", model, "--data", data, "--out", out];
+    args.extend_from_slice(extra);
+    lora_dpo(&args)
+}
+
 fn write(dir: &std::path::Path, name: &str, text: &str) -> String {
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();
@@ -218,23 +225,21 @@ fn mt_bench_questions_give_fastchat_answers_with_turn_two_on_turn_one() {
     );
     let out = tmp.path().join("model_answer.jsonl");
     let outs = out.display().to_string();
-    let (code, _, err) = lora_dpo(&[
-        "generate",
-        "--model",
+    let (code, _, err) = generate_data(
         model_dir,
-        "--data",
         &data,
-        "--out",
         &outs,
-        "--max-new-tokens",
-        "4",
-        "--model-id",
-        "tiny-dpo",
-        "--num-return-sequences",
-        "2",
-        "--temperature",
-        "0.9",
-    ]);
+        &[
+            "--max-new-tokens",
+            "4",
+            "--model-id",
+            "tiny-dpo",
+            "--num-return-sequences",
+            "2",
+            "--temperature",
+            "0.9",
+        ],
+    );
     assert_eq!(code, 0, "{err}");
     let lines: Vec<Value> = std::fs::read_to_string(&out)
         .unwrap()
@@ -256,18 +261,12 @@ fn mt_bench_questions_give_fastchat_answers_with_turn_two_on_turn_one() {
     }
 
     // Greedy: turn 2 is the answer to [turn 1, the model's own answer, turn 2].
-    let (code, _, err) = lora_dpo(&[
-        "generate",
-        "--model",
+    let (code, _, err) = generate_data(
         model_dir,
-        "--data",
         &data,
-        "--out",
         &outs,
-        "--overwrite",
-        "--max-new-tokens",
-        "4",
-    ]);
+        &["--overwrite", "--max-new-tokens", "4"],
+    );
     assert_eq!(code, 0, "{err}");
     let first: Value = serde_json::from_str(
         std::fs::read_to_string(&out)
@@ -317,19 +316,12 @@ fn alpaca_eval_instructions_give_model_outputs_json() {
     );
     let out = tmp.path().join("model_outputs.json");
     let outs = out.display().to_string();
-    let (code, _, err) = lora_dpo(&[
-        "generate",
-        "--model",
+    let (code, _, err) = generate_data(
         model_dir,
-        "--data",
         &data,
-        "--out",
         &outs,
-        "--max-new-tokens",
-        "3",
-        "--model-id",
-        "tiny",
-    ]);
+        &["--max-new-tokens", "3", "--model-id", "tiny"],
+    );
     assert_eq!(code, 0, "{err}");
     let rows: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     assert_eq!(rows.len(), 2);
@@ -337,18 +329,12 @@ fn alpaca_eval_instructions_give_model_outputs_json() {
     assert_eq!(rows[0]["generator"], "tiny");
     assert_eq!(rows[1]["dataset"], "koala");
     assert!(rows[0]["output"].is_string() && rows[0]["output"] != "ref");
-    let (code, _, err) = lora_dpo(&[
-        "generate",
-        "--model",
+    let (code, _, err) = generate_data(
         model_dir,
-        "--data",
         &data,
-        "--out",
         &outs,
-        "--overwrite",
-        "--num-return-sequences",
-        "2",
-    ]);
+        &["--overwrite", "--num-return-sequences", "2"],
+    );
     assert!(
         code != 0 && err.contains("one output per instruction"),
         "{err}"

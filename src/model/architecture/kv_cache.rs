@@ -71,26 +71,15 @@ impl Model {
         cache: &mut KvCache,
         pass: Pass,
     ) -> Result<Tensor> {
-        self.forward_with_cache_padded(input_ids, cache, pass, None)
-    }
-
-    /// [`Model::forward_with_cache`] for rows of different lengths, left-padded: `key_mask`
-    /// `[batch, cached + seq]` (f32, 1 = a real token, 0 = padding) hides the padded keys. Rows
-    /// share positions, so a row padded by p tokens sits p positions later than alone; rotary
-    /// attention depends only on the distance between query and key, so its scores are the
-    /// same up to rounding.
-    pub fn forward_with_cache_padded(
-        &self,
-        input_ids: &Tensor,
-        cache: &mut KvCache,
-        pass: Pass,
-        key_mask: Option<&Tensor>,
-    ) -> Result<Tensor> {
-        let h = self.cached_hidden(input_ids, cache, pass, key_mask)?;
+        let h = self.cached_hidden(input_ids, cache, pass, None)?;
         Ok(self.logits(&h)?)
     }
 
-    /// The final hidden states `[batch, seq, hidden]` of a cached pass.
+    /// The final hidden states `[batch, seq, hidden]` of a cached pass. For rows of different
+    /// lengths, left-padded, `key_mask` `[batch, cached + seq]` (f32, 1 = a real token, 0 =
+    /// padding) hides the padded keys. Rows share positions, so a row padded by p tokens sits p
+    /// positions later than alone; rotary attention depends only on the distance between query
+    /// and key, so its scores are the same up to rounding.
     fn cached_hidden(
         &self,
         input_ids: &Tensor,
