@@ -94,8 +94,9 @@ pub struct LoraSection {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct StageConfig {
-    /// A file, a folder, or a hub dataset `hf://datasets/OWNER/NAME`.
-    pub train_file: Option<String>,
+    /// A file, a folder, or a hub dataset `hf://datasets/OWNER/NAME`; or a mixture, a list of
+    /// `{path, fraction, split}` (the alignment-handbook's `dataset_mixer`).
+    pub train_file: Option<DataFiles>,
     pub eval_file: Option<String>,
     /// The split of `train_file` to read (a folder's or hub dataset's; default `train`).
     pub train_split: Option<String>,
@@ -103,6 +104,10 @@ pub struct StageConfig {
     pub eval_split: Option<String>,
     /// The hub revision (branch, tag or commit) of hub datasets; default `main`.
     pub revision: Option<String>,
+    /// Without `eval_file`: hold out this share of the training rows (seeded by `[output] seed`).
+    pub eval_split_ratio: Option<f64>,
+    /// Without `eval_file`: hold out this many training rows.
+    pub test_split_size: Option<usize>,
     pub learning_rate: f64,
     pub num_train_epochs: f64,
     /// Positive: stop after this many optimizer steps (overrides `num_train_epochs`).
@@ -195,6 +200,65 @@ impl<'de> Deserialize<'de> for ReportTo {
     }
 }
 
+/// `train_file`: one source, or several mixed by fractions of their rows.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum DataFiles {
+    One(String),
+    Mixture(Vec<MixturePart>),
+}
+
+// By hand rather than untagged, so that a bad part's error names its field.
+impl<'de> Deserialize<'de> for DataFiles {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Files;
+        impl<'de> serde::de::Visitor<'de> for Files {
+            type Value = DataFiles;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a path, or a list of {path, fraction, split} tables")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<DataFiles, E> {
+                Ok(DataFiles::One(v.to_string()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<DataFiles, A::Error> {
+                let mut parts = Vec::new();
+                while let Some(p) = seq.next_element::<MixturePart>()? {
+                    parts.push(p);
+                }
+                Ok(DataFiles::Mixture(parts))
+            }
+        }
+        d.deserialize_any(Files)
+    }
+}
+
+/// One dataset of a mixture: its path (or hub name), the share of its rows kept, its split.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MixturePart {
+    pub path: String,
+    #[serde(default = "whole")]
+    pub fraction: f64,
+    pub split: Option<String>,
+}
+
+fn whole() -> f64 {
+    1.0
+}
+
+impl DataFiles {
+    /// The single source, when `train_file` is not a mixture.
+    pub fn single(&self) -> Option<&str> {
+        match self {
+            DataFiles::One(s) => Some(s),
+            DataFiles::Mixture(_) => None,
+        }
+    }
+}
+
 impl Default for StageConfig {
     fn default() -> Self {
         Self {
@@ -203,6 +267,8 @@ impl Default for StageConfig {
             train_split: None,
             eval_split: None,
             revision: None,
+            eval_split_ratio: None,
+            test_split_size: None,
             learning_rate: 2e-5,
             num_train_epochs: 1.0,
             max_steps: -1,
@@ -272,6 +338,8 @@ const STAGE_KEYS: &[&str] = &[
     "train_split",
     "eval_split",
     "revision",
+    "eval_split_ratio",
+    "test_split_size",
     "learning_rate",
     "num_train_epochs",
     "max_steps",
@@ -420,6 +488,47 @@ impl RunConfig {
 pub const MAX_EPOCHS: f64 = 1e6;
 
 impl StageConfig {
+    fn validate_data_files(&self) -> Result<()> {
+        if let Some(DataFiles::Mixture(parts)) = &self.train_file {
+            if parts.is_empty() {
+                bail!("`train_file`: an empty list; give a path or a list of {{path, fraction}}");
+            }
+            if self.train_split.is_some() {
+                bail!("`train_split` with a `train_file` list: give each part its own `split`");
+            }
+            for (i, p) in parts.iter().enumerate() {
+                if !(p.fraction > 0.0 && p.fraction <= 1.0) {
+                    bail!(
+                        "`train_file[{i}].fraction` ({}): must be in (0, 1]",
+                        float_text(p.fraction)
+                    );
+                }
+            }
+        }
+        let held_out = [
+            self.eval_split_ratio.map(|_| "eval_split_ratio"),
+            self.test_split_size.map(|_| "test_split_size"),
+        ];
+        let held_out: Vec<&str> = held_out.into_iter().flatten().collect();
+        if held_out.len() == 2 {
+            bail!("`eval_split_ratio` and `test_split_size` both set; give one");
+        }
+        if let (Some(key), Some(_)) = (held_out.first(), &self.eval_file) {
+            bail!(
+                "`{key}` carves a held-out split from train_file, but `eval_file` is set; give one"
+            );
+        }
+        if let Some(r) = self.eval_split_ratio {
+            if !(r > 0.0 && r < 1.0) {
+                bail!("`eval_split_ratio` ({}): must be in (0, 1)", float_text(r));
+            }
+        }
+        if self.test_split_size == Some(0) {
+            bail!("`test_split_size`: must be at least 1");
+        }
+        Ok(())
+    }
+
     pub fn validate(&self) -> Result<()> {
         let floats = [
             ("learning_rate", self.learning_rate),
@@ -447,6 +556,7 @@ impl StageConfig {
             }
             Ok(())
         };
+        self.validate_data_files()?;
         // torch.optim.AdamW's own checks.
         let at_least_zero = |key: &str, v: f64| -> Result<()> {
             if v < 0.0 {

@@ -32,6 +32,7 @@ pub mod config;
 pub mod gguf_spm;
 pub mod hub;
 pub mod kto;
+pub mod mixture;
 pub mod pipeline;
 pub mod reader;
 pub mod report;

@@ -75,15 +75,32 @@ impl RunFingerprint {
             for k in BOOKKEEPING {
                 obj.remove(*k);
             }
-            if let Some(Value::String(spec)) = obj.remove("train_file") {
-                // The content of the files read (a hub name resolved to its cached split).
-                let split = obj.get("train_split").and_then(Value::as_str);
-                let revision = obj.get("revision").and_then(Value::as_str);
-                let src = crate::data::hub::resolve(&spec, split, revision)?;
-                obj.insert(
-                    "train_file".into(),
-                    Value::String(data_hash(&src.path, src.split.as_deref())?),
-                );
+            // The content of the files read (a hub name resolved to its cached split); for a
+            // mixture, each part's content and fraction.
+            let revision = obj
+                .get("revision")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            let hash_of = |spec: &str, split: Option<&str>| -> Result<String> {
+                let src = crate::data::hub::resolve(spec, split, revision.as_deref())?;
+                data_hash(&src.path, src.split.as_deref())
+            };
+            match obj.remove("train_file") {
+                Some(Value::String(spec)) => {
+                    let split = obj.get("train_split").and_then(Value::as_str);
+                    obj.insert("train_file".into(), Value::String(hash_of(&spec, split)?));
+                }
+                Some(Value::Array(parts)) => {
+                    let mut hashed = Vec::with_capacity(parts.len());
+                    for p in &parts {
+                        let spec = p.get("path").and_then(Value::as_str).unwrap_or_default();
+                        let split = p.get("split").and_then(Value::as_str);
+                        let fraction = p.get("fraction").and_then(Value::as_f64).unwrap_or(1.0);
+                        hashed.push(format!("{}×{fraction}", hash_of(spec, split)?));
+                    }
+                    obj.insert("train_file".into(), Value::String(hashed.join(" + ")));
+                }
+                _ => {}
             }
         }
         flatten(name, &section, &mut keys);

@@ -7,7 +7,7 @@ use anyhow::Result;
 use super::kto::{KtoLoss, KtoObjective};
 use super::run::{
     cached_reference, load_splits, stage_base, stage_config, train_stage, RunOptions, Session,
-    StageResult,
+    StageResult, StageRows,
 };
 use crate::config::LoadedConfig;
 use crate::data::Stage;
@@ -42,8 +42,14 @@ pub(super) fn kto_stage(
     let mut slot = None;
     let base = stage_base(session, "kto", &stage.ref_adapter, frozen, &mut slot)?;
     train_stage(session, cfg, opts, Stage::Kto, base, &mut |stack| {
-        let (train, eval) = load_splits(stage, Stage::Kto, |p, split| {
-            let ds = crate::data::load_kto(p, split, &session.tokenizer, &data_cfg, chunk)?;
+        let (train, eval) = load_splits(stage, Stage::Kto, cfg.run.output.seed, |rows| {
+            let tok = &session.tokenizer;
+            let ds = match rows {
+                StageRows::Files(p, split) => {
+                    crate::data::load_kto(p, split, tok, &data_cfg, chunk)?
+                }
+                StageRows::Rows(raw) => crate::data::prepare_kto(raw, tok, &data_cfg, chunk)?,
+            };
             eprintln!(
                 "{} ({} desirable, {} undesirable)",
                 crate::data::report::counts_line(&ds.pairs.stats),

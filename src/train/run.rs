@@ -16,8 +16,9 @@ use super::ref_cache::{self, Fingerprint};
 use super::sft::SftObjective;
 use super::trainer::{self, AdapterStack, Finish, TrainOptions};
 use crate::adapter::{combine, load_adapter, save_adapter};
-use crate::config::{LoadedConfig, StageConfig};
+use crate::config::{DataFiles, LoadedConfig, StageConfig};
 use crate::data::hub::{self, DataSource};
+use crate::data::mixture;
 use crate::data::{load_chat_tokenizer, ChatTokenizer, Stage};
 use crate::model::{self, Adapter, Model};
 use crate::source::Source;
@@ -133,32 +134,107 @@ pub(super) fn stage_config(cfg: &LoadedConfig, stage: Stage) -> Result<&StageCon
     s.with_context(|| format!("the config has no [{stage}] section"))
 }
 
-/// The stage's training set (required) and held-out set (optional), each read by `load` from
-/// its file, folder or hub dataset (resolved to the cached snapshot folder and its split).
+/// What a stage's loader reads: a file, folder or cached hub split as it is (streamed), or rows
+/// already read, mixed or carved.
+pub(crate) enum StageRows<'a> {
+    Files(&'a Path, Option<&'a str>),
+    Rows(crate::data::RawDataset),
+}
+
+/// The stage's training set (required) and held-out set (optional), each read by `load`. A
+/// `train_file` list is mixed by its fractions, and `eval_split_ratio` / `test_split_size`
+/// carve the held-out rows from the training rows, both seeded by `seed`.
 pub(super) fn load_splits<T>(
     stage: &StageConfig,
     name: Stage,
-    load: impl Fn(&Path, Option<&str>) -> Result<T>,
+    seed: u64,
+    load: impl Fn(StageRows) -> Result<T>,
 ) -> Result<(T, Option<T>)> {
     if stage.train_file.is_none() {
         anyhow::bail!("[{name}] train_file is not set");
     }
-    let (train_src, eval_src) = data_sources(stage).with_context(|| format!("[{name}]"))?;
-    let train = load(&train_src.path, train_src.split.as_deref())?;
-    let eval = eval_src
-        .map(|src| load(&src.path, src.split.as_deref()))
-        .transpose()?;
-    Ok((train, eval))
+    let (parts, eval_src) = data_sources(stage).with_context(|| format!("[{name}]"))?;
+    let held_out = match (stage.eval_split_ratio, stage.test_split_size) {
+        (Some(r), _) => Some(mixture::HeldOut::Ratio(r)),
+        (None, Some(k)) => Some(mixture::HeldOut::Rows(k)),
+        (None, None) => None,
+    };
+    let is_mixture = matches!(stage.train_file, Some(DataFiles::Mixture(_)));
+    if !is_mixture && held_out.is_none() {
+        let (train_src, _) = &parts[0];
+        let train = load(StageRows::Files(
+            &train_src.path,
+            train_src.split.as_deref(),
+        ))?;
+        let eval = eval_src
+            .map(|src| load(StageRows::Files(&src.path, src.split.as_deref())))
+            .transpose()?;
+        return Ok((train, eval));
+    }
+    let mut read = Vec::with_capacity(parts.len());
+    for (i, (src, fraction)) in parts.iter().enumerate() {
+        let raw = crate::data::read_dataset(&src.path, src.split.as_deref())
+            .with_context(|| format!("[{name}] train_file"))?;
+        let n = raw.rows.len();
+        let kept = mixture::sample(raw, *fraction, seed, i);
+        if is_mixture {
+            eprintln!(
+                "mixture part {i}: {} (split {}): {} of {n} rows (fraction {fraction})",
+                src.path.display(),
+                src.split.as_deref().unwrap_or("-"),
+                kept.rows.len()
+            );
+        }
+        read.push(kept);
+    }
+    let rows = mixture::concat(read);
+    match held_out {
+        Some(h) => {
+            let (train, eval) =
+                mixture::carve(rows, h, seed).with_context(|| format!("[{name}]"))?;
+            eprintln!(
+                "held out {} of {} training rows as the eval split",
+                eval.rows.len(),
+                train.rows.len() + eval.rows.len()
+            );
+            Ok((
+                load(StageRows::Rows(train))?,
+                Some(load(StageRows::Rows(eval))?),
+            ))
+        }
+        None => {
+            let eval = eval_src
+                .map(|src| load(StageRows::Files(&src.path, src.split.as_deref())))
+                .transpose()?;
+            Ok((load(StageRows::Rows(rows))?, eval))
+        }
+    }
 }
 
-/// Where the stage's train and eval data are read from, hub names resolved.
-pub fn data_sources(stage: &StageConfig) -> Result<(DataSource, Option<DataSource>)> {
+/// The sources of a stage's training rows, each with the fraction of its rows kept.
+pub type TrainParts = Vec<(DataSource, f64)>;
+
+/// Where the stage's train data (each part of a mixture with its fraction) and eval data are
+/// read from, hub names resolved.
+pub fn data_sources(stage: &StageConfig) -> Result<(TrainParts, Option<DataSource>)> {
     let revision = stage.revision.as_deref();
-    let train_file = stage
-        .train_file
-        .as_deref()
-        .context("train_file is not set")?;
-    let train = hub::resolve(train_file, stage.train_split.as_deref(), revision)?;
+    let parts = match stage.train_file.as_ref().context("train_file is not set")? {
+        DataFiles::One(spec) => {
+            vec![(
+                hub::resolve(spec, stage.train_split.as_deref(), revision)?,
+                1.0,
+            )]
+        }
+        DataFiles::Mixture(parts) => parts
+            .iter()
+            .map(|p| {
+                Ok((
+                    hub::resolve(&p.path, p.split.as_deref(), revision)?,
+                    p.fraction,
+                ))
+            })
+            .collect::<Result<_>>()?,
+    };
     let eval = match stage.eval_file.as_deref() {
         Some(spec) => {
             // A hub dataset's held-out split is `test` unless named (TRL's eval_strategy default).
@@ -170,7 +246,7 @@ pub fn data_sources(stage: &StageConfig) -> Result<(DataSource, Option<DataSourc
         }
         None => None,
     };
-    Ok((train, eval))
+    Ok((parts, eval))
 }
 
 pub(super) fn new_adapter(session: &Session, cfg: &LoadedConfig, seed: u64) -> Result<Adapter> {
@@ -366,8 +442,12 @@ pub(super) fn sft_stage(
     let stage = stage_config(cfg, Stage::Sft)?;
     let data_cfg = session.data_config(cfg, Stage::Sft)?;
     train_stage(session, cfg, opts, Stage::Sft, vec![], &mut |_| {
-        let (train, eval) = load_splits(stage, Stage::Sft, |p, split| {
-            let ds = crate::data::load_sft(p, split, &session.tokenizer, &data_cfg)?;
+        let (train, eval) = load_splits(stage, Stage::Sft, cfg.run.output.seed, |rows| {
+            let tok = &session.tokenizer;
+            let ds = match rows {
+                StageRows::Files(p, split) => crate::data::load_sft(p, split, tok, &data_cfg)?,
+                StageRows::Rows(raw) => crate::data::prepare_sft(raw, tok, &data_cfg)?,
+            };
             eprintln!("{}", crate::data::report::counts_line(&ds.stats));
             Ok(ds)
         })?;
@@ -418,7 +498,8 @@ fn orpo_stage(
         Stage::Orpo,
         frozen.to_vec(),
         &mut |_| {
-            let (train, eval) = load_pairs(session, stage, Stage::Orpo, &data_cfg)?;
+            let (train, eval) =
+                load_pairs(session, stage, Stage::Orpo, cfg.run.output.seed, &data_cfg)?;
             let objective = OrpoObjective {
                 train,
                 eval,
@@ -443,7 +524,7 @@ fn dpo_stage(
     let mut slot = None;
     let base = stage_base(session, "dpo", &stage.ref_adapter, frozen, &mut slot)?;
     train_stage(session, cfg, opts, Stage::Dpo, base, &mut |stack| {
-        let (train, eval) = load_pairs(session, stage, Stage::Dpo, &data_cfg)?;
+        let (train, eval) = load_pairs(session, stage, Stage::Dpo, cfg.run.output.seed, &data_cfg)?;
         // A reference-free objective never computes (or caches) reference log-probs.
         let train_reference = if stage.precompute_ref_log_probs && loss.needs_reference() {
             let batch = stage.per_device_eval_batch_size;
@@ -470,10 +551,15 @@ fn load_pairs(
     session: &Session,
     stage: &crate::config::StageConfig,
     which: Stage,
+    seed: u64,
     data_cfg: &crate::data::DataConfig,
 ) -> Result<(crate::data::DpoDataset, Option<crate::data::DpoDataset>)> {
-    load_splits(stage, which, |p, split| {
-        let ds = crate::data::load_dpo(p, split, &session.tokenizer, data_cfg)?;
+    load_splits(stage, which, seed, |rows| {
+        let tok = &session.tokenizer;
+        let ds = match rows {
+            StageRows::Files(p, split) => crate::data::load_dpo(p, split, tok, data_cfg)?,
+            StageRows::Rows(raw) => crate::data::prepare_dpo(raw, tok, data_cfg)?,
+        };
         eprintln!("{}", crate::data::report::counts_line(&ds.stats));
         Ok(ds)
     })

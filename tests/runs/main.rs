@@ -13,6 +13,7 @@ mod families;
 mod gpu_kit;
 mod hub_download;
 mod kto_stage;
+mod mixtures;
 mod objectives;
 mod observability;
 mod ref_cache;
