@@ -32,8 +32,9 @@ pub struct ShowArgs {
     #[arg(long, required = true)]
     pub model: Option<PathBuf>,
     /// Dataset: a .jsonl, .json or .parquet file, a folder of them, or a hub dataset
-    /// `hf://datasets/OWNER/NAME` (with --split; fetched into the HF cache).
-    #[arg(long, required = true)]
+    /// `hf://datasets/OWNER/NAME` (with --split; fetched into the HF cache). Without it, the
+    /// --config stage's train_file (a mixture too) and its held-out split.
+    #[arg(long, required_unless_present = "config")]
     pub data: Option<String>,
     /// Hub revision (branch, tag or commit) of a hf://datasets/ name (default: main).
     #[arg(long)]
@@ -90,9 +91,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 fn show(args: ShowArgs) -> anyhow::Result<()> {
-    // clap requires both when no subcommand is given.
-    let (Some(model), Some(data_arg)) = (args.model, args.data) else {
-        anyhow::bail!("`lora-dpo data` needs --model and --data");
+    // clap requires --model, and --data or --config, when no subcommand is given.
+    let Some(model) = args.model.clone() else {
+        anyhow::bail!("`lora-dpo data` needs --model");
+    };
+    let Some(data_arg) = args.data.clone() else {
+        return show_config_data(&args, &model);
     };
     let src = data::hub::resolve(&data_arg, args.split.as_deref(), args.revision.as_deref())?;
     if data::hub::repo_of(&data_arg).is_some() {
@@ -223,4 +227,42 @@ fn show(args: ShowArgs) -> anyhow::Result<()> {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
         _ => Ok(()),
     }
+}
+
+/// Without --data: the config stage's training rows as training reads them (a mixture's parts
+/// sampled, the held-out rows carved), with the counts of each split.
+fn show_config_data(args: &ShowArgs, model: &Path) -> anyhow::Result<()> {
+    let path = args
+        .config
+        .as_ref()
+        .expect("clap requires --config without --data");
+    let cfg = lora_dpo::config::LoadedConfig::load(path, &[])?;
+    let stage = match args.stage {
+        Some(s) => s,
+        None => [Stage::Sft, Stage::Dpo, Stage::Kto, Stage::Orpo]
+            .into_iter()
+            .find(|s| {
+                lora_dpo::train::run::stage_config(&cfg, *s).is_ok_and(|c| c.train_file.is_some())
+            })
+            .with_context(|| format!("{}: no stage with a train_file", path.display()))?,
+    };
+    let section = lora_dpo::train::run::stage_config(&cfg, stage)?;
+    let mixed = lora_dpo::train::run::mixed_rows(section, stage, cfg.run.output.seed)?;
+    for line in &mixed.report {
+        println!("{line}");
+    }
+    let data_cfg = DataConfig::from_toml_file(path, stage)?;
+    let tok = data::load_chat_tokenizer(model)?;
+    let splits = [("train", Some(mixed.train)), ("held out", mixed.held_out)];
+    for (name, raw) in splits {
+        let Some(raw) = raw else { continue };
+        let stats = match stage {
+            Stage::Sft => data::prepare_sft(raw, &tok, &data_cfg)?.stats,
+            Stage::Dpo | Stage::Orpo => data::prepare_dpo(raw, &tok, &data_cfg)?.stats,
+            Stage::Kto => data::prepare_kto(raw, &tok, &data_cfg, 8)?.pairs.stats,
+        };
+        println!("== {name}");
+        print!("{}", report::summary(&stats, &data_cfg));
+    }
+    Ok(())
 }

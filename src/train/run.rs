@@ -124,7 +124,7 @@ pub fn tokenizer_path(source: &Source) -> Result<PathBuf> {
     })
 }
 
-pub(super) fn stage_config(cfg: &LoadedConfig, stage: Stage) -> Result<&StageConfig> {
+pub fn stage_config(cfg: &LoadedConfig, stage: Stage) -> Result<&StageConfig> {
     let s = match stage {
         Stage::Sft => cfg.run.sft.as_ref(),
         Stage::Dpo => cfg.run.dpo.as_ref(),
@@ -154,13 +154,9 @@ pub(super) fn load_splits<T>(
         anyhow::bail!("[{name}] train_file is not set");
     }
     let (parts, eval_src) = data_sources(stage).with_context(|| format!("[{name}]"))?;
-    let held_out = match (stage.eval_split_ratio, stage.test_split_size) {
-        (Some(r), _) => Some(mixture::HeldOut::Ratio(r)),
-        (None, Some(k)) => Some(mixture::HeldOut::Rows(k)),
-        (None, None) => None,
-    };
     let is_mixture = matches!(stage.train_file, Some(DataFiles::Mixture(_)));
-    if !is_mixture && held_out.is_none() {
+    let held_out = stage.eval_split_ratio.is_some() || stage.test_split_size.is_some();
+    if !is_mixture && !held_out {
         let (train_src, _) = &parts[0];
         let train = load(StageRows::Files(
             &train_src.path,
@@ -171,44 +167,69 @@ pub(super) fn load_splits<T>(
             .transpose()?;
         return Ok((train, eval));
     }
+    let mixed = mixed_rows(stage, name, seed)?;
+    for line in &mixed.report {
+        eprintln!("{line}");
+    }
+    let eval = match (mixed.held_out, eval_src) {
+        (Some(rows), _) => Some(load(StageRows::Rows(rows))?),
+        (None, Some(src)) => Some(load(StageRows::Files(&src.path, src.split.as_deref()))?),
+        (None, None) => None,
+    };
+    Ok((load(StageRows::Rows(mixed.train))?, eval))
+}
+
+/// A stage's training rows read whole: its mixture's parts sampled and concatenated, and the
+/// held-out rows carved from them when asked; with one line per step for the user.
+pub struct MixedRows {
+    pub train: crate::data::RawDataset,
+    pub held_out: Option<crate::data::RawDataset>,
+    pub report: Vec<String>,
+}
+
+/// Reads the stage's `train_file` (one source or a mixture) and carves `eval_split_ratio` /
+/// `test_split_size` held-out rows from it, seeded by `seed`.
+pub fn mixed_rows(stage: &StageConfig, name: Stage, seed: u64) -> Result<MixedRows> {
+    let (parts, _) = data_sources(stage).with_context(|| format!("[{name}]"))?;
+    let mut report = Vec::new();
     let mut read = Vec::with_capacity(parts.len());
     for (i, (src, fraction)) in parts.iter().enumerate() {
         let raw = crate::data::read_dataset(&src.path, src.split.as_deref())
             .with_context(|| format!("[{name}] train_file"))?;
         let n = raw.rows.len();
         let kept = mixture::sample(raw, *fraction, seed, i);
-        if is_mixture {
-            eprintln!(
-                "mixture part {i}: {} (split {}): {} of {n} rows (fraction {fraction})",
-                src.path.display(),
-                src.split.as_deref().unwrap_or("-"),
-                kept.rows.len()
-            );
-        }
+        report.push(format!(
+            "mixture part {i}: {} (split {}): {} of {n} rows (fraction {fraction})",
+            src.path.display(),
+            src.split.as_deref().unwrap_or("-"),
+            kept.rows.len()
+        ));
         read.push(kept);
     }
     let rows = mixture::concat(read);
-    match held_out {
-        Some(h) => {
-            let (train, eval) =
-                mixture::carve(rows, h, seed).with_context(|| format!("[{name}]"))?;
-            eprintln!(
-                "held out {} of {} training rows as the eval split",
-                eval.rows.len(),
-                train.rows.len() + eval.rows.len()
-            );
-            Ok((
-                load(StageRows::Rows(train))?,
-                Some(load(StageRows::Rows(eval))?),
-            ))
-        }
-        None => {
-            let eval = eval_src
-                .map(|src| load(StageRows::Files(&src.path, src.split.as_deref())))
-                .transpose()?;
-            Ok((load(StageRows::Rows(rows))?, eval))
-        }
-    }
+    let held = match (stage.eval_split_ratio, stage.test_split_size) {
+        (Some(r), _) => Some(mixture::HeldOut::Ratio(r)),
+        (None, Some(k)) => Some(mixture::HeldOut::Rows(k)),
+        (None, None) => None,
+    };
+    let Some(held) = held else {
+        return Ok(MixedRows {
+            train: rows,
+            held_out: None,
+            report,
+        });
+    };
+    let (train, eval) = mixture::carve(rows, held, seed).with_context(|| format!("[{name}]"))?;
+    report.push(format!(
+        "held out {} of {} training rows as the eval split",
+        eval.rows.len(),
+        train.rows.len() + eval.rows.len()
+    ));
+    Ok(MixedRows {
+        train,
+        held_out: Some(eval),
+        report,
+    })
 }
 
 /// The sources of a stage's training rows, each with the fraction of its rows kept.

@@ -76,6 +76,18 @@ fn a_mixture_takes_each_parts_fraction_and_carves_the_held_out_rows() {
         "{stderr}"
     );
 
+    // `data` shows the same mixture and split.
+    let model = common::fixture_str("models/tiny-llama");
+    let (code, stdout, stderr) = lora_dpo(&["data", "--model", &model, "--config", &cfg]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("5 of 10 rows")
+            && stdout.contains("held out 2 of 9")
+            && stdout.contains("rows: 7 read")
+            && stdout.contains("rows: 2 read"),
+        "{stdout}"
+    );
+
     // The same again resumes as the same run; another fraction is other settings.
     let (code, _, stderr) = lora_dpo(&["dpo", "--config", &cfg, "--resume"]);
     assert_eq!(code, 0, "{stderr}");
