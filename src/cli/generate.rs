@@ -137,11 +137,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         stop_ids,
     };
     let Some(prompt) = &args.prompt else {
-        let model_id = args.model_id.clone().unwrap_or_else(|| {
-            let name = args.adapter.last().unwrap_or(&args.model);
-            let name = name.trim_end_matches('/');
-            name.rsplit('/').next().unwrap_or(name).to_string()
-        });
+        let model_id = args
+            .model_id
+            .clone()
+            .unwrap_or_else(|| model_id_of(args.adapter.last().unwrap_or(&args.model)));
         let run = DataRun {
             args: &args,
             model: &model,
@@ -283,5 +282,16 @@ impl DataRun<'_> {
             out.display()
         );
         Ok(())
+    }
+}
+
+/// The default `model_id`: a trained stage's adapter (`adapters/demo/dpo/adapter`) is named by
+/// its run and stage (`demo-dpo`), anything else by its last path component.
+fn model_id_of(spec: &str) -> String {
+    let parts: Vec<&str> = spec.split('/').filter(|p| !p.is_empty()).collect();
+    match parts.as_slice() {
+        [.., run, stage, "adapter"] => format!("{run}-{stage}"),
+        [.., last] => last.to_string(),
+        [] => "model".to_string(),
     }
 }
