@@ -7,7 +7,8 @@ weights.
 
     python scripts/trl_kto_compare.py [--dropout 0.0] [--seed 0] [--sequential] [--out /tmp/trl-kto-cmp]
 
---sequential reads rows in file order (no shuffle), for a deterministic order. Writes OUT/metrics.jsonl and
+KTOConfig's own default train_sampling_strategy is "sequential" (file order, batch k = rows 8k..8k+7, the KL
+completions rotated within that batch), so TRL is already deterministic in order; --sequential only forces it. Writes OUT/metrics.jsonl and
 OUT/adapter (evaluate with `lora-dpo eval --model models/SmolLM2-135M-f32 --adapter OUT/adapter --data
 data/dpo/eval.jsonl --per-row`)."""
 import argparse, json, os, warnings
