@@ -189,6 +189,10 @@ impl Objective for KtoObjective {
         self.train.lengths()
     }
 
+    fn sequential(&self) -> bool {
+        true
+    }
+
     fn normaliser(&self, micro_batches: &[Vec<usize>]) -> f64 {
         micro_batches.len() as f64
     }

@@ -74,6 +74,14 @@ pub trait Objective {
     fn num_rows(&self) -> usize;
     /// Row lengths, for grouping by length.
     fn lengths(&self) -> Vec<usize>;
+    /// Rows in file order, the same every epoch, instead of a seeded shuffle. KTO's: TRL's
+    /// `KTOConfig.train_sampling_strategy` defaults to `"sequential"`, since each row's KL
+    /// completion was rotated within its file-order chunk of the batch size, so a batch's KL
+    /// sequences are its own completions paired with other prompts only when batches are those
+    /// chunks.
+    fn sequential(&self) -> bool {
+        false
+    }
     /// The divisor applied to every micro-batch loss of an optimizer step.
     fn normaliser(&self, micro_batches: &[Vec<usize>]) -> f64;
     /// Loss of the rows (divided by `normaliser`: the losses of a step's micro-batches add up
@@ -225,6 +233,8 @@ struct BatchOrder {
     lengths: Vec<usize>,
     batch_size: usize,
     group_by_length: bool,
+    /// File order, no shuffle ([`Objective::sequential`]).
+    sequential: bool,
     seed: u64,
     cache: Option<(usize, Vec<Vec<usize>>)>,
 }
@@ -241,8 +251,8 @@ impl BatchOrder {
             let order = crate::data::batch_order(
                 &self.lengths,
                 self.batch_size,
-                true,
-                self.group_by_length,
+                !self.sequential,
+                self.group_by_length && !self.sequential,
                 self.seed.wrapping_add(epoch as u64),
             );
             self.cache = Some((epoch, order));
@@ -365,6 +375,7 @@ pub fn train(
         lengths: objective.lengths(),
         batch_size: s.per_device_train_batch_size,
         group_by_length,
+        sequential: objective.sequential(),
         seed: opts.seed,
         cache: None,
     };
@@ -710,4 +721,44 @@ fn update_bar(
 /// The run folder of a stage.
 pub fn stage_dir(output_dir: &Path, stage: &str) -> PathBuf {
     output_dir.join(stage)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BatchOrder;
+
+    fn order(sequential: bool) -> BatchOrder {
+        BatchOrder {
+            epoch_batches: 3,
+            lengths: vec![5, 1, 9, 2, 7, 3, 8, 4, 6, 10, 11, 12],
+            batch_size: 4,
+            group_by_length: true,
+            sequential,
+            seed: 42,
+            cache: None,
+        }
+    }
+
+    /// KTO's order (TRL's `train_sampling_strategy = "sequential"`): step k is file rows
+    /// `[k·b, (k+1)·b)`, every epoch the same, `group_by_length` and the seed ignored.
+    #[test]
+    fn sequential_order_is_file_order_every_epoch() {
+        let mut o = order(true);
+        let chunks: Vec<Vec<usize>> = (0..12)
+            .collect::<Vec<_>>()
+            .chunks(4)
+            .map(<[usize]>::to_vec)
+            .collect();
+        for epoch in 0..2 {
+            for (k, want) in chunks.iter().enumerate() {
+                assert_eq!(o.step(epoch * 3 + k, 1), vec![want.clone()]);
+            }
+        }
+        // The shuffled order (SFT, DPO) is not file order with this seed.
+        let mut s = order(false);
+        assert_ne!(
+            (0..3).map(|k| s.step(k, 1)).collect::<Vec<_>>(),
+            (0..3).map(|k| vec![chunks[k].clone()]).collect::<Vec<_>>()
+        );
+    }
 }
