@@ -184,3 +184,12 @@ pub fn run_options(resume: bool, interrupted: bool) -> lora_dpo::train::run::Run
         ..Default::default()
     }
 }
+
+/// The `[model]` and `[lora]` sections of a run config on the tiny Llama (CPU, LoRA r 4, α 8),
+/// which the run tests' configs start with.
+pub fn tiny_llama_sections() -> String {
+    format!(
+        "[model]\nname_or_path = \"{}\"\ndevice = \"cpu\"\n[lora]\nr = 4\nlora_alpha = 8\n",
+        fixture_str("models/tiny-llama")
+    )
+}

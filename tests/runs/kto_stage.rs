@@ -11,13 +11,7 @@ use std::path::Path;
 fn config(dir: &Path, extra: &str) -> std::path::PathBuf {
     let text = format!(
         r#"
-[model]
-name_or_path = "{model}"
-device = "cpu"
-[lora]
-r = 4
-lora_alpha = 8
-[sft]
+{head}[sft]
 train_file = "{sft}"
 learning_rate = 0.01
 max_steps = 2
@@ -40,7 +34,7 @@ undesirable_weight = 1.33
 [output]
 dir = "{out}"
 "#,
-        model = fixture_str("models/tiny-llama"),
+        head = common::tiny_llama_sections(),
         sft = fixture_str("train/sft.jsonl"),
         kto = fixture_str("train/kto.jsonl"),
         out = dir.join("out").display(),
@@ -209,13 +203,7 @@ fn kto_batches_are_the_files_chunks_every_epoch() {
     std::fs::write(&data, grouped).unwrap();
     let text = format!(
         r#"
-[model]
-name_or_path = "{model}"
-device = "cpu"
-[lora]
-r = 4
-lora_alpha = 8
-[kto]
+{head}[kto]
 train_file = "{data}"
 learning_rate = 0.01
 max_steps = 4
@@ -227,7 +215,7 @@ group_by_length = true
 dir = "{out}"
 seed = 11
 "#,
-        model = fixture_str("models/tiny-llama"),
+        head = common::tiny_llama_sections(),
         data = data.display(),
         out = tmp.path().join("out").display(),
     );

@@ -23,13 +23,7 @@ fn pairs(dir: &std::path::Path, name: &str, n: usize) -> String {
 fn config(dir: &std::path::Path, data: &str) -> String {
     let text = format!(
         r#"
-[model]
-name_or_path = "{model}"
-device = "cpu"
-[lora]
-r = 4
-lora_alpha = 8
-[dpo]
+{head}[dpo]
 {data}
 learning_rate = 0.01
 max_steps = 1
@@ -40,7 +34,7 @@ save_steps = 0
 dir = "{out}"
 seed = 3
 "#,
-        model = common::fixture_str("models/tiny-llama"),
+        head = common::tiny_llama_sections(),
         out = dir.join("out").display(),
     );
     let path = dir.join("run.toml");

@@ -9,18 +9,12 @@ use lora_dpo::train::run::{run_train, RunOptions, Session};
 fn config(dir: &std::path::Path, stages: &str) -> LoadedConfig {
     let text = format!(
         r#"
-[model]
-name_or_path = "{model}"
-device = "cpu"
-[lora]
-r = 4
-lora_alpha = 8
-{stages}
+{head}{stages}
 [output]
 dir = "{out}"
 seed = 3
 "#,
-        model = common::fixture_str("models/tiny-llama"),
+        head = common::tiny_llama_sections(),
         out = dir.join("out").display(),
     );
     LoadedConfig::from_str(&text, &[]).unwrap()

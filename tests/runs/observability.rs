@@ -13,13 +13,7 @@ use std::path::Path;
 fn sft_config(out: &Path) -> LoadedConfig {
     let text = format!(
         r#"
-[model]
-name_or_path = "{model}"
-device = "cpu"
-[lora]
-r = 4
-lora_alpha = 8
-[sft]
+{head}[sft]
 train_file = "{data}"
 eval_file = "{data}"
 learning_rate = 0.01
@@ -32,7 +26,7 @@ report_to = ["tensorboard"]
 [output]
 dir = "{out}"
 "#,
-        model = fixture_str("models/tiny-llama"),
+        head = common::tiny_llama_sections(),
         data = fixture_str("train/sft.jsonl"),
         out = out.display()
     );
