@@ -174,18 +174,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 /// The output may not replace the input file, nor land in the input folder (a later read of the
 /// folder would take it as data).
 fn refuse_input_as_output(input: &Path, out: &Path) -> anyhow::Result<()> {
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let (Ok(parent), Some(name), Ok(input)) = (
-        std::fs::canonicalize(parent),
-        out.file_name(),
-        std::fs::canonicalize(input),
-    ) else {
-        return Ok(());
-    };
-    let out_abs = parent.join(name);
+    let (input, out_abs) = (
+        lora_dpo::paths::resolve(input)?,
+        lora_dpo::paths::resolve(out)?,
+    );
     if out_abs == input || (input.is_dir() && out_abs.starts_with(&input)) {
         bail!("{}: --out is the input or inside its folder", out.display());
     }

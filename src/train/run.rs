@@ -167,7 +167,7 @@ pub(super) fn load_splits<T>(
             .transpose()?;
         return Ok((train, eval));
     }
-    let mixed = mixed_rows(stage, name, seed)?;
+    let mixed = mix_parts(stage, name, &parts, seed)?;
     for line in &mixed.report {
         eprintln!("{line}");
     }
@@ -191,6 +191,11 @@ pub struct MixedRows {
 /// `test_split_size` held-out rows from it, seeded by `seed`.
 pub fn mixed_rows(stage: &StageConfig, name: Stage, seed: u64) -> Result<MixedRows> {
     let (parts, _) = data_sources(stage).with_context(|| format!("[{name}]"))?;
+    mix_parts(stage, name, &parts, seed)
+}
+
+/// [`mixed_rows`] of sources already resolved.
+fn mix_parts(stage: &StageConfig, name: Stage, parts: &TrainParts, seed: u64) -> Result<MixedRows> {
     let mut report = Vec::new();
     let mut read = Vec::with_capacity(parts.len());
     for (i, (src, fraction)) in parts.iter().enumerate() {
