@@ -20,6 +20,7 @@ as a change in these files.
      - CPOTrainer.get_batch_loss_metrics (simpo with cpo_alpha = 0, cpo = sigmoid, cpo_alpha 1);
      - ORPOTrainer.get_batch_loss_metrics.
 """
+import contextlib
 import json
 import pathlib
 import sys
@@ -49,6 +50,7 @@ ACCEL = SimpleNamespace(
     gather_for_metrics=lambda x: x,
     gather=lambda x: x,
     unwrap_model=lambda m: m,
+    autocast=contextlib.nullcontext,
 )
 
 # (name, loss types, weights or None, extra DPOConfig values)
@@ -71,7 +73,23 @@ DPO_CASES = [
     ("sigmoid_norm", ["sigmoid_norm"], None, {"beta": 2.0}),
     ("sigmoid+sft", ["sigmoid", "sft"], [1.0, 0.1], {}),
     ("mpo", ["sigmoid", "bco_pair", "sft"], [0.8, 0.2, 1.0], {}),
+    # f-DPO: the scores f'(ratio) in the types built on their difference.
+    ("forward_kl", ["sigmoid"], None, {"f_divergence_type": "forward_kl"}),
+    ("js_divergence", ["sigmoid"], None, {"f_divergence_type": "js_divergence"}),
+    ("alpha_divergence", ["sigmoid"], None, {"f_divergence_type": "alpha_divergence"}),
+    ("alpha_divergence_coef", ["hinge"], None, {"f_divergence_type": "alpha_divergence",
+                                                 "f_alpha_divergence_coef": 0.3, "beta": 0.5}),
+    ("forward_kl_ipo", ["ipo"], None, {"f_divergence_type": "forward_kl"}),
+    ("js_robust+sft", ["robust", "sft"], [1.0, 0.2], {"f_divergence_type": "js_divergence",
+                                                       "label_smoothing": 0.1}),
+    ("forward_kl_discopop", ["discopop"], None, {"f_divergence_type": "forward_kl"}),
+    ("forward_kl_sigmoid_norm", ["sigmoid_norm"], None, {"f_divergence_type": "forward_kl", "beta": 2.0}),
+    # LD-DPO: the tokens past the shorter completion weighted by ld_alpha, policy and reference
+    # (per-row fixtures only: the unit fixture's inputs are sums).
+    ("ld_alpha", ["sigmoid"], None, {"ld_alpha": 0.5}),
+    ("ld_alpha_zero_ipo", ["ipo"], None, {"ld_alpha": 0.0}),
 ]
+LD_ONLY = {"ld_alpha", "ld_alpha_zero_ipo"}
 CPO_CASES = [
     ("simpo", {"loss_type": "simpo", "beta": 2.0, "simpo_gamma": 0.5, "cpo_alpha": 0.0}),
     ("simpo_smoothed", {"loss_type": "simpo", "beta": 2.5, "simpo_gamma": 1.0, "cpo_alpha": 0.0,
@@ -86,9 +104,12 @@ def dpo_self(types, weights, extra):
     cfg = {"beta": 0.1, "label_smoothing": 0.0, "discopop_tau": 0.05, **extra}
     return SimpleNamespace(
         model=SimpleNamespace(training=True), accelerator=ACCEL, aux_loss_enabled=False,
-        ld_alpha=None, precompute_ref_logps=True, f_divergence_type="reverse_kl",
+        ld_alpha=cfg.get("ld_alpha"), precompute_ref_logps=True,
+        f_divergence_type=cfg.get("f_divergence_type", "reverse_kl"),
+        f_alpha_divergence_coef=cfg.get("f_alpha_divergence_coef", 0.5),
         loss_types=types, loss_weights=weights or [1.0] * len(types), beta=cfg["beta"],
-        label_smoothing=cfg["label_smoothing"], args=SimpleNamespace(discopop_tau=cfg["discopop_tau"]),
+        label_smoothing=cfg["label_smoothing"],
+        args=SimpleNamespace(discopop_tau=cfg["discopop_tau"], gradient_checkpointing_kwargs=None),
         use_weighting=False, _metrics={"train": defaultdict(list), "eval": defaultdict(list)},
         _total_train_tokens=0, _tp_size=1,
     ), cfg
@@ -103,6 +124,9 @@ def our_config(types, weights, cfg):
             out[key] = cfg[key]
     if "discopop" in types:
         out["discopop_tau"] = cfg["discopop_tau"]
+    for key in ("f_divergence_type", "f_alpha_divergence_coef", "ld_alpha"):
+        if key in cfg:
+            out[key] = cfg[key]
     return out
 
 
@@ -159,6 +183,8 @@ def unit_fixtures():
     }
     model = StandInModel(token)
     for name, types, weights, extra in DPO_CASES:
+        if name in LD_ONLY:
+            continue
         fake, cfg = dpo_self(types, weights, extra)
         loss = DPOTrainer._compute_loss(fake, model, dict(inputs), False)
         metrics = {k: v[0] for k, v in fake._metrics["train"].items()
@@ -279,13 +305,19 @@ def per_row_fixtures():
                 attn[i, :len(p) + len(c)] = 1
                 cm[i, len(p):len(p) + len(c)] = 1
             labels = ids.masked_fill(cm == 0, -100)
-            with torch.no_grad(), model.disable_adapter():
-                ref = model(input_ids=ids, attention_mask=attn, labels=labels, fused_lm_head=True).log_probs
-            ref = ref[:, -(T - 1):].sum(1)
             fake, cfg = dpo_self(types, weights, extra)
             fake.model = SimpleNamespace(training=False)
-            inputs = {"input_ids": ids, "attention_mask": attn, "completion_mask": cm,
-                      "ref_chosen_logps": ref[:1], "ref_rejected_logps": ref[1:]}
+            inputs = {"input_ids": ids, "attention_mask": attn, "completion_mask": cm}
+            if name in LD_ONLY:
+                # TRL's own reference pass (the adapter disabled), with its LD weighting.
+                fake.ref_model, fake.model = None, model
+                ref_c, ref_r = DPOTrainer.compute_ref_log_probs(fake, model, inputs)
+            else:
+                with torch.no_grad(), model.disable_adapter():
+                    ref = model(input_ids=ids, attention_mask=attn, labels=labels, fused_lm_head=True).log_probs
+                ref = ref[:, -(T - 1):].sum(1)
+                ref_c, ref_r = ref[:1], ref[1:]
+            inputs.update({"ref_chosen_logps": ref_c, "ref_rejected_logps": ref_r})
             with torch.no_grad():
                 loss = DPOTrainer._compute_loss(fake, model, inputs, False)
             m = {k: v[0] for k, v in fake._metrics["eval"].items() if k.startswith(("rewards/", "logps/"))}

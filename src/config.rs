@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use crate::model::{Dtype, LoraConfig, Quantize};
 use crate::ops::Kernels;
-use crate::train::dpo::LossTypes;
+use crate::train::dpo::{FDivergence, LossTypes};
 use crate::train::schedule::Schedule;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -151,6 +151,15 @@ pub struct StageConfig {
     /// cpo's weight of the chosen NLL (CPOTrainer's default 1.0).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpo_alpha: Option<f64>,
+    /// The f-divergence whose f′ turns log ratios into scores (TRL's default reverse_kl, DPO).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub f_divergence_type: Option<FDivergence>,
+    /// α of `f_divergence_type = "alpha_divergence"` (TRL's default 0.5).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub f_alpha_divergence_coef: Option<f64>,
+    /// LD-DPO: completion tokens past the shorter completion of a pair count this much.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ld_alpha: Option<f64>,
     pub precompute_ref_log_probs: bool,
     /// DPO alone: a frozen adapter under the trained one; the reference is base + this adapter.
     pub ref_adapter: Option<String>,
@@ -296,6 +305,9 @@ impl Default for StageConfig {
             discopop_tau: None,
             simpo_gamma: None,
             cpo_alpha: None,
+            f_divergence_type: None,
+            f_alpha_divergence_coef: None,
+            ld_alpha: None,
             precompute_ref_log_probs: false,
             ref_adapter: None,
             desirable_weight: 1.0,
@@ -367,6 +379,9 @@ const STAGE_KEYS: &[&str] = &[
     "discopop_tau",
     "simpo_gamma",
     "cpo_alpha",
+    "f_divergence_type",
+    "f_alpha_divergence_coef",
+    "ld_alpha",
     "precompute_ref_log_probs",
     "ref_adapter",
     "desirable_weight",

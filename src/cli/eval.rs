@@ -7,7 +7,7 @@ use lora_dpo::config::{DeviceSpec, LoadedConfig};
 use lora_dpo::data::{load_chat_tokenizer, read_dataset, DataConfig, RawDataset, Stage};
 use lora_dpo::model::{Dtype, Quantize};
 use lora_dpo::ops::Kernels;
-use lora_dpo::train::dpo::{DpoLoss, LossType, LossTypes};
+use lora_dpo::train::dpo::{DpoLoss, FDivergence, LossType, LossTypes};
 use lora_dpo::train::evaluate::{evaluate, is_preference_data, EvalLoss, EvalRequest};
 use lora_dpo::train::kto::{evaluate_kto_request, KtoLoss};
 use lora_dpo::train::run::tokenizer_path;
@@ -48,6 +48,14 @@ pub struct Args {
     cpo_alpha: Option<f64>,
     #[arg(long)]
     discopop_tau: Option<f64>,
+    /// f-DPO: reverse_kl (DPO), forward_kl, js_divergence or alpha_divergence.
+    #[arg(long)]
+    f_divergence_type: Option<FDivergence>,
+    #[arg(long)]
+    f_alpha_divergence_coef: Option<f64>,
+    /// LD-DPO: weight of the tokens past a pair's shorter completion, in [0, 1].
+    #[arg(long)]
+    ld_alpha: Option<f64>,
     /// Add per-row summed log-probs of chosen/rejected, policy and reference.
     #[arg(long)]
     per_row: bool,
@@ -114,6 +122,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         dpo.simpo_gamma = None;
         dpo.cpo_alpha = None;
         dpo.discopop_tau = None;
+        dpo.f_divergence_type = None;
+        dpo.f_alpha_divergence_coef = None;
+        dpo.ld_alpha = None;
     }
     if !args.loss_weights.is_empty() {
         dpo.loss_weights = Some(args.loss_weights.clone());
@@ -123,6 +134,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     dpo.simpo_gamma = args.simpo_gamma.or(dpo.simpo_gamma);
     dpo.cpo_alpha = args.cpo_alpha.or(dpo.cpo_alpha);
     dpo.discopop_tau = args.discopop_tau.or(dpo.discopop_tau);
+    dpo.f_divergence_type = args.f_divergence_type.or(dpo.f_divergence_type);
+    dpo.f_alpha_divergence_coef = args.f_alpha_divergence_coef.or(dpo.f_alpha_divergence_coef);
+    dpo.ld_alpha = args.ld_alpha.or(dpo.ld_alpha);
     // Evaluation reads no reference cache.
     dpo.precompute_ref_log_probs = false;
     let loss: EvalLoss = if orpo {

@@ -26,6 +26,13 @@
 //! | simpo | smoothed sigmoid of β(logp_c/n_c − logp_r/n_r) − γ, no reference |
 //! | cpo | smoothed sigmoid of β(logp_c − logp_r) + cpo_alpha · sft, no reference |
 //!
+//! `f_divergence_type` (DPOTrainer's f-DPO) replaces logratio by the score f′-transformed
+//! from it in the types built on Δ (sigmoid, sigmoid_norm, hinge, ipo, exo_pair, robust,
+//! discopop): forward_kl 1 − e^(−logratio), js_divergence log 2 + logσ(logratio),
+//! alpha_divergence (e^((α−1)·logratio) − 1)/(α−1); rewards stay β·logratio. `ld_alpha`
+//! (LD-DPO) weighs the completion tokens past the shorter completion of a pair by α in every
+//! sum, policy and reference (done where the sums are taken, `PairForward`).
+//!
 //! "Smoothed sigmoid" of x is −(1−ε)logσ(x) − ε logσ(−x). The batch loss is Σ weight · mean over
 //! pairs. Rewards are β·logratio (DPOTrainer); with simpo or cpo they are β·logp, as CPOTrainer
 //! logs them, and simpo's `logps/*` are the per-token means it trains on.
@@ -147,10 +154,42 @@ impl<'de> serde::Deserialize<'de> for LossTypes {
     }
 }
 
+/// `f_divergence_type`, with TRL's names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FDivergence {
+    #[default]
+    ReverseKl,
+    ForwardKl,
+    JsDivergence,
+    AlphaDivergence,
+}
+
+impl Choice for FDivergence {
+    const CHOICES: &'static [(Self, &'static [&'static str])] = &[
+        (FDivergence::ReverseKl, &["reverse_kl"]),
+        (FDivergence::ForwardKl, &["forward_kl"]),
+        (FDivergence::JsDivergence, &["js_divergence"]),
+        (FDivergence::AlphaDivergence, &["alpha_divergence"]),
+    ];
+}
+crate::choice::choice_impls!(FDivergence);
+
+impl LossType {
+    /// DPOTrainer's types built on the scores' difference, the ones f-DPO applies to.
+    fn takes_f_divergence(self) -> bool {
+        use LossType::*;
+        matches!(
+            self,
+            Sigmoid | SigmoidNorm | Hinge | Ipo | ExoPair | Robust | Discopop | Sft
+        )
+    }
+}
+
 /// TRL's defaults of the objective-specific keys.
 pub const DEFAULT_DISCOPOP_TAU: f64 = 0.05;
 pub const DEFAULT_SIMPO_GAMMA: f64 = 0.5;
 pub const DEFAULT_CPO_ALPHA: f64 = 1.0;
+pub const DEFAULT_F_ALPHA_DIVERGENCE_COEF: f64 = 0.5;
 
 /// A preference objective: loss types with their weights and hyper-parameters.
 #[derive(Debug, Clone, PartialEq)]
@@ -161,6 +200,10 @@ pub struct DpoLoss {
     pub discopop_tau: f64,
     pub simpo_gamma: f64,
     pub cpo_alpha: f64,
+    pub f_divergence: FDivergence,
+    pub f_alpha_divergence_coef: f64,
+    /// LD-DPO's weight of the tokens past a pair's shorter completion (`None`: plain sums).
+    pub ld_alpha: Option<f64>,
 }
 
 impl DpoLoss {
@@ -173,6 +216,9 @@ impl DpoLoss {
             discopop_tau: DEFAULT_DISCOPOP_TAU,
             simpo_gamma: DEFAULT_SIMPO_GAMMA,
             cpo_alpha: DEFAULT_CPO_ALPHA,
+            f_divergence: FDivergence::ReverseKl,
+            f_alpha_divergence_coef: DEFAULT_F_ALPHA_DIVERGENCE_COEF,
+            ld_alpha: None,
         }
     }
 
@@ -246,6 +292,34 @@ impl DpoLoss {
                 "cpo; with simpo, add \"sft\" to loss_type",
             ));
         }
+        let f_divergence = s.f_divergence_type.unwrap_or_default();
+        if f_divergence != FDivergence::ReverseKl {
+            if let Some(t) = types.iter().find(|t| !t.takes_f_divergence()) {
+                bail!(
+                    "`f_divergence_type` = \"{f_divergence}\" does not apply to \"{t}\" (only to \
+                     sigmoid, sigmoid_norm, hinge, ipo, exo_pair, robust, discopop and sft)"
+                );
+            }
+        }
+        if s.f_alpha_divergence_coef.is_some() && f_divergence != FDivergence::AlphaDivergence {
+            bail!(
+                "`f_alpha_divergence_coef` is not used by `f_divergence_type` = \"{f_divergence}\" \
+                 (only by alpha_divergence)"
+            );
+        }
+        if let Some(a) = s.ld_alpha {
+            if !(0.0..=1.0).contains(&a) {
+                bail!("`ld_alpha` must be in [0, 1], got {a}");
+            }
+            if !policy_only.is_empty() {
+                return Err(unused("ld_alpha", "DPOTrainer's reference-based types"));
+            }
+            if uses(|t| t == LossType::Sft) || s.rpo_alpha.is_some() {
+                // The sft term's NLL is over plain token log-probs, which the weighted
+                // sums no longer give.
+                bail!("`ld_alpha` together with an \"sft\" term (or `rpo_alpha`) is not supported");
+            }
+        }
         let loss = Self {
             beta: s.beta,
             losses,
@@ -253,6 +327,11 @@ impl DpoLoss {
             discopop_tau: s.discopop_tau.unwrap_or(DEFAULT_DISCOPOP_TAU),
             simpo_gamma: s.simpo_gamma.unwrap_or(DEFAULT_SIMPO_GAMMA),
             cpo_alpha: s.cpo_alpha.unwrap_or(DEFAULT_CPO_ALPHA),
+            f_divergence,
+            f_alpha_divergence_coef: s
+                .f_alpha_divergence_coef
+                .unwrap_or(DEFAULT_F_ALPHA_DIVERGENCE_COEF),
+            ld_alpha: s.ld_alpha,
         };
         if uses(|t| t == LossType::ExoPair) && loss.label_smoothing == 0.0 {
             bail!("`label_smoothing` must be positive with exo_pair (its log ε term); TRL suggests 1e-3");
@@ -263,6 +342,7 @@ impl DpoLoss {
         for (key, v) in [
             ("simpo_gamma", loss.simpo_gamma),
             ("cpo_alpha", loss.cpo_alpha),
+            ("f_alpha_divergence_coef", loss.f_alpha_divergence_coef),
         ] {
             if !v.is_finite() {
                 bail!("`{key}`: {v} is not a finite number");
@@ -364,6 +444,10 @@ impl DpoLoss {
             )),
             _ => None,
         };
+        let scores = match &ratios {
+            Some((c, r)) => Some((self.score(c)?, self.score(r)?)),
+            None => None,
+        };
         let smoothed = |z: &Tensor| -> Result<Tensor> {
             let pos = (log_sigmoid(z)? * -(1.0 - eps))?;
             Ok((pos - (log_sigmoid(&z.neg()?)? * eps)?)?)
@@ -387,7 +471,7 @@ impl DpoLoss {
                 }
                 LossType::Sft => nll.as_ref().expect("checked above").broadcast_as(n)?,
                 _ => {
-                    let (cl, rl) = ratios.as_ref().expect("reference-based");
+                    let (cl, rl) = scores.as_ref().expect("reference-based");
                     let r = reference.expect("reference-based");
                     self.reference_term(kind, cl, rl, x.policy, r, &nc, &nr)?
                 }
@@ -430,7 +514,27 @@ impl DpoLoss {
         })
     }
 
-    /// One DPOTrainer term per pair, from the log ratios `cl`, `rl` and the sums.
+    /// f′ of the f-divergence applied to log ratios (the identity for reverse KL).
+    fn score(&self, logratio: &Tensor) -> Result<Tensor> {
+        Ok(match self.f_divergence {
+            FDivergence::ReverseKl => logratio.clone(),
+            FDivergence::ForwardKl => (1.0 - logratio.neg()?.exp()?)?,
+            FDivergence::JsDivergence => (log_sigmoid(logratio)? + std::f64::consts::LN_2)?,
+            FDivergence::AlphaDivergence => {
+                let a = self.f_alpha_divergence_coef;
+                if (a - 1.0).abs() < 1e-6 {
+                    // The limit α → 1 is log t: reverse KL.
+                    return Ok(logratio.clone());
+                }
+                // Clamped as TRL does in f32, so exp stays finite.
+                let t = (logratio * (a - 1.0))?.clamp(f32::MIN, 80f32)?;
+                ((t.exp()? - 1.0)? * (1.0 / (a - 1.0)))?
+            }
+        })
+    }
+
+    /// One DPOTrainer term per pair, from the scores `cl`, `rl` (the log ratios under reverse
+    /// KL) and the sums.
     #[allow(clippy::too_many_arguments)]
     fn reference_term(
         &self,
@@ -681,7 +785,7 @@ mod tests {
             }
             checked += 1;
         }
-        assert!(checked >= 20, "{checked} cases");
+        assert!(checked >= 30, "{checked} cases");
     }
 
     fn err_of(keys: &str) -> String {
@@ -721,6 +825,19 @@ mod tests {
                 "loss_type = \"discopop\"\ndiscopop_tau = 0.0",
                 "discopop_tau",
             ),
+            ("f_divergence_type = \"kl\"", "f_divergence_type"),
+            (
+                "loss_type = \"nca_pair\"\nf_divergence_type = \"forward_kl\"",
+                "f_divergence_type",
+            ),
+            ("f_alpha_divergence_coef = 0.3", "f_alpha_divergence_coef"),
+            (
+                "f_divergence_type = \"js_divergence\"\nf_alpha_divergence_coef = 0.3",
+                "f_alpha_divergence_coef",
+            ),
+            ("ld_alpha = 1.5", "ld_alpha"),
+            ("loss_type = \"simpo\"\nld_alpha = 0.5", "ld_alpha"),
+            ("rpo_alpha = 0.1\nld_alpha = 0.5", "ld_alpha"),
         ] {
             let err = err_of(keys);
             assert!(

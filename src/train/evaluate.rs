@@ -75,7 +75,13 @@ pub fn evaluate(req: &EvalRequest, raw: RawDataset) -> Result<Value> {
     // objective runs none.
     let reference = match policy.is_empty() || !loss.needs_reference() {
         true => None,
-        false => Some(reference_sums(req.model, &[], &data, req.batch_size)?),
+        false => Some(reference_sums(
+            req.model,
+            &[],
+            &data,
+            req.batch_size,
+            loss.ld_alpha,
+        )?),
     };
     let (metrics, policy_sums) = evaluate_pairs(
         req.model,

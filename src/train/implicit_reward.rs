@@ -72,8 +72,8 @@ impl ImplicitReward<'_> {
                 slots.len()
             );
         }
-        let policy = reference_sums(self.model, &self.policy, &data, self.batch_size)?;
-        let reference = reference_sums(self.model, &self.reference, &data, self.batch_size)?;
+        let policy = reference_sums(self.model, &self.policy, &data, self.batch_size, None)?;
+        let reference = reference_sums(self.model, &self.reference, &data, self.batch_size, None)?;
         for (j, &(p, k)) in slots.iter().enumerate() {
             let reward = self.beta * (policy.chosen[j] as f64 - reference.chosen[j] as f64);
             rated[p].completions[k].score = Some(reward);

@@ -263,6 +263,7 @@ impl Objective for KtoObjective {
                 &adapters.reference(),
                 &eval.pairs,
                 self.eval_batch_size,
+                None,
             )?);
         }
         let (metrics, _) = evaluate_kto(
@@ -332,6 +333,7 @@ pub fn evaluate_kto_request(
             &[],
             &data.pairs,
             req.batch_size,
+            None,
         )?),
     };
     let (metrics, own) = evaluate_kto(

@@ -67,6 +67,7 @@ pub(super) fn kto_stage(
                 stack,
                 &train.pairs,
                 batch,
+                None,
             )?)
         } else {
             None

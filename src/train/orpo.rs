@@ -247,6 +247,12 @@ pub fn check_keys(s: &crate::config::StageConfig) -> Result<()> {
         ("discopop_tau", s.discopop_tau.is_some()),
         ("simpo_gamma", s.simpo_gamma.is_some()),
         ("cpo_alpha", s.cpo_alpha.is_some()),
+        ("f_divergence_type", s.f_divergence_type.is_some()),
+        (
+            "f_alpha_divergence_coef",
+            s.f_alpha_divergence_coef.is_some(),
+        ),
+        ("ld_alpha", s.ld_alpha.is_some()),
         ("precompute_ref_log_probs", s.precompute_ref_log_probs),
         ("ref_adapter", s.ref_adapter.is_some()),
     ];

@@ -19,6 +19,48 @@ pub struct PackedPairs {
     pub pairs: usize,
     /// Sequences scored beyond the `2n` completions: ORPO's chosen prompts (`2n..3n`).
     pub extra_sequences: usize,
+    /// LD-DPO's `ld_alpha`: in each pair's sums, the completion tokens past the shorter
+    /// completion's length count this much (`None`: every token counts 1).
+    pub tail_weight: Option<f64>,
+}
+
+impl PackedPairs {
+    pub fn with_tail_weight(mut self, tail_weight: Option<f64>) -> Self {
+        self.tail_weight = tail_weight;
+        self
+    }
+
+    /// The weight of each scored token in its sequence's sum: 1, or `tail_weight` for a
+    /// completion token at a position the pair's other completion does not reach.
+    pub fn token_weights(&self) -> Vec<f32> {
+        let Some(alpha) = self.tail_weight else {
+            return vec![1.0; self.sequence.len()];
+        };
+        let n = self.pairs;
+        let mut len = vec![0usize; 2 * n + self.extra_sequences];
+        for &s in &self.sequence {
+            len[s] += 1;
+        }
+        // Tokens are grouped by sequence, in position order.
+        let mut seen = vec![0usize; len.len()];
+        self.sequence
+            .iter()
+            .map(|&s| {
+                let k = seen[s];
+                seen[s] += 1;
+                if s >= 2 * n {
+                    return 1.0;
+                }
+                let pair = s % n;
+                let shared = len[pair].min(len[n + pair]);
+                if k < shared {
+                    1.0
+                } else {
+                    alpha as f32
+                }
+            })
+            .collect()
+    }
 }
 
 /// Packs `examples`: each pair is a group whose trunk is the longest common prefix of its two
@@ -43,6 +85,7 @@ fn pack(examples: &[&DpoExample], chosen_prompts: bool) -> PackedPairs {
         tokens: 0,
         pairs: n,
         extra_sequences: if chosen_prompts { n } else { 0 },
+        tail_weight: None,
     };
     let mut scored: Vec<Vec<(u32, u32)>> =
         vec![Vec::new(); if chosen_prompts { 3 * n } else { 2 * n }];

@@ -180,12 +180,18 @@ impl PairForward {
             member[s * m + k] = 1.0;
         }
         let member = Tensor::from_vec(member, (seqs, m), device)?;
-        let per_sequence = |v: &Tensor| -> candle_core::Result<Tensor> {
+        let per_sequence = |member: &Tensor, v: &Tensor| -> candle_core::Result<Tensor> {
             member.matmul(&v.unsqueeze(1)?)?.squeeze(1)
         };
-        let sums = per_sequence(&head.token_logps)?;
+        let sums = match packed.tail_weight {
+            None => per_sequence(&member, &head.token_logps)?,
+            Some(_) => {
+                let w = Tensor::from_vec(packed.token_weights(), (1, m), device)?;
+                per_sequence(&member.broadcast_mul(&w)?, &head.token_logps)?
+            }
+        };
         let counts = member.sum(1)?;
-        let logit_sums = per_sequence(&head.mean_logits)?;
+        let logit_sums = per_sequence(&member, &head.mean_logits)?;
         Ok(Self {
             sums,
             counts,
@@ -264,17 +270,19 @@ impl PairForward {
     }
 }
 
-/// Reference log-probs of every pair of `data`, without a graph.
+/// Reference log-probs of every pair of `data`, without a graph; `tail_weight` is LD-DPO's
+/// `ld_alpha` (see [`PackedPairs::token_weights`]).
 pub fn reference_sums(
     model: &Model,
     reference: &[&Adapter],
     data: &DpoDataset,
     batch_size: usize,
+    tail_weight: Option<f64>,
 ) -> Result<PairSums> {
     let mut out = PairSums::default();
     let rows: Vec<usize> = (0..data.examples.len()).collect();
     for chunk in rows.chunks(batch_size.max(1)) {
-        let packed = PairForward::pack(data, chunk);
+        let packed = PairForward::pack(data, chunk).with_tail_weight(tail_weight);
         out.extend(PairForward::run(model, &packed, Pass::eval(reference))?.host_sums()?);
     }
     Ok(out)
@@ -360,7 +368,7 @@ impl Objective for DpoObjective {
         metrics: &mut MetricSums,
     ) -> Result<MicroLoss<'a>> {
         // One packing for the reference and the policy pass.
-        let packed = PairForward::pack(&self.train, rows);
+        let packed = PairForward::pack(&self.train, rows).with_tail_weight(self.loss.ld_alpha);
         // Reference-free objectives run no reference pass at all (and log no time for one).
         let reference = if self.loss.needs_reference() {
             let t0 = std::time::Instant::now();
@@ -426,6 +434,7 @@ impl Objective for DpoObjective {
                 &adapters.reference(),
                 eval,
                 self.eval_batch_size,
+                self.loss.ld_alpha,
             )?);
         }
         let (metrics, _) = evaluate_pairs(
@@ -457,7 +466,8 @@ pub fn evaluate_pairs(
     let mut sums = PairSums::default();
     let rows: Vec<usize> = (0..data.examples.len()).collect();
     for chunk in rows.chunks(batch_size.max(1)) {
-        let fwd = PairForward::run(model, &PairForward::pack(data, chunk), Pass::eval(adapters))?;
+        let packed = PairForward::pack(data, chunk).with_tail_weight(loss.ld_alpha);
+        let fwd = PairForward::run(model, &packed, Pass::eval(adapters))?;
         let own = fwd.host_sums()?;
         let reference = match (reference, loss.needs_reference()) {
             (_, false) => None,

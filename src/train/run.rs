@@ -555,7 +555,14 @@ fn dpo_stage(
         let train_reference = if stage.precompute_ref_log_probs && loss.needs_reference() {
             let batch = stage.per_device_eval_batch_size;
             let quantize = cfg.run.model.quantize;
-            Some(cached_reference(session, quantize, stack, &train, batch)?)
+            Some(cached_reference(
+                session,
+                quantize,
+                stack,
+                &train,
+                batch,
+                loss.ld_alpha,
+            )?)
         } else {
             None
         };
@@ -597,9 +604,14 @@ pub(super) fn cached_reference(
     stack: &AdapterStack,
     data: &crate::data::DpoDataset,
     batch_size: usize,
+    tail_weight: Option<f64>,
 ) -> Result<super::preference::PairSums> {
     let mut key = session.fingerprint()?;
     key.bytes(quantize.to_string().as_bytes());
+    // Keys without LD-DPO's weight stay those of earlier runs.
+    if let Some(alpha) = tail_weight {
+        key.bytes(b"ld_alpha").u64(alpha.to_bits());
+    }
     for a in stack.reference() {
         key.adapter(a)?;
     }
@@ -622,7 +634,13 @@ pub(super) fn cached_reference(
             ref_cache::entry_path(&dir, &key).display()
         ),
     }
-    let sums = reference_sums(&session.model, &stack.reference(), data, batch_size)?;
+    let sums = reference_sums(
+        &session.model,
+        &stack.reference(),
+        data,
+        batch_size,
+        tail_weight,
+    )?;
     // The cache only saves time: a run that cannot write it still trains.
     match ref_cache::store(&dir, &key, &rows, &sums) {
         Ok(path) => eprintln!("reference log-probs: cached in {}", path.display()),
