@@ -90,6 +90,15 @@ DPO_CASES = [
     ("ld_alpha_zero_ipo", ["ipo"], None, {"ld_alpha": 0.0}),
 ]
 LD_ONLY = {"ld_alpha", "ld_alpha_zero_ipo"}
+# WPO (use_weighting): each pair's loss times exp(mean(logp − log Σp²)) of chosen and rejected,
+# which needs the model's distributions: per-row fixtures only.
+DPO_CASES += [
+    ("use_weighting", ["sigmoid"], None, {"use_weighting": True}),
+    ("use_weighting_ipo+sft", ["ipo", "sft"], [1.0, 0.5], {"use_weighting": True}),
+]
+MODEL_ONLY = LD_ONLY | {"use_weighting", "use_weighting_ipo+sft"}
+# DPOTrainer's per-token metrics, kept per row beside rewards/* and logps/*.
+TOKEN_METRICS = ("entropy", "mean_token_accuracy", "logits/chosen", "logits/rejected")
 CPO_CASES = [
     ("simpo", {"loss_type": "simpo", "beta": 2.0, "simpo_gamma": 0.5, "cpo_alpha": 0.0}),
     ("simpo_smoothed", {"loss_type": "simpo", "beta": 2.5, "simpo_gamma": 1.0, "cpo_alpha": 0.0,
@@ -110,7 +119,7 @@ def dpo_self(types, weights, extra):
         loss_types=types, loss_weights=weights or [1.0] * len(types), beta=cfg["beta"],
         label_smoothing=cfg["label_smoothing"],
         args=SimpleNamespace(discopop_tau=cfg["discopop_tau"], gradient_checkpointing_kwargs=None),
-        use_weighting=False, _metrics={"train": defaultdict(list), "eval": defaultdict(list)},
+        use_weighting=cfg.get("use_weighting", False), _metrics={"train": defaultdict(list), "eval": defaultdict(list)},
         _total_train_tokens=0, _tp_size=1,
     ), cfg
 
@@ -124,7 +133,7 @@ def our_config(types, weights, cfg):
             out[key] = cfg[key]
     if "discopop" in types:
         out["discopop_tau"] = cfg["discopop_tau"]
-    for key in ("f_divergence_type", "f_alpha_divergence_coef", "ld_alpha"):
+    for key in ("f_divergence_type", "f_alpha_divergence_coef", "ld_alpha", "use_weighting"):
         if key in cfg:
             out[key] = cfg[key]
     return out
@@ -183,7 +192,7 @@ def unit_fixtures():
     }
     model = StandInModel(token)
     for name, types, weights, extra in DPO_CASES:
-        if name in LD_ONLY:
+        if name in MODEL_ONLY:
             continue
         fake, cfg = dpo_self(types, weights, extra)
         loss = DPOTrainer._compute_loss(fake, model, dict(inputs), False)
@@ -290,7 +299,8 @@ def per_row_fixtures():
         out[name] = {"config": ours, "per_row": per_row}
 
     # DPOTrainer with its fused LM head on the same model.
-    add_fused_lm_head(model.get_base_model(), outputs=("log_probs", "entropy", "mean_logits", "is_top1"))
+    add_fused_lm_head(model.get_base_model(),
+                      outputs=("log_probs", "entropy", "mean_logits", "is_top1", "log_sum_sq_probs"))
     for name, types, weights, extra in DPO_CASES:
         if name in ("mpo",):
             continue
@@ -320,7 +330,8 @@ def per_row_fixtures():
             inputs.update({"ref_chosen_logps": ref_c, "ref_rejected_logps": ref_r})
             with torch.no_grad():
                 loss = DPOTrainer._compute_loss(fake, model, inputs, False)
-            m = {k: v[0] for k, v in fake._metrics["eval"].items() if k.startswith(("rewards/", "logps/"))}
+            m = {k: v[0] for k, v in fake._metrics["eval"].items()
+                 if k.startswith(("rewards/", "logps/")) or k in TOKEN_METRICS}
             per_row.append({"loss": float(loss), **m})
         out[name] = {"config": our_config(types, weights, cfg), "per_row": per_row}
     (OUT / "objectives_per_row.json").write_text(json.dumps(out, indent=1) + "\n")

@@ -160,6 +160,9 @@ pub struct StageConfig {
     /// LD-DPO: completion tokens past the shorter completion of a pair count this much.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ld_alpha: Option<f64>,
+    /// WPO: weigh each pair's loss by its completions' probability under the policy.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub use_weighting: bool,
     pub precompute_ref_log_probs: bool,
     /// DPO alone: a frozen adapter under the trained one; the reference is base + this adapter.
     pub ref_adapter: Option<String>,
@@ -308,6 +311,7 @@ impl Default for StageConfig {
             f_divergence_type: None,
             f_alpha_divergence_coef: None,
             ld_alpha: None,
+            use_weighting: false,
             precompute_ref_log_probs: false,
             ref_adapter: None,
             desirable_weight: 1.0,
@@ -382,6 +386,7 @@ const STAGE_KEYS: &[&str] = &[
     "f_divergence_type",
     "f_alpha_divergence_coef",
     "ld_alpha",
+    "use_weighting",
     "precompute_ref_log_probs",
     "ref_adapter",
     "desirable_weight",

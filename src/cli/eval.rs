@@ -56,6 +56,9 @@ pub struct Args {
     /// LD-DPO: weight of the tokens past a pair's shorter completion, in [0, 1].
     #[arg(long)]
     ld_alpha: Option<f64>,
+    /// WPO: weigh each pair's loss by its completions' probability under the policy.
+    #[arg(long)]
+    use_weighting: bool,
     /// Add per-row summed log-probs of chosen/rejected, policy and reference.
     #[arg(long)]
     per_row: bool,
@@ -125,6 +128,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         dpo.f_divergence_type = None;
         dpo.f_alpha_divergence_coef = None;
         dpo.ld_alpha = None;
+        dpo.use_weighting = false;
     }
     if !args.loss_weights.is_empty() {
         dpo.loss_weights = Some(args.loss_weights.clone());
@@ -137,6 +141,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     dpo.f_divergence_type = args.f_divergence_type.or(dpo.f_divergence_type);
     dpo.f_alpha_divergence_coef = args.f_alpha_divergence_coef.or(dpo.f_alpha_divergence_coef);
     dpo.ld_alpha = args.ld_alpha.or(dpo.ld_alpha);
+    dpo.use_weighting |= args.use_weighting;
     // Evaluation reads no reference cache.
     dpo.precompute_ref_log_probs = false;
     let loss: EvalLoss = if orpo {

@@ -19,6 +19,12 @@ pub struct HeadLogprobs {
     /// The mean logit over the vocabulary at each position, same shape, f32 (TRL's
     /// `logits/chosen` metric averages it); never tracked.
     pub mean_logits: Tensor,
+    /// Per position, same shape, f32, never tracked: the entropy of the next-token
+    /// distribution (TRL's `entropy`), 1 where the target is its top token and 0 elsewhere
+    /// (`mean_token_accuracy`), and `log Σ p²` (WPO's `use_weighting`).
+    pub entropy: Tensor,
+    pub is_top1: Tensor,
+    pub log_sum_sq_probs: Tensor,
 }
 
 /// `hidden: [b, seq, h]` (after the final norm), `lm_head: [vocab, h]` (frozen), `ids: [b, seq]`.
@@ -36,6 +42,9 @@ pub fn head_logprobs(
     Ok(HeadLogprobs {
         token_logps: out.token_logps.reshape((b, t - 1))?,
         mean_logits: out.mean_logits.reshape((b, t - 1))?,
+        entropy: out.entropy.reshape((b, t - 1))?,
+        is_top1: out.is_top1.reshape((b, t - 1))?,
+        log_sum_sq_probs: out.log_sum_sq_probs.reshape((b, t - 1))?,
     })
 }
 
@@ -55,6 +64,7 @@ pub fn position_logprobs(
     let work = work_dtype(states.dtype());
     let tracked = states.track_op();
     let (mut logps, mut means, mut jacobians) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut entropy, mut top1, mut log_sum_sq) = (Vec::new(), Vec::new(), Vec::new());
     // f32 or f64 on CPU.
     let fast = kernels.cpu_dtype(&[states, lm_head]);
     // The kernels need the ids on the host: a CPU tensor's own elements.
@@ -75,6 +85,9 @@ pub fn position_logprobs(
             if let Some(done) = done {
                 logps.push(done.logps);
                 means.push(done.means.to_dtype(DType::F32)?);
+                entropy.push(done.entropy.to_dtype(DType::F32)?);
+                top1.push(done.top1.to_dtype(DType::F32)?);
+                log_sum_sq.push(done.log_sum_sq.to_dtype(DType::F32)?);
                 jacobians.extend(done.jacobian);
                 continue;
             }
@@ -85,12 +98,20 @@ pub fn position_logprobs(
         let max = logits.max_keepdim(D::Minus1)?;
         let exp = logits.broadcast_sub(&max)?.exp()?;
         let sum = exp.sum_keepdim(D::Minus1)?;
-        let lse = (sum.log()? + max)?.squeeze(D::Minus1)?;
+        let lse = (sum.log()? + &max)?.squeeze(D::Minus1)?;
         let picked = logits
             .gather(&chunk_targets, D::Minus1)?
             .squeeze(D::Minus1)?;
-        logps.push((picked - &lse)?);
+        let is_top1 = picked.ge(&max.squeeze(D::Minus1)?)?;
+        logps.push((&picked - &lse)?);
         means.push(logits.mean(D::Minus1)?.to_dtype(DType::F32)?);
+        // H = lse − Σ p·x; log Σ p² = log Σ e² − 2 log Σ e (e = exp(x − max)).
+        let probs_x = (exp.broadcast_mul(&logits)?.sum_keepdim(D::Minus1)? / &sum)?;
+        entropy.push((&lse - probs_x.squeeze(D::Minus1)?)?.to_dtype(DType::F32)?);
+        top1.push(is_top1.to_dtype(DType::F32)?);
+        let sq = exp.sqr()?.sum_keepdim(D::Minus1)?.log()?;
+        let lss = (sq - (sum.log()? * 2.0)?)?.squeeze(D::Minus1)?;
+        log_sum_sq.push(lss.to_dtype(DType::F32)?);
         if tracked {
             // d logp / d h = W[target] − softmax(logits)·W: one [chunk, h] row per position,
             // so the backward needs neither the logits nor a second pass over the vocabulary.
@@ -103,10 +124,16 @@ pub fn position_logprobs(
     }
     let token_logps = Tensor::cat(&logps, 0)?;
     let mean_logits = Tensor::cat(&means, 0)?;
+    let entropy = Tensor::cat(&entropy, 0)?;
+    let is_top1 = Tensor::cat(&top1, 0)?;
+    let log_sum_sq_probs = Tensor::cat(&log_sum_sq, 0)?;
     if !tracked {
         return Ok(HeadLogprobs {
             token_logps,
             mean_logits,
+            entropy,
+            is_top1,
+            log_sum_sq_probs,
         });
     }
     let jacobian = Tensor::cat(&jacobians, 0)?;
@@ -121,6 +148,9 @@ pub fn position_logprobs(
     Ok(HeadLogprobs {
         token_logps,
         mean_logits,
+        entropy,
+        is_top1,
+        log_sum_sq_probs,
     })
 }
 

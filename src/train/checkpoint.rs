@@ -22,6 +22,7 @@ const STAGE_FILE: &str = "run_state.json";
 pub fn save(
     run_dir: &Path,
     step: usize,
+    tokens_seen: f64,
     adapter: &Adapter,
     opt: &AdamW,
     base_model: &str,
@@ -39,6 +40,8 @@ pub fn save(
     crate::fault::point("checkpoint-before-state");
     let state = serde_json::json!({
         "global_step": step,
+        // Hugging Face Trainer's name: the training tokens so far (TRL's `num_tokens`).
+        "num_input_tokens_seen": tokens_seen,
         "fingerprint": fingerprint.to_json(),
     });
     std::fs::write(
@@ -112,6 +115,14 @@ pub fn restore(dir: &Path, adapter: &Adapter, opt: &mut AdamW) -> Result<usize> 
         .and_then(|v| v.as_u64())
         .with_context(|| format!("{}/{STATE_FILE}: no global_step", dir.display()))?;
     Ok(step as usize)
+}
+
+/// The training tokens a checkpoint had seen (0 for one written before they were recorded).
+pub fn tokens_seen(dir: &Path) -> Result<f64> {
+    Ok(read_state(&dir.join(STATE_FILE))?
+        .get("num_input_tokens_seen")
+        .and_then(|v| v.as_f64())
+        .unwrap_or(0.0))
 }
 
 /// What a checkpoint records of the run that wrote it (None: written before fingerprints were).

@@ -31,7 +31,9 @@
 //! discopop): forward_kl 1 − e^(−logratio), js_divergence log 2 + logσ(logratio),
 //! alpha_divergence (e^((α−1)·logratio) − 1)/(α−1); rewards stay β·logratio. `ld_alpha`
 //! (LD-DPO) weighs the completion tokens past the shorter completion of a pair by α in every
-//! sum, policy and reference (done where the sums are taken, `PairForward`).
+//! sum, policy and reference (done where the sums are taken, `PairForward`). `use_weighting`
+//! (WPO) multiplies each pair's loss by w_c·w_r, w = exp(mean over the completion's tokens of
+//! logp − log Σ_v p_v²), never differentiated.
 //!
 //! "Smoothed sigmoid" of x is −(1−ε)logσ(x) − ε logσ(−x). The batch loss is Σ weight · mean over
 //! pairs. Rewards are β·logratio (DPOTrainer); with simpo or cpo they are β·logp, as CPOTrainer
@@ -204,6 +206,8 @@ pub struct DpoLoss {
     pub f_alpha_divergence_coef: f64,
     /// LD-DPO's weight of the tokens past a pair's shorter completion (`None`: plain sums).
     pub ld_alpha: Option<f64>,
+    /// WPO: each pair's loss weighted by its completions' probability under the policy.
+    pub use_weighting: bool,
 }
 
 impl DpoLoss {
@@ -219,6 +223,7 @@ impl DpoLoss {
             f_divergence: FDivergence::ReverseKl,
             f_alpha_divergence_coef: DEFAULT_F_ALPHA_DIVERGENCE_COEF,
             ld_alpha: None,
+            use_weighting: false,
         }
     }
 
@@ -332,7 +337,20 @@ impl DpoLoss {
                 .f_alpha_divergence_coef
                 .unwrap_or(DEFAULT_F_ALPHA_DIVERGENCE_COEF),
             ld_alpha: s.ld_alpha,
+            use_weighting: s.use_weighting,
         };
+        if loss.use_weighting {
+            if !policy_only.is_empty() {
+                return Err(unused("use_weighting", "DPOTrainer's types"));
+            }
+            if let Some(t) = types
+                .iter()
+                .find(|t| matches!(t, LossType::Aot | LossType::AotUnpaired))
+            {
+                // aot sorts the pairs, which would pair each weight with another pair's loss.
+                bail!("`use_weighting` does not apply to \"{t}\" (it sorts the batch's pairs)");
+            }
+        }
         if uses(|t| t == LossType::ExoPair) && loss.label_smoothing == 0.0 {
             bail!("`label_smoothing` must be positive with exo_pair (its log ε term); TRL suggests 1e-3");
         }
@@ -411,6 +429,8 @@ pub struct PairInputs<'a> {
     pub rejected_tokens: &'a Tensor,
     /// Mean NLL of the chosen completion tokens of the batch (a scalar); needed by sft and cpo.
     pub chosen_nll: Option<&'a Tensor>,
+    /// WPO's per-pair weights `[n]` (never tracked); needed with `use_weighting`.
+    pub pair_weights: Option<&'a Tensor>,
 }
 
 /// Per-pair losses `[n]` (the weighted sum of the terms; their mean is the batch loss), the
@@ -482,7 +502,14 @@ impl DpoLoss {
                 Some(t) => (t + weighted)?,
             });
         }
-        let losses = total.expect("at least one loss type");
+        let mut losses = total.expect("at least one loss type");
+        if self.use_weighting {
+            // Each term's per-pair loss times the pair's weight, as DPOTrainer weighs them.
+            let Some(w) = x.pair_weights else {
+                bail!("use_weighting needs the pairs' WPO weights");
+            };
+            losses = (losses * w.detach())?;
+        }
         let (chosen_rewards, rejected_rewards, chosen_logps, rejected_logps) = if self.policy_only()
         {
             let (c, r) = if self.averages_logps() {
@@ -748,6 +775,7 @@ mod tests {
                     chosen_tokens: &nc,
                     rejected_tokens: &nr,
                     chosen_nll: loss.needs_nll().then_some(&nll),
+                    pair_weights: None,
                 })
                 .unwrap();
             let acc = {
@@ -838,6 +866,11 @@ mod tests {
             ("ld_alpha = 1.5", "ld_alpha"),
             ("loss_type = \"simpo\"\nld_alpha = 0.5", "ld_alpha"),
             ("rpo_alpha = 0.1\nld_alpha = 0.5", "ld_alpha"),
+            ("loss_type = \"aot\"\nuse_weighting = true", "use_weighting"),
+            (
+                "loss_type = \"simpo\"\nuse_weighting = true",
+                "use_weighting",
+            ),
         ] {
             let err = err_of(keys);
             assert!(

@@ -253,6 +253,7 @@ pub fn check_keys(s: &crate::config::StageConfig) -> Result<()> {
             s.f_alpha_divergence_coef.is_some(),
         ),
         ("ld_alpha", s.ld_alpha.is_some()),
+        ("use_weighting", s.use_weighting),
         ("precompute_ref_log_probs", s.precompute_ref_log_probs),
         ("ref_adapter", s.ref_adapter.is_some()),
     ];

@@ -18,6 +18,9 @@ pub struct PairSums {
     pub rejected: Vec<f32>,
     pub chosen_tokens: Vec<f32>,
     pub rejected_tokens: Vec<f32>,
+    /// WPO's weight of each pair (the policy's, [`PairForward::sequence_weights`] of chosen
+    /// times rejected); empty where not known (a reference, a cache entry).
+    pub pair_weights: Vec<f32>,
 }
 
 impl PairSums {
@@ -26,6 +29,7 @@ impl PairSums {
         self.rejected.extend(other.rejected);
         self.chosen_tokens.extend(other.chosen_tokens);
         self.rejected_tokens.extend(other.rejected_tokens);
+        self.pair_weights.extend(other.pair_weights);
     }
 
     /// The sums of `rows`; an error, not a panic, when precomputed sums lack one of them.
@@ -43,6 +47,10 @@ impl PairSums {
             rejected: pick(&self.rejected)?,
             chosen_tokens: pick(&self.chosen_tokens)?,
             rejected_tokens: pick(&self.rejected_tokens)?,
+            pair_weights: match self.pair_weights.is_empty() {
+                true => Vec::new(),
+                false => pick(&self.pair_weights)?,
+            },
         })
     }
 
@@ -82,6 +90,11 @@ impl PairSums {
             rejected: vec![self.rejected[i]],
             chosen_tokens: vec![self.chosen_tokens[i]],
             rejected_tokens: vec![self.rejected_tokens[i]],
+            pair_weights: self
+                .pair_weights
+                .get(i)
+                .map(|&w| vec![w])
+                .unwrap_or_default(),
         }
     }
 
@@ -101,6 +114,12 @@ pub struct PairForward {
     /// Per sequence: the sum of the mean logit over the vocabulary at its scored positions
     /// (`[2n]`, on the device until a metric reads it).
     logit_sums: Tensor,
+    /// Per sequence, likewise: the sums of its scored positions' entropies and of their
+    /// top-1 hits (the target was the most likely token).
+    entropy_sums: Tensor,
+    top1_sums: Tensor,
+    /// Per sequence, likewise: `Σ (logp − log Σp²)` over its scored positions (WPO).
+    aligned_sums: Tensor,
     /// Tokens of the `prompt + chosen` and `prompt + rejected` sequences (unshared).
     pub tokens: usize,
     /// Token positions the model actually ran (shared prompts once).
@@ -192,10 +211,17 @@ impl PairForward {
         };
         let counts = member.sum(1)?;
         let logit_sums = per_sequence(&member, &head.mean_logits)?;
+        let entropy_sums = per_sequence(&member, &head.entropy)?;
+        let top1_sums = per_sequence(&member, &head.is_top1)?;
+        let aligned = (head.token_logps.detach() - &head.log_sum_sq_probs)?;
+        let aligned_sums = per_sequence(&member, &aligned)?;
         Ok(Self {
             sums,
             counts,
             logit_sums,
+            entropy_sums,
+            top1_sums,
+            aligned_sums,
             tokens: packed.tokens,
             token_passes: packed.batch.len(),
             head_positions: m,
@@ -220,17 +246,30 @@ impl PairForward {
         ))
     }
 
-    /// The sums and counts on the host (evaluation, the reference cache).
+    /// WPO's weight of each sequence `[2n + extra]`, never tracked: `exp` of the mean over
+    /// its tokens of `logp − log Σp²` (the probability of the token relative to how peaked
+    /// the distribution is).
+    pub fn sequence_weights(&self) -> Result<Tensor> {
+        Ok((&self.aligned_sums / self.counts.clamp(1f32, f32::MAX)?)?.exp()?)
+    }
+
+    /// WPO's weight of each pair `[n]`: the chosen sequence's times the rejected one's.
+    pub fn pair_weights(&self) -> Result<Tensor> {
+        let (n, w) = (self.pairs, self.sequence_weights()?);
+        Ok((w.narrow(0, 0, n)? * w.narrow(0, n, n)?)?)
+    }
+
+    /// The sums, counts and WPO weights on the host (evaluation, the reference cache).
     pub fn host_sums(&self) -> Result<PairSums> {
-        let [s, c]: [Vec<f32>; 2] = host::rows(&[&self.sums.detach(), &self.counts])?
-            .try_into()
-            .expect("two rows");
+        let rows = host::rows(&[&self.sums.detach(), &self.counts, &self.sequence_weights()?])?;
+        let [s, c, w]: [Vec<f32>; 3] = rows.try_into().expect("three rows");
         let n = self.pairs;
         Ok(PairSums {
             chosen: s[..n].to_vec(),
             rejected: s[n..2 * n].to_vec(),
             chosen_tokens: c[..n].to_vec(),
             rejected_tokens: c[n..2 * n].to_vec(),
+            pair_weights: (0..n).map(|i| w[i] * w[n + i]).collect(),
         })
     }
 
@@ -254,6 +293,29 @@ impl PairForward {
         Ok((sums, counts))
     }
 
+    /// DPOTrainer's per-token metrics of the pass, in one read.
+    pub fn token_stats(&self) -> Result<TokenStats> {
+        let n = self.pairs;
+        let rows = host::rows(&[
+            &self.logit_sums,
+            &self.counts,
+            &self.entropy_sums,
+            &self.top1_sums,
+        ])?;
+        let [logits, counts, entropy, top1]: [Vec<f32>; 4] = rows.try_into().expect("four rows");
+        let total = |v: &[f32]| v.iter().map(|&x| x as f64).sum::<f64>();
+        let (chosen, both) = (0..n, 0..2 * n);
+        Ok(TokenStats {
+            logits_chosen: (
+                total(&logits[chosen.clone()]),
+                total(&counts[chosen.clone()]),
+            ),
+            logits_rejected: (total(&logits[n..2 * n]), total(&counts[n..2 * n])),
+            entropy: (total(&entropy[both.clone()]), total(&counts[both])),
+            top1_chosen: (total(&top1[chosen.clone()]), total(&counts[chosen])),
+        })
+    }
+
     /// TRL's `logits/chosen` and `logits/rejected` as `(sum, count)` pairs (one read).
     pub fn logit_means(&self) -> Result<((f64, f64), (f64, f64))> {
         let n = self.pairs;
@@ -267,6 +329,31 @@ impl PairForward {
             )
         };
         Ok((half(0..n), half(n..2 * n)))
+    }
+}
+
+/// `(sum, count)` over the completion tokens of a pass, for DPOTrainer's per-token metrics.
+pub struct TokenStats {
+    pub logits_chosen: (f64, f64),
+    pub logits_rejected: (f64, f64),
+    /// Over chosen and rejected tokens.
+    pub entropy: (f64, f64),
+    /// Top-1 hits over the chosen tokens.
+    pub top1_chosen: (f64, f64),
+}
+
+impl TokenStats {
+    /// `logits/chosen`, `logits/rejected`, `entropy` and `mean_token_accuracy`, each a
+    /// token-weighted mean as DPOTrainer logs it.
+    pub fn add_to(&self, metrics: &mut MetricSums, prefix: &str) {
+        for (key, (sum, count)) in [
+            ("logits/chosen", self.logits_chosen),
+            ("logits/rejected", self.logits_rejected),
+            ("entropy", self.entropy),
+            ("mean_token_accuracy", self.top1_chosen),
+        ] {
+            metrics.add(&format!("{prefix}{key}"), sum, count);
+        }
     }
 }
 
@@ -398,18 +485,21 @@ impl Objective for DpoObjective {
             true => Some(fwd.chosen_nll()?),
             false => None,
         };
+        let weights = match self.loss.use_weighting {
+            true => Some(fwd.pair_weights()?),
+            false => None,
+        };
         let terms = self.loss.terms(&PairInputs {
             policy: &policy,
             reference: reference.as_ref(),
             chosen_tokens: &chosen_tokens,
             rejected_tokens: &rejected_tokens,
             chosen_nll: nll.as_ref(),
+            pair_weights: weights.as_ref(),
         })?;
         let loss = terms.losses.mean_all()?;
         add_pair_metrics(metrics, &terms, "")?;
-        let ((cs, cn), (rs, rn)) = fwd.logit_means()?;
-        metrics.add("logits/chosen", cs, cn);
-        metrics.add("logits/rejected", rs, rn);
+        fwd.token_stats()?.add_to(metrics, "");
         metrics.add("tokens", fwd.tokens as f64, 1.0);
         metrics.add("token_passes", fwd.token_passes as f64, 1.0);
         metrics.add("head_positions", fwd.head_positions as f64, 1.0);
@@ -478,9 +568,7 @@ pub fn evaluate_pairs(
         let terms = sums_terms(loss, &own, reference.as_ref(), model.device())?;
         sums.extend(own);
         add_pair_metrics(&mut metrics, &terms, prefix)?;
-        let ((cs, cn), (rs, rn)) = fwd.logit_means()?;
-        metrics.add(&format!("{prefix}logits/chosen"), cs, cn);
-        metrics.add(&format!("{prefix}logits/rejected"), rs, rn);
+        fwd.token_stats()?.add_to(&mut metrics, prefix);
     }
     Ok((metrics, sums))
 }
@@ -495,12 +583,21 @@ fn sums_terms(
     let (pol, nc, nr) = policy.tensors(device)?;
     let reference = reference.map(|r| r.tensors(device)).transpose()?;
     let nll = Tensor::new(policy.chosen_nll(), device)?;
+    let weights = match loss.use_weighting {
+        true => Some(Tensor::from_slice(
+            &policy.pair_weights,
+            policy.pair_weights.len(),
+            device,
+        )?),
+        false => None,
+    };
     loss.terms(&PairInputs {
         policy: &pol,
         reference: reference.as_ref().map(|r| &r.0),
         chosen_tokens: &nc,
         rejected_tokens: &nr,
         chosen_nll: loss.needs_nll().then_some(&nll),
+        pair_weights: weights.as_ref(),
     })
 }
 

@@ -203,6 +203,7 @@ fn check(bytes: &[u8], rows: &Rows) -> std::result::Result<PairSums, String> {
         rejected: floats(data[1]),
         chosen_tokens: floats(data[2]),
         rejected_tokens: floats(data[3]),
+        pair_weights: Vec::new(),
     })
 }
 

@@ -302,24 +302,29 @@ struct StepOutcome {
     metrics: MetricSums,
 }
 
-/// Metrics summed over a logging window, and the tokens it ran.
+/// Metrics summed over a logging window, the tokens it ran, and those of the whole run.
 struct Window {
     sums: MetricSums,
     start: Instant,
     tokens: f64,
+    /// Training tokens since step 0, across resumes (TRL's `num_tokens`).
+    tokens_seen: f64,
 }
 
 impl Window {
-    fn new() -> Self {
+    fn new(tokens_seen: f64) -> Self {
         Self {
             sums: MetricSums::default(),
             start: Instant::now(),
             tokens: 0.0,
+            tokens_seen,
         }
     }
 
     fn add(&mut self, step: &StepOutcome, micro: usize) {
-        self.tokens += step.metrics.mean("tokens").unwrap_or(0.0) * micro as f64;
+        let tokens = step.metrics.mean("tokens").unwrap_or(0.0) * micro as f64;
+        self.tokens += tokens;
+        self.tokens_seen += tokens;
         for (k, v) in step.metrics.means() {
             if !STEP_COUNTS.contains(&k.as_str()) && !k.starts_with("time/") {
                 self.sums.add(&k, v, 1.0);
@@ -339,9 +344,10 @@ impl Window {
         let mut values = self.sums.means();
         values.push(("epoch".into(), epoch));
         values.push(("tokens_per_sec".into(), self.tokens_per_sec()));
+        values.push(("num_tokens".into(), self.tokens_seen));
         values.push(("peak_rss_mib".into(), peak_rss_mib()));
         log.write(done, &values)?;
-        *self = Self::new();
+        *self = Self::new(self.tokens_seen);
         Ok(())
     }
 }
@@ -366,7 +372,8 @@ pub fn train(
     if s.report_to.tensorboard {
         log = log.with_tensorboard();
     }
-    let start = resume_point(opts, adapters.trainable, &mut opt, &log, plan.total_steps)?;
+    let (start, tokens_seen) =
+        resume_point(opts, adapters.trainable, &mut opt, &log, plan.total_steps)?;
     if start == 0 {
         log.config_text(0, &opts.config_toml)?;
     }
@@ -381,7 +388,7 @@ pub fn train(
     };
     if start == 0 {
         // Held-out metrics before any update: the baseline the run is judged against.
-        evaluate(model, adapters, objective, &log, 0, None)?;
+        evaluate(model, adapters, objective, &log, 0, 0.0, None)?;
     }
     let bar = progress_bar(
         plan.total_steps,
@@ -389,7 +396,7 @@ pub fn train(
         objective.stage(),
         opts.show_progress,
     );
-    let mut window = Window::new();
+    let mut window = Window::new(tokens_seen);
     let mut memory = MemoryGauge::new(model.device().is_cuda());
     for step in start..plan.total_steps {
         let micro_batches = order.step(step, plan.micro);
@@ -437,16 +444,19 @@ fn new_optimizer(s: &StageConfig, vars: &[Var]) -> Result<AdamW> {
     )
 }
 
-/// Held-out metrics at step `done`, logged and printed (above the bar when there is one).
+/// Held-out metrics at step `done`, logged and printed (above the bar when there is one), with
+/// the training tokens seen so far as TRL logs them beside (`eval_num_tokens`).
 fn evaluate(
     model: &Model,
     adapters: &AdapterStack,
     objective: &mut dyn Objective,
     log: &MetricsLog,
     done: usize,
+    tokens_seen: f64,
     bar: Option<&indicatif::ProgressBar>,
 ) -> Result<()> {
-    if let Some(values) = objective.evaluate(model, adapters)? {
+    if let Some(mut values) = objective.evaluate(model, adapters)? {
+        values.push(("eval_num_tokens".into(), tokens_seen));
         let line = format!("{} step {done}: {}", objective.stage(), brief(&values));
         match bar {
             Some(bar) => bar.suspend(|| eprintln!("{line}")),
@@ -483,7 +493,16 @@ impl AfterStep<'_> {
             window.flush(self.log, done, epoch)?;
         }
         if (s.eval_steps > 0 && done % s.eval_steps == 0) || last {
-            evaluate(model, adapters, objective, self.log, done, Some(self.bar))?;
+            let seen = window.tokens_seen;
+            evaluate(
+                model,
+                adapters,
+                objective,
+                self.log,
+                done,
+                seen,
+                Some(self.bar),
+            )?;
         }
         let interrupted = opts.interrupted.load(Ordering::SeqCst);
         let due = s.save_steps > 0 && done % s.save_steps == 0;
@@ -492,7 +511,7 @@ impl AfterStep<'_> {
             return Ok(None);
         }
         let saving = Instant::now();
-        let dir = save_checkpoint(opts, adapters.trainable, opt, done)?;
+        let dir = save_checkpoint(opts, adapters.trainable, opt, done, window.tokens_seen)?;
         if !interrupted {
             return Ok(None);
         }
@@ -517,7 +536,7 @@ fn resume_point(
     opt: &mut AdamW,
     log: &MetricsLog,
     total_steps: usize,
-) -> Result<usize> {
+) -> Result<(usize, f64)> {
     let latest = if opts.resume {
         checkpoint::latest(&opts.run_dir)?
     } else {
@@ -532,16 +551,17 @@ fn resume_point(
         }
         // Nothing to continue: the metrics of an earlier attempt would repeat steps.
         log.start_anew()?;
-        return Ok(0);
+        return Ok((0, 0.0));
     };
     check_recorded(&ckpt, &opts.fingerprint)?;
     let start = checkpoint::restore(&ckpt, trained, opt)?;
+    let tokens_seen = checkpoint::tokens_seen(&ckpt)?;
     log.truncate_after(start)?;
     eprintln!(
         "resuming from {} (step {start} of {total_steps})",
         ckpt.display()
     );
-    Ok(start)
+    Ok((start, tokens_seen))
 }
 
 /// One optimizer step over `micro_batches`: losses and gradients accumulated, clipped, applied.
@@ -629,10 +649,12 @@ fn save_checkpoint(
     trained: &Adapter,
     opt: &AdamW,
     done: usize,
+    tokens_seen: f64,
 ) -> Result<PathBuf> {
     let dir = checkpoint::save(
         &opts.run_dir,
         done,
+        tokens_seen,
         trained,
         opt,
         &opts.base_model,

@@ -42,7 +42,7 @@ fn eval_per_row_matches_trl_trainers() {
         &std::fs::read_to_string(fixture("train/objectives_per_row.json")).unwrap(),
     )
     .unwrap();
-    let mut checked = 0;
+    let (mut checked, mut token_metrics) = (0, 0);
     for (name, case) in cases.as_object().unwrap() {
         let orpo = case["config"]["loss_type"] == "orpo";
         let (objective, averages, with_reference) = if orpo {
@@ -102,9 +102,38 @@ fn eval_per_row_matches_trl_trainers() {
                 );
             }
         }
+        // DPOTrainer's per-token metrics, token-weighted over the rows as ours are.
+        if theirs[0].get("entropy").is_some() {
+            let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap();
+            let (mut ent, mut logits_c, mut acc, mut all, mut chosen) = (0.0, 0.0, 0.0, 0.0, 0.0);
+            for (o, t) in ours.iter().zip(theirs) {
+                let (nc, nr) = (f(o, "chosen_tokens"), f(o, "rejected_tokens"));
+                ent += f(t, "entropy") * (nc + nr);
+                logits_c += f(t, "logits/chosen") * nc;
+                acc += f(t, "mean_token_accuracy") * nc;
+                all += nc + nr;
+                chosen += nc;
+            }
+            close(&format!("{name} entropy"), f(&out, "entropy"), ent / all);
+            close(
+                &format!("{name} logits/chosen"),
+                f(&out, "logits/chosen"),
+                logits_c / chosen,
+            );
+            let ours_acc = f(&out, "mean_token_accuracy");
+            assert!(
+                (ours_acc - acc / chosen).abs() < 1e-6,
+                "{name} mean_token_accuracy"
+            );
+            token_metrics += 1;
+        }
         checked += 1;
     }
-    assert!(checked >= 30, "{checked} objectives");
+    assert!(checked >= 32, "{checked} objectives");
+    assert!(
+        token_metrics >= 25,
+        "{token_metrics} with per-token metrics"
+    );
 }
 
 /// simpo and cpo train without a reference pass (no `time/reference`, which every

@@ -222,6 +222,56 @@ fn head_logprobs_equal_the_unchunked_log_softmax() {
     }
 }
 
+/// The head's per-token entropy, top-1 hit and `log Σp²` (DPOTrainer's `entropy`,
+/// `mean_token_accuracy` and WPO weights) against their definitions in f64, on every path,
+/// with half the targets set to the most likely token so that both hit values occur.
+#[test]
+fn head_per_token_stats_equal_their_definitions() {
+    let head = randn(&[9, 5], 28).to_dtype(DType::F32).unwrap();
+    let x = randn(&[2, 5, 5], 29).to_dtype(DType::F32).unwrap();
+    let logits: Vec<Vec<Vec<f32>>> = ops::matmul_t(&x, &head).unwrap().to_vec3().unwrap();
+    let argmax = |row: &[f32]| {
+        (0..row.len())
+            .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+            .unwrap()
+    };
+    let mut ids = vec![vec![0u32; 5]; 2];
+    for b in 0..2 {
+        for t in 0..4 {
+            let best = argmax(&logits[b][t]);
+            ids[b][t + 1] = if (b + t) % 2 == 0 {
+                best as u32
+            } else {
+                ((best + 3) % 9) as u32
+            };
+        }
+    }
+    let ids_t = Tensor::new(ids.clone(), &Device::Cpu).unwrap();
+    for (chunk, k) in [1, 3, 100].into_iter().flat_map(|c| PATHS.map(|k| (c, k))) {
+        let got = ops::head_logprobs(k, &x, &head, &ids_t, chunk).unwrap();
+        let entropy: Vec<Vec<f32>> = got.entropy.to_vec2().unwrap();
+        let top1: Vec<Vec<f32>> = got.is_top1.to_vec2().unwrap();
+        let lss: Vec<Vec<f32>> = got.log_sum_sq_probs.to_vec2().unwrap();
+        for b in 0..2 {
+            for t in 0..4 {
+                let row: Vec<f64> = logits[b][t].iter().map(|&v| v as f64).collect();
+                let max = row.iter().cloned().fold(f64::MIN, f64::max);
+                let z: f64 = row.iter().map(|v| (v - max).exp()).sum();
+                let p: Vec<f64> = row.iter().map(|v| (v - max).exp() / z).collect();
+                let h: f64 = -p.iter().map(|q| q * q.ln()).sum::<f64>();
+                let sq: f64 = p.iter().map(|q| q * q).sum::<f64>().ln();
+                let hit = (argmax(&logits[b][t]) == ids[b][t + 1] as usize) as u8 as f32;
+                let at = format!("{k:?} chunk {chunk} ({b}, {t})");
+                assert!((entropy[b][t] as f64 - h).abs() < 1e-5, "{at}: entropy");
+                assert!((lss[b][t] as f64 - sq).abs() < 1e-5, "{at}: log sum p^2");
+                assert_eq!(top1[b][t], hit, "{at}: top-1");
+            }
+        }
+        let hits: f32 = top1.iter().flatten().sum();
+        assert_eq!(hits, 4.0, "half the targets are the most likely token");
+    }
+}
+
 /// Causal mask with the last key of row 1 padded: `[2, 1, 3, 3]`.
 fn attention_mask() -> Tensor {
     let neg = -1e9;

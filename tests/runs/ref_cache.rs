@@ -17,6 +17,8 @@ fn sums(n: usize) -> PairSums {
         rejected: v(-2.25),
         chosen_tokens: v(3.0),
         rejected_tokens: v(4.0),
+        // The policy's weights: never cached.
+        pair_weights: Vec::new(),
     }
 }
 

@@ -113,6 +113,15 @@ seed = 3
             .collect()
     }
 
+    /// `(step, num_tokens)` of each training record (TRL's running token count).
+    fn num_tokens(&self) -> Vec<(u64, f64)> {
+        let text = std::fs::read_to_string(self.out().join("sft/metrics.jsonl")).unwrap();
+        text.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter_map(|v| Some((v["step"].as_u64()?, v.get("num_tokens")?.as_f64()?)))
+            .collect()
+    }
+
     /// Blocks until the run has logged at least one step.
     fn wait_for_a_step(&self, child: &mut Child) {
         let path = self.out().join("sft/metrics.jsonl");
@@ -253,6 +262,24 @@ fn a_finished_folder_is_not_overwritten_without_being_asked() {
     assert_eq!(status, 0, "{err}");
     assert_ne!(run.adapter(), trained);
     assert_eq!(run.metrics_steps(), (1..=STEPS as u64).collect::<Vec<_>>());
+}
+
+/// `num_tokens` counts from step 0 across a resume: the checkpoint records it
+/// (`num_input_tokens_seen`), so an interrupted run logs what an uninterrupted one does.
+#[test]
+fn num_tokens_runs_on_across_a_resume() {
+    let straight = Run::new(STEPS, 2);
+    let (status, err) = straight.run(&[]);
+    assert_eq!(status, 0, "{err}");
+    let want = straight.num_tokens();
+    assert_eq!(want.len(), STEPS, "{want:?}");
+    assert!(want.windows(2).all(|w| w[1].1 > w[0].1), "{want:?}");
+    let run = Run::new(STEPS, 2);
+    let (status, err) = run.run_with_fault("checkpoint-after-rename", &[]);
+    assert_eq!(status, 99, "{err}");
+    let (status, err) = run.run(&["--resume"]);
+    assert_eq!(status, 0, "{err}");
+    assert_eq!(run.num_tokens(), want);
 }
 
 #[test]

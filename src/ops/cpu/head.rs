@@ -14,6 +14,11 @@ pub struct Chunk {
     pub logps: Tensor,
     /// The mean logit per position, `[len]` in the states' dtype.
     pub means: Tensor,
+    /// Per position, same dtype: the entropy of the next-token distribution, whether the
+    /// target is its top token (1/0), and `log Σ p²` (WPO's weights).
+    pub entropy: Tensor,
+    pub top1: Tensor,
+    pub log_sum_sq: Tensor,
     /// `d logp / d h` per position, `[len, h]`, when asked for.
     pub jacobian: Option<Tensor>,
 }
@@ -61,18 +66,26 @@ pub fn chunk<T: RowOps>(
         logits.set_len(len * vocab);
     }
     let inv_vocab = T::one() / T::from(vocab).expect("vocab fits");
-    let stats: Vec<(T, T)> = logits
+    let stats: Vec<[T; 5]> = logits
         .par_chunks_mut(vocab)
         .zip(targets.par_iter())
         .map(|(row, &target)| {
             let picked = row[target as usize];
             let (max, total) = T::max_sum(row);
             // The row is scratch: it becomes the probabilities the Jacobian needs.
-            let sum = T::exp_shifted(row, max);
+            let m = T::exp_shifted_moments(row, max);
             if jacobian {
-                T::scale(row, T::one() / sum);
+                T::scale(row, T::one() / m.sum);
             }
-            (picked - max - sum.ln(), total * inv_vocab)
+            let log_sum = m.sum.ln();
+            let top1 = if picked >= max { T::one() } else { T::zero() };
+            [
+                picked - max - log_sum,
+                total * inv_vocab,
+                log_sum - m.weighted_shift / m.sum,
+                top1,
+                m.sum_sq.ln() - log_sum - log_sum,
+            ]
         })
         .collect();
     let jacobian = if jacobian {
@@ -88,10 +101,13 @@ pub fn chunk<T: RowOps>(
         None
     };
     drop((ss, sw));
-    let (logps, means): (Vec<T>, Vec<T>) = stats.into_iter().unzip();
+    let column = |k: usize| tensor_of(stats.iter().map(|s| s[k]).collect(), &[len]);
     Ok(Some(Chunk {
-        logps: tensor_of(logps, &[len])?,
-        means: tensor_of(means, &[len])?,
+        logps: column(0)?,
+        means: column(1)?,
+        entropy: column(2)?,
+        top1: column(3)?,
+        log_sum_sq: column(4)?,
         jacobian,
     }))
 }

@@ -30,6 +30,11 @@ pub trait RowOps: Real {
     fn exp_shifted(xs: &mut [Self], shift: Self) -> Self {
         exp_shifted_body(xs, shift)
     }
+    /// [`RowOps::exp_shifted`], also returning `Σ e·(x − shift)` and `Σ e²` of the new
+    /// values `e` (a row's entropy and `Σ p²`, in the same sweep).
+    fn exp_shifted_moments(xs: &mut [Self], shift: Self) -> Moments<Self> {
+        exp_shifted_moments_body(xs, shift)
+    }
     /// `xs[i] *= s`.
     fn scale(xs: &mut [Self], s: Self) {
         scale_body(xs, s)
@@ -159,6 +164,45 @@ fn add_max_body<T: RowOps>(xs: &mut [T], bias: &[T]) -> T {
     m
 }
 
+/// What [`RowOps::exp_shifted_moments`] sums over a row: `Σ e`, `Σ e·(x − shift)`, `Σ e²`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Moments<T> {
+    pub sum: T,
+    pub weighted_shift: T,
+    pub sum_sq: T,
+}
+
+#[inline(always)]
+fn exp_shifted_moments_body<T: RowOps>(xs: &mut [T], shift: T) -> Moments<T> {
+    let (mut sum, mut first, mut sq) = ([T::zero(); LANES], [T::zero(); LANES], [T::zero(); LANES]);
+    let split = xs.len() - xs.len() % LANES;
+    for c in xs[..split].chunks_exact_mut(LANES) {
+        for i in 0..LANES {
+            let d = c[i] - shift;
+            let e = T::exp_lane(d);
+            c[i] = e;
+            sum[i] += e;
+            first[i] += e * d;
+            sq[i] += e * e;
+        }
+    }
+    let fold = |v: [T; LANES]| v.iter().fold(T::zero(), |a, &b| a + b);
+    let mut out = Moments {
+        sum: fold(sum),
+        weighted_shift: fold(first),
+        sum_sq: fold(sq),
+    };
+    for x in &mut xs[split..] {
+        let d = *x - shift;
+        let e = T::exp_lane(d);
+        *x = e;
+        out.sum += e;
+        out.weighted_shift += e * d;
+        out.sum_sq += e * e;
+    }
+    out
+}
+
 #[inline(always)]
 fn exp_shifted_body<T: RowOps>(xs: &mut [T], shift: T) -> T {
     let mut sum = [T::zero(); LANES];
@@ -267,6 +311,11 @@ pub fn dots(x: &[f32], m: usize, w: &[f32], out: &mut [MaybeUninit<f32>]) {
 dispatch!(max_sum_f32, max_sum_body::<f32>, (xs: &[f32]) -> (f32, f32));
 dispatch!(add_max_f32, add_max_body::<f32>, (xs: &mut [f32], bias: &[f32]) -> f32);
 dispatch!(exp_shifted_f32, exp_shifted_body::<f32>, (xs: &mut [f32], shift: f32) -> f32);
+dispatch!(
+    exp_shifted_moments_f32,
+    exp_shifted_moments_body::<f32>,
+    (xs: &mut [f32], shift: f32) -> Moments<f32>
+);
 dispatch!(scale_f32, scale_body::<f32>, (xs: &mut [f32], s: f32) -> ());
 dispatch!(
     softmax_grad_f32,
@@ -302,6 +351,9 @@ impl RowOps for f32 {
     }
     fn exp_shifted(xs: &mut [f32], shift: f32) -> f32 {
         exp_shifted_f32(xs, shift)
+    }
+    fn exp_shifted_moments(xs: &mut [f32], shift: f32) -> Moments<f32> {
+        exp_shifted_moments_f32(xs, shift)
     }
     fn scale(xs: &mut [f32], s: f32) {
         scale_f32(xs, s)
@@ -363,6 +415,20 @@ mod tests {
         ));
         assert!(e32.iter().zip(&e64).all(|(a, b)| close(*a, *b)));
         assert!(close(dot_body(&xs, &e32), dot_body(&wide, &e64)));
+        let (mut m32, mut m64) = (xs.clone(), wide.clone());
+        let (a, b) = (
+            f32::exp_shifted_moments(&mut m32, 1.5),
+            f64::exp_shifted_moments(&mut m64, 1.5),
+        );
+        assert_eq!(m32, e32);
+        let naive = |f: fn(f64) -> f64| wide.iter().map(|&x| f(x)).sum::<f64>();
+        assert!(close(a.sum, naive(|x| (x - 1.5).exp())) && close(a.sum, b.sum));
+        assert!(close(
+            a.weighted_shift,
+            naive(|x| (x - 1.5).exp() * (x - 1.5))
+        ));
+        assert!(close(a.sum_sq, naive(|x| (2.0 * (x - 1.5)).exp())));
+        assert!(close(a.sum_sq, b.sum_sq));
         let mut o32 = vec![MaybeUninit::<f32>::uninit(); xs.len()];
         let mut o64 = vec![MaybeUninit::<f64>::uninit(); xs.len()];
         f32::swiglu(&mut o32, &xs, &e32);
