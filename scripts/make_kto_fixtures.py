@@ -86,9 +86,15 @@ LOSS_CASES = [
         (False, -1.0, -3.0, -2.0, -4.0),
     ]),
 ]
+# KTOConfig.loss_type = "apo_zero_unpaired": no KL estimate (TRL runs no KL pass, logs kl 0).
+APO_CASES = [
+    # Rows whose KL estimate is far from 0, so that fixing it at 0 shows.
+    ("apo_zero_unpaired", 1.0, 1.0, 1.0, LOSS_CASES[0][4]),
+    ("apo_zero_unpaired_weighted", 2.0, 1.0, 0.75, LOSS_CASES[3][4]),
+]
 
 
-def stub_loss(beta, dw, uw, rows):
+def stub_loss(beta, dw, uw, rows, loss_type="kto"):
     """`KTOTrainer._compute_loss` on fixed log-probs: a stand-in `self` and model."""
     n = len(rows)
     label = torch.tensor([r[0] for r in rows])
@@ -123,8 +129,8 @@ def stub_loss(beta, dw, uw, rows):
     model.training = True
     acc = SimpleNamespace(device=torch.device("cpu"), gather_for_metrics=lambda x: x)
     me = SimpleNamespace(
-        model=model, accelerator=acc, calculate_KL=True, precompute_ref_logps=True,
-        loss_type="kto", beta=beta, desirable_weight=dw, undesirable_weight=uw,
+        model=model, accelerator=acc, calculate_KL=loss_type != "apo_zero_unpaired",
+        precompute_ref_logps=True, loss_type=loss_type, beta=beta, desirable_weight=dw, undesirable_weight=uw,
         aux_loss_enabled=False, _total_train_tokens=0, _tp_size=1,
         _metrics=defaultdict(lambda: defaultdict(list)),
         args=SimpleNamespace(gradient_checkpointing_kwargs=None),
@@ -138,10 +144,11 @@ def stub_loss(beta, dw, uw, rows):
 
 def loss_fixture():
     cases = []
-    for name, beta, dw, uw, rows in LOSS_CASES:
-        loss, metrics = stub_loss(beta, dw, uw, rows)
+    for name, beta, dw, uw, rows in LOSS_CASES + APO_CASES:
+        loss_type = "apo_zero_unpaired" if name.startswith("apo") else "kto"
+        loss, metrics = stub_loss(beta, dw, uw, rows, loss_type)
         cases.append({
-            "name": name, "beta": beta, "desirable_weight": dw, "undesirable_weight": uw,
+            "name": name, "loss_type": loss_type, "beta": beta, "desirable_weight": dw, "undesirable_weight": uw,
             "label": [r[0] for r in rows], "logps": [r[1] for r in rows],
             "ref_logps": [r[2] for r in rows], "kl_logps": [r[3] for r in rows],
             "ref_kl_logps": [r[4] for r in rows], "loss": loss, "metrics": metrics,

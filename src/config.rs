@@ -496,6 +496,9 @@ impl RunConfig {
         if let Some(dpo) = &self.dpo {
             crate::train::dpo::DpoLoss::from_stage(dpo).context("[dpo]")?;
         }
+        if let Some(kto) = &self.kto {
+            crate::train::kto::KtoLoss::from_stage(kto).context("[kto]")?;
+        }
         if let Some(orpo) = &self.orpo {
             crate::train::orpo::check_keys(orpo).context("[orpo]")?;
         }

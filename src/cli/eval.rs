@@ -190,11 +190,8 @@ fn run_kto(args: &Args, cfg: Option<&LoadedConfig>, raw: RawDataset) -> anyhow::
         None => DataConfig::default(),
     };
     let kto = cfg.and_then(|c| c.run.kto.clone()).unwrap_or_default();
-    let loss = KtoLoss {
-        beta: args.beta.unwrap_or(kto.beta),
-        desirable_weight: kto.desirable_weight,
-        undesirable_weight: kto.undesirable_weight,
-    };
+    let mut loss = KtoLoss::from_stage(&kto).context("[kto]")?;
+    loss.beta = args.beta.unwrap_or(kto.beta);
     let device = args.device.open()?;
     let options = model::LoadOptions::from_config(args.dtype.into(), args.quantize)
         .with_kernels(args.kernels);

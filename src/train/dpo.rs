@@ -66,6 +66,9 @@ pub enum LossType {
     SigmoidNorm,
     Simpo,
     Cpo,
+    /// KTOTrainer's `loss_type`s, read by `[kto]` only.
+    Kto,
+    ApoZeroUnpaired,
 }
 
 impl Choice for LossType {
@@ -88,6 +91,8 @@ impl Choice for LossType {
         (LossType::SigmoidNorm, &["sigmoid_norm"]),
         (LossType::Simpo, &["simpo"]),
         (LossType::Cpo, &["cpo"]),
+        (LossType::Kto, &["kto"]),
+        (LossType::ApoZeroUnpaired, &["apo_zero_unpaired"]),
     ];
 }
 crate::choice::choice_impls!(LossType);
@@ -244,6 +249,12 @@ impl DpoLoss {
         };
         if let Some(w) = weights.iter().find(|w| !w.is_finite()) {
             bail!("`loss_weights`: {w} is not a finite number");
+        }
+        if let Some(t) = types
+            .iter()
+            .find(|t| matches!(t, LossType::Kto | LossType::ApoZeroUnpaired))
+        {
+            bail!("`loss_type` = \"{t}\" is KTOTrainer's: set it under [kto]");
         }
         let mut losses: Vec<(LossType, f64)> = types.iter().copied().zip(weights).collect();
         // rpo_alpha is TRL < 0.29's way of writing an extra "sft" term with that weight.
@@ -642,9 +653,11 @@ impl DpoLoss {
                 let exp = bd.neg()?.exp()?;
                 ((logistic * (1.0 - &m)?)? + (exp * m)?)?
             }
-            LossType::Sft | LossType::Simpo | LossType::Cpo => {
-                unreachable!("not a reference term")
-            }
+            LossType::Sft
+            | LossType::Simpo
+            | LossType::Cpo
+            | LossType::Kto
+            | LossType::ApoZeroUnpaired => unreachable!("not a DPO reference term"),
         })
     }
 }
@@ -867,6 +880,7 @@ mod tests {
             ("loss_type = \"simpo\"\nld_alpha = 0.5", "ld_alpha"),
             ("rpo_alpha = 0.1\nld_alpha = 0.5", "ld_alpha"),
             ("loss_type = \"aot\"\nuse_weighting = true", "use_weighting"),
+            ("loss_type = \"apo_zero_unpaired\"", "loss_type"),
             (
                 "loss_type = \"simpo\"\nuse_weighting = true",
                 "use_weighting",

@@ -25,6 +25,31 @@ pub struct KtoLoss {
     pub beta: f64,
     pub desirable_weight: f64,
     pub undesirable_weight: f64,
+    /// `loss_type = "apo_zero_unpaired"`: APO-zero on unpaired rows, KTO's loss with the KL
+    /// estimate fixed at 0 (TRL computes none and logs `kl` = 0).
+    pub apo_zero_unpaired: bool,
+}
+
+impl KtoLoss {
+    /// The objective of a `[kto]` section: `loss_type` unset, `"kto"` or `"apo_zero_unpaired"`.
+    pub fn from_stage(s: &crate::config::StageConfig) -> Result<Self> {
+        use super::dpo::LossType;
+        let apo_zero_unpaired = match s.loss_type.0.as_slice() {
+            // Unset reads as DPO's default.
+            [LossType::Sigmoid] | [LossType::Kto] => false,
+            [LossType::ApoZeroUnpaired] => true,
+            _ => bail!(
+                "`loss_type` = [{}]: KTO's are \"kto\" (the default) and \"apo_zero_unpaired\"",
+                s.loss_type
+            ),
+        };
+        Ok(Self {
+            beta: s.beta,
+            desirable_weight: s.desirable_weight,
+            undesirable_weight: s.undesirable_weight,
+            apo_zero_unpaired,
+        })
+    }
 }
 
 /// Summed log-probs `[n]` of a batch's rows and of their KL sequences.
@@ -53,8 +78,13 @@ impl KtoLoss {
         }
         let device = policy.completion.device();
         // TRL detaches the estimate (and takes its mean over every process, one here).
-        let kl = host::scalar(&(policy.kl.detach() - reference.kl.detach())?.mean_all()?)? as f64;
-        let kl = kl.max(0.0);
+        let kl = match self.apo_zero_unpaired {
+            true => 0.0,
+            false => {
+                let d = (policy.kl.detach() - reference.kl.detach())?.mean_all()?;
+                (host::scalar(&d)? as f64).max(0.0)
+            }
+        };
         let ratio = (&policy.completion - &reference.completion)?;
         // 1 − σ(β·s·(r − z)) = σ(−β·s·(r − z)), s = +1 desirable, −1 undesirable.
         let sign = per_label(labels, 1.0, -1.0, device)?;
@@ -394,13 +424,14 @@ mod tests {
         );
         let cases: Vec<Value> =
             serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-        assert_eq!(cases.len(), 4);
+        assert_eq!(cases.len(), 6);
         for case in &cases {
             let name = case["name"].as_str().unwrap();
             let loss = KtoLoss {
                 beta: case["beta"].as_f64().unwrap(),
                 desirable_weight: case["desirable_weight"].as_f64().unwrap(),
                 undesirable_weight: case["undesirable_weight"].as_f64().unwrap(),
+                apo_zero_unpaired: case["loss_type"] == "apo_zero_unpaired",
             };
             let labels: Vec<bool> = case["label"]
                 .as_array()
@@ -455,6 +486,29 @@ mod tests {
 
     /// The policy's gradient flows through its own sequences only: the KL estimate is a constant.
     #[test]
+    fn kto_sections_take_kto_trainers_loss_types_only() {
+        let load = |keys: &str| {
+            let text = format!("[model]\nname_or_path = \"m\"\n[kto]\n{keys}\n");
+            crate::config::LoadedConfig::from_str(&text, &[])
+                .and_then(|c| KtoLoss::from_stage(c.run.kto.as_ref().unwrap()))
+        };
+        assert!(!load("").unwrap().apo_zero_unpaired);
+        assert!(!load("loss_type = \"kto\"").unwrap().apo_zero_unpaired);
+        assert!(
+            load("loss_type = \"apo_zero_unpaired\"")
+                .unwrap()
+                .apo_zero_unpaired
+        );
+        for keys in ["loss_type = \"simpo\"", "loss_type = [\"kto\", \"sft\"]"] {
+            let err = format!("{:#}", load(keys).unwrap_err());
+            assert!(
+                err.contains("[kto]") && err.contains("loss_type"),
+                "{keys}: {err}"
+            );
+        }
+    }
+
+    #[test]
     fn kl_estimate_carries_no_gradient() {
         let var = candle_core::Var::from_vec(vec![-3f32, -4.0], 2, &Device::Cpu).unwrap();
         let kl_var = candle_core::Var::from_vec(vec![-5f32, -6.0], 2, &Device::Cpu).unwrap();
@@ -463,6 +517,7 @@ mod tests {
             beta: 0.1,
             desirable_weight: 1.0,
             undesirable_weight: 1.0,
+            apo_zero_unpaired: false,
         };
         let terms = loss
             .terms(

@@ -2,7 +2,7 @@
 //! in `train`, `[kto] ref_adapter` alone), the reference being the base with those frozen
 //! adapters only, precomputed into DPO's reference cache when `precompute_ref_log_probs` is set.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use super::kto::{KtoLoss, KtoObjective};
 use super::run::{
@@ -34,11 +34,7 @@ pub(super) fn kto_stage(
     let data_cfg = session.data_config(cfg, Stage::Kto)?;
     // TRL rotates the KL completions within chunks of the training batch size, eval set included.
     let chunk = stage.per_device_train_batch_size;
-    let loss = KtoLoss {
-        beta: stage.beta,
-        desirable_weight: stage.desirable_weight,
-        undesirable_weight: stage.undesirable_weight,
-    };
+    let loss = KtoLoss::from_stage(stage).context("[kto]")?;
     let mut slot = None;
     let base = stage_base(session, "kto", &stage.ref_adapter, frozen, &mut slot)?;
     train_stage(session, cfg, opts, Stage::Kto, base, &mut |stack| {

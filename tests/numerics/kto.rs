@@ -87,6 +87,7 @@ fn eval_on(kernels: Kernels) -> Value {
         beta: cfg["beta"].as_f64().unwrap(),
         desirable_weight: cfg["desirable_weight"].as_f64().unwrap(),
         undesirable_weight: cfg["undesirable_weight"].as_f64().unwrap(),
+        apo_zero_unpaired: false,
     };
     let request = EvalRequest {
         model: &model,
@@ -223,6 +224,7 @@ fn one_kto_step_has_trls_gradients() {
                     beta: 0.1,
                     desirable_weight: 1.0,
                     undesirable_weight: 1.0,
+                    apo_zero_unpaired: false,
                 },
                 eval_batch_size: 3,
                 train_reference: None,

@@ -274,7 +274,8 @@ const NAMED: &[(&str, &str, &str, &str)] = &[
         "loss_type",
         "hinge2",
         "sigmoid, hinge, ipo, exo_pair, nca_pair, robust, bco_pair, sppo_hard, aot, \
-         aot_unpaired, apo_zero, apo_down, discopop, sft, sigmoid_norm, simpo, cpo",
+         aot_unpaired, apo_zero, apo_down, discopop, sft, sigmoid_norm, simpo, cpo, kto, \
+         apo_zero_unpaired",
     ),
     (
         "sft",
