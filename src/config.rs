@@ -163,6 +163,10 @@ pub struct StageConfig {
     /// WPO: weigh each pair's loss by its completions' probability under the policy.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub use_weighting: bool,
+    /// The order rows are batched in (transformers' `train_sampling_strategy`); unset: the
+    /// stage's default, `random` (KTO: `sequential`), or `group_by_length = true`'s.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub train_sampling_strategy: Option<crate::data::SamplingStrategy>,
     pub precompute_ref_log_probs: bool,
     /// DPO alone: a frozen adapter under the trained one; the reference is base + this adapter.
     pub ref_adapter: Option<String>,
@@ -312,6 +316,7 @@ impl Default for StageConfig {
             f_alpha_divergence_coef: None,
             ld_alpha: None,
             use_weighting: false,
+            train_sampling_strategy: None,
             precompute_ref_log_probs: false,
             ref_adapter: None,
             desirable_weight: 1.0,
@@ -363,6 +368,7 @@ const STAGE_KEYS: &[&str] = &[
     "per_device_eval_batch_size",
     "gradient_accumulation_steps",
     "lr_scheduler_type",
+    "train_sampling_strategy",
     "warmup_ratio",
     "warmup_steps",
     "weight_decay",
@@ -450,7 +456,7 @@ impl LoadedConfig {
             )));
         }
         let run = typed(text, &table).map_err(in_file)?;
-        if let Err(e) = run.validate() {
+        if let Err(e) = run.validate().and_then(|()| check_sampling(&table, &run)) {
             return Err(match blamed_override(text, overrides) {
                 Some(o) => e.context(format!("--set {o}")),
                 None => in_file(e),
@@ -481,17 +487,22 @@ impl LoadedConfig {
 }
 
 impl RunConfig {
-    pub fn validate(&self) -> Result<()> {
-        self.lora.lora.validate().context("[lora]")?;
-        for (name, stage) in [
+    /// The training sections present, by name.
+    pub fn stages(&self) -> impl Iterator<Item = (&'static str, &StageConfig)> {
+        [
             ("sft", &self.sft),
             ("dpo", &self.dpo),
             ("kto", &self.kto),
             ("orpo", &self.orpo),
-        ] {
-            if let Some(s) = stage {
-                s.validate().with_context(|| format!("[{name}]"))?;
-            }
+        ]
+        .into_iter()
+        .filter_map(|(name, stage)| stage.as_ref().map(|s| (name, s)))
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        self.lora.lora.validate().context("[lora]")?;
+        for (name, stage) in self.stages() {
+            stage.validate().with_context(|| format!("[{name}]"))?;
         }
         if let Some(dpo) = &self.dpo {
             crate::train::dpo::DpoLoss::from_stage(dpo).context("[dpo]")?;
@@ -504,6 +515,24 @@ impl RunConfig {
         }
         Ok(())
     }
+}
+
+/// `train_sampling_strategy` against `group_by_length`, which the data options read.
+fn check_sampling(table: &toml::Table, run: &RunConfig) -> Result<()> {
+    for (name, stage) in run.stages() {
+        let group_by_length = table
+            .get(name)
+            .and_then(|t| t.get("group_by_length"))
+            .and_then(toml::Value::as_bool)
+            .unwrap_or(false);
+        crate::data::SamplingStrategy::resolve(
+            stage.train_sampling_strategy,
+            group_by_length,
+            crate::data::SamplingStrategy::Random,
+        )
+        .with_context(|| format!("[{name}]"))?;
+    }
+    Ok(())
 }
 
 /// The most epochs a run may ask for: far beyond any real run, and small enough that epochs times
@@ -553,6 +582,12 @@ impl StageConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
+        // The file alone can say batch_rebalance is out; group_by_length is weighed at the run.
+        crate::data::SamplingStrategy::resolve(
+            self.train_sampling_strategy,
+            false,
+            crate::data::SamplingStrategy::Random,
+        )?;
         let floats = [
             ("learning_rate", self.learning_rate),
             ("num_train_epochs", self.num_train_epochs),
@@ -883,10 +918,35 @@ mod tests {
             ("lora.target_modules=[\"qproj\"]", "target_modules"),
             ("model.dtype=\"f8\"", "dtype"),
             ("model.kernels=\"fast\"", "kernels"),
+            (
+                "dpo.train_sampling_strategy=\"shuffled\"",
+                "train_sampling_strategy",
+            ),
+            (
+                "dpo.train_sampling_strategy=\"batch_rebalance\"",
+                "train_sampling_strategy",
+            ),
         ] {
             let err = LoadedConfig::from_str(MIN, &[set.into()]).unwrap_err();
             assert!(format!("{err:#}").contains(key), "{set}: {err:#}");
         }
+    }
+
+    #[test]
+    fn a_sampling_strategy_and_group_by_length_must_agree() {
+        let with = |strategy: &str| {
+            let sets = [
+                format!("dpo.train_sampling_strategy=\"{strategy}\""),
+                "dpo.group_by_length=true".to_string(),
+            ];
+            LoadedConfig::from_str(MIN, &sets)
+        };
+        assert!(with("group_by_length").is_ok());
+        let err = format!("{:#}", with("sequential").unwrap_err());
+        assert!(
+            err.contains("[dpo]") && err.contains("group_by_length"),
+            "{err}"
+        );
     }
 
     /// Every name of every named setting reads back as itself, through `FromStr` and serde.
@@ -912,6 +972,7 @@ mod tests {
         round_trips::<Kernels>();
         round_trips::<crate::train::dpo::LossType>();
         round_trips::<Schedule>();
+        round_trips::<crate::data::SamplingStrategy>();
     }
 
     #[test]

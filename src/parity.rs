@@ -240,6 +240,7 @@ fn dpo_checks(setup: &Setup, checks: &mut Vec<Check>) -> Result<()> {
     let stack = AdapterStack {
         frozen: vec![],
         trainable: &adapter,
+        initial: None,
     };
     let mut metrics = MetricSums::default();
     let micro = objective.loss(&model, &stack, &rows, 1.0, 0, &mut metrics)?;

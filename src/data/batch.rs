@@ -87,6 +87,53 @@ pub fn collate_dpo(
     collate(&seqs.iter().collect::<Vec<_>>(), pad_id, pad_to_multiple_of)
 }
 
+/// `train_sampling_strategy`, with transformers' names: the order rows are batched in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SamplingStrategy {
+    /// A shuffle seeded by `[output] seed` and the epoch (transformers' default).
+    Random,
+    /// File order, the same every epoch (KTO's default).
+    Sequential,
+    /// Shuffled, then rows of similar length batched together.
+    GroupByLength,
+    /// transformers' balancing of padding across devices; refused, as lora-dpo runs on one.
+    BatchRebalance,
+}
+
+impl crate::choice::Choice for SamplingStrategy {
+    const CHOICES: &'static [(Self, &'static [&'static str])] = &[
+        (SamplingStrategy::Random, &["random"]),
+        (SamplingStrategy::Sequential, &["sequential"]),
+        (SamplingStrategy::GroupByLength, &["group_by_length"]),
+        (SamplingStrategy::BatchRebalance, &["batch_rebalance"]),
+    ];
+}
+crate::choice::choice_impls!(SamplingStrategy);
+
+impl SamplingStrategy {
+    /// The strategy a stage runs with: `train_sampling_strategy`, else `group_by_length = true`
+    /// (its spelling before transformers 5), else the stage's own default.
+    pub fn resolve(
+        requested: Option<SamplingStrategy>,
+        group_by_length: bool,
+        default: SamplingStrategy,
+    ) -> anyhow::Result<SamplingStrategy> {
+        match (requested, group_by_length) {
+            (Some(SamplingStrategy::BatchRebalance), _) => anyhow::bail!(
+                "`train_sampling_strategy` = \"batch_rebalance\" balances padding across devices; \
+                 lora-dpo trains on one: use \"group_by_length\""
+            ),
+            (Some(s), true) if s != SamplingStrategy::GroupByLength => anyhow::bail!(
+                "`train_sampling_strategy` = \"{s}\" with `group_by_length = true`: give one \
+                 (`group_by_length = true` is the older spelling of \"group_by_length\")"
+            ),
+            (Some(s), _) => Ok(s),
+            (None, true) => Ok(SamplingStrategy::GroupByLength),
+            (None, false) => Ok(default),
+        }
+    }
+}
+
 /// The batches of one epoch, as lists of row indices.
 ///
 /// With `shuffle` the rows are shuffled with `seed`. With `group_by_length` rows of similar length share a batch,
@@ -133,6 +180,27 @@ pub fn batch_order(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sampling_strategy_is_the_key_else_group_by_length_else_the_stages_default() {
+        use SamplingStrategy::*;
+        let resolve = SamplingStrategy::resolve;
+        assert_eq!(resolve(None, false, Sequential).unwrap(), Sequential);
+        assert_eq!(resolve(None, true, Sequential).unwrap(), GroupByLength);
+        assert_eq!(resolve(Some(Random), false, Sequential).unwrap(), Random);
+        assert_eq!(
+            resolve(Some(GroupByLength), true, Random).unwrap(),
+            GroupByLength
+        );
+        let err = resolve(Some(Sequential), true, Random)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("train_sampling_strategy") && err.contains("group_by_length"));
+        let err = resolve(Some(BatchRebalance), false, Random)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("batch_rebalance"), "{err}");
+    }
 
     #[test]
     fn right_padding_and_masks() {

@@ -42,7 +42,7 @@ pub mod tokenize;
 pub mod tokenizer;
 pub mod truncate;
 
-pub use batch::{batch_order, collate, collate_dpo, Batch};
+pub use batch::{batch_order, collate, collate_dpo, Batch, SamplingStrategy};
 pub use config::{Columns, DataConfig, LengthLimit, TruncationMode};
 pub use kto::{load_kto, prepare_kto, KtoDataset};
 pub use pipeline::{

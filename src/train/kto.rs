@@ -219,8 +219,8 @@ impl Objective for KtoObjective {
         self.train.lengths()
     }
 
-    fn sequential(&self) -> bool {
-        true
+    fn default_sampling(&self) -> crate::data::SamplingStrategy {
+        crate::data::SamplingStrategy::Sequential
     }
 
     fn normaliser(&self, micro_batches: &[Vec<usize>]) -> f64 {

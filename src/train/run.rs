@@ -418,9 +418,14 @@ pub(super) fn train_stage(
     }
     let seed = cfg.run.output.seed.wrapping_add(stage_seed(stage));
     let adapter = new_adapter(session, cfg, seed)?;
+    let initial = match (&cfg.run.lora.init_adapter, stage) {
+        (Some(_), Stage::Dpo | Stage::Kto) => Some(new_adapter(session, cfg, seed)?),
+        _ => None,
+    };
     let stack = AdapterStack {
         frozen,
         trainable: &adapter,
+        initial: initial.as_ref(),
     };
     let (mut objective, group_by_length) = make(&stack)?;
     let result = train_and_save(session, &stack, objective.as_mut(), &topts, group_by_length)?;

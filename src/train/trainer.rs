@@ -15,12 +15,17 @@ use super::metrics::{peak_rss_mib, MemoryGauge, MetricsLog};
 use super::optim::{clip_grad_norm, AdamW, AdamWConfig};
 use super::schedule::{lr_factor, warmup_steps, Schedule};
 use crate::config::StageConfig;
+use crate::data::SamplingStrategy;
 use crate::model::{Adapter, LayerTape, Model};
 
 /// The adapters of a run: frozen ones (a stacked SFT adapter) under the trained one.
 pub struct AdapterStack<'a> {
     pub frozen: Vec<&'a Adapter>,
     pub trainable: &'a Adapter,
+    /// The trained adapter as it started, when it started from a trained one (`init_adapter`):
+    /// the reference applies it in the trained adapter's place, as TRL's DPOTrainer and
+    /// KTOTrainer copy a PeftModel's pretrained adapter to a frozen "ref" adapter.
+    pub initial: Option<&'a Adapter>,
 }
 
 impl<'a> AdapterStack<'a> {
@@ -31,9 +36,12 @@ impl<'a> AdapterStack<'a> {
         v
     }
 
-    /// The reference: the same base with the trained adapter disabled.
+    /// The reference: the same base with the trained adapter disabled, or set back to where it
+    /// started ([`AdapterStack::initial`]).
     pub fn reference(&self) -> Vec<&'a Adapter> {
-        self.frozen.clone()
+        let mut v = self.frozen.clone();
+        v.extend(self.initial);
+        v
     }
 }
 
@@ -74,13 +82,12 @@ pub trait Objective {
     fn num_rows(&self) -> usize;
     /// Row lengths, for grouping by length.
     fn lengths(&self) -> Vec<usize>;
-    /// Rows in file order, the same every epoch, instead of a seeded shuffle. KTO's: TRL's
-    /// `KTOConfig.train_sampling_strategy` defaults to `"sequential"`, since each row's KL
-    /// completion was rotated within its file-order chunk of the batch size, so a batch's KL
-    /// sequences are its own completions paired with other prompts only when batches are those
-    /// chunks.
-    fn sequential(&self) -> bool {
-        false
+    /// The batching order when the config names none. KTO's is `Sequential`: TRL's
+    /// `KTOConfig.train_sampling_strategy` default, since each row's KL completion was rotated
+    /// within its file-order chunk of the batch size, so a batch's KL sequences are its own
+    /// completions paired with other prompts only when batches are those chunks.
+    fn default_sampling(&self) -> SamplingStrategy {
+        SamplingStrategy::Random
     }
     /// The divisor applied to every micro-batch loss of an optimizer step.
     fn normaliser(&self, micro_batches: &[Vec<usize>]) -> f64;
@@ -232,9 +239,7 @@ struct BatchOrder {
     epoch_batches: usize,
     lengths: Vec<usize>,
     batch_size: usize,
-    group_by_length: bool,
-    /// File order, no shuffle ([`Objective::sequential`]).
-    sequential: bool,
+    sampling: SamplingStrategy,
     seed: u64,
     cache: Option<(usize, Vec<Vec<usize>>)>,
 }
@@ -251,8 +256,8 @@ impl BatchOrder {
             let order = crate::data::batch_order(
                 &self.lengths,
                 self.batch_size,
-                !self.sequential,
-                self.group_by_length && !self.sequential,
+                self.sampling != SamplingStrategy::Sequential,
+                self.sampling == SamplingStrategy::GroupByLength,
                 self.seed.wrapping_add(epoch as u64),
             );
             self.cache = Some((epoch, order));
@@ -361,6 +366,11 @@ pub fn train(
     group_by_length: bool,
 ) -> Result<Finish> {
     let s = &opts.stage;
+    let sampling = SamplingStrategy::resolve(
+        s.train_sampling_strategy,
+        group_by_length,
+        objective.default_sampling(),
+    )?;
     let rows = objective.num_rows();
     if rows == 0 {
         bail!("the {} training set has no rows", objective.stage());
@@ -381,8 +391,7 @@ pub fn train(
         epoch_batches: plan.epoch_batches,
         lengths: objective.lengths(),
         batch_size: s.per_device_train_batch_size,
-        group_by_length,
-        sequential: objective.sequential(),
+        sampling,
         seed: opts.seed,
         cache: None,
     };
@@ -748,14 +757,14 @@ pub fn stage_dir(output_dir: &Path, stage: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::BatchOrder;
+    use crate::data::SamplingStrategy;
 
-    fn order(sequential: bool) -> BatchOrder {
+    fn order(sampling: SamplingStrategy) -> BatchOrder {
         BatchOrder {
             epoch_batches: 3,
             lengths: vec![5, 1, 9, 2, 7, 3, 8, 4, 6, 10, 11, 12],
             batch_size: 4,
-            group_by_length: true,
-            sequential,
+            sampling,
             seed: 42,
             cache: None,
         }
@@ -765,7 +774,7 @@ mod tests {
     /// `[k·b, (k+1)·b)`, every epoch the same, `group_by_length` and the seed ignored.
     #[test]
     fn sequential_order_is_file_order_every_epoch() {
-        let mut o = order(true);
+        let mut o = order(SamplingStrategy::Sequential);
         let chunks: Vec<Vec<usize>> = (0..12)
             .collect::<Vec<_>>()
             .chunks(4)
@@ -777,10 +786,24 @@ mod tests {
             }
         }
         // The shuffled order (SFT, DPO) is not file order with this seed.
-        let mut s = order(false);
+        let mut s = order(SamplingStrategy::Random);
         assert_ne!(
             (0..3).map(|k| s.step(k, 1)).collect::<Vec<_>>(),
             (0..3).map(|k| vec![chunks[k].clone()]).collect::<Vec<_>>()
+        );
+    }
+
+    /// `group_by_length`: one mega-batch here, so batches run longest to shortest.
+    #[test]
+    fn group_by_length_batches_rows_of_similar_length() {
+        let mut o = order(SamplingStrategy::GroupByLength);
+        let lengths = o.lengths.clone();
+        let batch_lengths: Vec<Vec<usize>> = (0..3)
+            .map(|k| o.step(k, 1)[0].iter().map(|&i| lengths[i]).collect())
+            .collect();
+        assert_eq!(
+            batch_lengths,
+            vec![vec![12, 11, 10, 9], vec![8, 7, 6, 5], vec![4, 3, 2, 1]]
         );
     }
 }

@@ -234,6 +234,7 @@ fn one_kto_step_has_trls_gradients() {
             let stack = AdapterStack {
                 frozen: vec![],
                 trainable: &adapter,
+                initial: None,
             };
             let mut metrics = MetricSums::default();
             let micro = objective

@@ -172,6 +172,7 @@ fn reference_free_objectives_run_no_reference_pass() {
         let stack = AdapterStack {
             frozen: vec![],
             trainable: &adapter,
+            initial: None,
         };
         let mut metrics = MetricSums::default();
         let rows: Vec<usize> = (0..data.examples.len()).collect();

@@ -130,6 +130,7 @@ fn dpo_losses_match_on(kernels: Kernels) {
             let stack = AdapterStack {
                 frozen: vec![],
                 trainable: &adapter,
+                initial: None,
             };
             let mut metrics = MetricSums::default();
             let micro = objective
@@ -194,6 +195,7 @@ fn sft_loss_and_gradients_match_on(kernels: Kernels) {
         let stack = AdapterStack {
             frozen: vec![],
             trainable: &adapter,
+            initial: None,
         };
         let mut metrics = MetricSums::default();
         let mut grads = Gradients::new(adapter.vars());

@@ -187,7 +187,8 @@ fn train_chains_dpo_then_kto() {
 /// KTO reads rows in file order (TRL's `train_sampling_strategy = "sequential"`), so each
 /// step's batch is one chunk of the file, the chunk its KL completions were rotated in; with
 /// shuffled rows the KL pairs and the label balance of a batch were other chunks' (the bug that
-/// kept KTO's held-out accuracy at 0.80–0.85 where KTOTrainer reaches 0.975).
+/// kept KTO's held-out accuracy at 0.80–0.85 where KTOTrainer reaches 0.975);
+/// `train_sampling_strategy = "random"` opts out, as in TRL.
 #[test]
 fn kto_batches_are_the_files_chunks_every_epoch() {
     let tmp = tempfile::tempdir().unwrap();
@@ -201,8 +202,9 @@ fn kto_batches_are_the_files_chunks_every_epoch() {
     let grouped: String = good.iter().chain(&bad).map(|r| format!("{r}\n")).collect();
     let data = tmp.path().join("grouped.jsonl");
     std::fs::write(&data, grouped).unwrap();
-    let text = format!(
-        r#"
+    let counts = |tag: &str, sampling: &str| -> Vec<f64> {
+        let text = format!(
+            r#"
 {head}[kto]
 train_file = "{data}"
 learning_rate = 0.01
@@ -210,24 +212,33 @@ max_steps = 4
 per_device_train_batch_size = 3
 logging_steps = 1
 save_steps = 0
-group_by_length = true
+{sampling}
 [output]
 dir = "{out}"
 seed = 11
 "#,
-        head = common::tiny_llama_sections(),
-        data = data.display(),
-        out = tmp.path().join("out").display(),
+            head = common::tiny_llama_sections(),
+            data = data.display(),
+            out = tmp.path().join(tag).display(),
+        );
+        let cfg = tmp.path().join(format!("{tag}.toml"));
+        std::fs::write(&cfg, text).unwrap();
+        let (code, _, stderr) = run(tmp.path(), &["kto", "--config", cfg.to_str().unwrap()]);
+        assert_eq!(code, 0, "{stderr}");
+        std::fs::read_to_string(tmp.path().join(tag).join("kto/metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter_map(|m| m["count/chosen"].as_f64())
+            .collect()
+    };
+    let sequential = [3.0, 0.0, 3.0, 0.0];
+    assert_eq!(counts("default", ""), sequential, "desirable rows per step");
+    // TRL's opt-out: a shuffle mixes the labels of a batch.
+    let shuffled = counts("random", "train_sampling_strategy = \"random\"");
+    assert_eq!(shuffled.len(), 4);
+    assert_ne!(
+        shuffled, sequential,
+        "train_sampling_strategy = \"random\" kept file order"
     );
-    let cfg = tmp.path().join("run.toml");
-    std::fs::write(&cfg, text).unwrap();
-    let (code, _, stderr) = run(tmp.path(), &["kto", "--config", cfg.to_str().unwrap()]);
-    assert_eq!(code, 0, "{stderr}");
-    let counts: Vec<f64> = std::fs::read_to_string(tmp.path().join("out/kto/metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter_map(|m| m["count/chosen"].as_f64())
-        .collect();
-    assert_eq!(counts, [3.0, 0.0, 3.0, 0.0], "desirable rows per step");
 }

@@ -19,3 +19,4 @@ mod observability;
 mod ref_cache;
 mod run_safety;
 mod train_resume;
+mod trajectories;
