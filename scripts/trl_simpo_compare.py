@@ -7,7 +7,14 @@ same base on both sides: `lora-dpo merge --model models/SmolLM2-135M-Instruct.Q4
 --dtype f32` is exactly the demo's dequantized weights.
 
     python scripts/trl_simpo_compare.py [--beta 2.0] [--gamma 0.5] [--lr 5e-4] [--dropout 0.05] [--seed 0]
-        [--bf16] [--out /tmp/trl-simpo-cmp]
+        [--bf16] [--out /tmp/trl-simpo-cmp] [--sampling random|sequential] [--init-adapter DIR]
+        [--our-tokens]
+
+A controlled comparison, the same run on both sides: `--sampling sequential --dropout 0 --our-tokens
+--init-adapter A`, where A is our initial adapter (`lora-dpo dpo` with `dpo.max_steps=1`: warm-up makes step 1's
+learning rate 0, so the saved adapter is the seeded initialisation), against `lora-dpo dpo --set
+dpo.train_sampling_strategy="sequential" --set lora.lora_dropout=0.0` with the same seed: both then see the same
+batches from the same start, and their metrics.jsonl can be compared step by step.
 
 Writes OUT/metrics.jsonl (one line per step) and OUT/adapter. Evaluate with
 `lora-dpo eval --model models/SmolLM2-135M-f32 --adapter OUT/adapter --data data/dpo/eval.jsonl --per-row > F.json`
@@ -38,14 +45,28 @@ p.add_argument("--dropout", type=float, default=0.05)
 p.add_argument("--seed", type=int, default=0)
 p.add_argument("--bf16", action="store_true", help="TRL's own default (bf16 autocast on CPU); off = f32")
 p.add_argument("--out", default="/tmp/trl-simpo-cmp")
+p.add_argument("--sampling", default="random", help="transformers' train_sampling_strategy")
+p.add_argument("--init-adapter", help="start from this PEFT adapter instead of a fresh initialisation")
+p.add_argument("--our-tokens", action="store_true",
+               help="no second EOS after the chat template's '<|im_end|>\\n' (tokens as lora-dpo's)")
 a = p.parse_args()
 torch.manual_seed(a.seed)
 tok = AutoTokenizer.from_pretrained(a.model)
 rows = [json.loads(l) for l in open(a.data)]
 ds = Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows])
 base = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32)
-model = get_peft_model(base, LoraConfig(r=16, lora_alpha=32, lora_dropout=a.dropout, task_type="CAUSAL_LM",
-    target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+if a.init_adapter:
+    from peft import PeftModel
+    model = PeftModel.from_pretrained(base, a.init_adapter, is_trainable=True)
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = a.dropout
+else:
+    model = get_peft_model(base, LoraConfig(r=16, lora_alpha=32, lora_dropout=a.dropout, task_type="CAUSAL_LM",
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+if a.our_tokens:
+    import trl.experimental.cpo.cpo_trainer as cpo_module
+    cpo_module.add_eos_token_if_needed = lambda eos, chosen, rejected: (chosen, rejected)
 os.makedirs(a.out, exist_ok=True)
 log = open(f"{a.out}/metrics.jsonl", "w")
 KEYS = ("loss", "grad_norm", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
@@ -67,7 +88,7 @@ with warnings.catch_warnings():
         learning_rate=a.lr, per_device_train_batch_size=4, max_steps=12, lr_scheduler_type="constant_with_warmup",
         warmup_steps=1, logging_steps=1, max_length=128, save_strategy="no", report_to=[], use_cpu=True,
         seed=a.seed, data_seed=a.seed, bf16=a.bf16, gradient_checkpointing=False,
-        disable_dropout=(a.dropout == 0.0), remove_unused_columns=False)
+        disable_dropout=(a.dropout == 0.0), remove_unused_columns=False, train_sampling_strategy=a.sampling)
     tr = CPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=[Log()])
     tr.train()
 model.save_pretrained(f"{a.out}/adapter")
