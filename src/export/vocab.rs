@@ -6,8 +6,8 @@
 //! (llama.cpp picks its pre-tokenizer by that name; its converter finds the name by hashing a
 //! tokenization, and names a few plain-GPT-2 vocabularies after their model, e.g. `smollm`,
 //! where this writes `gpt-2`, the same split). BPE with byte fallback (Llama-2, Mistral)
-//! becomes `llama` the way llama.cpp's converter writes such a `tokenizer.json` without a
-//! SentencePiece model: scores -1000, `<0xNN>` tokens typed as bytes.
+//! becomes `llama`: `<0xNN>` tokens typed as bytes, the merges kept, and SentencePiece scores
+//! made from the merges' ranks (llama.cpp's tokenizer reads the scores, not the merges).
 
 use anyhow::{bail, Context, Result};
 use candle_core::quantized::gguf_file::Value;
@@ -140,12 +140,6 @@ pub fn from_hf(
                 types[i] = UNKNOWN;
             }
         }
-        md.push(("tokenizer.ggml.model".into(), string("llama")));
-        md.push(("tokenizer.ggml.pre".into(), string("default")));
-        md.push((
-            "tokenizer.ggml.scores".into(),
-            Value::Array(vec![Value::F32(-1000.0); tokens.len()]),
-        ));
         let merges = (model["merges"].as_array().into_iter().flatten())
             .filter_map(|m| match m {
                 Json::String(s) => Some(s.clone()),
@@ -157,6 +151,17 @@ pub fn from_hf(
                 _ => None,
             })
             .collect::<Vec<_>>();
+        md.push(("tokenizer.ggml.model".into(), string("llama")));
+        md.push(("tokenizer.ggml.pre".into(), string("default")));
+        md.push((
+            "tokenizer.ggml.scores".into(),
+            Value::Array(
+                merge_scores(&tokens, &merges)
+                    .into_iter()
+                    .map(Value::F32)
+                    .collect(),
+            ),
+        ));
         if !merges.is_empty() {
             md.push(("tokenizer.ggml.merges".into(), strings(merges)));
         }
@@ -199,6 +204,31 @@ pub fn from_hf(
         md.push(("tokenizer.chat_template".into(), Value::String(template)));
     }
     Ok((md, notes))
+}
+
+/// SentencePiece scores that rank tokens as the merge table does: a token made by the merge of
+/// rank r scores −(r + 1), the others (characters, bytes, specials) 0. llama.cpp's SentencePiece
+/// tokenizer and transformers' GGUF reader read only the scores, merging the adjacent pair whose
+/// result scores highest; flat scores (llama.cpp's converter writes −1000 for a tokenizer.json
+/// without tokenizer.model) would merge in text order instead of the table's.
+fn merge_scores(tokens: &[String], merges: &[String]) -> Vec<f32> {
+    let ids: HashMap<&str, usize> = (tokens.iter().enumerate())
+        .map(|(i, t)| (t.as_str(), i))
+        .collect();
+    let mut scores = vec![0f32; tokens.len()];
+    let mut ranked = vec![false; tokens.len()];
+    for (rank, merge) in merges.iter().enumerate() {
+        let Some((a, b)) = merge.split_once(' ') else {
+            continue;
+        };
+        if let Some(&id) = ids.get(format!("{a}{b}").as_str()) {
+            if !ranked[id] {
+                ranked[id] = true;
+                scores[id] = -(rank as f32 + 1.0);
+            }
+        }
+    }
+    scores
 }
 
 fn strings(items: Vec<String>) -> Value {

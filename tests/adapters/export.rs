@@ -183,6 +183,84 @@ fn the_tokenizer_written_from_tokenizer_json_encodes_like_it() {
     );
 }
 
+/// A SentencePiece-style tokenizer.json (Llama-2's and Mistral's shape: BPE with byte fallback,
+/// scripts/make_spm_tokenizer_fixture.py) exported as `llama`: read back with its merges, and
+/// with the scores alone, as llama.cpp and transformers' GGUF reader read it, it encodes the
+/// sample data as tokenizer.json does, bytes for what the vocabulary lacks.
+#[test]
+fn a_sentencepiece_vocabulary_exports_with_scores_that_rank_its_merges() {
+    use candle_core::quantized::gguf_file::Value;
+    use lora_dpo::data::load_chat_tokenizer;
+    let dir = fixture("data/spm-bpe");
+    let (md, notes) = lora_dpo::export::vocab::from_hf(
+        &dir.join("tokenizer.json"),
+        Some(&dir.join("tokenizer_config.json")),
+        None,
+    )
+    .unwrap();
+    assert!(notes.is_empty(), "{notes:?}");
+    let get = |key: &str| md.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+    assert_eq!(
+        get("tokenizer.ggml.model").unwrap().to_string().unwrap(),
+        "llama"
+    );
+    let types = get("tokenizer.ggml.token_type").unwrap();
+    let types: Vec<i32> = (types.to_vec().unwrap().iter())
+        .map(|v| v.to_i32().unwrap())
+        .collect();
+    assert_eq!(types[0x41 + 3], 6, "<0x41> is a byte token");
+    assert_eq!(
+        &types[..3],
+        &[2, 3, 3],
+        "<unk> unknown, <s> and </s> control"
+    );
+    let scores = get("tokenizer.ggml.scores").unwrap();
+    assert!(
+        (scores.to_vec().unwrap().iter()).any(|v| v.to_f32().unwrap() < -100.0),
+        "scores follow the merge ranks"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let from_json = load_chat_tokenizer(&dir).unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut lines: Vec<String> = ["data/sft/train.jsonl", "data/dpo/train.jsonl"]
+        .iter()
+        .flat_map(|f| {
+            let text = std::fs::read_to_string(root.join(f)).unwrap();
+            text.lines()
+                .take(40)
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    lines.push("Ljubljana  is   the capital; é, ß and 🙂 are not in the vocabulary.".into());
+    for with_merges in [true, false] {
+        let path = tmp.path().join(format!("tok-{with_merges}.gguf"));
+        let mut all = vec![(
+            "general.architecture".to_string(),
+            Value::String("llama".into()),
+        )];
+        all.extend(
+            (md.iter())
+                .filter(|&(k, _)| with_merges || k != "tokenizer.ggml.merges")
+                .cloned(),
+        );
+        lora_dpo::export::gguf_writer::GgufWriter::create(&path, &all, &[])
+            .unwrap()
+            .finish()
+            .unwrap();
+        let from_gguf = load_chat_tokenizer(&path).unwrap();
+        for line in &lines {
+            let a = from_gguf.encode(line, false).unwrap();
+            let b = from_json.encode(line, false).unwrap();
+            assert_eq!(a, b, "merges kept: {with_merges}: {line}");
+        }
+        assert_eq!(
+            from_gguf.eos.as_ref().map(|t| t.id),
+            from_json.eos.as_ref().map(|t| t.id)
+        );
+    }
+}
+
 #[test]
 fn an_output_that_exists_or_is_an_input_is_refused_and_nothing_partial_is_left() {
     let dir = fixture_str("models/tiny-llama");
