@@ -18,7 +18,7 @@ adapters/demo/combined, after scripts/demo.sh):
 
     .venv/bin/pip install llama-cpp-python==0.3.36
     cargo build --release --examples
-    .venv/bin/python scripts/check_llama_cpp.py [BASE.gguf ADAPTER_DIR HF_TOKENIZER_DIR]
+    [LLAMA_CHECK_PROMPTS=N] .venv/bin/python scripts/check_llama_cpp.py [BASE.gguf ADAPTER_DIR HF_TOKENIZER_DIR]
 """
 import json
 import pathlib
@@ -34,6 +34,8 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 BIN = REPO / "target/release/lora-dpo"
 DUMP = REPO / "target/release/examples/logits_dump"
 PROMPTS = ["What is 14 + 6?", "What is the capital of France?", "Name three colours."]
+# With LLAMA_CHECK_PROMPTS=N, the first N prompts of the held-out pairs join them (more positions).
+EXTRA = int(__import__("os").environ.get("LLAMA_CHECK_PROMPTS", "0"))
 
 
 def run(*args):
@@ -70,11 +72,14 @@ def main():
     lora = tmp / "lora.gguf"
     run(BIN, "export", "--model", base, "--adapter", adapter, "--format", "gguf-lora", "--quant", "f32", "--out", lora)
 
+    prompts = list(PROMPTS)
+    for line in open(REPO / "data/dpo/eval.jsonl").read().splitlines()[:EXTRA]:
+        prompts.append(json.loads(line)["prompt"][-1]["content"])
     probe = Llama(model_path=str(files["f16"]), verbose=False, n_ctx=512)
     template = probe.metadata.get("tokenizer.chat_template")
     from jinja2 import Template  # llama-cpp-python renders chat templates with jinja2 too
     texts = [Template(template).render(messages=[{"role": "user", "content": p}], add_generation_prompt=True,
-                                       bos_token="", eos_token="") for p in PROMPTS]
+                                       bos_token="", eos_token="") for p in prompts]
     ids = [probe.tokenize(t.encode(), add_bos=False, special=True) for t in texts]
     if len(sys.argv) > 3:
         from transformers import AutoTokenizer
@@ -85,9 +90,14 @@ def main():
     run(DUMP, base, tmp / "ids.json", tmp / "ours.safetensors", adapter)
     ours = load_file(tmp / "ours.safetensors")
     ours = [ours[f"logits_{i}"] for i in range(len(ids))]
-    for q, f in files.items():
-        compare(f"merged {q}", llama_logits(f, ids)[0], ours)
-    compare("base GGUF + LoRA GGUF", llama_logits(base, ids, lora)[0], ours)
+    theirs = {q: llama_logits(f, ids)[0] for q, f in files.items()}
+    for q in files:
+        compare(f"merged {q}", theirs[q], ours)
+    # q8_0's cost inside llama.cpp alone: its q8_0 run against its own f16 run of the same model.
+    compare("llama.cpp q8_0 vs llama.cpp f16 (same runtime)", theirs["q8_0"], theirs["f16"])
+    with_lora = llama_logits(base, ids, lora)[0]
+    compare("base GGUF + LoRA GGUF", with_lora, ours)
+    compare("base GGUF + LoRA GGUF vs llama.cpp merged f16 (same runtime)", with_lora, theirs["f16"])
     # The floor: llama.cpp on the base GGUF it was given (not written by us) vs lora-dpo on it.
     run(DUMP, base, tmp / "ids.json", tmp / "ours_base.safetensors")
     ours_base = load_file(tmp / "ours_base.safetensors")
