@@ -11,13 +11,14 @@ adapters/demo/combined, after scripts/demo.sh):
      position (`logits_all`) for: merged f16; merged q8_0; the base GGUF + the LoRA GGUF;
   3. lora-dpo's logits for the same token ids (examples/logits_dump.rs): base + PEFT adapter,
      the base dequantized, in f32;
-  4. prints per file the logits' relative L2 and top-1 agreement, and whether llama.cpp's
-     tokens equal tokenizer.json's (transformers) for the same text; and, as the floor of what
+  4. prints per file the logits' relative L2 and top-1 agreement, whether the chat template
+     rendered by llama-cpp-python equals lora-dpo's rendering (examples/render_chat.rs) and
+     llama.cpp's tokens lora-dpo's and tokenizer.json's (transformers); and, as the floor of what
      llama.cpp's own arithmetic (8-bit activations in its quantized matmuls) leaves, the same
      measures for the base GGUF itself, which lora-dpo did not write.
 
     .venv/bin/pip install llama-cpp-python==0.3.36
-    cargo build --release --examples
+    cargo build --release --examples     # logits_dump, render_chat
     [LLAMA_CHECK_PROMPTS=N] .venv/bin/python scripts/check_llama_cpp.py [BASE.gguf ADAPTER_DIR HF_TOKENIZER_DIR]
 """
 import json
@@ -33,6 +34,7 @@ from safetensors.numpy import load_file
 REPO = pathlib.Path(__file__).resolve().parent.parent
 BIN = REPO / "target/release/lora-dpo"
 DUMP = REPO / "target/release/examples/logits_dump"
+RENDER = REPO / "target/release/examples/render_chat"
 PROMPTS = ["What is 14 + 6?", "What is the capital of France?", "Name three colours."]
 # With LLAMA_CHECK_PROMPTS=N, the first N prompts of the held-out pairs join them (more positions).
 EXTRA = int(__import__("os").environ.get("LLAMA_CHECK_PROMPTS", "0"))
@@ -81,6 +83,15 @@ def main():
     texts = [Template(template).render(messages=[{"role": "user", "content": p}], add_generation_prompt=True,
                                        bos_token="", eos_token="") for p in prompts]
     ids = [probe.tokenize(t.encode(), add_bos=False, special=True) for t in texts]
+    # Ours: the same file's template through lora-dpo's renderer (minijinja) and tokenizer.
+    conversations = [[{"role": "user", "content": p}] for p in prompts]
+    (tmp / "conversations.json").write_text(json.dumps(conversations))
+    run(RENDER, files["f16"], tmp / "conversations.json", tmp / "rendered.json")
+    ours_rendered = json.loads((tmp / "rendered.json").read_text())
+    same_text = sum(r["text"] == t for r, t in zip(ours_rendered, texts))
+    same_ids = sum(r["ids"] == i for r, i in zip(ours_rendered, ids))
+    print(f"chat template rendering (llama-cpp-python's Jinja vs lora-dpo's) equal on {same_text} of "
+          f"{len(texts)} prompts; llama.cpp's token ids equal lora-dpo's on {same_ids}")
     if len(sys.argv) > 3:
         from transformers import AutoTokenizer
         hf = AutoTokenizer.from_pretrained(sys.argv[3])
