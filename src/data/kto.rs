@@ -83,18 +83,6 @@ pub fn detect(columns: &Map<String, Value>, cfg: &DataConfig) -> Result<Schema> 
     let c = &cfg.columns;
     let has = |k: &str| columns.contains_key(k);
     let names: Vec<&str> = columns.keys().map(String::as_str).collect();
-    if has(c.chosen()) && has(c.rejected()) && !has(c.completion()) {
-        bail!(
-            "columns [{}] hold paired preference data (`{}`/`{}`); KTO reads unpaired rows \
-             (`{}`, `{}`, `{}`): unpair them (scripts/make_kto_data.py) or train them with [dpo]",
-            names.join(", "),
-            c.chosen(),
-            c.rejected(),
-            c.prompt(),
-            c.completion(),
-            c.label()
-        );
-    }
     for key in [c.prompt(), c.completion(), c.label()] {
         if !has(key) {
             bail!(
@@ -299,7 +287,10 @@ fn kto_from_rows(
         }
         Ok(kept)
     };
+    let paired = std::rc::Rc::new(std::cell::Cell::new(0));
+    let rows = super::unpair::unpaired(rows, cfg.columns.clone(), paired.clone());
     let (tokens, locs, mut stats) = load_rows(Stage::Kto, files, rows, cfg, work, keep)?;
+    stats.unpaired = paired.get();
     let labels: Vec<bool> = tokens.iter().map(|t| t.label).collect();
     check_labels(&stats, &labels, cfg)?;
     let examples = kl_pairs(&tokens, kl_chunk, cfg);

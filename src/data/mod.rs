@@ -41,6 +41,7 @@ pub mod template;
 pub mod tokenize;
 pub mod tokenizer;
 pub mod truncate;
+pub mod unpair;
 
 pub use batch::{batch_order, collate, collate_dpo, Batch, SamplingStrategy};
 pub use config::{Columns, DataConfig, LengthLimit, TruncationMode};

@@ -48,6 +48,8 @@ pub struct Stats {
     pub prompt_lengths: Vec<usize>,
     /// DPO: completion lengths (chosen and rejected) before truncation.
     pub completion_lengths: Vec<usize>,
+    /// KTO: paired rows read as two unpaired rows each ([`super::unpair`]).
+    pub unpaired: usize,
 }
 
 /// An SFT dataset ready for batching.
@@ -264,6 +266,7 @@ fn new_stats(files: &[PathBuf], stage: Stage, schema: Schema) -> Stats {
         lengths: Vec::new(),
         prompt_lengths: Vec::new(),
         completion_lengths: Vec::new(),
+        unpaired: 0,
     }
 }
 

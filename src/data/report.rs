@@ -89,6 +89,16 @@ pub fn counts_line(stats: &Stats) -> String {
         stats.bad_rows.len(),
         stats.longest_kept,
     );
+    if stats.unpaired > 0 {
+        let _ = write!(
+            s,
+            "\n  {} paired rows read as {} unpaired ones, as TRL's KTOTrainer does: per {} rows, \
+             the chosen completions (label true), then the rejected (false)",
+            stats.unpaired,
+            2 * stats.unpaired,
+            super::unpair::UNPAIR_BATCH
+        );
+    }
     for (loc, why) in stats.dropped.iter().take(3) {
         let _ = write!(s, "\n  dropped {loc}: {why}");
     }

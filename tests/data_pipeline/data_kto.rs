@@ -108,13 +108,38 @@ fn one_label_value_only_is_refused() {
     }
 }
 
+/// Paired rows are read as TRL's KTOTrainer reads them: chosen rows labelled true, then
+/// rejected rows labelled false, with the shared prompt (scripts: unpair_preference_dataset).
 #[test]
-fn paired_data_points_to_unpairing_or_dpo() {
-    let msg = load("{\"prompt\": \"a\", \"chosen\": \" b\", \"rejected\": \" c\"}\n").unwrap_err();
+fn paired_data_is_unpaired_as_trls_kto_trainer_does() {
+    let ds = load(
+        "{\"prompt\": \"2+2=\", \"chosen\": \" 4\", \"rejected\": \" 5\"}\n\
+         {\"prompt\": \"3+3=\", \"chosen\": \" 6\", \"rejected\": \" 7\"}\n",
+    )
+    .unwrap();
+    assert_eq!(ds.labels, vec![true, true, false, false]);
+    assert_eq!(ds.pairs.stats.unpaired, 2);
+    let line = |i: usize| ds.pairs.locs[i].to_string();
     assert!(
-        msg.contains("paired preference data") && msg.contains("[dpo]"),
-        "{msg}"
+        line(0).ends_with("line 1") && line(2).ends_with("line 1"),
+        "{}",
+        line(2)
     );
+    let unpaired = load(
+        "{\"prompt\": \"2+2=\", \"completion\": \" 4\", \"label\": true}\n\
+         {\"prompt\": \"3+3=\", \"completion\": \" 6\", \"label\": true}\n\
+         {\"prompt\": \"2+2=\", \"completion\": \" 5\", \"label\": false}\n\
+         {\"prompt\": \"3+3=\", \"completion\": \" 7\", \"label\": false}\n",
+    )
+    .unwrap();
+    let seqs = |d: &data::KtoDataset| -> Vec<_> {
+        d.pairs
+            .examples
+            .iter()
+            .map(|e| e.chosen().input_ids.clone())
+            .collect()
+    };
+    assert_eq!(seqs(&ds), seqs(&unpaired));
 }
 
 #[test]

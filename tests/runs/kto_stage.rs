@@ -136,9 +136,9 @@ fn eval_loss_type_kto_gives_metrics_and_rows() {
     for k in ["loss", "kl", "rewards/margins", "logps/rejected"] {
         assert!(v[k].is_number(), "no {k} in {v}");
     }
-    // Paired data under --loss-type kto says what to do.
+    // Paired data under --loss-type kto is unpaired, as KTOTrainer does: 5 pairs, 10 rows.
     let pairs = fixture_str("train/prefs.jsonl");
-    let (code, _, err) = run(
+    let (code, out, err) = run(
         tmp.path(),
         &[
             "eval",
@@ -148,12 +148,14 @@ fn eval_loss_type_kto_gives_metrics_and_rows() {
             &pairs,
             "--loss-type",
             "kto",
+            "--per-row",
             "--device",
             "cpu",
         ],
     );
-    assert_ne!(code, 0);
-    assert!(err.contains("paired preference data"), "{err}");
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["per_row"].as_array().unwrap().len(), 10, "{v}");
 }
 
 /// `train` chains every stage the config has: [sft] → [dpo] → [kto], each on the frozen
