@@ -105,6 +105,9 @@ CPO_CASES = [
                         "label_smoothing": 0.1}),
     ("cpo", {"loss_type": "sigmoid", "beta": 0.1, "cpo_alpha": 1.0}),
     ("cpo_alpha", {"loss_type": "sigmoid", "beta": 0.1, "cpo_alpha": 0.3, "label_smoothing": 0.05}),
+    # AlphaPO: CPOConfig's `alpha` reward shape; "alphapo" is CPOConfig's name for simpo without NLL.
+    ("alphapo", {"loss_type": "simpo", "beta": 2.0, "simpo_gamma": 0.5, "cpo_alpha": 0.0, "alpha": 0.25}),
+    ("cpo_alphapo", {"loss_type": "sigmoid", "beta": 0.1, "cpo_alpha": 1.0, "alpha": 0.05}),
 ]
 ORPO_CASES = [("orpo", {"beta": 0.1}), ("orpo_beta", {"beta": 0.5})]
 
@@ -218,6 +221,10 @@ def unit_fixtures():
             ours["cpo_alpha"] = cfg["cpo_alpha"]
         if cfg.get("label_smoothing"):
             ours["label_smoothing"] = cfg["label_smoothing"]
+        if cfg.get("alpha"):
+            ours["alpha"] = cfg["alpha"]
+            if simpo:
+                ours["loss_type"] = "alphapo"
         metrics = {
             "loss": float(loss), "rewards/chosen": float(cr.mean()), "rewards/rejected": float(rr.mean()),
             "rewards/accuracies": float((cr > rr).float().mean()), "rewards/margins": float((cr - rr).mean()),

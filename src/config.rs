@@ -151,6 +151,9 @@ pub struct StageConfig {
     /// cpo's weight of the chosen NLL (CPOTrainer's default 1.0).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpo_alpha: Option<f64>,
+    /// AlphaPO's reward shape for simpo and cpo (CPOConfig's `alpha`; 0: log-probs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alpha: Option<f64>,
     /// The f-divergence whose f′ turns log ratios into scores (TRL's default reverse_kl, DPO).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub f_divergence_type: Option<FDivergence>,
@@ -312,6 +315,7 @@ impl Default for StageConfig {
             discopop_tau: None,
             simpo_gamma: None,
             cpo_alpha: None,
+            alpha: None,
             f_divergence_type: None,
             f_alpha_divergence_coef: None,
             ld_alpha: None,
@@ -389,6 +393,7 @@ const STAGE_KEYS: &[&str] = &[
     "discopop_tau",
     "simpo_gamma",
     "cpo_alpha",
+    "alpha",
     "f_divergence_type",
     "f_alpha_divergence_coef",
     "ld_alpha",

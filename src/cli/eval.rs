@@ -46,6 +46,9 @@ pub struct Args {
     simpo_gamma: Option<f64>,
     #[arg(long)]
     cpo_alpha: Option<f64>,
+    /// AlphaPO's reward shape for simpo and cpo (CPOConfig's `alpha`).
+    #[arg(long)]
+    alpha: Option<f64>,
     #[arg(long)]
     discopop_tau: Option<f64>,
     /// f-DPO: reverse_kl (DPO), forward_kl, js_divergence or alpha_divergence.
@@ -124,6 +127,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         dpo.label_smoothing = 0.0;
         dpo.simpo_gamma = None;
         dpo.cpo_alpha = None;
+        dpo.alpha = None;
         dpo.discopop_tau = None;
         dpo.f_divergence_type = None;
         dpo.f_alpha_divergence_coef = None;
@@ -137,6 +141,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     dpo.label_smoothing = args.label_smoothing.unwrap_or(dpo.label_smoothing);
     dpo.simpo_gamma = args.simpo_gamma.or(dpo.simpo_gamma);
     dpo.cpo_alpha = args.cpo_alpha.or(dpo.cpo_alpha);
+    dpo.alpha = args.alpha.or(dpo.alpha);
     dpo.discopop_tau = args.discopop_tau.or(dpo.discopop_tau);
     dpo.f_divergence_type = args.f_divergence_type.or(dpo.f_divergence_type);
     dpo.f_alpha_divergence_coef = args.f_alpha_divergence_coef.or(dpo.f_alpha_divergence_coef);

@@ -89,7 +89,8 @@ impl Choice for LossType {
         (LossType::Discopop, &["discopop"]),
         (LossType::Sft, &["sft"]),
         (LossType::SigmoidNorm, &["sigmoid_norm"]),
-        (LossType::Simpo, &["simpo"]),
+        // CPOConfig's "alphapo" is SimPO without the NLL term, ours already; `alpha` shapes it.
+        (LossType::Simpo, &["simpo", "alphapo"]),
         (LossType::Cpo, &["cpo"]),
         (LossType::Kto, &["kto"]),
         (LossType::ApoZeroUnpaired, &["apo_zero_unpaired"]),
@@ -207,6 +208,9 @@ pub struct DpoLoss {
     pub discopop_tau: f64,
     pub simpo_gamma: f64,
     pub cpo_alpha: f64,
+    /// AlphaPO: simpo's and cpo's rewards r = (1 − p^(−α))/α of the (mean) log-prob; 0: the
+    /// log-prob itself.
+    pub alpha: f64,
     pub f_divergence: FDivergence,
     pub f_alpha_divergence_coef: f64,
     /// LD-DPO's weight of the tokens past a pair's shorter completion (`None`: plain sums).
@@ -225,6 +229,7 @@ impl DpoLoss {
             discopop_tau: DEFAULT_DISCOPOP_TAU,
             simpo_gamma: DEFAULT_SIMPO_GAMMA,
             cpo_alpha: DEFAULT_CPO_ALPHA,
+            alpha: 0.0,
             f_divergence: FDivergence::ReverseKl,
             f_alpha_divergence_coef: DEFAULT_F_ALPHA_DIVERGENCE_COEF,
             ld_alpha: None,
@@ -308,6 +313,9 @@ impl DpoLoss {
                 "cpo; with simpo, add \"sft\" to loss_type",
             ));
         }
+        if s.alpha.is_some() && policy_only.is_empty() {
+            return Err(unused("alpha", "simpo and cpo (AlphaPO's reward shape)"));
+        }
         let f_divergence = s.f_divergence_type.unwrap_or_default();
         if f_divergence != FDivergence::ReverseKl {
             if let Some(t) = types.iter().find(|t| !t.takes_f_divergence()) {
@@ -343,6 +351,7 @@ impl DpoLoss {
             discopop_tau: s.discopop_tau.unwrap_or(DEFAULT_DISCOPOP_TAU),
             simpo_gamma: s.simpo_gamma.unwrap_or(DEFAULT_SIMPO_GAMMA),
             cpo_alpha: s.cpo_alpha.unwrap_or(DEFAULT_CPO_ALPHA),
+            alpha: s.alpha.unwrap_or(0.0),
             f_divergence,
             f_alpha_divergence_coef: s
                 .f_alpha_divergence_coef
@@ -371,6 +380,7 @@ impl DpoLoss {
         for (key, v) in [
             ("simpo_gamma", loss.simpo_gamma),
             ("cpo_alpha", loss.cpo_alpha),
+            ("alpha", loss.alpha),
             ("f_alpha_divergence_coef", loss.f_alpha_divergence_coef),
         ] {
             if !v.is_finite() {
@@ -384,6 +394,15 @@ impl DpoLoss {
             );
         }
         Ok(loss)
+    }
+
+    /// AlphaPO's reward of a policy log-prob l: (1 − e^(−α·l))/α, or l itself when α = 0.
+    fn reward_shape(&self, logp: &Tensor) -> Result<Tensor> {
+        if self.alpha == 0.0 {
+            return Ok(logp.clone());
+        }
+        let a = self.alpha;
+        Ok(((1.0 - (logp * -a)?.exp()?)? / a)?)
     }
 
     /// Whether reference log-probs are read; when not, no reference pass runs. `sft` alone
@@ -492,11 +511,13 @@ impl DpoLoss {
         for &(kind, weight) in &self.losses {
             let per_pair = match kind {
                 LossType::Simpo => {
-                    let z = ((&x.policy.chosen / &nc)? - (&x.policy.rejected / &nr)?)?;
+                    let z = (self.reward_shape(&(&x.policy.chosen / &nc)?)?
+                        - self.reward_shape(&(&x.policy.rejected / &nr)?)?)?;
                     smoothed(&((z * beta)? - self.simpo_gamma)?)?
                 }
                 LossType::Cpo => {
-                    let z = (&x.policy.chosen - &x.policy.rejected)?;
+                    let z = (self.reward_shape(&x.policy.chosen)?
+                        - self.reward_shape(&x.policy.rejected)?)?;
                     let nll = nll.as_ref().expect("checked above");
                     (smoothed(&(z * beta)?)? + (nll * self.cpo_alpha)?.broadcast_as(n)?)?
                 }
@@ -531,7 +552,12 @@ impl DpoLoss {
             } else {
                 (x.policy.chosen.detach(), x.policy.rejected.detach())
             };
-            ((&c * beta)?, (&r * beta)?, c, r)
+            (
+                (self.reward_shape(&c)? * beta)?,
+                (self.reward_shape(&r)? * beta)?,
+                c,
+                r,
+            )
         } else {
             let (cl, rl) = ratios.as_ref().expect("reference-based");
             let (cl, rl) = (cl.detach(), rl.detach());
@@ -848,6 +874,8 @@ mod tests {
             ("simpo_gamma = 0.3", "simpo_gamma"),
             ("loss_type = \"cpo\"\nsimpo_gamma = 0.3", "simpo_gamma"),
             ("cpo_alpha = 0.3", "cpo_alpha"),
+            ("alpha = 0.25", "alpha"),
+            ("loss_type = \"alphapo\"\nalpha = inf", "alpha"),
             ("loss_type = \"simpo\"\ncpo_alpha = 0.3", "cpo_alpha"),
             ("discopop_tau = 0.1", "discopop_tau"),
             ("label_smoothing = 0.1", "label_smoothing"),
