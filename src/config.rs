@@ -461,7 +461,7 @@ impl LoadedConfig {
             )));
         }
         let run = typed(text, &table).map_err(in_file)?;
-        if let Err(e) = run.validate().and_then(|()| check_sampling(&table, &run)) {
+        if let Err(e) = check_run(&table, &run) {
             return Err(match blamed_override(text, overrides) {
                 Some(o) => e.context(format!("--set {o}")),
                 None => in_file(e),
@@ -520,6 +520,12 @@ impl RunConfig {
         }
         Ok(())
     }
+}
+
+/// Every check a typed config must pass: its own, and those that read the table too.
+fn check_run(table: &toml::Table, run: &RunConfig) -> Result<()> {
+    run.validate()?;
+    check_sampling(table, run)
 }
 
 /// `train_sampling_strategy` against `group_by_length`, which the data options read.
@@ -587,12 +593,6 @@ impl StageConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
-        // The file alone can say batch_rebalance is out; group_by_length is weighed at the run.
-        crate::data::SamplingStrategy::resolve(
-            self.train_sampling_strategy,
-            false,
-            crate::data::SamplingStrategy::Random,
-        )?;
         let floats = [
             ("learning_rate", self.learning_rate),
             ("num_train_epochs", self.num_train_epochs),
@@ -789,7 +789,7 @@ fn blamed_override<'a>(text: &str, overrides: &'a [String]) -> Option<&'a String
     let valid = |t: &toml::Table| {
         toml::Value::Table(t.clone())
             .try_into::<RunConfig>()
-            .is_ok_and(|r| r.validate().is_ok())
+            .is_ok_and(|r| check_run(t, &r).is_ok())
     };
     let mut table: toml::Table = text.parse().ok()?;
     if !valid(&table) {
@@ -952,6 +952,8 @@ mod tests {
             err.contains("[dpo]") && err.contains("group_by_length"),
             "{err}"
         );
+        // Blamed on the override that made the file's valid config contradict itself.
+        assert!(err.contains("--set dpo.group_by_length=true"), "{err}");
     }
 
     /// Every name of every named setting reads back as itself, through `FromStr` and serde.
