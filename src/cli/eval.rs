@@ -196,7 +196,9 @@ fn run_kto(args: &Args, cfg: Option<&LoadedConfig>, raw: RawDataset) -> anyhow::
     };
     let kto = cfg.and_then(|c| c.run.kto.clone()).unwrap_or_default();
     let mut loss = KtoLoss::from_stage(&kto).context("[kto]")?;
-    loss.beta = args.beta.unwrap_or(kto.beta);
+    if let Some(beta) = args.beta {
+        loss.beta = beta;
+    }
     let device = args.device.open()?;
     let options = model::LoadOptions::from_config(args.dtype.into(), args.quantize)
         .with_kernels(args.kernels);

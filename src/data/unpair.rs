@@ -3,6 +3,7 @@
 //! batch of 1000 rows (`unpair_preference_dataset`'s `map` batch) becomes its 1000 chosen
 //! completions labelled `true` followed by its 1000 rejected ones labelled `false`.
 
+use rayon::prelude::*;
 use serde_json::{Map, Value};
 
 use super::config::Columns;
@@ -30,11 +31,16 @@ pub fn unpaired(
     std::iter::from_fn(move || {
         rows.peek()?;
         let batch: Vec<anyhow::Result<PendingRow>> = rows.by_ref().take(UNPAIR_BATCH).collect();
-        let mut chosen = Vec::with_capacity(batch.len());
-        let mut rejected = Vec::with_capacity(batch.len());
-        for row in batch {
+        // Parsed here, in parallel as the pipeline would, which then finds them parsed.
+        let parsed: Vec<anyhow::Result<RawRow>> = batch
+            .into_par_iter()
+            .map(|row| row.map(PendingRow::parse))
+            .collect();
+        let mut chosen = Vec::with_capacity(parsed.len());
+        let mut rejected = Vec::with_capacity(parsed.len());
+        for row in parsed {
             let raw = match row {
-                Ok(pending) => pending.parse(),
+                Ok(raw) => raw,
                 Err(e) => {
                     chosen.push(Err(e));
                     continue;

@@ -216,14 +216,13 @@ fn merge_scores(tokens: &[String], merges: &[String]) -> Vec<f32> {
         .map(|(i, t)| (t.as_str(), i))
         .collect();
     let mut scores = vec![0f32; tokens.len()];
-    let mut ranked = vec![false; tokens.len()];
     for (rank, merge) in merges.iter().enumerate() {
         let Some((a, b)) = merge.split_once(' ') else {
             continue;
         };
+        // A token's first merge ranks it; a score of 0 is one not yet ranked.
         if let Some(&id) = ids.get(format!("{a}{b}").as_str()) {
-            if !ranked[id] {
-                ranked[id] = true;
+            if scores[id] == 0.0 {
                 scores[id] = -(rank as f32 + 1.0);
             }
         }

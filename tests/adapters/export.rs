@@ -137,6 +137,35 @@ fn llama_files_hold_llama_cpp_layouts() {
     assert_eq!(q.shape.dims(), &[32, 32]);
 }
 
+/// A GGUF of tokenizer metadata alone (a `llama` file without tensors), as our loader reads it.
+fn write_tokenizer_gguf(
+    path: &std::path::Path,
+    md: impl IntoIterator<Item = (String, candle_core::quantized::gguf_file::Value)>,
+) {
+    let mut all = vec![(
+        "general.architecture".to_string(),
+        candle_core::quantized::gguf_file::Value::String("llama".into()),
+    )];
+    all.extend(md);
+    lora_dpo::export::gguf_writer::GgufWriter::create(path, &all, &[])
+        .unwrap()
+        .finish()
+        .unwrap();
+}
+
+/// The first `per_file` lines of the SFT and DPO sample data, as raw text.
+fn sample_lines(per_file: usize) -> Vec<String> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    ["data/sft/train.jsonl", "data/dpo/train.jsonl"]
+        .iter()
+        .flat_map(|f| {
+            let text = std::fs::read_to_string(root.join(f)).unwrap();
+            let lines: Vec<String> = text.lines().take(per_file).map(str::to_string).collect();
+            lines
+        })
+        .collect()
+}
+
 #[test]
 fn the_tokenizer_written_from_tokenizer_json_encodes_like_it() {
     use lora_dpo::data::load_chat_tokenizer;
@@ -150,32 +179,16 @@ fn the_tokenizer_written_from_tokenizer_json_encodes_like_it() {
     assert!(notes.is_empty(), "{notes:?}");
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("tok.gguf");
-    let mut all = vec![(
-        "general.architecture".to_string(),
-        candle_core::quantized::gguf_file::Value::String("llama".into()),
-    )];
-    all.extend(md);
-    lora_dpo::export::gguf_writer::GgufWriter::create(&path, &all, &[])
-        .unwrap()
-        .finish()
-        .unwrap();
+    write_tokenizer_gguf(&path, md);
     let from_gguf = load_chat_tokenizer(&path).unwrap();
     let from_json = load_chat_tokenizer(&dir).unwrap();
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut checked = 0;
-    for file in ["data/sft/train.jsonl", "data/dpo/train.jsonl"] {
-        for line in std::fs::read_to_string(root.join(file))
-            .unwrap()
-            .lines()
-            .take(50)
-        {
-            let a = from_gguf.encode(line, false).unwrap();
-            let b = from_json.encode(line, false).unwrap();
-            assert_eq!(a, b, "{file}: {line}");
-            checked += 1;
-        }
+    let lines = sample_lines(50);
+    for line in &lines {
+        let a = from_gguf.encode(line, false).unwrap();
+        let b = from_json.encode(line, false).unwrap();
+        assert_eq!(a, b, "{line}");
     }
-    assert!(checked >= 50);
+    assert!(lines.len() >= 50);
     assert_eq!(from_gguf.eos.map(|t| t.id), from_json.eos.map(|t| t.id));
     assert_eq!(
         from_gguf.template.as_ref().map(|t| t.source().to_string()),
@@ -189,7 +202,6 @@ fn the_tokenizer_written_from_tokenizer_json_encodes_like_it() {
 /// sample data as tokenizer.json does, bytes for what the vocabulary lacks.
 #[test]
 fn a_sentencepiece_vocabulary_exports_with_scores_that_rank_its_merges() {
-    use candle_core::quantized::gguf_file::Value;
     use lora_dpo::data::load_chat_tokenizer;
     let dir = fixture("data/spm-bpe");
     let (md, notes) = lora_dpo::export::vocab::from_hf(
@@ -221,33 +233,12 @@ fn a_sentencepiece_vocabulary_exports_with_scores_that_rank_its_merges() {
     );
     let tmp = tempfile::tempdir().unwrap();
     let from_json = load_chat_tokenizer(&dir).unwrap();
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut lines: Vec<String> = ["data/sft/train.jsonl", "data/dpo/train.jsonl"]
-        .iter()
-        .flat_map(|f| {
-            let text = std::fs::read_to_string(root.join(f)).unwrap();
-            text.lines()
-                .take(40)
-                .map(str::to_string)
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    let mut lines = sample_lines(40);
     lines.push("Ljubljana  is   the capital; é, ß and 🙂 are not in the vocabulary.".into());
     for with_merges in [true, false] {
         let path = tmp.path().join(format!("tok-{with_merges}.gguf"));
-        let mut all = vec![(
-            "general.architecture".to_string(),
-            Value::String("llama".into()),
-        )];
-        all.extend(
-            (md.iter())
-                .filter(|&(k, _)| with_merges || k != "tokenizer.ggml.merges")
-                .cloned(),
-        );
-        lora_dpo::export::gguf_writer::GgufWriter::create(&path, &all, &[])
-            .unwrap()
-            .finish()
-            .unwrap();
+        let kept = (md.iter()).filter(|&(k, _)| with_merges || k != "tokenizer.ggml.merges");
+        write_tokenizer_gguf(&path, kept.cloned());
         let from_gguf = load_chat_tokenizer(&path).unwrap();
         for line in &lines {
             let a = from_gguf.encode(line, false).unwrap();
