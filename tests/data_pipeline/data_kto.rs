@@ -109,7 +109,7 @@ fn one_label_value_only_is_refused() {
 }
 
 /// Paired rows are read as TRL's KTOTrainer reads them: chosen rows labelled true, then
-/// rejected rows labelled false, with the shared prompt (scripts: unpair_preference_dataset).
+/// rejected rows labelled false, with the shared prompt (TRL's unpair_preference_dataset).
 #[test]
 fn paired_data_is_unpaired_as_trls_kto_trainer_does() {
     let ds = load(
